@@ -1,0 +1,3 @@
+"""hcboot: the config node's DHCP/ProxyDHCP + TFTP + HTTP boot server and AoE tools."""
+
+__version__ = "0.1.0"

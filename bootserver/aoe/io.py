@@ -1,0 +1,524 @@
+"""AoE I/O on a raw AF_PACKET socket: Query Config, IDENTIFY and a windowed multipath reader.
+
+Frames are built once per path by scapy (:mod:`bootserver.aoe.frames`) and patched per request
+with struct; replies are matched on the tag by this module (scapy's ``AOE.answers`` matches any
+AoE frame).  :class:`Reader` keeps ``window`` requests in flight, spreads them round-robin over the
+target's paths (MACs), retransmits a request after ``timeout`` (at most ``retries`` times, to
+another path when there is one) and drops a path after ``path_failures`` consecutive timeouts; the
+read continues on the remaining paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import random
+import select
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from bootserver.aoe import frames as F
+from bootserver.aoe.frames import (
+    AoEError,
+    AoEReplyError,
+    AoETimeout,
+    ATACommandError,
+    ConfigReply,
+    Identify,
+    Target,
+)
+
+log = logging.getLogger("bootserver.aoe")
+
+_CLONE_NEWNET = 0x40000000
+_SIOCGIFMTU = 0x8921
+_HDR = struct.Struct("!BBHBBI")
+_TAG = struct.Struct("!I")
+_LBA_QWORD = struct.Struct("<Q")
+
+
+class InterfaceError(AoEError):
+    """The interface (or network namespace) cannot be opened for AoE."""
+
+
+@contextlib.contextmanager
+def _in_netns(name: str) -> Iterator[None]:
+    """Run the body with this thread in network namespace ``name`` (``ip netns`` name)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        except OSError as exc:
+            raise InterfaceError(f"network namespace {name!r}: {exc.strerror}") from exc
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise InterfaceError(f"cannot enter network namespace {name!r}: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            if libc.setns(own, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen as root
+                raise InterfaceError("cannot return to the original network namespace")
+    finally:
+        os.close(own)
+
+
+class AoESocket:
+    """A non-blocking raw packet socket for AoE (ethertype 0x88a2) bound to one interface.
+
+    ``netns`` opens it inside a named network namespace (the socket stays there; the calling
+    thread returns to its own namespace)."""
+
+    def __init__(self, interface: str, *, netns: str | None = None,
+                 rcvbuf: int = 8 << 20) -> None:
+        self.interface = interface
+        ctx = _in_netns(netns) if netns else contextlib.nullcontext()
+        with ctx:
+            try:
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                     socket.htons(F.ETH_P_AOE))
+            except PermissionError as exc:
+                raise InterfaceError(f"{interface}: raw AoE socket needs root"
+                                     f" (CAP_NET_RAW): {exc.strerror}") from exc
+            try:
+                sock.bind((interface, F.ETH_P_AOE))
+            except OSError as exc:
+                sock.close()
+                raise InterfaceError(f"{interface}: cannot bind: {exc.strerror}") from exc
+        self.sock = sock
+        for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
+                break
+            except OSError:
+                continue
+        self.mac: bytes = sock.getsockname()[4]
+        ifr = fcntl.ioctl(sock.fileno(), _SIOCGIFMTU, struct.pack("16si12x",
+                                                                 interface.encode(), 0))
+        self.mtu: int = struct.unpack_from("16si", ifr)[1]
+        sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+
+    @property
+    def max_sectors(self) -> int:
+        """Sectors per request that fit this interface's MTU."""
+        return max(1, min(255, (self.mtu - F.AOE_HDR_LEN - F.ATA_HDR_LEN) // F.SECTOR))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, frame: bytes | bytearray) -> None:
+        try:
+            self.sock.send(frame)
+        except BlockingIOError:
+            # the device queue is full: wait until it drains a little, then try once more
+            time.sleep(0.0005)
+            self.sock.send(frame)
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
+        """One frame into ``buf``; 0 when none is waiting."""
+        try:
+            return self.sock.recv_into(buf)
+        except BlockingIOError:
+            return 0
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a frame; True if one is waiting."""
+        return bool(self._poll.poll(max(0, int(timeout * 1000 + 0.999))))
+
+    def drain(self) -> None:
+        buf = bytearray(16384)
+        while self.recv_into(buf):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> AoESocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _new_tag() -> int:
+    return random.getrandbits(32)
+
+
+# ---------------------------------------------------------------- Query Config
+
+
+def query_config(sock: AoESocket, target: Target | None = None, timeout: float = 1.0,
+                 sends: int = 2) -> list[ConfigReply]:
+    """Broadcast a Query Config (to ``target``, or to every target: shelf 0xffff, slot 0xff) and
+    collect the replies for ``timeout`` seconds.  The request is sent ``sends`` times spread over
+    the first half of the timeout (a lost broadcast would hide a path); replies are de-duplicated
+    per (target, MAC).  Sorted by target, then MAC."""
+    tag = _new_tag()
+    shelf, slot = (target.shelf, target.slot) if target else (0xFFFF, 0xFF)
+    frame = F.build_query_config(sock.mac, shelf=shelf, slot=slot, tag=tag)
+    found: dict[tuple[Target, str], ConfigReply] = {}
+    buf = bytearray(16384)
+    start = time.monotonic()
+    deadline = start + timeout
+    send_times = [start + i * timeout / (2 * sends) for i in range(max(1, sends))]
+    while True:
+        now = time.monotonic()
+        while send_times and send_times[0] <= now:
+            send_times.pop(0)
+            sock.send(frame)
+        if now >= deadline:
+            break
+        nxt = min([deadline, *send_times[:1]])
+        if not sock.wait(nxt - now):
+            continue
+        while n := sock.recv_into(buf):
+            mv = memoryview(buf)[:n]
+            if n < F.OFF_QC_CONFIG or buf[0:6] != sock.mac:
+                continue
+            vf, _err, major, minor, cmd, rtag = _HDR.unpack_from(buf, F.ETH_LEN)
+            if rtag != tag or cmd != F.CMD_QUERY_CONFIG or not vf & F.AOE_RESPONSE:
+                continue
+            if vf & F.AOE_ERROR:
+                log.warning("Query Config error %d from %s", _err, F.mac_str(bytes(buf[6:12])))
+                continue
+            if target and (major, minor) != (target.shelf, target.slot):
+                continue
+            try:
+                rep = F.parse_config_reply(mv)
+            except (F.BadFrame, ValueError):
+                continue
+            found.setdefault((rep.target, rep.mac), rep)
+    return [found[k] for k in sorted(found)]
+
+
+# ---------------------------------------------------------------- single request (IDENTIFY)
+
+
+def ata_request(sock: AoESocket, target: Target, mac: str, *, command: int, lba: int = 0,
+                sectors: int = 1, timeout: float = 0.5, retries: int = 4) -> bytes:
+    """One ATA request to one path, retried; returns the reply's data (``sectors`` * 512)."""
+    tag = _new_tag()
+    frame = F.build_ata_request(sock.mac, mac, target, command=command, sectors=sectors,
+                                lba=lba, tag=tag)
+    buf = bytearray(16384)
+    macb = F.mac_bytes(mac)
+    for _ in range(retries + 1):
+        sock.send(frame)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.wait(left):
+                break
+            while n := sock.recv_into(buf):
+                if n < F.DATA_OFFSET or buf[6:12] != macb:
+                    continue
+                vf, err, major, minor, cmd, rtag = _HDR.unpack_from(buf, F.ETH_LEN)
+                if (rtag != tag or cmd != F.CMD_ATA or not vf & F.AOE_RESPONSE
+                        or (major, minor) != (target.shelf, target.slot)):
+                    continue
+                if vf & F.AOE_ERROR:
+                    raise AoEReplyError(target, lba, mac, err)
+                status = buf[F.OFF_CMDSTAT]
+                if status & (F.ATA_STATUS_ERR | F.ATA_STATUS_DF):
+                    raise ATACommandError(target, lba, mac, status, buf[F.OFF_ERRFEAT])
+                return F.reply_data(memoryview(buf)[:n], sectors)
+    raise AoETimeout(target, lba, [mac], what=f"ATA command 0x{command:02x}", tries=retries + 1)
+
+
+def identify(sock: AoESocket, target: Target, macs: Sequence[str], *, timeout: float = 0.5,
+             retries: int = 4) -> tuple[Identify, str]:
+    """ATA IDENTIFY DEVICE through the first path that answers; returns (identify, mac)."""
+    last: AoEError | None = None
+    for mac in macs:
+        try:
+            data = ata_request(sock, target, mac, command=F.ATA_IDENTIFY, timeout=timeout,
+                               retries=retries)
+            return F.parse_identify(data), mac
+        except AoETimeout as exc:
+            last = exc
+    if last is None:
+        raise AoETimeout(target, None, [], what="IDENTIFY")
+    raise AoETimeout(target, None, list(macs), what="IDENTIFY", tries=retries + 1) from last
+
+
+# ---------------------------------------------------------------- windowed multipath reader
+
+
+@dataclass
+class PathState:
+    mac: str
+    mac_b: bytes
+    buffer_count: int
+    frame: bytearray  # the READ SECTORS EXT template of this path (built once by scapy)
+    alive: bool = True
+    inflight: int = 0
+    failures: int = 0  # consecutive timeouts since the last reply
+    replies: int = 0
+    timeouts: int = 0
+
+
+@dataclass
+class ReadStats:
+    frames_sent: int = 0
+    retransmits: int = 0
+    replies: int = 0
+    stray: int = 0  # AoE frames that matched no request in flight (late duplicates, others)
+    bytes: int = 0
+    dropped: list[str] = field(default_factory=list)  # MACs dropped, in order
+    per_path: dict[str, int] = field(default_factory=dict)  # MAC -> replies
+
+
+class _Req:
+    __slots__ = ("chunk", "count", "deadline", "lba", "offset", "path", "tag", "tries")
+
+    def __init__(self, chunk: _Chunk, lba: int, count: int, offset: int) -> None:
+        self.chunk = chunk
+        self.lba = lba
+        self.count = count
+        self.offset = offset
+        self.tag = 0
+        self.path: PathState | None = None
+        self.deadline = 0.0
+        self.tries = 0
+
+
+class _Chunk:
+    __slots__ = ("buf", "lba", "remaining", "sectors")
+
+    def __init__(self, lba: int, sectors: int) -> None:
+        self.lba = lba
+        self.sectors = sectors
+        self.buf = bytearray(sectors * F.SECTOR)
+        self.remaining = 0
+
+
+@dataclass
+class ReaderConfig:
+    window: int = 16  # requests in flight (capped by the paths' buffer counts)
+    timeout: float = 0.25  # seconds before a request is sent again
+    retries: int = 6  # retransmissions of one request before AoETimeout
+    path_failures: int = 3  # consecutive timeouts that drop a path (if another is alive)
+    max_sectors: int | None = None  # sectors per request (default: what target and MTU allow)
+    buffer_bytes: int = 16 << 20  # read-ahead across chunks
+
+
+class Reader:
+    """Reads extents of a target over all its paths with ``window`` requests in flight."""
+
+    def __init__(self, sock: AoESocket, target: Target, paths: Sequence[ConfigReply],
+                 config: ReaderConfig | None = None) -> None:
+        if not paths:
+            raise AoETimeout(target, None, [], what="read (no paths)")
+        self.sock = sock
+        self.target = target
+        self.cfg = config or ReaderConfig()
+        limit = min([sock.max_sectors, *(p.max_sectors or 1 for p in paths)])
+        self.max_sectors = max(1, min(limit, self.cfg.max_sectors or limit))
+        self.paths = [
+            PathState(p.mac, F.mac_bytes(p.mac), max(1, p.buffer_count),
+                      F.build_ata_request(sock.mac, p.mac, target,
+                                          command=F.ATA_READ_SECTORS_EXT,
+                                          sectors=self.max_sectors))
+            for p in paths
+        ]
+        self._by_mac = {p.mac_b: p for p in self.paths}
+        self._rr = 0
+        self._tag = _new_tag()
+        self.stats = ReadStats()
+
+    # -- path choice ---------------------------------------------------------------
+    def alive_paths(self) -> list[PathState]:
+        return [p for p in self.paths if p.alive]
+
+    def _pick(self, avoid: PathState | None) -> PathState | None:
+        n = len(self.paths)
+        fallback: PathState | None = None
+        for i in range(n):
+            p = self.paths[(self._rr + i) % n]
+            if not p.alive or p.inflight >= p.buffer_count:
+                continue
+            if p is avoid:
+                fallback = p
+                continue
+            self._rr = (self._rr + i + 1) % n
+            return p
+        if fallback is not None and len(self.alive_paths()) == 1:
+            return fallback
+        return None
+
+    def _drop(self, path: PathState, why: str) -> None:
+        path.alive = False
+        self.stats.dropped.append(path.mac)
+        log.warning("AoE %s: dropping path %s (%s); %d path(s) left", self.target, path.mac, why,
+                    len(self.alive_paths()))
+
+    # -- the read loop -------------------------------------------------------------
+    def read(self, extents: Iterable[tuple[int, int]]) -> Iterator[tuple[int, bytearray]]:
+        """Yield ``(lba, data)`` for each ``(lba, sectors)`` extent, in the order given."""
+        sock = self.sock
+        cfg = self.cfg
+        target = self.target
+        shelf, slot = target.shelf, target.slot
+        maxsec = self.max_sectors
+        it = iter(extents)
+        exhausted = False
+        chunks: deque[_Chunk] = deque()
+        buffered = 0
+        queue: deque[_Req] = deque()  # ready to send: retransmissions go to the front
+        inflight: dict[int, _Req] = {}  # tag -> request, in order of the last send
+        rbuf = bytearray(16384)
+        rmv = memoryview(rbuf)
+        stats = self.stats
+        unpack_hdr = _HDR.unpack_from
+        pack_tag = _TAG.pack_into
+        pack_lba = _LBA_QWORD.pack_into
+        resp_bit = F.AOE_RESPONSE
+        bad_status = F.ATA_STATUS_ERR | F.ATA_STATUS_DF
+        timeout = cfg.timeout
+
+        while True:
+            # 1. start extents while the read-ahead budget allows
+            while not exhausted and (not chunks or buffered < cfg.buffer_bytes):
+                try:
+                    lba, nsec = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                if nsec <= 0:
+                    raise ValueError(f"extent at LBA {lba} has {nsec} sectors")
+                ch = _Chunk(lba, nsec)
+                chunks.append(ch)
+                buffered += len(ch.buf)
+                off = 0
+                while off < nsec:
+                    cnt = min(maxsec, nsec - off)
+                    queue.append(_Req(ch, lba + off, cnt, off * F.SECTOR))
+                    ch.remaining += 1
+                    off += cnt
+            # 2. hand out finished extents in order
+            while chunks and chunks[0].remaining == 0:
+                ch = chunks.popleft()
+                buffered -= len(ch.buf)
+                stats.bytes += len(ch.buf)
+                yield ch.lba, ch.buf
+            if not chunks:
+                if exhausted:
+                    return
+                continue
+            # 3. fill the window
+            while queue and len(inflight) < cfg.window:
+                req = queue[0]
+                path = self._pick(req.path)
+                if path is None:
+                    break
+                queue.popleft()
+                if req.tries > cfg.retries:
+                    raise AoETimeout(target, req.lba, [p.mac for p in self.paths],
+                                     tries=req.tries)
+                if req.tries:
+                    stats.retransmits += 1
+                else:
+                    self._tag = (self._tag + 1) & 0xFFFFFFFF
+                    req.tag = self._tag
+                req.tries += 1
+                req.path = path
+                path.inflight += 1
+                frame = path.frame
+                pack_tag(frame, F.OFF_TAG, req.tag)
+                frame[F.OFF_SECTORS] = req.count
+                pack_lba(frame, F.OFF_LBA, req.lba)
+                sock.send(frame)
+                stats.frames_sent += 1
+                req.deadline = time.monotonic() + timeout
+                inflight[req.tag] = req
+            if not inflight:
+                if queue and not self.alive_paths():
+                    raise AoETimeout(target, queue[0].lba, [p.mac for p in self.paths],
+                                     tries=queue[0].tries, what="read (every path dropped)")
+                continue
+            # 4. receive: drain what is waiting, else wait for the oldest deadline
+            n = sock.recv_into(rbuf)
+            if not n:
+                oldest = next(iter(inflight.values()))
+                wait = oldest.deadline - time.monotonic()
+                if wait > 0 and sock.wait(wait):
+                    n = sock.recv_into(rbuf)
+            got = 0
+            while n:
+                if n >= F.DATA_OFFSET:
+                    vf, err, major, minor, cmd, tag = unpack_hdr(rbuf, 14)
+                    req_or_none = inflight.get(tag)
+                    if (req_or_none is not None and vf & resp_bit and major == shelf
+                            and minor == slot and cmd == 0):
+                        req = req_or_none
+                        src = bytes(rbuf[6:12])
+                        if vf & F.AOE_ERROR:
+                            raise AoEReplyError(target, req.lba, F.mac_str(src), err)
+                        status = rbuf[27]
+                        if status & bad_status:
+                            raise ATACommandError(target, req.lba, F.mac_str(src), status,
+                                                  rbuf[25])
+                        nbytes = req.count * 512
+                        if n >= 36 + nbytes:
+                            ch = req.chunk
+                            ch.buf[req.offset:req.offset + nbytes] = rmv[36:36 + nbytes]
+                            ch.remaining -= 1
+                            del inflight[tag]
+                            sent_to = req.path
+                            if sent_to is not None:
+                                sent_to.inflight -= 1
+                            answered = self._by_mac.get(src)
+                            if answered is not None:
+                                answered.failures = 0
+                                answered.replies += 1
+                            stats.replies += 1
+                            got += 1
+                        else:
+                            stats.stray += 1  # truncated: the timeout will resend it
+                    else:
+                        stats.stray += 1
+                n = sock.recv_into(rbuf) if got < 64 else 0
+            # 5. retransmit what timed out
+            now = time.monotonic()
+            while inflight:
+                req = next(iter(inflight.values()))
+                if req.deadline > now:
+                    break
+                del inflight[req.tag]
+                path = req.path
+                assert path is not None
+                path.inflight -= 1
+                path.timeouts += 1
+                path.failures += 1
+                queue.appendleft(req)
+                if (path.alive and path.failures >= cfg.path_failures
+                        and len(self.alive_paths()) > 1):
+                    self._drop(path, f"{path.failures} requests unanswered")
+                    for tag2, r2 in list(inflight.items()):  # resend its requests elsewhere now
+                        if r2.path is path:
+                            del inflight[tag2]
+                            path.inflight -= 1
+                            queue.appendleft(r2)
+            for p in self.paths:
+                stats.per_path[p.mac] = p.replies
+
+
+def sector_extents(start: int, sectors: int, chunk_sectors: int) -> Iterator[tuple[int, int]]:
+    """``(lba, count)`` extents of at most ``chunk_sectors`` covering [start, start+sectors)."""
+    end = start + sectors
+    lba = start
+    while lba < end:
+        cnt = min(chunk_sectors, end - lba)
+        yield lba, cnt
+        lba += cnt

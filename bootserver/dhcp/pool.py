@@ -1,0 +1,95 @@
+"""Address pools: one subnet, a dynamic range inside it, and the options that go with it."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class PoolConfigError(ValueError):
+    """A pool whose range, network or options do not fit together (names the pool)."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One subnet served by the DHCP server.  ``router``/``dns``/``domain``/``lease_time`` left
+    unset fall back to the server-wide values in :class:`~bootserver.dhcp.server.DhcpConfig`."""
+
+    network: str  # "192.0.2.0/24"
+    start: str  # first dynamic address
+    end: str  # last dynamic address
+    router: str | None = None
+    dns: tuple[str, ...] = ()
+    domain: str | None = None
+    lease_time: int | None = None
+
+
+class Pool:
+    """A validated :class:`PoolConfig` plus a next-fit cursor over its dynamic range."""
+
+    def __init__(self, cfg: PoolConfig) -> None:
+        self.cfg = cfg
+        try:
+            self.network = ipaddress.IPv4Network(cfg.network, strict=True)
+            start = ipaddress.IPv4Address(cfg.start)
+            end = ipaddress.IPv4Address(cfg.end)
+            for addr in (cfg.router, *cfg.dns):
+                if addr is not None:
+                    ipaddress.IPv4Address(addr)
+        except ValueError as e:
+            raise PoolConfigError(f"pool {cfg.network}: {e}") from e
+        if start not in self.network or end not in self.network:
+            raise PoolConfigError(
+                f"pool {cfg.network}: range {cfg.start}-{cfg.end} is not inside the network")
+        if int(start) > int(end):
+            raise PoolConfigError(f"pool {cfg.network}: range start {cfg.start} is after end"
+                                  f" {cfg.end}")
+        for a in (start, end):
+            if a in (self.network.network_address, self.network.broadcast_address):
+                raise PoolConfigError(f"pool {cfg.network}: range includes the network or"
+                                      f" broadcast address {a}")
+        if cfg.lease_time is not None and cfg.lease_time <= 0:
+            raise PoolConfigError(f"pool {cfg.network}: lease_time must be positive")
+        self.start = int(start)
+        self.end = int(end)
+        self.netmask = str(self.network.netmask)
+        self.broadcast = str(self.network.broadcast_address)
+        self._cursor = self.start
+
+    def __repr__(self) -> str:
+        return f"Pool({self.cfg.network} {self.cfg.start}-{self.cfg.end})"
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    def contains(self, ip: str) -> bool:
+        """``ip`` is on this pool's subnet."""
+        try:
+            return ipaddress.IPv4Address(ip) in self.network
+        except ValueError:
+            return False
+
+    def in_range(self, ip: str) -> bool:
+        """``ip`` is in the dynamic range."""
+        try:
+            return self.start <= int(ipaddress.IPv4Address(ip)) <= self.end
+        except ValueError:
+            return False
+
+    def usable(self, ip: str) -> bool:
+        """On the subnet and neither its network nor its broadcast address."""
+        return self.contains(ip) and ip not in (str(self.network.network_address), self.broadcast)
+
+    def next_free(self, is_free: Callable[[str], bool]) -> str | None:
+        """The next address after the cursor that ``is_free`` accepts (one lap at most)."""
+        n = self.size
+        cur = self._cursor
+        for _ in range(n):
+            ip = str(ipaddress.IPv4Address(cur))
+            cur = cur + 1 if cur < self.end else self.start
+            if is_free(ip):
+                self._cursor = cur
+                return ip
+        return None

@@ -1,0 +1,588 @@
+"""The DHCP / ProxyDHCP socket server for PXE clients.
+
+Layers: :mod:`codec` (bytes <-> :class:`DhcpPacket`) <- this module (sockets, leases, RFC 2131
+state machine) <- the policy (:class:`DhcpPolicy`, implemented by ``bootserver.policy``).
+
+Modes
+  ``full``   hands out addresses from one or more pools (chosen by ``giaddr``'s subnet for relayed
+             requests, by ``server_ip``'s subnet otherwise), plus the policy's static addresses,
+             and puts boot info in the replies to PXE clients.
+  ``proxy``  ProxyDHCP (PXE 2.1 §2.2.4, RFC 4578): another server hands out addresses; this one
+             answers PXE DISCOVERs with an OFFER that has no ``yiaddr`` but the boot file, and
+             REQUESTs on port 4011 with an ACK carrying the boot file.  It never hands out
+             addresses.
+
+Reply destinations (RFC 2131 §4.1): relayed requests (``giaddr`` set) are answered by unicast to
+``giaddr`` port 67; clients with an address (``ciaddr``) by unicast to it; everything else is
+broadcast to 255.255.255.255:68 on the bound interface.  Unicasting to ``yiaddr`` before the client
+has the address would need an ARP entry written for ``chaddr``; broadcasting instead is what RFC
+2131 §4.1 allows when that cannot be done, and every PXE ROM and iPXE accept it.
+
+The serving loop never dies on a packet: decode errors and exceptions in handling are logged with
+the MAC (when one can be read) and a hex preview, and the next packet is served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import ipaddress
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from bootserver.dhcp import codec
+from bootserver.dhcp import options as o
+from bootserver.dhcp.codec import DhcpPacket
+from bootserver.dhcp.leases import LeaseTable
+from bootserver.dhcp.pool import Pool, PoolConfig
+from bootserver.machine import BootFile, Machine
+
+log = logging.getLogger("bootserver.dhcp")
+
+BROADCAST = "255.255.255.255"
+SERVER_PORT = 67
+CLIENT_PORT = 68
+PXE_PORT = 4011
+MAX_HOPS = 16  # RFC 1542 §4.1.1: relays discard above 16; so do we
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+Mode = Literal["full", "proxy"]
+
+
+class DhcpConfigError(ValueError):
+    """An invalid DHCP server configuration (names the setting)."""
+
+
+class DhcpPolicy(Protocol):
+    """What the DHCP server asks the rest of hcboot (implemented in ``bootserver.policy``)."""
+
+    def static_address(self, mac: str) -> tuple[str, str | None] | None:
+        """``(ip, hostname)`` for a MAC assigned a fixed address, else None."""
+        ...
+
+    def boot_file(self, machine: Machine) -> BootFile | None:
+        """Boot info for a PXE client; None = none (full mode still gives it an address)."""
+        ...
+
+    def record_seen(self, machine: Machine) -> None:
+        """Called for every PXE DISCOVER/REQUEST/INFORM."""
+        ...
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    interface: str  # SO_BINDTODEVICE: the one link served
+    server_ip: str  # this server's address on that link (option 54, default next-server)
+    mode: Mode = "full"
+    pools: tuple[PoolConfig, ...] = ()
+    lease_time: int = 3600
+    lease_file: Path | None = None  # None = leases in memory only
+    router: str | None = None  # defaults for pools that set none
+    dns: tuple[str, ...] = ()
+    domain: str | None = None
+    offer_time: float = 60.0  # how long an OFFER reserves its address
+    decline_time: float = 600.0  # how long a DECLINEd address stays out of use
+    rcvbuf: int = 8 * 1024 * 1024  # bursts of 1000 DISCOVERs must fit
+    server_port: int = SERVER_PORT
+    client_port: int = CLIENT_PORT
+    pxe_port: int = PXE_PORT  # proxy mode only
+    max_hops: int = MAX_HOPS
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "proxy"):
+            raise DhcpConfigError(f"dhcp mode: {self.mode!r} is not 'full' or 'proxy'")
+        if not self.interface:
+            raise DhcpConfigError("dhcp interface: must be set")
+        try:
+            ipaddress.IPv4Address(self.server_ip)
+        except ValueError as e:
+            raise DhcpConfigError(f"dhcp server_ip: {e}") from e
+        if self.mode == "full" and not self.pools:
+            raise DhcpConfigError("dhcp pools: full mode needs at least one pool")
+        if self.lease_time <= 0:
+            raise DhcpConfigError(f"dhcp lease_time: must be positive, got {self.lease_time}")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A datagram to send: ``via_pxe`` = from the port-4011 socket."""
+
+    data: bytes
+    addr: tuple[str, int]
+    via_pxe: bool = False
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    replied: int = 0
+    malformed: int = 0
+    ignored: int = 0
+    errors: int = 0
+
+
+def _hex_preview(data: bytes, n: int = 64) -> str:
+    return data[:n].hex() + ("..." if len(data) > n else "")
+
+
+@dataclass
+class _Ctx:
+    """Facts about one request, computed once."""
+
+    pkt: DhcpPacket
+    mac: str
+    mt: o.MessageType
+    machine: Machine
+    pxe: bool
+    requested: Sequence[int] = field(default_factory=tuple)
+
+
+class DhcpServer:
+    """DHCP (full) or ProxyDHCP (proxy) server on one interface.
+
+    ``sock``/``pxe_sock`` may be passed in (already bound) for tests; otherwise :meth:`open`
+    creates them.  :meth:`handle` is the whole protocol logic (bytes in, :class:`Reply` out) and
+    is usable without sockets."""
+
+    def __init__(self, config: DhcpConfig, policy: DhcpPolicy, *,
+                 sock: socket.socket | None = None, pxe_sock: socket.socket | None = None,
+                 leases: LeaseTable | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.config = config
+        self.policy = policy
+        self.sock = sock
+        self.pxe_sock = pxe_sock
+        self._own_socks = False
+        self.pools = [Pool(_with_defaults(p, config)) for p in config.pools]
+        if leases is None:
+            leases = LeaseTable(config.lease_file, offer_time=config.offer_time,
+                                clock=clock or time.time)
+        self.leases = leases
+        self.stats = Stats()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread: threading.Thread | None = None
+        self._opened = False
+        self._server_id = o.ip_bytes(config.server_ip)
+
+    # --- life cycle -------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Load leases and create the sockets that were not injected (run inside the namespace
+        or on the host that owns ``config.interface``)."""
+        if self._opened:
+            return
+        if self.config.mode == "full":
+            self.leases.open()
+        if self.sock is None:
+            self.sock = self._bind(self.config.server_port)
+            self._own_socks = True
+        if self.config.mode == "proxy" and self.pxe_sock is None:
+            self.pxe_sock = self._bind(self.config.pxe_port)
+        self._opened = True
+        log.info("dhcp %s mode on %s (%s), pools: %s", self.config.mode, self.config.interface,
+                 self.config.server_ip, ", ".join(repr(p) for p in self.pools) or "none")
+
+    def _bind(self, port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.config.interface.encode())
+            try:  # root may exceed net.core.rmem_max
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.config.rcvbuf)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
+            s.bind(("0.0.0.0", port))
+        except OSError as e:
+            s.close()
+            raise OSError(e.errno, f"dhcp: cannot bind 0.0.0.0:{port} on"
+                          f" {self.config.interface}: {e.strerror}") from e
+        return s
+
+    def start(self) -> threading.Thread:
+        """Open (if needed) and serve in a daemon thread."""
+        self.open()
+        self._thread = threading.Thread(target=self.serve_forever, name="dhcp", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop, join its thread, close the sockets this server opened and the journal."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._own_socks:
+            for s in (self.sock, self.pxe_sock):
+                if s is not None:
+                    s.close()
+        self.leases.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def serve_forever(self) -> None:
+        if not self._opened:
+            self.open()
+        sel = selectors.DefaultSelector()
+        socks = [s for s in (self.sock, self.pxe_sock) if s is not None]
+        for s in socks:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, s is self.pxe_sock)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select():
+                    if key.data is None:
+                        continue
+                    self._drain(key.fileobj, bool(key.data))  # type: ignore[arg-type]
+        finally:
+            sel.close()
+
+    def _drain(self, s: socket.socket, is_pxe: bool, budget: int = 512) -> None:
+        port = self.config.pxe_port if is_pxe else self.config.server_port
+        for _ in range(budget):
+            try:
+                data, src = s.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("dhcp: recvfrom on port %d failed: %s", port, e)
+                return
+            self.stats.received += 1
+            try:
+                reply = self.handle(data, src, port)
+            except Exception:
+                self.stats.errors += 1
+                log.exception("dhcp: error handling packet from %s:%d (mac %s); packet %s",
+                              src[0], src[1], _safe_mac(data), _hex_preview(data))
+                continue
+            if reply is None:
+                continue
+            out = self.pxe_sock if reply.via_pxe and self.pxe_sock is not None else s
+            try:
+                out.sendto(reply.data, reply.addr)
+                self.stats.replied += 1
+            except OSError as e:
+                self.stats.errors += 1
+                lvl = logging.DEBUG if e.errno == errno.EAGAIN else logging.WARNING
+                log.log(lvl, "dhcp: sending %d bytes to %s:%d (mac %s) failed: %s",
+                        len(reply.data), reply.addr[0], reply.addr[1], _safe_mac(data), e)
+
+    # --- protocol ---
+    def handle(self, data: bytes, src: tuple[str, int], port: int) -> Reply | None:
+        """One request datagram received on ``port`` from ``src``; the reply to send, if any."""
+        try:
+            pkt = codec.decode(data)
+        except codec.DecodeError as e:
+            self.stats.malformed += 1
+            log.warning("dhcp: dropping malformed packet from %s:%d (mac %s): %s; packet %s",
+                        src[0], src[1], _safe_mac(data), e, _hex_preview(data))
+            return None
+        if pkt.op != codec.BOOTREQUEST:
+            return self._ignore(pkt, "a BOOTREPLY")
+        mac = pkt.mac
+        if mac is None:
+            return self._ignore(pkt, f"hardware type {pkt.htype}/hlen {pkt.hlen} is not Ethernet")
+        if pkt.hops > self.config.max_hops:
+            return self._ignore(pkt, f"hops {pkt.hops} > {self.config.max_hops}")
+        mt = pkt.message_type
+        assert mt is not None  # decode requires option 53
+        vendor = pkt.vendor_class
+        classes = pkt.user_classes
+        user = "iPXE" if "iPXE" in classes else (classes[0] if classes else None)
+        arch = pkt.client_arch
+        pxe = o.is_pxe_vendor_class(vendor) or user == "iPXE"
+        ip = None if pkt.ciaddr == codec.ZERO_IP else pkt.ciaddr
+        machine = Machine(mac=mac, arch=arch, user_class=user, vendor_class=vendor, ip=ip)
+        prl = pkt.options.get(o.PARAMETER_REQUEST_LIST, b"")
+        ctx = _Ctx(pkt, mac, mt, machine, pxe, tuple(prl))
+        if port == self.config.pxe_port and port != self.config.server_port:
+            return self._pxe_port(ctx, src)
+        if self.config.mode == "proxy":
+            return self._proxy(ctx)
+        return self._full(ctx)
+
+    def _ignore(self, pkt: DhcpPacket, why: str,
+                level: int = logging.DEBUG) -> Reply | None:
+        self.stats.ignored += 1
+        log.log(level, "dhcp: ignoring xid %#x from %s: %s", pkt.xid,
+                pkt.mac or pkt.chaddr.hex(), why)
+        return None
+
+    # --- building replies ---
+    def _reply(self, ctx: _Ctx, mt: o.MessageType, yiaddr: str = codec.ZERO_IP) -> DhcpPacket:
+        req = ctx.pkt
+        ciaddr = req.ciaddr if mt == o.MessageType.ACK else codec.ZERO_IP  # RFC 2131 table 3
+        r = DhcpPacket(op=codec.BOOTREPLY, xid=req.xid, chaddr=req.chaddr, htype=req.htype,
+                       hlen=req.hlen, flags=req.flags, ciaddr=ciaddr, yiaddr=yiaddr,
+                       giaddr=req.giaddr)
+        r.options[o.MESSAGE_TYPE] = bytes((mt,))
+        r.options[o.SERVER_ID] = self._server_id
+        return r
+
+    def _encode(self, ctx: _Ctx, r: DhcpPacket) -> bytes:
+        relay = ctx.pkt.options.get(o.RELAY_AGENT_INFO)
+        if relay is not None:  # RFC 3046 §2.2: echo it back
+            r.options[o.RELAY_AGENT_INFO] = relay
+        size = o.client_max_message_size(ctx.pkt.options.get(o.MAX_MESSAGE_SIZE))
+        return codec.encode(r, max_size=size, requested=ctx.requested)
+
+    def _dest(self, ctx: _Ctx, mt: o.MessageType) -> tuple[str, int]:
+        req = ctx.pkt
+        if req.giaddr != codec.ZERO_IP:
+            return (req.giaddr, self.config.server_port)
+        if mt != o.MessageType.NAK and req.ciaddr != codec.ZERO_IP:
+            return (req.ciaddr, self.config.client_port)
+        return (BROADCAST, self.config.client_port)
+
+    def _boot(self, ctx: _Ctx, r: DhcpPacket) -> BootFile | None:
+        """Ask the policy for boot info and put it into ``r``."""
+        if not ctx.pxe:
+            return None
+        self.policy.record_seen(ctx.machine)
+        bf = self.policy.boot_file(ctx.machine)
+        if bf is None:
+            return None
+        next_server = bf.tftp_server or self.config.server_ip
+        try:
+            r.siaddr = str(ipaddress.IPv4Address(next_server))
+        except ValueError:
+            r.siaddr = self.config.server_ip
+        name = bf.filename.encode()
+        if len(name) < codec.FILE_SIZE:
+            r.file = name
+        r.options[o.VENDOR_CLASS] = o.PXE_VENDOR_CLASS.encode()  # saves iPXE's 2 s proxy wait
+        r.options[o.TFTP_SERVER_NAME] = next_server.encode()
+        r.options[o.BOOTFILE_NAME] = name
+        if o.is_pxe_vendor_class(ctx.machine.vendor_class):
+            r.options[o.VENDOR_SPECIFIC] = o.pxe_vendor_options()
+        guid = ctx.pkt.options.get(o.CLIENT_MACHINE_ID)
+        if guid is not None:  # PXE 2.1: replies carry the client's UUID back
+            r.options[o.CLIENT_MACHINE_ID] = guid
+        return bf
+
+    def _send(self, ctx: _Ctx, r: DhcpPacket, mt: o.MessageType, what: str,
+              via_pxe: bool = False, dest: tuple[str, int] | None = None) -> Reply:
+        data = self._encode(ctx, r)
+        addr = dest or self._dest(ctx, mt)
+        log.info("dhcp: %s from %s xid %#x%s -> %s %s to %s:%d", ctx.mt.name, ctx.mac,
+                 ctx.pkt.xid, f" via {ctx.pkt.giaddr}" if ctx.pkt.giaddr != codec.ZERO_IP else "",
+                 mt.name, what, addr[0], addr[1])
+        return Reply(data, addr, via_pxe)
+
+    # --- proxy mode ---
+    def _proxy(self, ctx: _Ctx) -> Reply | None:
+        mt = ctx.mt
+        if mt == o.MessageType.DISCOVER:
+            kind = o.MessageType.OFFER
+        elif mt == o.MessageType.REQUEST and ctx.pkt.options.get(o.SERVER_ID) == self._server_id:
+            kind = o.MessageType.ACK
+        else:
+            return self._ignore(ctx.pkt, f"{mt.name} in proxy mode")
+        if not o.is_pxe_vendor_class(ctx.machine.vendor_class):
+            return self._ignore(ctx.pkt, "not a PXE client (option 60)")
+        r = self._reply(ctx, kind)
+        bf = self._boot(ctx, r)
+        if bf is None:
+            return self._ignore(ctx.pkt, "policy has no boot file", logging.INFO)
+        return self._send(ctx, r, kind, f"boot {bf.filename}")
+
+    def _pxe_port(self, ctx: _Ctx, src: tuple[str, int]) -> Reply | None:
+        """PXE 2.1 §2.2.5 boot server request on port 4011 (also iPXE's ProxyDHCP REQUEST)."""
+        if ctx.mt not in (o.MessageType.REQUEST, o.MessageType.INFORM):
+            return self._ignore(ctx.pkt, f"{ctx.mt.name} on port {self.config.pxe_port}")
+        if not ctx.pxe:
+            return self._ignore(ctx.pkt, "not a PXE client (option 60)")
+        r = self._reply(ctx, o.MessageType.ACK)
+        bf = self._boot(ctx, r)
+        if bf is None:
+            return self._ignore(ctx.pkt, "policy has no boot file", logging.INFO)
+        dest = src if src[0] != codec.ZERO_IP else self._dest(ctx, o.MessageType.ACK)
+        return self._send(ctx, r, o.MessageType.ACK, f"boot {bf.filename}", via_pxe=True,
+                          dest=dest)
+
+    # --- full mode ---
+    def _pool_for(self, pkt: DhcpPacket) -> Pool | None:
+        key = pkt.giaddr if pkt.giaddr != codec.ZERO_IP else self.config.server_ip
+        for p in self.pools:
+            if p.contains(key):
+                return p
+        return None
+
+    def _lease_time(self, pool: Pool) -> int:
+        return pool.cfg.lease_time or self.config.lease_time
+
+    def _net_options(self, r: DhcpPacket, pool: Pool, hostname: str | None,
+                     lease_time: int | None) -> None:
+        opts = r.options
+        if lease_time is not None:
+            opts[o.LEASE_TIME] = o.u32_bytes(lease_time)
+            opts[o.RENEWAL_TIME] = o.u32_bytes(lease_time // 2)  # RFC 2131 §4.4.5 T1
+            opts[o.REBINDING_TIME] = o.u32_bytes(lease_time * 7 // 8)  # T2
+        opts[o.SUBNET_MASK] = o.ip_bytes(pool.netmask)
+        opts[o.BROADCAST_ADDRESS] = o.ip_bytes(pool.broadcast)
+        if pool.cfg.router:
+            opts[o.ROUTER] = o.ip_bytes(pool.cfg.router)
+        if pool.cfg.dns:
+            opts[o.DNS_SERVERS] = o.ips_bytes(pool.cfg.dns)
+        if pool.cfg.domain:
+            opts[o.DOMAIN_NAME] = pool.cfg.domain.encode()
+        if hostname:
+            opts[o.HOSTNAME] = hostname.encode()
+
+    def _static(self, mac: str, pool: Pool) -> tuple[str, str | None] | None:
+        st = self.policy.static_address(mac)
+        if st is None:
+            return None
+        if not pool.usable(st[0]):
+            log.warning("dhcp: static address %s of %s is not on %s; using the pool",
+                        st[0], mac, pool.cfg.network)
+            return None
+        return st
+
+    def _choose(self, ctx: _Ctx, pool: Pool) -> tuple[str, str | None] | None:
+        """RFC 2131 §4.3.1 address choice: static, current/previous lease, offer, requested,
+        then a free one (no ping), reclaiming the oldest tentative offer when the pool is full."""
+        mac, lt = ctx.mac, self.leases
+        st = self._static(mac, pool)
+        if st is not None:
+            lt.take_over(st[0], mac)
+            return st
+        ls = lt.lease_of(mac)
+        if ls is not None and pool.in_range(ls.ip) and lt.is_free_for(ls.ip, mac):
+            return ls.ip, ls.hostname
+        off = lt.offered_ip(mac)
+        if off is not None and pool.in_range(off):
+            return off, None
+        want = ctx.pkt.options.get(o.REQUESTED_IP)
+        if want is not None and len(want) == 4:
+            wanted = socket.inet_ntoa(want)
+            if pool.in_range(wanted) and lt.is_free_for(wanted, mac):
+                return wanted, None
+        ip = pool.next_free(lambda a: lt.is_free_for(a, mac))
+        if ip is None:
+            ip = lt.oldest_offer_in(pool.in_range)
+            if ip is None:
+                return None
+            log.info("dhcp: pool %s full: reclaiming tentative offer of %s", pool.cfg.network, ip)
+        return ip, None
+
+    def _may_assign(self, ctx: _Ctx, pool: Pool, ip: str) -> tuple[bool, str | None]:
+        st = self._static(ctx.mac, pool)
+        if st is not None:
+            return ip == st[0], st[1]
+        if not pool.in_range(ip) or not self.leases.is_free_for(ip, ctx.mac):
+            return False, None
+        ls = self.leases.lease_of(ctx.mac)
+        return True, ls.hostname if ls is not None and ls.ip == ip else None
+
+    def _nak(self, ctx: _Ctx, why: str) -> Reply:
+        r = self._reply(ctx, o.MessageType.NAK)
+        r.options[o.MESSAGE] = why.encode()
+        if ctx.pkt.giaddr != codec.ZERO_IP:
+            r.flags |= codec.FLAG_BROADCAST  # RFC 2131 §4.3.2: relay must broadcast the NAK
+        return self._send(ctx, r, o.MessageType.NAK, why)
+
+    def _full(self, ctx: _Ctx) -> Reply | None:
+        pkt, mt = ctx.pkt, ctx.mt
+        pool = self._pool_for(pkt)
+        if pool is None:
+            where = f"relay {pkt.giaddr}" if pkt.giaddr != codec.ZERO_IP else "this link"
+            return self._ignore(pkt, f"no pool for {where}", logging.WARNING)
+        if mt == o.MessageType.DISCOVER:
+            return self._discover(ctx, pool)
+        if mt == o.MessageType.REQUEST:
+            return self._request(ctx, pool)
+        if mt == o.MessageType.INFORM:
+            r = self._reply(ctx, o.MessageType.ACK)
+            self._net_options(r, pool, None, None)
+            self._boot(ctx, r)
+            return self._send(ctx, r, o.MessageType.ACK, f"(inform {pkt.ciaddr})")
+        if mt == o.MessageType.RELEASE:
+            if self.leases.release(ctx.mac, pkt.ciaddr):
+                log.info("dhcp: RELEASE from %s: %s released", ctx.mac, pkt.ciaddr)
+            else:
+                self._ignore(pkt, f"RELEASE of {pkt.ciaddr}, not its lease", logging.INFO)
+            return None
+        if mt == o.MessageType.DECLINE:
+            ip = pkt.ip_option(o.REQUESTED_IP) if len(
+                pkt.options.get(o.REQUESTED_IP, b"")) == 4 else None
+            if ip is None or not pool.contains(ip):
+                return self._ignore(pkt, "DECLINE without a usable option 50", logging.INFO)
+            self.leases.decline(ctx.mac, ip, self.config.decline_time)
+            log.warning("dhcp: DECLINE from %s: %s is in use by someone else; held %ds",
+                        ctx.mac, ip, self.config.decline_time)
+            return None
+        return self._ignore(pkt, f"{mt.name} sent to a server")
+
+    def _discover(self, ctx: _Ctx, pool: Pool) -> Reply | None:
+        choice = self._choose(ctx, pool)
+        if choice is None:
+            return self._ignore(ctx.pkt, f"pool {pool.cfg.network} has no free address",
+                                logging.WARNING)
+        ip, hostname = choice
+        self.leases.offer(ctx.mac, ip)
+        r = self._reply(ctx, o.MessageType.OFFER, ip)
+        ctx.machine = Machine(ctx.mac, ctx.machine.arch, ctx.machine.user_class,
+                              ctx.machine.vendor_class, ip)
+        self._net_options(r, pool, hostname, self._lease_time(pool))
+        bf = self._boot(ctx, r)
+        return self._send(ctx, r, o.MessageType.OFFER, ip + (f" boot {bf.filename}" if bf else ""))
+
+    def _request(self, ctx: _Ctx, pool: Pool) -> Reply | None:
+        """RFC 2131 §4.3.2: SELECTING, INIT-REBOOT, RENEWING/REBINDING."""
+        pkt = ctx.pkt
+        sid = pkt.options.get(o.SERVER_ID)
+        want = pkt.options.get(o.REQUESTED_IP)
+        req_ip = socket.inet_ntoa(want) if want is not None and len(want) == 4 else None
+        ip: str
+        if sid is not None:  # SELECTING
+            if sid != self._server_id:
+                self.leases.drop_offer(ctx.mac)
+                return self._ignore(pkt, f"client chose server {socket.inet_ntoa(sid[:4])}"
+                                    if len(sid) == 4 else "client chose another server")
+            if req_ip is None:
+                return self._ignore(pkt, "SELECTING REQUEST without option 50", logging.INFO)
+            ip = req_ip
+        elif req_ip is not None:  # INIT-REBOOT
+            if not pool.contains(req_ip):
+                return self._nak(ctx, f"{req_ip} is not on network {pool.cfg.network}")
+            ip = req_ip
+        elif pkt.ciaddr != codec.ZERO_IP:  # RENEWING / REBINDING
+            ip = pkt.ciaddr
+        else:
+            return self._ignore(pkt, "REQUEST with neither option 50 nor ciaddr", logging.INFO)
+        ok, hostname = self._may_assign(ctx, pool, ip)
+        if not ok:
+            return self._nak(ctx, f"{ip} is not available to {ctx.mac}")
+        lease_time = self._lease_time(pool)
+        self.leases.bind(ctx.mac, ip, lease_time, hostname)  # journal fsync'ed before the ACK
+        r = self._reply(ctx, o.MessageType.ACK, ip)
+        ctx.machine = Machine(ctx.mac, ctx.machine.arch, ctx.machine.user_class,
+                              ctx.machine.vendor_class, ip)
+        self._net_options(r, pool, hostname, lease_time)
+        bf = self._boot(ctx, r)
+        return self._send(ctx, r, o.MessageType.ACK, ip + (f" boot {bf.filename}" if bf else ""))
+
+
+def _with_defaults(p: PoolConfig, c: DhcpConfig) -> PoolConfig:
+    return dataclasses.replace(
+        p, router=p.router if p.router is not None else c.router, dns=p.dns or c.dns,
+        domain=p.domain if p.domain is not None else c.domain)
+
+
+def _safe_mac(data: bytes) -> str:
+    try:
+        return codec.peek_mac(data) or "unknown"
+    except Exception:
+        return "unknown"

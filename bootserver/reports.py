@@ -1,0 +1,38 @@
+"""Readiness reports that nodes POST to ``/report/<mac>`` (storage node exports ready, dom0 up).
+
+Stored in ``<state-dir>/reports.json`` (atomic writes) and shown by ``hcboot nodes``."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bootserver.fsutil import atomic_write, locked
+
+REPORTS_NAME = "reports.json"
+
+
+class Reports:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / REPORTS_NAME
+        self.lock_path = Path(state_dir) / ".reports.lock"
+        self._lock = threading.Lock()
+
+    def put(self, mac: str, doc: dict[str, Any]) -> None:
+        rec = {"state": str(doc.get("state", "unknown"))[:64], "time": time.time(),
+               "detail": doc.get("detail")}
+        with self._lock, locked(self.lock_path):
+            cur = read_reports(self.path.parent)
+            cur[mac] = rec
+            atomic_write(self.path, json.dumps(cur, indent=1, sort_keys=True) + "\n")
+
+
+def read_reports(state_dir: Path) -> dict[str, dict[str, Any]]:
+    try:
+        doc = json.loads((Path(state_dir) / REPORTS_NAME).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}

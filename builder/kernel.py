@@ -1,0 +1,443 @@
+"""Kernel and Xen specs (``kernels/*.yaml``) and fetching them as Debian packages.
+
+A spec is declarative: which package, which module sets the small initramfs needs, the default
+command lines.  ``fetch_kernel``/``fetch_xen`` turn a spec into files on disk, cached by package
+version under ``<cache>/kernel/`` and ``<cache>/xen/``; ``kernel_tree_from_root`` takes the kernel
+from an already-built root tree instead (diskimage-builder output).
+
+Every failure is a typed exception: ``SpecError`` (file + key), ``FetchError`` (command, exit
+code, stderr tail), ``KernelError`` (anything else about a tree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import fnmatch
+import gzip
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder import paths
+
+__all__ = [
+    "FetchError",
+    "KernelError",
+    "KernelSpec",
+    "KernelTree",
+    "SpecError",
+    "XenSpec",
+    "XenTree",
+    "fetch_kernel",
+    "fetch_xen",
+    "kernel_tree_from_root",
+    "load_kernel_spec",
+    "load_spec",
+    "load_xen_spec",
+]
+
+STAMP = ".complete"
+
+
+# ---------------------------------------------------------------- errors
+
+
+class KernelError(Exception):
+    """Anything wrong with a kernel/Xen spec, package or tree."""
+
+
+class SpecError(KernelError):
+    def __init__(self, path: Path | str, key: str | None, message: str) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.message = message
+        where = f"{self.path}: {key}" if key else str(self.path)
+        super().__init__(f"{where}: {message}")
+
+
+class FetchError(KernelError):
+    def __init__(self, cmd: Sequence[str], returncode: int, stderr: str) -> None:
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stderr_tail = "\n".join(stderr.strip().splitlines()[-15:])
+        super().__init__(
+            f"`{shlex.join(self.cmd)}` exited {returncode}: {self.stderr_tail or '(no stderr)'}"
+        )
+
+
+# ---------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    package: str
+    image_package: str
+    version: str | None
+    cmdline: str
+    module_sets: Mapping[str, tuple[str, ...]]
+    initramfs: Mapping[str, tuple[str, ...]]
+    source: Path | None = None
+
+    def modules_in(self, *sets: str) -> tuple[str, ...]:
+        """The union of the named module sets, in order, without duplicates."""
+        out: list[str] = []
+        for s in sets:
+            if s not in self.module_sets:
+                raise SpecError(self.source or self.name, f"module_sets.{s}", "no such module set")
+            for m in self.module_sets[s]:
+                if m not in out:
+                    out.append(m)
+        return tuple(out)
+
+    def modules_for(self, mode: str) -> tuple[str, ...]:
+        """Module names the initramfs of ``mode`` (marker, aoe-root, ram-root) needs."""
+        if mode not in self.initramfs:
+            raise SpecError(self.source or self.name, f"initramfs.{mode}", "no such initramfs mode")
+        return self.modules_in(*self.initramfs[mode])
+
+
+@dataclass(frozen=True)
+class XenSpec:
+    name: str
+    package: str
+    hypervisor: str
+    version: str | None
+    cmdline: str
+    dom0_cmdline: str
+    source: Path | None = None
+
+
+_KERNEL_KEYS = {
+    "kind": True, "name": True, "package": True, "image_package": False, "version": False,
+    "cmdline": False, "module_sets": False, "initramfs": False,
+}
+_XEN_KEYS = {
+    "kind": True, "name": True, "package": True, "hypervisor": True, "version": False,
+    "cmdline": True, "dom0_cmdline": True,
+}
+
+
+def _resolve_spec_path(path_or_name: Path | str) -> Path:
+    p = Path(path_or_name)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in str(path_or_name):
+        return p
+    return paths.kernels_dir() / f"{path_or_name}.yaml"
+
+
+def _str(path: Path, key: str, value: Any, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise SpecError(path, key, f"expected a string, got {type(value).__name__}")
+    s = str(value).strip()
+    if not s and not optional:
+        raise SpecError(path, key, "must not be empty")
+    if "\n" in s:
+        raise SpecError(path, key, "must be one line")
+    return s or None
+
+
+def _req_str(path: Path, key: str, value: Any) -> str:
+    s = _str(path, key, value)
+    assert s is not None
+    return s
+
+
+def _name_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SpecError(path, key, f"expected a list, got {type(value).__name__}")
+    out = []
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise SpecError(path, f"{key}[{i}]", f"bad name {v!r}")
+        out.append(v)
+    return tuple(out)
+
+
+def _name_map(path: Path, key: str, value: Any) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(path, key, f"expected a mapping, got {type(value).__name__}")
+    return {str(k): _name_list(path, f"{key}.{k}", v) for k, v in value.items()}
+
+
+def _read_yaml(path: Path, table: Mapping[str, bool]) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(path, None, f"cannot read: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(path, None, f"invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise SpecError(path, None, "top level must be a mapping")
+    for key in data:
+        if key not in table:
+            raise SpecError(path, str(key), f"unknown key (allowed: {', '.join(sorted(table))})")
+    for key, required in table.items():
+        if required and key not in data:
+            raise SpecError(path, key, "missing required key")
+    return data
+
+
+def load_spec(path_or_name: Path | str) -> KernelSpec | XenSpec:
+    """Load ``kernels/<name>.yaml`` (or a path); ``kind`` picks the dataclass."""
+    path = _resolve_spec_path(path_or_name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SpecError(path, None, f"cannot read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise SpecError(path, None, f"invalid YAML: {e}") from e
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind == "kernel":
+        return load_kernel_spec(path)
+    if kind == "xen":
+        return load_xen_spec(path)
+    raise SpecError(path, "kind", f"must be 'kernel' or 'xen', got {kind!r}")
+
+
+def load_kernel_spec(path_or_name: Path | str) -> KernelSpec:
+    path = _resolve_spec_path(path_or_name)
+    d = _read_yaml(path, _KERNEL_KEYS)
+    if d["kind"] != "kernel":
+        raise SpecError(path, "kind", f"expected 'kernel', got {d['kind']!r}")
+    package = _req_str(path, "package", d["package"])
+    module_sets = _name_map(path, "module_sets", d.get("module_sets"))
+    initramfs = _name_map(path, "initramfs", d.get("initramfs"))
+    for mode, sets in initramfs.items():
+        for i, s in enumerate(sets):
+            if s not in module_sets:
+                raise SpecError(path, f"initramfs.{mode}[{i}]", f"unknown module set {s!r}")
+    return KernelSpec(
+        name=_req_str(path, "name", d["name"]),
+        package=package,
+        image_package=_str(path, "image_package", d.get("image_package"), optional=True)
+        or package,
+        version=_str(path, "version", d.get("version"), optional=True),
+        cmdline=_str(path, "cmdline", d.get("cmdline", ""), optional=True) or "",
+        module_sets=module_sets,
+        initramfs=initramfs,
+        source=path,
+    )
+
+
+def load_xen_spec(path_or_name: Path | str) -> XenSpec:
+    path = _resolve_spec_path(path_or_name)
+    d = _read_yaml(path, _XEN_KEYS)
+    if d["kind"] != "xen":
+        raise SpecError(path, "kind", f"expected 'xen', got {d['kind']!r}")
+    hyp = _req_str(path, "hypervisor", d["hypervisor"]).lstrip("/")
+    if ".." in Path(hyp).parts:
+        raise SpecError(path, "hypervisor", "must be a path inside the package")
+    return XenSpec(
+        name=_req_str(path, "name", d["name"]),
+        package=_req_str(path, "package", d["package"]),
+        hypervisor=hyp,
+        version=_str(path, "version", d.get("version"), optional=True),
+        cmdline=_req_str(path, "cmdline", d["cmdline"]),
+        dom0_cmdline=_req_str(path, "dom0_cmdline", d["dom0_cmdline"]),
+        source=path,
+    )
+
+
+# ---------------------------------------------------------------- trees
+
+
+@dataclass(frozen=True)
+class KernelTree:
+    vmlinuz: Path
+    modules_dir: Path
+    version: str
+    package: str = ""
+    package_version: str = ""
+
+
+@dataclass(frozen=True)
+class XenTree:
+    xen_elf: Path
+    version: str
+    package: str = ""
+
+
+def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
+    try:
+        r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise FetchError(cmd, 127, f"{cmd[0]}: not found") from e
+    if r.returncode != 0:
+        raise FetchError(cmd, r.returncode, r.stderr or r.stdout)
+    return r.stdout
+
+
+def _apt_show(package: str, version: str | None = None) -> dict[str, str]:
+    """Fields of the candidate (or the pinned ``version``) of ``package`` from apt's metadata."""
+    cmd = ["apt-cache", "show", "--no-all-versions", package] if version is None else [
+        "apt-cache", "show", f"{package}={version}"]
+    out = _run(cmd)
+    fields: dict[str, str] = {}
+    for line in out.split("\n\n")[0].splitlines():
+        m = re.match(r"^([A-Za-z0-9-]+):\s?(.*)$", line)
+        if m:
+            fields[m.group(1)] = m.group(2)
+    if "Version" not in fields:
+        raise FetchError(cmd, 0, f"no Version field for {package}")
+    return fields
+
+
+def _resolve_package(package: str, image_glob: str, version: str | None) -> tuple[str, str]:
+    """(image package, version): follow ``package``'s Depends to the one matching ``image_glob``."""
+    if fnmatch.fnmatchcase(package, image_glob):
+        return package, _apt_show(package, version)["Version"]
+    meta = _apt_show(package)
+    for dep in meta.get("Depends", "").split(","):
+        name = dep.split("|")[0].strip().split(" ")[0].split(":")[0]
+        if fnmatch.fnmatchcase(name, image_glob):
+            return name, _apt_show(name, version)["Version"]
+    raise KernelError(f"{package}: no dependency matches {image_glob!r} "
+                      f"(Depends: {meta.get('Depends', '')})")
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+_-]", "_", s)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _download_and_extract(entry: Path, package: str, version: str) -> Path:
+    """Fill ``entry`` with the .deb and ``root/``; returns root.  Caller holds the lock."""
+    if entry.exists():
+        shutil.rmtree(entry)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    tmp.chmod(0o755)
+    try:
+        _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+              f"{package}={version}"], cwd=tmp)
+        debs = sorted(tmp.glob("*.deb"))
+        if len(debs) != 1:
+            raise KernelError(f"apt-get download {package}={version}: expected one .deb in {tmp}, "
+                              f"found {[d.name for d in debs]}")
+        _run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "root")])
+        tmp.rename(entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return entry / "root"
+
+
+def _modules_dir(root: Path, version: str) -> Path | None:
+    for base in ("lib/modules", "usr/lib/modules"):
+        if (root / base / version).is_dir():
+            return root / base / version
+    return None
+
+
+def _depmod(root: Path, version: str) -> None:
+    # The host has no kmod depmod; busybox's works on a foreign tree (-b BASEDIR).
+    mods = _modules_dir(root, version)
+    if mods is None:
+        raise KernelError(f"{root}: no lib/modules/{version}")
+    base = mods.parent.parent.parent  # BASEDIR of BASEDIR/lib/modules/VERSION
+    _run(["busybox", "depmod", "-b", str(base), version])
+    if not (mods / "modules.dep").is_file():
+        raise KernelError(f"depmod wrote no modules.dep under {mods}")
+
+
+def fetch_kernel(spec: KernelSpec, cache_dir: Path) -> KernelTree:
+    """Download and unpack the kernel package of ``spec`` (cached by package version)."""
+    package, version = _resolve_package(spec.package, spec.image_package, spec.version)
+    entry = Path(cache_dir) / "kernel" / _safe(f"{package}_{version}")
+    with _locked(entry.with_name(entry.name + ".lock")):
+        if not (entry / STAMP).is_file():
+            root = _download_and_extract(entry, package, version)
+            vers = _kernel_versions(root)
+            if len(vers) != 1:
+                raise KernelError(f"{package}={version}: expected one kernel, found {vers}")
+            _depmod(root, vers[0])
+            (entry / STAMP).write_text(f"{package}={version}\n")
+        tree = kernel_tree_from_root(entry / "root")
+    return KernelTree(tree.vmlinuz, tree.modules_dir, tree.version, package, version)
+
+
+def fetch_xen(spec: XenSpec, cache_dir: Path) -> XenTree:
+    """Download the hypervisor package of ``spec``; returns the gunzipped ELF (cached)."""
+    package, version = _resolve_package(spec.package, spec.package, spec.version)
+    entry = Path(cache_dir) / "xen" / _safe(f"{package}_{version}")
+    elf = entry / "xen.elf"
+    with _locked(entry.with_name(entry.name + ".lock")):
+        if not (entry / STAMP).is_file():
+            root = _download_and_extract(entry, package, version)
+            src = root / spec.hypervisor
+            if not src.is_file():
+                raise KernelError(f"{package}={version}: no {spec.hypervisor} in the package "
+                                  f"(spec {spec.source})")
+            tmp = elf.with_suffix(".tmp")
+            if src.suffix == ".gz":
+                with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
+                    shutil.copyfileobj(fi, fo)
+            else:
+                shutil.copyfile(src, tmp)
+            if tmp.read_bytes()[:4] != b"\x7fELF":
+                raise KernelError(f"{src}: not an ELF after decompression")
+            os.replace(tmp, elf)
+            (entry / STAMP).write_text(f"{package}={version}\n")
+    return XenTree(elf, version, package)
+
+
+def _version_key(v: str) -> list[tuple[int, int | str]]:
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+~]", v)]
+
+
+def _kernel_versions(root: Path) -> list[str]:
+    """Versions that have both boot/vmlinuz-V and (usr/)lib/modules/V, oldest first."""
+    boot = {p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*") if p.is_file()}
+    mods: set[str] = set()
+    for base in ("lib/modules", "usr/lib/modules"):
+        d = root / base
+        if d.is_dir():
+            mods |= {p.name for p in d.iterdir() if p.is_dir()}
+    return sorted(boot & mods, key=_version_key)
+
+
+def kernel_tree_from_root(rootdir: Path, version: str | None = None) -> KernelTree:
+    """The kernel of a root tree: ``boot/vmlinuz-V`` + ``lib/modules/V`` (newest V by default).
+
+    Runs ``busybox depmod`` when the tree has no modules.dep yet."""
+    root = Path(rootdir)
+    vers = _kernel_versions(root)
+    if not vers:
+        raise KernelError(f"{root}: no boot/vmlinuz-VERSION with a matching lib/modules/VERSION")
+    if version is None:
+        version = vers[-1]
+    elif version not in vers:
+        raise KernelError(f"{root}: kernel {version} not found (have {', '.join(vers)})")
+    mods = _modules_dir(root, version)
+    assert mods is not None  # _kernel_versions only lists versions with a modules dir
+    if not (mods / "modules.dep").is_file():
+        _depmod(root, version)
+    return KernelTree(vmlinuz=root / "boot" / f"vmlinuz-{version}", modules_dir=mods,
+                      version=version)

@@ -1,0 +1,186 @@
+"""Write side of the image store: build directories, atomic publish, GC, lock, leftovers.
+
+Layout and manifest format: ``builder.manifest``.  A build is assembled in a temporary
+directory inside the role's folder (same filesystem), every file and the directory are
+fsync'ed, the directory is renamed to its build id, and ``current`` is flipped by renaming a
+temporary symlink over it, then the role folder is fsync'ed.  A failed build never touches
+``current``.  A build killed at any point leaves ``current`` complete; its leftovers
+(``.tmp-*`` directories, ``.current-*`` symlinks) are removed by the next run, which holds the
+role's lock (flock on ``<role>/.lock``) while it does so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from builder.errors import LockBusyError, StoreError
+from builder.manifest import CURRENT, MANIFEST_NAME, ManifestError, load_manifest
+
+LOCK_NAME = ".lock"
+TMP_PREFIX = ".tmp-"
+LINK_PREFIX = ".current-"
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every regular file and directory below ``root`` (bottom-up), then ``root``."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for f in files:
+            p = Path(dirpath) / f
+            if p.is_file() and not p.is_symlink():
+                fsync_path(p)
+        fsync_path(Path(dirpath))
+
+
+class RoleStore:
+    """The builds of one role: ``<store>/<role>/``."""
+
+    def __init__(self, store: Path, role: str) -> None:
+        self.store = Path(store)
+        self.role = role
+        self.dir = self.store / role
+
+    # ------------------------------------------------------------------ lock
+    @contextlib.contextmanager
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """Exclusive lock of the role; ``LockBusyError`` after ``wait`` seconds."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(self.dir, f"cannot create lock: {exc.strerror}") from exc
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise LockBusyError(
+                            self.dir / LOCK_NAME, "another hcbuild is building this role"
+                        ) from exc
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    # ------------------------------------------------------------- leftovers
+    def clean_leftovers(self) -> list[Path]:
+        """Remove what killed builds left (call with the lock held)."""
+        removed: list[Path] = []
+        if not self.dir.is_dir():
+            return removed
+        for p in sorted(self.dir.iterdir()):
+            if p.name.startswith(LINK_PREFIX) and p.is_symlink():
+                p.unlink()
+                removed.append(p)
+            elif p.name.startswith(TMP_PREFIX):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
+
+    # ------------------------------------------------------------ read side
+    def current_id(self) -> str | None:
+        try:
+            return Path(os.readlink(self.dir / CURRENT)).name
+        except OSError:
+            return None
+
+    def build_ids(self) -> list[str]:
+        """Published builds, oldest first (build ids start with a UTC timestamp)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.dir.iterdir()
+            if p.is_dir()
+            and not p.is_symlink()
+            and not p.name.startswith(".")
+            and (p / MANIFEST_NAME).is_file()
+        )
+
+    def build_key_of(self, build_id: str) -> str | None:
+        try:
+            return load_manifest(self.dir / build_id).build_key
+        except ManifestError:
+            return None
+
+    def find_by_key(self, key: str) -> str | None:
+        """A published build made from exactly these inputs: current first, then the newest."""
+        cur = self.current_id()
+        if cur and self.build_key_of(cur) == key:
+            return cur
+        for bid in reversed(self.build_ids()):
+            if bid != cur and self.build_key_of(bid) == key:
+                return bid
+        return None
+
+    # ----------------------------------------------------------- write side
+    def new_tmp_dir(self, build_id: str) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        d = self.dir / f"{TMP_PREFIX}{build_id}-{os.getpid()}"
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir()
+        return d
+
+    def publish(self, tmp: Path, build_id: str) -> Path:
+        """Make ``tmp`` the build ``build_id`` and point ``current`` at it, atomically."""
+        final = self.dir / build_id
+        if final.exists():
+            raise StoreError(final, "build id already exists")
+        if not (tmp / MANIFEST_NAME).is_file():
+            raise StoreError(tmp, "no manifest.json: refusing to publish")
+        fsync_tree(tmp)
+        os.rename(tmp, final)
+        fsync_path(self.dir)
+        self.set_current(build_id)
+        return final
+
+    def set_current(self, build_id: str) -> None:
+        if not (self.dir / build_id / MANIFEST_NAME).is_file():
+            raise StoreError(self.dir / build_id, "not a published build")
+        link = self.dir / f"{LINK_PREFIX}{os.getpid()}"
+        link.unlink(missing_ok=True)
+        os.symlink(build_id, link)
+        os.rename(link, self.dir / CURRENT)
+        fsync_path(self.dir)
+
+    def gc(self, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest builds; never ``current``.  Returns removed ids."""
+        if keep < 1:
+            raise StoreError(self.dir, f"--keep must be at least 1, got {keep}")
+        cur = self.current_id()
+        ids = [b for b in self.build_ids() if b != cur]
+        budget = keep - (1 if cur else 0)
+        doomed = ids[: max(0, len(ids) - budget)]
+        for bid in doomed:
+            # rename first: a half-deleted build is a leftover, never a visible build
+            trash = self.dir / f"{TMP_PREFIX}gc-{bid}"
+            os.rename(self.dir / bid, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        if doomed:
+            fsync_path(self.dir)
+        return doomed

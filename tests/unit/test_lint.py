@@ -1,0 +1,24 @@
+"""Lint and types are tests: ruff and mypy over the whole tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff_clean() -> None:
+    r = _run(sys.executable, "-m", "ruff", "check", "builder", "bootserver", "tests", "bench")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_clean() -> None:
+    r = _run(sys.executable, "-m", "mypy", "--no-error-summary",
+             "-p", "builder", "-p", "bootserver")
+    assert r.returncode == 0, r.stdout + r.stderr
