@@ -110,7 +110,8 @@ def _ago(t: float | None) -> str:
 
 
 @main.command()
-@click.option("--unassigned", is_flag=True, help="Only machines that asked to boot but have no role.")
+@click.option("--unassigned", is_flag=True,
+              help="Only machines that asked to boot but have no role.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 @fail_cleanly
@@ -128,7 +129,8 @@ def nodes(c: Ctx, unassigned: bool, as_json: bool) -> None:
         click.echo(f"{'MAC':17}  {'ARCH':>4}  {'FIRST SEEN':>12}  {'LAST SEEN':>12}  VENDOR CLASS")
         for s in rows:
             click.echo(f"{s.mac:17}  {s.arch if s.arch is not None else '-':>4}  "
-                       f"{_ago(s.first_seen):>12}  {_ago(s.last_seen):>12}  {s.vendor_class or '-'}")
+                       f"{_ago(s.first_seen):>12}  {_ago(s.last_seen):>12}  "
+                       f"{s.vendor_class or '-'}")
         return
     reports = read_reports(c.state_dir)
     if as_json:

@@ -4,8 +4,8 @@ first-stage boot binaries; the DHCP/TFTP/HTTP servers only ask it questions.
 Decision table for DHCP (``boot_file``):
 
     assigned role (or default_role)?  no  -> None (address only; machine recorded as seen)
+    loader pxelinux (node or image), BIOS -> pxelinux.0 (also for iPXE clients: iPXE chains it)
     user class "iPXE"                     -> http://SERVER:PORT/boot/<mac>.ipxe
-    loader pxelinux (node or image), BIOS -> pxelinux.0
     arch 0 (BIOS) / absent                -> undionly.kpxe
     arch 6 (EFI IA32)                     -> None (no 32-bit EFI iPXE in Debian's package)
     arch 7, 9 (EFI x64), 16 (x64 HTTP)    -> ipxe.efi (or snponly.efi, --efi-binary)
@@ -141,12 +141,14 @@ class Policy:
         if r is None:
             return None
         role = r.node.role
+        arch = ARCH_BIOS if machine.arch is None else machine.arch
+        if r.loader == "pxelinux" and arch == ARCH_BIOS:
+            # iPXE (a ROM or our own first stage) chain-loads pxelinux.0 like any PXE NBP
+            return BootFile(FIRST_STAGE_PXELINUX, role)
         if machine.is_ipxe:
             return BootFile(f"{self.http_base}/boot/{machine.mac}.ipxe", role)
-        arch = ARCH_BIOS if machine.arch is None else machine.arch
         if arch == ARCH_BIOS:
-            name = FIRST_STAGE_PXELINUX if r.loader == "pxelinux" else FIRST_STAGE_BIOS
-            return BootFile(name, role)
+            return BootFile(FIRST_STAGE_BIOS, role)
         if arch in _EFI_X64:
             if r.loader == "pxelinux":
                 log.info("%s: pxelinux is BIOS-only; EFI client gets %s", machine.mac,

@@ -57,6 +57,9 @@ from tftpy.TftpShared import TftpException, TftpTimeout, TftpTimeoutExpectACK
 from tftpy.TftpStates import TftpState, TftpStateExpectACK
 
 log = logging.getLogger("bootserver.tftp")
+# tftpy logs every transfer's progress at INFO; ours names client and file instead.
+if logging.getLogger("tftpy").level == logging.NOTSET:
+    logging.getLogger("tftpy").setLevel(logging.WARNING)
 
 Resolver = Callable[[str, str], bytes | Path | None]
 

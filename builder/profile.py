@@ -25,7 +25,7 @@ from builder.errors import ElementError, ProfileError
 ARTIFACTS = ("kernel", "initrd", "rootfs", "xen")
 ROOT_KINDS = ("ram", "aoe", "disk")
 LOADERS = ("ipxe", "pxelinux")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+:~-]+)?$")
 

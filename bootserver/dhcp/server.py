@@ -172,16 +172,22 @@ class DhcpServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread: threading.Thread | None = None
         self._opened = False
+        self._loaded = False
         self._server_id = o.ip_bytes(config.server_ip)
 
     # --- life cycle -------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Replay the lease journal (full mode); :meth:`open` does it too."""
+        if self.config.mode == "full" and not self._loaded:
+            self.leases.open()
+            self._loaded = True
+
     def open(self) -> None:
         """Load leases and create the sockets that were not injected (run inside the namespace
         or on the host that owns ``config.interface``)."""
         if self._opened:
             return
-        if self.config.mode == "full":
-            self.leases.open()
+        self.load()
         if self.sock is None:
             self.sock = self._bind(self.config.server_port)
             self._own_socks = True

@@ -1,0 +1,3 @@
+from bootserver.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""``hcboot serve``: DHCP (full or proxy) + TFTP + HTTP on one provisioning interface.
+
+Composition only: every protocol lives in its own module; this file builds the objects, starts
+them, and stops them all on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from bootserver.bootapp import BootApp
+from bootserver.dhcp.pool import PoolConfig
+from bootserver.dhcp.server import DhcpConfig, DhcpServer
+from bootserver.errors import HcbootError, ServeError
+from bootserver.firststage import populate
+from bootserver.http import HttpServer
+from bootserver.inventory import InventoryFile, InventoryWatcher
+from bootserver.policy import EFI_BINARIES, Policy, PolicyConfig
+from bootserver.seen import SeenStore
+from bootserver.tftp import TftpServer
+from builder.manifest import ImageStore
+
+log = logging.getLogger("hcboot.serve")
+
+
+def interface_ipv4(ifname: str) -> ipaddress.IPv4Interface:
+    """The first IPv4 address (with prefix) of ``ifname``."""
+    r = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", ifname],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ServeError(f"interface {ifname}: {r.stderr.strip() or 'not found'}")
+    for link in json.loads(r.stdout or "[]"):
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet":
+                return ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+    raise ServeError(f"interface {ifname} has no IPv4 address (give it one, or pass --address)")
+
+
+def default_range(iface: ipaddress.IPv4Interface) -> tuple[str, str]:
+    """The upper half of the interface's subnet, minus the broadcast address and the server."""
+    hosts = [h for h in iface.network.hosts() if h != iface.ip]
+    if len(hosts) < 2:
+        raise ServeError(f"subnet {iface.network} too small for a DHCP pool: pass --range")
+    half = hosts[len(hosts) // 2:]
+    return str(half[0]), str(half[-1])
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    interface: str
+    mode: str
+    state_dir: Path
+    images: Path
+    address: str | None = None
+    range: tuple[str, str] | None = None
+    router: str | None = None
+    dns: tuple[str, ...] = ()
+    domain: str | None = None
+    lease_time: int = 3600
+    http_port: int = 80
+    tftp_port: int = 69
+    efi_binary: str = "ipxe.efi"
+    bind_http: str | None = None  # default: the server address
+
+
+class BootServer:
+    """All of hcboot's servers for one interface."""
+
+    def __init__(self, opts: ServeOptions, roles: list[str]) -> None:
+        self.opts = opts
+        if opts.address:
+            iface = ipaddress.IPv4Interface(opts.address if "/" in opts.address
+                                            else f"{opts.address}/24")
+            if "/" not in opts.address:
+                try:
+                    iface = interface_ipv4(opts.interface)
+                    if str(iface.ip) != opts.address:
+                        iface = ipaddress.IPv4Interface(f"{opts.address}/{iface.network.prefixlen}")
+                except ServeError:
+                    pass
+        else:
+            iface = interface_ipv4(opts.interface)
+        self.iface = iface
+        server_ip = str(iface.ip)
+        state = opts.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.inventory = InventoryWatcher(InventoryFile(state, roles))
+        if self.inventory.last_error:
+            raise ServeError(self.inventory.last_error)
+        self.seen = SeenStore(state)
+        self.policy = Policy(PolicyConfig(server_ip, opts.http_port, opts.efi_binary),
+                             self.inventory, ImageStore(opts.images), self.seen)
+        self.app = BootApp(self.policy, state)
+        self.tftp_root = state / "tftp"
+        found = populate(self.tftp_root)
+        if found.get("undionly.kpxe") is None and found.get("pxelinux.0") is None:
+            log.warning("no first-stage boot binary found: only iPXE ROM clients can boot")
+        pools: tuple[PoolConfig, ...] = ()
+        if opts.mode == "full":
+            start, end = opts.range or default_range(iface)
+            pools = (PoolConfig(network=str(iface.network), start=start, end=end,
+                                router=opts.router, dns=opts.dns, domain=opts.domain),)
+        self.dhcp = DhcpServer(DhcpConfig(
+            interface=opts.interface, server_ip=server_ip, mode=opts.mode,  # type: ignore[arg-type]
+            pools=pools, lease_time=opts.lease_time, lease_file=state / "leases.jsonl",
+            router=opts.router, dns=opts.dns, domain=opts.domain), self.policy)
+        self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
+                               resolver=self.app.tftp_resolve)
+        self.http = HttpServer(opts.bind_http or server_ip, opts.http_port, self.app)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.inventory.start(0.5)
+        self.http.start()
+        self.tftp.start()
+        self.dhcp.open()
+        self.dhcp.start()
+        log.info("hcboot serving on %s (%s): DHCP %s, TFTP :%d, HTTP :%d, images %s",
+                 self.opts.interface, self.iface, self.opts.mode, self.tftp.port,
+                 self.http.port, self.opts.images)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for name, fn in (("dhcp", self.dhcp.stop), ("tftp", self.tftp.stop),
+                         ("http", self.http.stop), ("inventory", self.inventory.stop),
+                         ("seen", self.seen.flush)):
+            try:
+                fn()
+            except Exception:
+                log.exception("stopping %s failed", name)
+        log.info("hcboot stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def _parse_range(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    try:
+        a, b = (str(ipaddress.IPv4Address(x.strip())) for x in value.split("-", 1))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not START-END (two IPv4 addresses)") from None
+    return a, b
+
+
+@click.command()
+@click.option("--interface", "-i", required=True, envvar="HCBOOT_INTERFACE",
+              help="Provisioning interface to serve (DHCP binds to it only).")
+@click.option("--mode", type=click.Choice(["full", "proxy"]), default="proxy", show_default=True,
+              help="full: hand out addresses too; proxy: only boot info beside another DHCP.")
+@click.option("--address", help="This server's IPv4 on the interface (default: its first).")
+@click.option("--range", "range_", help="Dynamic pool START-END (full mode; default: upper "
+              "half of the interface's subnet).")
+@click.option("--router", help="Option 3 handed out in full mode.")
+@click.option("--dns", multiple=True, help="Option 6 (repeatable).")
+@click.option("--domain", help="Option 15.")
+@click.option("--lease-time", default=3600, show_default=True, type=click.IntRange(60))
+@click.option("--http-port", default=80, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--tftp-port", default=69, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--efi-binary", type=click.Choice(list(EFI_BINARIES)), default="ipxe.efi",
+              show_default=True, help="First stage for UEFI x64 clients.")
+@click.pass_obj
+def serve(c: object, interface: str, mode: str, address: str | None, range_: str | None,
+          router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
+          http_port: int, tftp_port: int, efi_binary: str) -> None:
+    """Serve DHCP/ProxyDHCP, TFTP and HTTP boot on INTERFACE until SIGTERM."""
+    from bootserver.cli import known_roles
+
+    state_dir: Path = c.state_dir  # type: ignore[attr-defined]
+    images: Path = c.images  # type: ignore[attr-defined]
+    opts = ServeOptions(interface=interface, mode=mode, state_dir=state_dir, images=images,
+                        address=address, range=_parse_range(range_), router=router, dns=dns,
+                        domain=domain, lease_time=lease_time, http_port=http_port,
+                        tftp_port=tftp_port, efi_binary=efi_binary)
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        srv = BootServer(opts, known_roles(images))
+        srv.start()
+    except (HcbootError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        threading.Thread(target=srv.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    srv.wait()

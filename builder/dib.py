@@ -1,0 +1,152 @@
+"""The one module that runs diskimage-builder (``disk-image-create``).
+
+A run is described by ``DibRun`` (elements, packages, environment, output); ``run_dib`` writes
+DIB's whole output to a log file and, on failure, raises ``DibError`` naming the failing
+script and element (parsed from the log), the command and the last lines of the log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.elements import Element
+from builder.errors import BuildError, DibError
+from builder.mirrors import Mirrors
+
+TAIL_LINES = 30
+_RUNNING_RE = re.compile(r"dib-run-parts Running (\S+)/([a-z-]+\.d)/([0-9]{2}-\S+)\s*$")
+_COMPLETED_RE = re.compile(r"dib-run-parts (\S+) completed\s*$")
+_TS_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| ")
+
+
+@dataclass(frozen=True)
+class DibRun:
+    elements: Sequence[str]
+    output: Path  # DIB appends ".tar"
+    log_path: Path
+    elements_path: Sequence[Path]
+    mirrors: Mirrors
+    release: str
+    arch: str = "amd64"
+    packages: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    image_type: str = "tar"
+
+    def argv(self) -> list[str]:
+        cmd = ["disk-image-create", "-a", self.arch, "-t", self.image_type, "-o", str(self.output)]
+        if self.packages:
+            cmd += ["-p", ",".join(self.packages)]
+        return [*cmd, *self.elements]
+
+    def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        # sudo must be on PATH even as root (FIELD-NOTES); DIB also needs /sbin tools
+        path = env.get("PATH", "/usr/bin:/bin")
+        for extra in ("/usr/sbin", "/sbin"):
+            if extra not in path.split(":"):
+                path += ":" + extra
+        env["PATH"] = path
+        env["ELEMENTS_PATH"] = ":".join(str(p) for p in self.elements_path)
+        env["DIB_RELEASE"] = self.release
+        env.update(self.mirrors.dib_env())
+        env.update(self.env)
+        return env
+
+    @property
+    def tar_path(self) -> Path:
+        return self.output.with_name(self.output.name + ".tar")
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
+    """DIB dies (and runs its cleanup traps) when hcbuild dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def failing_script(lines: Sequence[str]) -> tuple[str | None, str | None]:
+    """(phase, script) of the last script DIB started and did not finish, else (None, None)."""
+    running: list[tuple[str, str]] = []
+    for raw in lines:
+        line = _TS_RE.sub("", raw)
+        m = _RUNNING_RE.search(line)
+        if m:
+            running.append((m.group(2), m.group(3)))
+            continue
+        m = _COMPLETED_RE.search(line)
+        if m and running and running[-1][1] == m.group(1):
+            running.pop()
+    return running[-1] if running else (None, None)
+
+
+def element_of(script: str, phase: str | None, elements: Sequence[Element]) -> str | None:
+    for el in elements:
+        if phase and script in el.scripts.get(phase, ()):
+            return el.name
+        if phase is None and any(script in names for names in el.scripts.values()):
+            return el.name
+    return None
+
+
+def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-n:]
+
+
+def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
+    """Run DIB; returns the tar it made.  Raises DibError on failure."""
+    if shutil.which("disk-image-create") is None:
+        raise BuildError("disk-image-create not found on PATH (pip install diskimage-builder)")
+    run.log_path.parent.mkdir(parents=True, exist_ok=True)
+    run.output.parent.mkdir(parents=True, exist_ok=True)
+    argv = run.argv()
+    with open(run.log_path, "ab") as log:
+        log.write(f"# hcbuild: {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=run.environ(),
+            cwd=run.output.parent,
+            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - needed for PDEATHSIG
+        )
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if rc != 0 or not run.tar_path.is_file():
+        lines = tail(run.log_path, 100000)
+        phase, script = failing_script(lines)
+        element = element_of(script, phase, known_elements) if script else None
+        raise DibError(
+            argv,
+            rc if rc != 0 else -1,
+            run.log_path,
+            tail(run.log_path),
+            element=element,
+            script=script,
+            phase=phase,
+        )
+    return run.tar_path

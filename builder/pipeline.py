@@ -1,0 +1,522 @@
+"""The build of one role as a flat list of small steps.
+
+``Build`` is the context: inputs, derived paths and what earlier steps produced.  Each step
+takes it and returns early when it has nothing to do.  ``build_role`` runs the steps under the
+role's store lock; only ``store.publish`` makes the result visible.
+
+Steps: plan (profile, elements, lint, mirrors, keys) -> reuse (same key published: done) ->
+base layer (debootstrap + base elements + kernel, DIB ``-t tar``, cached by its own key) ->
+role layer (DIB on top of the base: the base tarball is handed to DIB's debootstrap element
+as its cached debootstrap tarball) -> unpack -> kernel / xen / initrd / rootfs -> manifest ->
+publish -> gc.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from builder import cache, paths
+from builder.dib import DibRun, run_dib
+from builder.elements import Element, ElementLibrary, lint_element, lint_image
+from builder.errors import BuildError, CommandError, ElementError
+from builder.manifest import Artifact, BootInfo, Manifest, artifact_for
+from builder.mirrors import Mirrors, resolve_mirrors
+from builder.profile import Profile, load_profile
+from builder.progress import Progress
+from builder.store import RoleStore
+
+DISTRO_ELEMENT = "debian-minimal"
+ROOTFS_LABEL = "hc-root"
+
+
+@dataclass
+class Options:
+    store: Path
+    cache_dir: Path
+    profiles_dir: Path | None = None
+    elements_dir: Path | None = None
+    force: bool = False
+    keep: int = 3
+    mirror: str | None = None
+    security_mirror: str | None = None
+    lock_wait: float = 0.0
+
+
+@dataclass
+class Build:
+    """Context of one build.  Paths derive from the store, the cache and the build id."""
+
+    role: str
+    opts: Options
+    progress: Progress
+    profile: Profile | None = None
+    library: ElementLibrary | None = None
+    base_closure: list[Element] = field(default_factory=list)
+    closure: list[Element] = field(default_factory=list)
+    mirrors: Mirrors | None = None
+    base_key: str = ""
+    key: str = ""
+    build_id: str = ""
+    reused: bool = False
+    tmp: Path | None = None
+    base_tarball: Path | None = None
+    image_tar: Path | None = None
+    root: Path | None = None
+    kernel_version: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    packages: tuple[str, ...] = ()
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    log_paths: list[Path] = field(default_factory=list)
+
+    @property
+    def store(self) -> RoleStore:
+        return RoleStore(self.opts.store, self.role)
+
+    @property
+    def work(self) -> Path:
+        assert self.tmp is not None
+        return self.tmp / ".work"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.opts.cache_dir / "logs" / self.role
+
+    def need(self) -> Profile:
+        assert self.profile is not None
+        return self.profile
+
+
+def run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
+    """Run a command; CommandError with the command and its output tail on failure."""
+    try:
+        r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise CommandError(cmd, 127, f"{what}: {cmd[0]} not found") from exc
+    if r.returncode != 0:
+        lines = (r.stderr or r.stdout).splitlines()[-30:]
+        raise CommandError(cmd, r.returncode, f"{what} failed", tail=lines)
+    return r.stdout
+
+
+# ------------------------------------------------------------------------------------ plan
+def step_plan(b: Build) -> None:
+    o = b.opts
+    edir = o.elements_dir or (
+        o.profiles_dir.parent / "elements" if o.profiles_dir else paths.elements_dir()
+    )
+    b.library = ElementLibrary(root=edir)
+    b.profile = p = load_profile(b.role, o.profiles_dir, b.library)
+    b.base_closure = b.library.closure(p.base_elements)
+    b.closure = b.library.closure((*p.base_elements, *p.elements))
+    issues = [i for el in b.closure for i in lint_element(el)] + lint_image(b.closure)
+    if issues:
+        raise ElementError(issues[0].element, "; ".join(str(i) for i in issues), issues[0].path)
+    b.mirrors = resolve_mirrors(o.mirror, o.security_mirror)
+    b.base_key = cache.digest(
+        cache.base_inputs(
+            base_elements=b.base_closure,
+            release=p.release,
+            arch=p.arch,
+            kernel_spec=p.kernel_spec(),
+            mirrors=b.mirrors,
+        )
+    )
+    b.key = cache.digest(
+        cache.role_inputs(
+            profile=resolved_profile(p, b.closure),
+            elements=b.closure,
+            kernel_spec=p.kernel_spec(),
+            xen_spec=p.xen_spec(),
+            mirrors=b.mirrors,
+            arch=p.arch,
+            base_key=b.base_key,
+        )
+    )
+
+
+def resolved_profile(p: Profile, closure: Sequence[Element] = ()) -> dict[str, object]:
+    """The profile with its defaults and derived values filled in (``hcbuild show``)."""
+    from builder.kernel import load_kernel_spec, load_xen_spec
+
+    d: dict[str, object] = p.to_dict()
+    ks = load_kernel_spec(p.kernel_spec())
+    xs = load_xen_spec(p.xen_spec()) if p.xen_spec() else None  # type: ignore[arg-type]
+    cmdline = p.boot_cmdline or (xs.dom0_cmdline if xs else ks.cmdline)
+    d["resolved"] = {
+        "kernel_spec": f"kernels/{p.kernel}.yaml",
+        "kernel_package": ks.package,
+        "xen_spec": f"kernels/{p.xen}.yaml" if xs else "",
+        "boot": {
+            "kind": p.boot_kind,
+            "loader": p.loader,
+            "root": p.root,
+            "cmdline": cmdline,
+            "xen_cmdline": (p.boot_xen_cmdline or xs.cmdline) if xs else "",
+        },
+        "element_closure": [e.name for e in closure],
+        "distro_element": DISTRO_ELEMENT,
+    }
+    return d
+
+
+# ----------------------------------------------------------------------------------- reuse
+def step_reuse(b: Build) -> None:
+    if b.opts.force:
+        return
+    found = b.store.find_by_key(b.key)
+    if found is None:
+        return
+    if b.store.current_id() != found:
+        b.store.set_current(found)
+    b.build_id = found
+    b.reused = True
+
+
+# ------------------------------------------------------------------------------ base layer
+def _dib_env(b: Build, extra: dict[str, str]) -> dict[str, str]:
+    env = dict(b.need().env)
+    env.update(extra)
+    return env
+
+
+def step_base(b: Build) -> None:
+    p = b.need()
+    assert b.mirrors is not None
+    bc = cache.BaseCache(b.opts.cache_dir)
+    with bc.lock(b.base_key):
+        found = bc.tarball(b.base_key, p.release, p.arch)
+        if found is not None:
+            b.base_tarball = found
+            b.progress.info(f"base layer {b.base_key[:12]}: cached ({found})")
+            return
+        from builder.kernel import load_kernel_spec
+
+        ks = load_kernel_spec(p.kernel_spec())
+        kpkg = f"{ks.package}={ks.version}" if ks.version else ks.package
+        entry = bc.image_cache_dir(b.base_key)
+        work = entry / ".work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        log = b.log_dir / f"base-{b.base_key[:12]}-{_stamp()}.log"
+        b.log_paths.append(log)
+        b.progress.info(f"base layer {b.base_key[:12]}: building; DIB log: {log}")
+        env = _dib_env(b, {"DIB_IMAGE_CACHE": str(entry), "DIB_DEBOOTSTRAP_CACHE": "0"})
+        dr = DibRun(
+            elements=[DISTRO_ELEMENT, *p.base_elements],
+            output=work / "base",
+            log_path=log,
+            elements_path=[b.library.root] if b.library else [],
+            mirrors=b.mirrors,
+            release=p.release,
+            arch=p.arch,
+            packages=[kpkg],
+            env=env,
+        )
+        with b.progress.step("base layer: diskimage-builder"):
+            tar = run_dib(dr, b.base_closure)
+        name = bc.tarball_name(p.release, p.arch)
+        with b.progress.step("base layer: compress"):
+            tmp = entry / f".{name}.tmp"
+            with open(tmp, "wb") as out:
+                r = subprocess.run(["gzip", "-1", "-c", str(tar)], stdout=out)
+            if r.returncode != 0:
+                raise CommandError(["gzip", "-1", "-c", str(tar)], r.returncode, "compress base")
+            os.replace(tmp, entry / name)
+            (entry / ".complete").write_text(b.base_key + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+        b.base_tarball = entry / name
+
+
+# ------------------------------------------------------------------------------ role layer
+def step_role_dib(b: Build) -> None:
+    p = b.need()
+    assert b.mirrors is not None and b.base_tarball is not None
+    b.tmp = b.store.new_tmp_dir(b.build_id)
+    b.work.mkdir()
+    log = b.log_dir / f"{b.build_id}.log"
+    b.log_paths.append(log)
+    b.progress.info(f"DIB log: {log}")
+    env = _dib_env(
+        b,
+        {
+            "DIB_IMAGE_CACHE": str(b.base_tarball.parent),
+            "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
+            "DIB_DEBOOTSTRAP_CACHE": "0",
+        },
+    )
+    dr = DibRun(
+        elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements],
+        output=b.work / "image",
+        log_path=log,
+        elements_path=[b.library.root] if b.library else [],
+        mirrors=b.mirrors,
+        release=p.release,
+        arch=p.arch,
+        packages=list(p.packages),
+        env=env,
+    )
+    with b.progress.step("role layer: diskimage-builder"):
+        b.image_tar = run_dib(dr, b.closure)
+
+
+def step_unpack(b: Build) -> None:
+    assert b.image_tar is not None
+    root = b.work / "root"
+    root.mkdir()
+    with b.progress.step("unpack root"):
+        run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(b.image_tar)], "unpack")
+        b.image_tar.unlink()
+    b.root = root
+    b.packages = dpkg_packages(root)
+
+
+def dpkg_packages(root: Path) -> tuple[str, ...]:
+    status = root / "var/lib/dpkg/status"
+    if not status.is_file():
+        return ()
+    out: list[str] = []
+    for stanza in status.read_text(errors="replace").split("\n\n"):
+        f = dict(re.findall(r"^([A-Za-z-]+): (.*)$", stanza, flags=re.M))
+        if f.get("Package") and "installed" in f.get("Status", "").split():
+            out.append(f"{f['Package']}={f.get('Version', '')}")
+    return tuple(sorted(out))
+
+
+def _pkg_version(b: Build, name: str) -> str:
+    for entry in b.packages:
+        n, _, v = entry.partition("=")
+        if n == name:
+            return v
+    return ""
+
+
+def step_kernel(b: Build) -> None:
+    from builder.kernel import kernel_tree_from_root
+
+    assert b.root is not None and b.tmp is not None
+    tree = kernel_tree_from_root(b.root)
+    shutil.copyfile(tree.vmlinuz, b.tmp / "kernel")
+    b.kernel_version = tree.version
+    b.versions["kernel"] = tree.version
+    b.versions["kernel_package"] = _pkg_version(b, f"linux-image-{tree.version}")
+
+
+def step_xen(b: Build) -> None:
+    p = b.need()
+    if not p.xen:
+        return
+    from builder.kernel import load_xen_spec
+
+    assert b.root is not None and b.tmp is not None
+    xs = load_xen_spec(p.xen_spec())  # type: ignore[arg-type]
+    src = b.root / xs.hypervisor.lstrip("/")
+    if not src.is_file():
+        raise BuildError(f"{src}: hypervisor of {xs.name} not in the image (element hc-xen-dom0?)")
+    with gzip.open(src, "rb") as fin, open(b.tmp / "xen", "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    b.versions["xen"] = _pkg_version(b, xs.package) or xs.version or ""
+
+
+def _has(b: Build, element: str) -> bool:
+    return any(e.name == element for e in b.closure)
+
+
+def step_initrd(b: Build) -> None:
+    p = b.need()
+    if "initrd" not in p.artifacts:
+        return
+    assert b.root is not None and b.tmp is not None
+    out = b.tmp / "initrd"
+    if p.root == "ram":
+        with b.progress.step("initrd: pack RAM root"):
+            pack_ram_root(b.root, out)
+        return
+    if _has(b, "hc-netroot-initramfs"):
+        from builder.initramfs import build_initramfs
+        from builder.kernel import kernel_tree_from_root, load_kernel_spec
+
+        ks = load_kernel_spec(p.kernel_spec())
+        extra = p.env.get("HC_NETROOT_EXTRA_MODULES", "").split()
+        with b.progress.step("initrd: busybox network-root initramfs"):
+            res = build_initramfs(
+                out,
+                mode="aoe-root",
+                kernel=kernel_tree_from_root(b.root),
+                modules=(*ks.modules_for("aoe-root"), *extra),
+            )
+        b.versions["initramfs_modules"] = " ".join(res.modules)
+        return
+    cands = sorted((b.root / "boot").glob(f"initrd.img-{b.kernel_version}"))
+    if not cands:
+        raise BuildError(f"{b.root}/boot: no initrd.img-{b.kernel_version} in the image")
+    shutil.copyfile(cands[0], out)
+
+
+RAM_ROOT_EXCLUDE = ("./boot/vmlinuz-*", "./boot/initrd.img-*", "./tmp/*", "./var/cache/apt/*")
+
+
+def pack_ram_root(root: Path, out: Path) -> None:
+    """The whole root tree as a zstd-compressed newc cpio (the kernel unpacks it into its
+    tmpfs rootfs and runs /init)."""
+    if not (root / "init").exists() and not (root / "init").is_symlink():
+        raise BuildError(f"{root}: no /init (element hc-ram-root sets it)")
+    find = subprocess.Popen(
+        ["find", ".", "-mindepth", "1", "(", *_prune_args(), ")", "-prune", "-o", "-print0"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+    )
+    with open(out, "wb") as fout:
+        cpio = subprocess.Popen(
+            ["cpio", "--null", "--quiet", "-o", "-H", "newc", "--reproducible"],
+            cwd=root,
+            stdin=find.stdout,
+            stdout=subprocess.PIPE,
+        )
+        assert find.stdout is not None and cpio.stdout is not None
+        find.stdout.close()
+        z = subprocess.run(["zstd", "-q", "-3", "-T0", "-c"], stdin=cpio.stdout, stdout=fout)
+        cpio.stdout.close()
+    rc = (find.wait(), cpio.wait(), z.returncode)
+    if any(rc):
+        raise CommandError(["find|cpio|zstd", str(root)], max(rc), "pack RAM root")
+
+
+def _prune_args() -> list[str]:
+    args: list[str] = []
+    for pat in RAM_ROOT_EXCLUDE:
+        if args:
+            args.append("-o")
+        args += ["-path", pat]
+    return args
+
+
+def step_rootfs(b: Build) -> None:
+    p = b.need()
+    if "rootfs" not in p.artifacts:
+        return
+    assert b.root is not None and b.tmp is not None
+    used = int(run(["du", "-s", "-B1", "--apparent-size", str(b.root)], "du").split()[0])
+    inodes = sum(len(d) + len(f) for _, d, f in os.walk(b.root))
+    size_mb = int(used * 1.15 / 2**20) + 64 + p.rootfs_free_mb
+    out = b.tmp / "rootfs"
+    with b.progress.step(f"rootfs: ext4 {size_mb} MiB"):
+        run(
+            [
+                "mkfs.ext4", "-q", "-F", "-L", ROOTFS_LABEL, "-d", str(b.root),
+                "-N", str(int(inodes * 1.3) + 8192), "-E", "root_owner=0:0",
+                str(out), f"{size_mb}M",
+            ],
+            "make rootfs",
+        )
+
+
+def step_manifest(b: Build) -> None:
+    p = b.need()
+    assert b.tmp is not None
+    rp = resolved_profile(p, b.closure)
+    boot = rp["resolved"]["boot"]  # type: ignore[index]
+    for name in p.artifacts:
+        f = b.tmp / name
+        if not f.is_file():
+            raise BuildError(f"{f}: artifact {name!r} was not produced")
+        b.artifacts[name] = artifact_for(f)
+    b.versions["dib"] = cache.dib_version()
+    b.versions["builder"] = cache.code_version()
+    b.versions["base_layer"] = b.base_key
+    rp["build"] = {
+        "seconds": round(time.monotonic() - b.started, 1),
+        "logs": [str(x) for x in b.log_paths],
+        "mirrors": {"main": b.mirrors.main, "security": b.mirrors.security} if b.mirrors else {},
+    }
+    m = Manifest(
+        role=b.role,
+        build_id=b.build_id,
+        build_key=b.key,
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        artifacts=b.artifacts,
+        boot=BootInfo(
+            kind=boot["kind"],
+            loader=boot["loader"],
+            root=boot["root"],
+            cmdline=boot["cmdline"],
+            xen_cmdline=boot["xen_cmdline"],
+        ),
+        versions=b.versions,
+        packages=b.packages,
+        profile=rp,
+    )
+    (b.tmp / "manifest.json").write_text(m.to_json())
+
+
+def step_publish(b: Build) -> None:
+    assert b.tmp is not None
+    shutil.rmtree(b.work, ignore_errors=True)
+    with b.progress.step("publish"):
+        b.store.publish(b.tmp, b.build_id)
+    b.tmp = None
+
+
+STEPS: tuple[Callable[[Build], None], ...] = (
+    step_base,
+    step_role_dib,
+    step_unpack,
+    step_kernel,
+    step_xen,
+    step_initrd,
+    step_rootfs,
+    step_manifest,
+    step_publish,
+)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass(frozen=True)
+class Result:
+    role: str
+    build_id: str
+    path: Path
+    reused: bool
+    seconds: float
+    build_key: str
+    removed: tuple[str, ...] = ()
+
+
+def build_role(role: str, opts: Options, progress: Progress | None = None) -> Result:
+    prog = progress or Progress()
+    b = Build(role=role, opts=opts, progress=prog)
+    with prog.step(f"{role}: plan"):
+        step_plan(b)
+    with b.store.lock(opts.lock_wait):
+        left = b.store.clean_leftovers()
+        if left:
+            prog.info(f"{role}: removed leftovers of killed builds: {[x.name for x in left]}")
+        step_reuse(b)
+        if b.reused:
+            prog.info(f"{role}: inputs unchanged, build {b.build_id} (key {b.key[:12]})")
+            return Result(role, b.build_id, b.store.dir / b.build_id, True,
+                          time.monotonic() - b.started, b.key)
+        b.build_id = f"{_stamp()}-{b.key[:12]}"
+        try:
+            for step in STEPS:
+                name = step.__name__.removeprefix("step_")
+                with prog.step(f"{role}: {name}"):
+                    step(b)
+        finally:
+            if b.tmp is not None:  # failed: current is untouched, drop the half build
+                shutil.rmtree(b.tmp, ignore_errors=True)
+        removed = tuple(b.store.gc(opts.keep))
+    return Result(role, b.build_id, b.store.dir / b.build_id, False,
+                  time.monotonic() - b.started, b.key, removed)

@@ -1,0 +1,64 @@
+"""Run the real ``hcboot serve`` (as a subprocess, inside a test namespace) for tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.netns import Lab, Netns
+
+
+def hcboot_argv(state: Path, images: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "bootserver", "--state-dir", str(state), "--images",
+            str(images), *args]
+
+
+def hcboot(state: Path, images: Path, *args: str, check: bool = True) -> str:
+    r = subprocess.run(hcboot_argv(state, images, *args), capture_output=True, text=True,
+                       timeout=60)
+    if check and r.returncode != 0:
+        raise AssertionError(f"hcboot {' '.join(args)} -> {r.returncode}\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+@dataclass
+class Served:
+    lab: Lab
+    ns: Netns
+    proc: subprocess.Popen[bytes]
+    state: Path
+    images: Path
+    log: Path
+    server_ip: str
+
+    def cli(self, *args: str, check: bool = True) -> str:
+        return hcboot(self.state, self.images, *args, check=check)
+
+    def unassigned(self) -> list[str]:
+        return [d["mac"] for d in json.loads(self.cli("nodes", "--unassigned", "--json"))]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_hcboot(lab: Lab, ns: Netns, iface: str, server_ip: str, state: Path, images: Path,
+                 *extra: str, mode: str = "full", http_port: int = 80) -> Served:
+    log = state / "hcboot.log"
+    state.mkdir(parents=True, exist_ok=True)
+    argv = hcboot_argv(state, images, "-v", "serve", "--interface", iface, "--mode", mode,
+                       "--http-port", str(http_port), *extra)
+    proc = lab.popen(argv, ns=ns, log=log)
+    deadline = time.monotonic() + 20
+    url = f"http://{server_ip}:{http_port}/healthz"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"hcboot serve exited {proc.returncode}:\n{log.read_text()}")
+        r = ns.run("curl", "-sf", "--max-time", "1", url, check=False)
+        if r.returncode == 0 and "hcboot serving" in log.read_text(errors="replace"):
+            return Served(lab, ns, proc, state, images, log, server_ip)
+        time.sleep(0.2)
+    raise AssertionError(f"hcboot serve did not come up:\n{log.read_text()}")
