@@ -4,7 +4,7 @@ Routes (HTTP):
     GET  /boot/<mac>.ipxe                   per-node iPXE script (unassigned: wait-and-retry)
     GET  /boot/<mac>.pxelinux               the pxelinux config the node would get (debugging)
     GET  /images/<role>/<build-id>/<file>   an artifact from the image store ("current" allowed)
-    GET  /plan/<mac>.json                   a storage node's export plan
+    GET  /plan/<mac>.json|.txt              a storage node's export plan (txt: for shell agents)
     POST /report/<mac>                      a node reports its state (JSON {"state": ...})
     GET  /nodes.json                        assigned nodes, seen machines and reports
     GET  /healthz                           "ok"
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
-from bootserver.exports import plan_for
+from bootserver.exports import plan_for, plan_text
 from bootserver.http import Response
 from bootserver.machine import BadMac, Machine, normalize_mac
 from bootserver.policy import Policy, RenderError
@@ -34,7 +34,7 @@ log = logging.getLogger("hcboot.app")
 
 _BOOT = re.compile(r"^/boot/([^/]+)\.(ipxe|pxelinux)$")
 _IMAGE = re.compile(r"^/?images/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)$")
-_PLAN = re.compile(r"^/plan/([^/]+)\.json$")
+_PLAN = re.compile(r"^/plan/([^/]+)\.(json|txt)$")
 _REPORT = re.compile(r"^/report/([^/]+)$")
 _PXECFG = re.compile(r"^/?pxelinux\.cfg/01-([0-9a-fA-F-]{17})$")
 MAX_REPORT = 64 * 1024
@@ -114,6 +114,8 @@ class BootApp:
             if plan is None:
                 log.warning("%s: asked for a storage plan but is not a storage node", mac)
                 return None
+            if m.group(2) == "txt":
+                return _text(plan_text(plan))
             return _text(json.dumps(plan, indent=1) + "\n", "application/json")
         if path == "/nodes.json":
             return _text(json.dumps(self.nodes_doc(), indent=1) + "\n", "application/json")

@@ -90,3 +90,29 @@ def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str) -> dic
     exports = [p.to_doc() for p in plan_all(inv, store, http_base) if mac in p.snode_macs]
     return {"format": 1, "snode": mac, "hostname": node.hostname, "generated": time.time(),
             "exports": exports}
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """The same plan as whitespace-separated lines, for a busybox shell agent::
+
+        # homecloud plan 1 <snode-mac>
+        <target> <shelf> <slot> <ro|rw> <image|volume> <size> <sha256|-> <url|name> <allow|->
+
+    ``allow`` is a comma-separated MAC list; ``-`` means no consumer is assigned yet (the agent
+    must not export it: vblade without -m would serve everyone).  Exports with a problem (no
+    image published yet) are left out, with a comment line saying why.
+    """
+    lines = [f"# homecloud plan 1 {plan['snode']}"]
+    for e in plan["exports"]:
+        src = e["source"]
+        if e.get("problem"):
+            lines.append(f"# {e['target']} not served: {e['problem']}")
+            continue
+        allow = ",".join(e["allow"]) or "-"
+        if src["kind"] == "image":
+            lines.append(f"{e['target']} {e['shelf']} {e['slot']} {e['mode']} image "
+                         f"{src['size']} {src['sha256']} {src['url']} {allow}")
+        else:
+            lines.append(f"{e['target']} {e['shelf']} {e['slot']} {e['mode']} volume "
+                         f"{src['size']} - {src['name']} {allow}")
+    return "\n".join(lines) + "\n"

@@ -125,7 +125,7 @@ def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
             stderr=subprocess.STDOUT,
             env=run.environ(),
             cwd=run.output.parent,
-            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - needed for PDEATHSIG
+            preexec_fn=_set_pdeathsig,
         )
         try:
             rc = proc.wait()

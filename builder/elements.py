@@ -63,7 +63,9 @@ class Element:
 
     def files(self) -> list[Path]:
         """Every file of the element, sorted (for the build key)."""
-        return sorted(p for p in self.path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        return sorted(
+            p for p in self.path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        )
 
 
 @dataclass
@@ -148,6 +150,13 @@ def _packages(path: Path) -> tuple[str, ...]:
     return tuple(sorted(str(k) for k in doc))
 
 
+def _packages_or_none(path: Path) -> tuple[str, ...]:
+    try:
+        return _packages(path)
+    except ElementError:
+        return ()  # reported by lint_element
+
+
 def load_element(path: Path, external: bool = False) -> Element:
     env_defaults: dict[str, str] = {}
     envd = path / "environment.d"
@@ -169,7 +178,7 @@ def load_element(path: Path, external: bool = False) -> Element:
         env_defaults=env_defaults,
         env_documented=documented,
         scripts=scripts,
-        packages=_packages(path) if not external else (),
+        packages=_packages_or_none(path) if not external else (),
         external=external,
     )
 

@@ -42,6 +42,8 @@ _SIOCGIFMTU = 0x8921
 _HDR = struct.Struct("!BBHBBI")
 _TAG = struct.Struct("!I")
 _LBA_QWORD = struct.Struct("<Q")
+_NEVER = float("inf")
+_BACKOFF = [1, 1, 2, 4, *([8] * 300)]  # timeout multiplier by the number of tries so far
 
 
 class InterfaceError(AoEError):
@@ -276,7 +278,6 @@ class ReadStats:
     stray: int = 0  # AoE frames that matched no request in flight (late duplicates, others)
     bytes: int = 0
     dropped: list[str] = field(default_factory=list)  # MACs dropped, in order
-    per_path: dict[str, int] = field(default_factory=dict)  # MAC -> replies
 
 
 class _Req:
@@ -337,6 +338,10 @@ class Reader:
         self._tag = _new_tag()
         self.stats = ReadStats()
 
+    @property
+    def replies_per_path(self) -> dict[str, int]:
+        return {p.mac: p.replies for p in self.paths}
+
     # -- path choice ---------------------------------------------------------------
     def alive_paths(self) -> list[PathState]:
         return [p for p in self.paths if p.alive]
@@ -386,6 +391,7 @@ class Reader:
         resp_bit = F.AOE_RESPONSE
         bad_status = F.ATA_STATUS_ERR | F.ATA_STATUS_DF
         timeout = cfg.timeout
+        next_check = _NEVER  # earliest deadline of a request in flight (or later)
 
         while True:
             # 1. start extents while the read-ahead budget allows
@@ -440,7 +446,10 @@ class Reader:
                 pack_lba(frame, F.OFF_LBA, req.lba)
                 sock.send(frame)
                 stats.frames_sent += 1
-                req.deadline = time.monotonic() + timeout
+                # back off on retransmissions: timeout, 2x, 4x, at most 8x
+                req.deadline = deadline = time.monotonic() + timeout * _BACKOFF[req.tries]
+                if deadline < next_check:
+                    next_check = deadline
                 inflight[req.tag] = req
             if not inflight:
                 if queue and not self.alive_paths():
@@ -450,8 +459,7 @@ class Reader:
             # 4. receive: drain what is waiting, else wait for the oldest deadline
             n = sock.recv_into(rbuf)
             if not n:
-                oldest = next(iter(inflight.values()))
-                wait = oldest.deadline - time.monotonic()
+                wait = next_check - time.monotonic()
                 if wait > 0 and sock.wait(wait):
                     n = sock.recv_into(rbuf)
             got = 0
@@ -491,11 +499,12 @@ class Reader:
                 n = sock.recv_into(rbuf) if got < 64 else 0
             # 5. retransmit what timed out
             now = time.monotonic()
-            while inflight:
-                req = next(iter(inflight.values()))
-                if req.deadline > now:
-                    break
-                del inflight[req.tag]
+            if now < next_check:
+                continue
+            expired = [r for r in inflight.values() if r.deadline <= now]
+            for req in expired:
+                if inflight.pop(req.tag, None) is None:
+                    continue  # already moved by a path drop below
                 path = req.path
                 assert path is not None
                 path.inflight -= 1
@@ -510,8 +519,7 @@ class Reader:
                             del inflight[tag2]
                             path.inflight -= 1
                             queue.appendleft(r2)
-            for p in self.paths:
-                stats.per_path[p.mac] = p.replies
+            next_check = min((r.deadline for r in inflight.values()), default=_NEVER)
 
 
 def sector_extents(start: int, sectors: int, chunk_sectors: int) -> Iterator[tuple[int, int]]:

@@ -44,8 +44,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 def _vm(served: Served, tmp: Path, mac: str, **kw: object) -> Vm:
     tap = served.lab.tap(served.ns, "br0")
-    cfg = VmConfig(memory_mb=384, nics=[Nic("virtio", tap=tap, mac=mac)], boot="n",
-                   netns=served.ns.name, name=f"pxe-{mac[-2:]}", **kw)  # type: ignore[arg-type]
+    opts: dict[str, object] = {"boot": "n", **kw}
+    cfg = VmConfig(memory_mb=384, nics=[Nic("virtio", tap=tap, mac=mac)],
+                   netns=served.ns.name, name=f"pxe-{mac[-2:]}", **opts)  # type: ignore[arg-type]
     return Vm(cfg, workdir=tmp)
 
 

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from builder import initramfs as _initramfs
+from builder import initramfs as initramfs_mod
 from builder.initramfs import INIT_DIR, build_initramfs
 from builder.kernel import (
     KernelSpec,
@@ -76,7 +76,7 @@ def _digest(*parts: object) -> str:
 
 
 def _initramfs_inputs() -> list[Path]:
-    return [Path(_initramfs.__file__), *sorted(INIT_DIR.iterdir()), BUSYBOX]
+    return [Path(initramfs_mod.__file__), *sorted(INIT_DIR.iterdir()), BUSYBOX]
 
 
 @functools.cache

@@ -1,0 +1,9 @@
+"""Errors of the virtual lab (reported as messages by bootserver/lab/cli.py)."""
+
+from __future__ import annotations
+
+from bootserver.errors import HcbootError
+
+
+class LabError(HcbootError):
+    """The lab cannot do what was asked (names the node, file or command at fault)."""

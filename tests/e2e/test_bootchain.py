@@ -1,0 +1,135 @@
+"""QEMU TCG boots of the boot chain: Debian kernel + small initramfs, Xen + dom0, and the
+aoe-root initramfs switching into a root from a local disk or from a real vblade over a bridge.
+
+Each VM prints a sentinel on its serial console; the serial log stays in tmp_path as evidence.
+Boot times are printed (``pytest -s``), never asserted (timing belongs in bench/).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.kernel import KernelTree
+from tests.support import artifacts
+from tests.support.netns import Lab, lab
+from tests.support.qemu import Disk, Nic, Vm, VmConfig, line_re, multiboot_initrd
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                                reason="qemu-system-x86 not installed")
+
+CONSOLE = "console=ttyS0,115200n8 panic=-1 quiet"
+
+
+def _report(name: str, vm: Vm, what: str) -> None:
+    print(f"\n[boot time] {name}: {what} after {vm.elapsed():.1f}s wall (log {vm.log_path})")
+
+
+@pytest.fixture
+def kernel() -> KernelTree:
+    return artifacts.debian_kernel()
+
+
+@pytest.fixture
+def net_lab() -> Iterator[Lab]:
+    with lab() as lb:
+        yield lb
+
+
+def test_kernel_marker_initramfs(kernel: KernelTree, tmp_path: Path) -> None:
+    initrd = artifacts.marker_initramfs("built-in-marker")
+    cfg = VmConfig(kernel=kernel.vmlinuz, initrd=initrd,
+                   append=f"{CONSOLE} hc.marker=HC-E2E-MARKER-1")
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(line_re("HC-E2E-MARKER-1"), timeout=120)
+        _report("kernel+marker", vm, "marker")
+        assert vm.wait_exit(30) == 0  # poweroff -f ends QEMU
+        assert "hc: [" in vm.output()
+
+
+def test_xen_dom0_marker_initramfs(kernel: KernelTree, tmp_path: Path) -> None:
+    xen = artifacts.xen()
+    spec = artifacts.xen_spec()
+    initrd = multiboot_initrd([
+        (kernel.vmlinuz, f"{spec.dom0_cmdline} panic=-1 hc.marker=HC-E2E-XEN-DOM0"),
+        (artifacts.marker_initramfs(), ""),
+    ])
+    cfg = VmConfig(memory_mb=1024, kernel=xen.xen_elf, initrd=initrd, append=spec.cmdline)
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"Xen version 4\.17", timeout=60)
+        vm.wait_for(r"Linux version 6\.1", timeout=120)  # dom0 output reaches com1 via hvc0
+        vm.wait_for(line_re("HC-E2E-XEN-DOM0"), timeout=120)
+        _report("xen+dom0+marker", vm, "dom0 marker")
+        vm.wait_exit(60)
+
+
+def test_aoe_root_initramfs_local_disk(kernel: KernelTree, tmp_path: Path) -> None:
+    img = tmp_path / "root.img"
+    shutil.copyfile(artifacts.marker_root_image("HC-E2E-ROOT-DISK"), img)
+    cfg = VmConfig(kernel=kernel.vmlinuz, initrd=artifacts.aoe_root_initramfs(),
+                   append=f"{CONSOLE} hc.root=/dev/vda",
+                   disks=[Disk(img, iface="virtio", readonly=True)])
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"hc: .*root: overlay", timeout=120)
+        vm.wait_for(r"hc: switch_root to /sbin/init", timeout=30)
+        root = vm.wait_for(r"root: / is (.*)", timeout=30)
+        assert "overlay" in root.group(1)
+        vm.wait_for(r"root: writable", timeout=30)  # tmpfs upper over a read-only disk
+        vm.wait_for(line_re("HC-E2E-ROOT-DISK"), timeout=30)
+        _report("aoe-root initramfs, local virtio disk", vm, "root marker")
+        vm.wait_exit(30)
+
+
+def _aoe_setup(lb: Lab, tmp_path: Path, image: Path, shelf: int = 1, slot: int = 0) -> tuple[
+        str, str]:
+    """Bridge in namespace 'h' with a tap for QEMU; vblade on a veth end in namespace 's'."""
+    h = lb.netns("h")
+    br = lb.bridge(h, "br0")
+    s = lb.netns("s")
+    lb.port(h, br, s, "eth0")  # vblade on the far end of a veth, never on a bridge port
+    tap = lb.tap(h, br)
+    lb.popen(["vblade", "-r", str(shelf), str(slot), "eth0", str(image)], ns=s,
+             log=tmp_path / "vblade.log")
+    return h.name, tap
+
+
+@pytest.mark.parametrize("nic", ["virtio", "e1000"])
+def test_aoe_root_over_vblade(kernel: KernelTree, net_lab: Lab, tmp_path: Path,
+                              nic: str) -> None:
+    img = tmp_path / "export.img"
+    shutil.copyfile(artifacts.marker_root_image("HC-E2E-ROOT-AOE"), img)
+    ns, tap = _aoe_setup(net_lab, tmp_path, img)
+    cfg = VmConfig(kernel=kernel.vmlinuz, initrd=artifacts.aoe_root_initramfs(),
+                   append=f"{CONSOLE} hc.aoe=e1.0 hc.aoe_wait=30",
+                   nics=[Nic(nic, tap=tap, mac="52:54:00:c0:00:01", romfile="")], netns=ns)
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"hc: .*found /dev/etherd/e1\.0", timeout=120)
+        _report(f"aoe-root ({nic}) AoE device", vm, "found e1.0")
+        root = vm.wait_for(r"root: / is (.*)", timeout=60)
+        assert "overlay" in root.group(1)
+        vm.wait_for(r"root: writable", timeout=30)
+        vm.wait_for(line_re("HC-E2E-ROOT-AOE"), timeout=30)
+        _report(f"aoe-root ({nic}) over vblade", vm, "root marker")
+        vm.wait_exit(30)
+
+
+def test_aoe_root_missing_export_reports_error(kernel: KernelTree, net_lab: Lab,
+                                               tmp_path: Path) -> None:
+    img = tmp_path / "export.img"
+    shutil.copyfile(artifacts.marker_root_image("HC-E2E-ROOT-AOE"), img)
+    ns, tap = _aoe_setup(net_lab, tmp_path, img)  # exports e1.0; we ask for e9.9
+    cfg = VmConfig(kernel=kernel.vmlinuz, initrd=artifacts.aoe_root_initramfs(),
+                   append=f"{CONSOLE} hc.aoe=e9.9 hc.aoe_wait=3",
+                   nics=[Nic("virtio", tap=tap, romfile="")], netns=ns)
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"HC-ERROR: AoE root e9\.9 not found after 3s", timeout=120, fail=None)
+        _report("aoe-root missing export", vm, "HC-ERROR")
+        vm.wait_exit(30)  # no hc.rescue=1: powers off

@@ -1,0 +1,236 @@
+"""Real diskimage-builder builds of every role into a temporary image store.
+
+One build cache per session (``HC_TEST_BUILD_CACHE`` to reuse one across sessions): the base
+layer is built once and every role is built on it.  Cost here: ~2.5 min for the base layer,
+~1.5 min per role layer, on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder import paths
+from builder.manifest import CURRENT, ImageStore, sha256_file
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ("domu", "hnode", "snode")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("disk-image-create") is None, reason="diskimage-builder not installed"
+)
+
+
+def hcbuild(*args: str, env: dict[str, str] | None = None, timeout: float = 1800,
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "builder.cli", *args],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("HC_TEST_BUILD_CACHE")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return tmp_path_factory.mktemp("hc-build-cache")
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="session")
+def built_all(store: Path, build_cache: Path) -> dict[str, str]:
+    r = hcbuild("image", "--all", "--out", str(store), "--cache", str(build_cache))
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids: dict[str, str] = {}
+    for line in r.stdout.splitlines():
+        role, bid, _path, state, _secs = line.split()
+        assert state == "built"
+        ids[role] = bid
+    assert sorted(ids) == list(ROLES)
+    # progress: one line per phase with elapsed time, and the DIB log path
+    assert "DIB log: " in r.stderr
+    assert "s] hnode: role_dib" in r.stderr
+    return ids
+
+
+def test_all_roles_build(store: Path, built_all: dict[str, str]) -> None:
+    images = ImageStore(store)
+    for role, bid in built_all.items():
+        m = images.manifest(role)
+        assert m is not None and m.build_id == bid and images.current_id(role) == bid
+        for name, art in m.artifacts.items():
+            f = store / role / bid / art.file
+            assert f.stat().st_size == art.size, name
+            assert sha256_file(f) == art.sha256, name
+        assert m.versions["kernel"].startswith("6.1.")
+        assert m.versions["dib"]
+        assert any(p.startswith("systemd=") for p in m.packages)
+        assert len(m.build_key) == 64
+        kernel = (store / role / bid / "kernel").read_bytes()
+        assert kernel[0x202:0x206] == b"HdrS"  # a bzImage
+    # hnode: Xen (gunzipped ELF) + dom0 kernel + small busybox initramfs + ext4 rootfs
+    h = images.manifest("hnode")
+    assert h is not None
+    assert set(h.artifacts) == {"kernel", "initrd", "rootfs", "xen"}
+    assert (h.boot.kind, h.boot.root, h.boot.loader) == ("xen", "aoe", "ipxe")
+    assert "smap=0" in h.boot.xen_cmdline and "console=hvc0" in h.boot.cmdline
+    assert (store / "hnode" / built_all["hnode"] / "xen").read_bytes()[:4] == b"\x7fELF"
+    assert h.versions["xen"].startswith("4.17")
+    assert h.artifacts["initrd"].size <= 8 * 2**20
+    assert any(p.startswith("xen-utils-4.17=") for p in h.packages)
+    # ext4 superblock magic at 1024 + 0x38
+    for role in ("hnode", "domu"):
+        with open(store / role / built_all[role] / "rootfs", "rb") as f:
+            f.seek(1024 + 0x38)
+            assert f.read(2) == b"\x53\xef", role
+    # snode: the whole system is the initrd (zstd cpio), with vblade and mdadm
+    s = images.manifest("snode")
+    assert s is not None and s.boot.root == "ram" and s.boot.kind == "linux"
+    assert (store / "snode" / built_all["snode"] / "initrd").read_bytes()[:4] == (
+        b"\x28\xb5\x2f\xfd"
+    )
+    assert {"vblade", "mdadm", "aoetools"} <= {p.split("=")[0] for p in s.packages}
+    d = images.manifest("domu")
+    assert d is not None and d.boot.root == "disk" and "root=LABEL=hc-root" in d.boot.cmdline
+
+
+def test_unchanged_inputs_return_the_same_build(store: Path, build_cache: Path,
+                                                built_all: dict[str, str]) -> None:
+    for role, bid in built_all.items():
+        r = hcbuild("image", role, "--out", str(store), "--cache", str(build_cache))
+        assert r.returncode == 0, r.stderr
+        _role, bid2, _path, state, _secs = r.stdout.split()
+        assert (bid2, state) == (bid, "unchanged")
+    r = hcbuild("list", "--out", str(store))
+    assert all(bid in r.stdout for bid in built_all.values())
+
+
+# --------------------------------------------------------------- failure and SIGKILL
+TOGGLE_SCRIPT = """#!/bin/bash
+# test-only: succeed, fail or stall depending on HC_TEST_MODE
+
+if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then
+    set -x
+fi
+set -eu -o pipefail
+
+echo "hc-test-toggle mode=${HC_TEST_MODE}"
+case "${HC_TEST_MODE}" in
+    fail) echo "hc-test-toggle: failing on purpose" >&2; exit 1 ;;
+    stall) sleep 20 ;;
+esac
+echo ok > /etc/hc-test-toggle
+"""
+
+
+@pytest.fixture(scope="module")
+def test_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shipped inputs plus a test-only element and profile."""
+    d = tmp_path_factory.mktemp("hc-data")
+    for name in ("elements", "profiles", "kernels"):
+        shutil.copytree(paths.data_root() / name, d / name)
+    el = d / "elements" / "hc-test-toggle"
+    (el / "install.d").mkdir(parents=True)
+    (el / "environment.d").mkdir()
+    (el / "README.md").write_text(
+        "# hc-test-toggle\n\nTest only.\n\n| Variable | Default | Description |\n"
+        "|---|---|---|\n| `HC_TEST_MODE` | `ok` | ok, fail or stall |\n"
+    )
+    (el / "element-deps").write_text("hc-base\n")
+    (el / "environment.d" / "10-hc-test-toggle").write_text(
+        "export HC_TEST_MODE=${HC_TEST_MODE:-ok}\n")
+    s = el / "install.d" / "60-hc-test-toggle"
+    s.write_text(TOGGLE_SCRIPT)
+    s.chmod(0o755)
+    return d
+
+
+def write_toggle_profile(data: Path, mode: str) -> None:
+    (data / "profiles" / "toggle.yaml").write_text(
+        "description: test-only role\nelements: [hc-test-toggle]\nkernel: debian-6.1\n"
+        "artifacts: [kernel, initrd, rootfs]\nroot: disk\n"
+        f"rootfs: {{free_mb: 16}}\nenv: {{HC_TEST_MODE: {mode}}}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def toggle_store(tmp_path_factory: pytest.TempPathFactory, test_data: Path,
+                 build_cache: Path) -> Iterator[tuple[Path, str]]:
+    st = tmp_path_factory.mktemp("toggle-images")
+    write_toggle_profile(test_data, "ok")
+    r = hcbuild("image", "toggle", "--out", str(st), "--cache", str(build_cache),
+                env={"HC_DATA_DIR": str(test_data)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    yield st, r.stdout.split()[1]
+
+
+def test_failed_build_leaves_current_and_prints_log_tail(
+        test_data: Path, build_cache: Path, toggle_store: tuple[Path, str]) -> None:
+    st, good = toggle_store
+    write_toggle_profile(test_data, "fail")
+    r = hcbuild("image", "toggle", "--out", str(st), "--cache", str(build_cache),
+                "--profiles-dir", str(test_data / "profiles"))
+    assert r.returncode == 5, r.stderr
+    assert "in install.d/60-hc-test-toggle (element hc-test-toggle)" in r.stderr
+    assert "disk-image-create -a amd64 -t tar" in r.stderr
+    assert "hcbuild: full log: " in r.stderr
+    assert "failing on purpose" in r.stderr  # the log tail
+    assert os.readlink(st / "toggle" / CURRENT) == good
+    assert [p.name for p in (st / "toggle").iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_sigkill_mid_build_then_next_run_cleans(
+        test_data: Path, build_cache: Path, toggle_store: tuple[Path, str]) -> None:
+    st, good = toggle_store
+    write_toggle_profile(test_data, "stall")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder.cli", "image", "toggle", "--out", str(st),
+         "--cache", str(build_cache)],
+        cwd=ROOT, env={**os.environ, "HC_DATA_DIR": str(test_data)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        log: Path | None = None
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "DIB log: " in line and "base layer" not in line:
+                log = Path(line.split("DIB log: ", 1)[1].strip())
+                break
+        assert log is not None
+        while "hc-test-toggle mode=stall" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.5)
+        assert any(p.name.startswith(".tmp-") for p in (st / "toggle").iterdir())
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert os.readlink(st / "toggle" / CURRENT) == good
+    # the next run (inputs back to the published build) removes the leftovers, reuses `good`
+    write_toggle_profile(test_data, "ok")
+    r = hcbuild("image", "toggle", "--out", str(st), "--cache", str(build_cache),
+                env={"HC_DATA_DIR": str(test_data)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "removed leftovers" in r.stderr
+    assert r.stdout.split()[1] == good
+    assert [p.name for p in (st / "toggle").iterdir() if p.name.startswith(".")] == [".lock"]
+    m = json.loads((st / "toggle" / good / "manifest.json").read_text())
+    assert m["build_id"] == good

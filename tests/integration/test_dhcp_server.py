@@ -1,0 +1,474 @@
+"""bootserver.dhcp.DhcpServer on real sockets in network namespaces.
+
+The server runs in this process, in a thread: its sockets are created while this thread has
+entered the server's namespace (setns), and a socket stays in the namespace it was created in.
+Clients: scapy (as a DHCP client on a raw interface, conf.checkIPaddr=False) and busybox udhcpc
+in a subprocess inside the client namespace, plain UDP sockets created the same setns way, and
+dnsmasq as the real address-handing DHCP server next to our ProxyDHCP.
+
+Topologies use 192.0.2.0/24 and 198.51.100.0/24 inside throw-away namespaces only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bootserver.dhcp import codec
+from bootserver.dhcp import options as o
+from bootserver.dhcp.codec import DhcpPacket
+from bootserver.dhcp.options import MessageType as MT
+from bootserver.dhcp.pool import PoolConfig
+from bootserver.dhcp.server import DhcpConfig, DhcpServer
+from bootserver.machine import BootFile, Machine
+from tests.support.netns import Lab, Netns, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+SRV_IP = "192.0.2.1"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def entered(ns: Netns) -> Iterator[None]:
+    """Run the body with this thread in ``ns`` (sockets made here stay in ``ns``)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns.name}")
+        yield
+    finally:
+        if _libc.setns(own, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns back")
+        os.close(own)
+        os.close(target)
+
+
+class BootPolicy:
+    """In-test policy: every PXE client boots undionly.kpxe; one MAC makes the policy raise."""
+
+    POISON = "52:54:00:de:ad:00"
+
+    def __init__(self, statics: dict[str, tuple[str, str | None]] | None = None) -> None:
+        self.statics = statics or {}
+        self.seen: list[Machine] = []
+
+    def static_address(self, mac: str) -> tuple[str, str | None] | None:
+        return self.statics.get(mac)
+
+    def boot_file(self, machine: Machine) -> BootFile | None:
+        if machine.mac == self.POISON:
+            raise RuntimeError("policy exploded")
+        if machine.is_ipxe:
+            return BootFile(f"http://{SRV_IP}/boot/{machine.mac}.ipxe", "hnode")
+        return BootFile("undionly.kpxe", "hnode")
+
+    def record_seen(self, machine: Machine) -> None:
+        self.seen.append(machine)
+
+
+@dataclass
+class Running:
+    server: DhcpServer
+    policy: BootPolicy
+    lab: Lab
+    srv: Netns
+    cli: Netns
+    tmp: Path
+    extra: dict[str, Netns] = field(default_factory=dict)
+
+
+def start_server(ns: Netns, cfg: DhcpConfig, policy: BootPolicy) -> DhcpServer:
+    srv = DhcpServer(cfg, policy)
+    with entered(ns):
+        srv.open()
+    srv.start()
+    return srv
+
+
+def full_config(tmp: Path, **kw: object) -> DhcpConfig:
+    return DhcpConfig(interface="eth0", server_ip=SRV_IP, mode="full",
+                      pools=(PoolConfig("192.0.2.0/24", "192.0.2.100", "192.0.2.199",
+                                        router=SRV_IP, dns=(SRV_IP,)),
+                             PoolConfig("198.51.100.0/24", "198.51.100.50", "198.51.100.99")),
+                      lease_time=600, lease_file=tmp / "leases.jsonl", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Running]:
+    """srv (192.0.2.1 on eth0, our server in full mode) -- veth -- cli (eth0, no address)."""
+    with Lab() as lab:
+        srv, cli = lab.netns("srv"), lab.netns("cli")
+        lab.veth(srv, "eth0", cli, "eth0")
+        lab.addr(srv, "eth0", f"{SRV_IP}/24")
+        policy = BootPolicy()
+        server = start_server(srv, full_config(tmp_path), policy)
+        try:
+            yield Running(server, policy, lab, srv, cli, tmp_path)
+        finally:
+            server.stop()
+
+
+class UdpClient:
+    """A DHCP client socket on port ``port`` inside a namespace (replies arrive by broadcast)."""
+
+    def __init__(self, ns: Netns, ifname: str = "eth0", port: int = 68,
+                 bind: str = "0.0.0.0") -> None:
+        with entered(ns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setsockopt(socket.SOL_SOCKET, 25, ifname.encode())  # SO_BINDTODEVICE
+            s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+            s.bind((bind, port))
+        self.sock = s
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes, addr: tuple[str, int] = ("255.255.255.255", 67)) -> None:
+        self.sock.sendto(data, addr)
+
+    def recv(self, xid: int, timeout: float = 3.0) -> tuple[DhcpPacket, tuple[str, int]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply with xid {xid:#x}")
+            self.sock.settimeout(left)
+            data, src = self.sock.recvfrom(65536)
+            p = codec.decode(data)
+            if p.xid == xid and p.op == codec.BOOTREPLY:
+                return p, src
+
+    def exchange(self, data: bytes, xid: int,
+                 addr: tuple[str, int] = ("255.255.255.255", 67)) -> DhcpPacket:
+        self.send(data, addr)
+        return self.recv(xid)[0]
+
+
+def req(mt: MT, mac: str, xid: int, pxe: bool = True, **kw: object) -> bytes:
+    opts: dict[int, bytes] = {o.MESSAGE_TYPE: bytes((mt,))}
+    if pxe:
+        opts[o.VENDOR_CLASS] = b"PXEClient:Arch:00000:UNDI:002001"
+        opts[o.CLIENT_ARCH] = b"\x00\x00"
+    opts.update(kw.pop("options", {}))  # type: ignore[arg-type]
+    p = DhcpPacket(op=1, xid=xid, chaddr=bytes.fromhex(mac.replace(":", "")), flags=0x8000,
+                   options=opts, **kw)  # type: ignore[arg-type]
+    return codec.encode(p, max_size=1472)
+
+
+SCAPY_DORA = r"""
+import json, sys
+from scapy.all import conf, Ether, IP, UDP, BOOTP, DHCP, srp1, mac2str
+conf.checkIPaddr = False
+conf.verb = 0
+iface, mac = sys.argv[1], sys.argv[2]
+def opts(pkt):
+    return {k: (v.decode(errors="replace") if isinstance(v, bytes) else v)
+            for k, v in (x for x in pkt[DHCP].options if isinstance(x, tuple))}
+base = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / IP(src="0.0.0.0", dst="255.255.255.255") / \
+    UDP(sport=68, dport=67)
+boot = BOOTP(chaddr=mac2str(mac), xid=0x5CA9, flags=0x8000)
+pxe = [("vendor_class_id", b"PXEClient:Arch:00000:UNDI:002001"),
+       ("pxe_client_architecture", b"\x00\x00"), ("param_req_list", [1, 3, 6, 43, 60, 66, 67])]
+offer = srp1(base / boot / DHCP(options=[("message-type", "discover")] + pxe + ["end"]),
+             iface=iface, timeout=5)
+o = opts(offer)
+ack = srp1(base / boot / DHCP(options=[("message-type", "request"),
+                                       ("server_id", o["server_id"]),
+                                       ("requested_addr", offer[BOOTP].yiaddr)] + pxe + ["end"]),
+           iface=iface, timeout=5)
+a = opts(ack)
+print(json.dumps({"offer": offer[BOOTP].yiaddr, "offer_type": o["message-type"],
+                  "ack": ack[BOOTP].yiaddr, "ack_type": a["message-type"],
+                  "siaddr": ack[BOOTP].siaddr, "file": ack[BOOTP].file.rstrip(b"\0").decode(),
+                  "vendor": a.get("vendor_class_id"), "server_id": a["server_id"],
+                  "mask": a["subnet_mask"], "lease": a["lease_time"],
+                  "src": offer[IP].src, "dst": offer[IP].dst}))
+"""
+
+
+def run_py(ns: Netns, script: str, *args: str, timeout: float = 60) -> dict[str, object]:
+    r = ns.run(sys.executable, "-c", script, *args, timeout=timeout)
+    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# --- full mode ------------------------------------------------------------------------------------
+
+def test_scapy_client_completes_dora(pair: Running) -> None:
+    mac = pair.cli.mac("eth0")
+    out = run_py(pair.cli, SCAPY_DORA, "eth0", mac)
+    assert out["offer_type"] == 2 and out["ack_type"] == 5
+    assert out["offer"] == out["ack"] == "192.0.2.100"
+    assert out["siaddr"] == SRV_IP and out["file"] == "undionly.kpxe"
+    assert out["vendor"] == "PXEClient" and out["server_id"] == SRV_IP
+    assert out["mask"] == "255.255.255.0" and out["lease"] == 600
+    assert out["src"] == SRV_IP and out["dst"] == "255.255.255.255"
+    assert any(m.mac == mac and m.arch == 0 for m in pair.policy.seen)
+    journal = (pair.tmp / "leases.jsonl").read_text()
+    assert mac in journal and "192.0.2.100" in journal
+
+
+def test_busybox_udhcpc_gets_lease_and_boot_file(pair: Running) -> None:
+    """A third-party client (busybox udhcpc) against the server."""
+    out = pair.tmp / "udhcpc.env"
+    script = pair.tmp / "udhcpc.sh"
+    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > {out}\nexit 0\n')
+    script.chmod(0o755)
+    pair.cli.run("busybox", "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-t", "3", "-T", "2",
+                 "-s", str(script), "-V", "PXEClient:Arch:00000:UNDI:002001", timeout=30)
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert env["ip"].startswith("192.0.2.1") and env["subnet"] == "255.255.255.0"
+    assert env["boot_file"] == "undionly.kpxe" and env["siaddr"] == SRV_IP
+    assert env["serverid"] == SRV_IP and env["router"] == SRV_IP
+    assert pair.server.leases.lease_of(pair.cli.mac("eth0")) is not None
+
+
+def test_restart_keeps_leases(pair: Running) -> None:
+    cli = UdpClient(pair.cli)
+    try:
+        mac = "52:54:00:00:10:01"
+        for i in range(3):  # three clients so the one we follow is not on the first address
+            other = f"52:54:00:00:10:1{i}"
+            off = cli.exchange(req(MT.DISCOVER, other, 100 + i), 100 + i)
+            cli.exchange(req(MT.REQUEST, other, 100 + i, options={
+                o.SERVER_ID: o.ip_bytes(SRV_IP), o.REQUESTED_IP: o.ip_bytes(off.yiaddr)}), 100 + i)
+        off = cli.exchange(req(MT.DISCOVER, mac, 1), 1)
+        ack = cli.exchange(req(MT.REQUEST, mac, 1, options={
+            o.SERVER_ID: o.ip_bytes(SRV_IP), o.REQUESTED_IP: o.ip_bytes(off.yiaddr)}), 1)
+        assert ack.message_type == MT.ACK
+        pair.server.stop()
+        pair.server = start_server(pair.srv, full_config(pair.tmp), pair.policy)
+        again = cli.exchange(req(MT.DISCOVER, mac, 2), 2)
+        assert again.message_type == MT.OFFER and again.yiaddr == ack.yiaddr
+        reboot = cli.exchange(req(MT.REQUEST, mac, 3, options={
+            o.REQUESTED_IP: o.ip_bytes(ack.yiaddr)}), 3)  # INIT-REBOOT
+        assert reboot.message_type == MT.ACK and reboot.yiaddr == ack.yiaddr
+        nak = cli.exchange(req(MT.REQUEST, "52:54:00:00:10:99", 4, options={
+            o.REQUESTED_IP: o.ip_bytes(ack.yiaddr)}), 4)  # someone else's address
+        assert nak.message_type == MT.NAK
+    finally:
+        cli.close()
+
+
+MALFORMED: list[tuple[str, bytes]] = []
+
+
+def _malformed() -> list[tuple[str, bytes]]:
+    good = bytearray(req(MT.DISCOVER, "52:54:00:ba:d0:01", 0xBAD))
+    out = [("truncated", bytes(good[:100])), ("empty", b""), ("oversized", bytes(good) * 6)]
+    no53 = DhcpPacket(op=1, xid=0xBAD, chaddr=bytes(6), options={12: b"x"})
+    out.append(("no-53", codec.encode(no53)))
+    overrun = bytes(good[:240]) + bytes((53, 1, 1, 12, 200)) + b"abc"
+    out.append(("overrun", overrun))
+    garbage = bytearray(good[:240]) + bytes((53, 1, 1, 52, 1, 3, 255))
+    garbage[44:236] = bytes((7, 250)) * 96  # overloaded sname/file full of overruns
+    out.append(("overload-garbage", bytes(garbage)))
+    for hlen in (0, 17, 255):
+        b = bytearray(good)
+        b[2] = hlen
+        out.append((f"hlen-{hlen}", bytes(b)))
+    cookie = bytearray(good)
+    cookie[236:240] = b"\0\0\0\0"
+    out.append(("cookie", bytes(cookie)))
+    out.append(("bad-53", bytes(good[:240]) + bytes((53, 1, 42, 255))))
+    out.append(("random", os.urandom(300)))
+    return out
+
+
+def test_malformed_barrage_then_valid_discover(pair: Running,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    cli = UdpClient(pair.cli)
+    try:
+        bad = _malformed()
+        with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+            for _, data in bad:
+                cli.send(data)
+            # a PXE client whose policy call raises: logged, loop goes on
+            cli.send(req(MT.DISCOVER, BootPolicy.POISON, 0xDEAD))
+            off = cli.exchange(req(MT.DISCOVER, "52:54:00:00:20:01", 0x600D), 0x600D)
+        assert off.message_type == MT.OFFER and off.yiaddr.startswith("192.0.2.")
+        assert off.file == b"undionly.kpxe" and off.options[o.VENDOR_CLASS] == b"PXEClient"
+        assert pair.server.stats.errors == 1
+        # empty/overrun packets are dropped; every other datagram was logged as malformed
+        assert pair.server.stats.malformed >= len(bad) - 1
+        assert "52:54:00:ba:d0:01" in caplog.text and "policy exploded" in caplog.text
+        assert BootPolicy.POISON in caplog.text
+        assert pair.server._thread is not None and pair.server._thread.is_alive()
+    finally:
+        cli.close()
+
+
+def test_burst_of_1000_discovers_is_answered(pair: Running) -> None:
+    cli = UdpClient(pair.cli)
+    try:
+        pkts = [req(MT.DISCOVER, f"52:54:01:00:{i >> 8:02x}:{i & 255:02x}", 0x10000 + i)
+                for i in range(1000)]
+        for p in pkts:
+            cli.send(p)
+        got: set[int] = set()
+        cli.sock.settimeout(2.0)
+        with contextlib.suppress(TimeoutError, socket.timeout):
+            while len(got) < 1000:
+                data = cli.sock.recv(65536)
+                got.add(struct.unpack_from("!I", data, 4)[0])
+        assert len(got) >= 990, f"{len(got)} of 1000 DISCOVERs answered"
+    finally:
+        cli.close()
+
+
+def test_relayed_request_answered_by_unicast_to_relay(tmp_path: Path) -> None:
+    """srv (192.0.2.1) -- veth -- relay (192.0.2.254 | 198.51.100.1) -- veth -- lan2."""
+    with Lab() as lab:
+        srv, relay = lab.netns("srv"), lab.netns("rly")
+        lab.veth(srv, "eth0", relay, "eth0")
+        lab.addr(srv, "eth0", f"{SRV_IP}/24")
+        lab.addr(relay, "eth0", "192.0.2.254/24")
+        lan2 = lab.netns("lan2")  # the relay's client-side link (no dummy module here)
+        lab.veth(relay, "eth1", lan2, "eth0")
+        lab.addr(relay, "eth1", "198.51.100.1/24")
+        srv.run("ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.254")
+        server = start_server(srv, full_config(tmp_path), BootPolicy())
+        with entered(relay):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("0.0.0.0", 67))
+        try:
+            mac = "52:54:00:00:30:01"
+            agent = bytes((1, 3)) + b"p17"
+            sock.sendto(req(MT.DISCOVER, mac, 0x3E1, giaddr="198.51.100.1", hops=1,
+                            options={o.RELAY_AGENT_INFO: agent}), (SRV_IP, 67))
+            sock.settimeout(3)
+            data, src = sock.recvfrom(65536)
+            off = codec.decode(data)
+            assert src == (SRV_IP, 67)
+            assert off.message_type == MT.OFFER and off.giaddr == "198.51.100.1"
+            assert off.yiaddr == "198.51.100.50" and off.options[o.RELAY_AGENT_INFO] == agent
+            sock.sendto(req(MT.REQUEST, mac, 0x3E2, giaddr="198.51.100.1", hops=1, options={
+                o.SERVER_ID: o.ip_bytes(SRV_IP), o.REQUESTED_IP: o.ip_bytes(off.yiaddr)}),
+                (SRV_IP, 67))
+            ack = codec.decode(sock.recvfrom(65536)[0])
+            assert ack.message_type == MT.ACK and ack.yiaddr == "198.51.100.50"
+            # too many hops: dropped
+            sock.sendto(req(MT.DISCOVER, mac, 0x3E3, giaddr="198.51.100.1", hops=17),
+                        (SRV_IP, 67))
+            sock.settimeout(1)
+            with pytest.raises(socket.timeout):
+                sock.recvfrom(65536)
+        finally:
+            sock.close()
+            server.stop()
+
+
+# --- proxy mode next to dnsmasq -------------------------------------------------------------------
+
+SCAPY_PROXY = r"""
+import json, sys
+from scapy.all import conf, Ether, IP, UDP, BOOTP, DHCP, srp, srp1, mac2str
+conf.checkIPaddr = False
+conf.verb = 0
+iface, mac = sys.argv[1], sys.argv[2]
+def opts(pkt):
+    return {k: (v.decode(errors="replace") if isinstance(v, bytes) else v)
+            for k, v in (x for x in pkt[DHCP].options if isinstance(x, tuple))}
+base = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / IP(src="0.0.0.0", dst="255.255.255.255") / \
+    UDP(sport=68, dport=67)
+boot = BOOTP(chaddr=mac2str(mac), xid=0x9E0, flags=0x8000)
+pxe = [("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003016"),
+       ("pxe_client_architecture", b"\x00\x07"), (97, b"\x00" + bytes(range(16)))]
+ans, _ = srp(base / boot / DHCP(options=[("message-type", "discover")] + pxe + ["end"]),
+             iface=iface, timeout=4, multi=True)
+offers = []
+for _, r in ans:
+    b, d = r[BOOTP], opts(r)
+    offers.append({"src": r[IP].src, "yiaddr": b.yiaddr, "siaddr": b.siaddr,
+                   "file": b.file.rstrip(b"\0").decode(), "type": d["message-type"],
+                   "server_id": d.get("server_id"), "vendor": d.get("vendor_class_id"),
+                   "opt43": r[DHCP].options and [x for x in r[DHCP].options
+                            if isinstance(x, tuple) and x[0] in ("vendor_specific", 43)] != [],
+                   "opt97": any(isinstance(x, tuple) and x[0] in (97, "pxe_client_machine_identifier")
+                                for x in r[DHCP].options)})
+real = [x for x in offers if x["yiaddr"] != "0.0.0.0"][0]
+ack = srp1(base / boot / DHCP(options=[("message-type", "request"),
+                                       ("server_id", real["server_id"]),
+                                       ("requested_addr", real["yiaddr"])] + pxe + ["end"]),
+           iface=iface, timeout=5)
+print(json.dumps({"offers": offers, "ack": ack[BOOTP].yiaddr, "ack_type": opts(ack)["message-type"]}))
+"""
+
+
+def test_proxy_mode_next_to_dnsmasq(tmp_path: Path) -> None:
+    """sw (bridge) with ports to dns (dnsmasq, 192.0.2.2), srv (our proxy, 192.0.2.1), cli."""
+    with Lab() as lab:
+        sw, dns, srv, cli = (lab.netns(t) for t in ("sw", "dns", "srv", "cli"))
+        br = lab.bridge(sw)
+        for ns in (dns, srv, cli):
+            lab.port(sw, br, ns, "eth0")
+        lab.addr(dns, "eth0", "192.0.2.2/24")
+        lab.addr(srv, "eth0", f"{SRV_IP}/24")
+        dnsmasq = lab.popen(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+                             "--interface=eth0", "--bind-interfaces", "--no-ping",
+                             "--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,1h",
+                             f"--dhcp-leasefile={tmp_path / 'dnsmasq.leases'}",
+                             "--pid-file=", "--log-dhcp"], ns=dns, log=tmp_path / "dnsmasq.log")
+        wait_for(lambda: "67" in dns.run("ss", "-uln").stdout, what="dnsmasq on :67")
+        policy = BootPolicy()
+        cfg = DhcpConfig(interface="eth0", server_ip=SRV_IP, mode="proxy")
+        server = start_server(srv, cfg, policy)
+        try:
+            mac = cli.mac("eth0")
+            out = run_py(cli, SCAPY_PROXY, "eth0", mac)
+            offers = out["offers"]
+            assert isinstance(offers, list)
+            ours = [x for x in offers if x["src"] == SRV_IP]
+            theirs = [x for x in offers if x["src"] == "192.0.2.2"]
+            assert len(ours) == 1 and len(theirs) == 1, offers
+            p = ours[0]
+            assert p["yiaddr"] == "0.0.0.0" and p["type"] == 2 and p["server_id"] == SRV_IP
+            assert p["vendor"] == "PXEClient" and p["file"] == "undionly.kpxe"
+            assert p["siaddr"] == SRV_IP and p["opt43"] and p["opt97"]
+            assert theirs[0]["yiaddr"].startswith("192.0.2.5")
+            assert out["ack_type"] == 5 and out["ack"] == theirs[0]["yiaddr"]
+            assert any(m.mac == mac and m.arch == 7 for m in policy.seen)
+            # the client now has its address: PXE boot server REQUEST on port 4011
+            lab.addr(cli, "eth0", f"{out['ack']}/24")
+            c = UdpClient(cli, port=68)
+            try:
+                c.send(req(MT.REQUEST, mac, 0x4011, ciaddr=str(out["ack"]), options={
+                    o.CLIENT_ARCH: b"\x00\x07", o.CLIENT_MACHINE_ID: b"\x00" + bytes(16)}),
+                    (SRV_IP, 4011))
+                ack, src = c.recv(0x4011)
+                assert src == (SRV_IP, 4011)
+                assert ack.message_type == MT.ACK and ack.yiaddr == "0.0.0.0"
+                assert ack.file == b"undionly.kpxe" and ack.siaddr == SRV_IP
+                assert ack.options[o.VENDOR_CLASS] == b"PXEClient"
+                # iPXE's ProxyDHCP REQUEST (user class "iPXE") gets its HTTP script
+                c.send(req(MT.REQUEST, mac, 0x4012, ciaddr=str(out["ack"]), options={
+                    o.USER_CLASS: b"iPXE"}), (SRV_IP, 4011))
+                ipxe, _ = c.recv(0x4012)
+                assert ipxe.options[o.BOOTFILE_NAME] == f"http://{SRV_IP}/boot/{mac}.ipxe".encode()
+            finally:
+                c.close()
+            assert server.leases.by_mac == {}  # proxy mode never hands out addresses
+            assert dnsmasq.poll() is None
+        finally:
+            server.stop()
+
+
+def test_sockets_are_bound_to_the_interface(pair: Running) -> None:
+    r = subprocess.run(pair.srv.cmd("ss", "-ulnp"), capture_output=True, text=True, check=True)
+    assert "0.0.0.0%eth0:67" in r.stdout
