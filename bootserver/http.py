@@ -174,6 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "homecloud"
     sys_version = ""
     disable_nagle_algorithm = True
+    # error replies to unparseable request lines get a status line (the stdlib default,
+    # HTTP/0.9, sends a bare HTML body); HTTP/0.9 requests themselves are refused below.
+    default_request_version = "HTTP/1.0"
     server: _Server
 
     def version_string(self) -> str:
@@ -204,7 +207,17 @@ class _Handler(BaseHTTPRequestHandler):
             if not self.raw_requestline:
                 self.close_connection = True
                 return
+            if len(self.raw_requestline.split()) != 3:  # also HTTP/0.9 "GET /path"
+                self.request_version, self.command = self.default_request_version, ""
+                self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
+                self.close_connection = True
+                self.send_error(HTTPStatus.BAD_REQUEST, "Bad request line")
+                return
             if not self.parse_request():  # it has sent a 400/505/431 and set close_connection
+                return
+            if self.headers.defects:  # e.g. a header line without a colon
+                self.close_connection = True
+                self.send_error(HTTPStatus.BAD_REQUEST, "Bad header syntax")
                 return
             self._dispatch()
             self.wfile.flush()

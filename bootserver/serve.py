@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -26,6 +27,7 @@ from bootserver.firststage import populate
 from bootserver.http import HttpServer
 from bootserver.inventory import InventoryFile, InventoryWatcher
 from bootserver.policy import EFI_BINARIES, Policy, PolicyConfig
+from bootserver.ra import RaResponder
 from bootserver.seen import SeenStore
 from bootserver.tftp import TftpServer
 from builder.manifest import ImageStore
@@ -55,6 +57,23 @@ def default_range(iface: ipaddress.IPv4Interface) -> tuple[str, str]:
     return str(half[0]), str(half[-1])
 
 
+class ClientMacFilter(logging.Filter):
+    """Prefix HTTP/TFTP log lines ("HTTP <ip>: ...") with the client's MAC, found from the DHCP
+    leases or the inventory's static addresses, so every line names the machine."""
+
+    def __init__(self, mac_of: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self.mac_of = mac_of
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args and isinstance(args[0], str) and \
+                isinstance(record.msg, str) and record.msg.startswith(("HTTP %s", "TFTP %s")):
+            mac = self.mac_of(args[0])
+            record.msg = f"{mac or 'unknown-mac'}: " + record.msg
+        return True
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     interface: str
@@ -71,6 +90,7 @@ class ServeOptions:
     tftp_port: int = 69
     efi_binary: str = "ipxe.efi"
     bind_http: str | None = None  # default: the server address
+    ipv6_ra: bool = True  # answer router solicitations (saves iPXE ~13 s), see bootserver/ra.py
 
 
 class BootServer:
@@ -117,7 +137,20 @@ class BootServer:
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
                                resolver=self.app.tftp_resolve)
         self.http = HttpServer(opts.bind_http or server_ip, opts.http_port, self.app)
+        self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
         self._stopped = threading.Event()
+        self._filter = ClientMacFilter(self.mac_of)
+        for name in ("bootserver.http", "bootserver.tftp"):
+            logging.getLogger(name).addFilter(self._filter)
+
+    def mac_of(self, ip: str) -> str | None:
+        lease = self.dhcp.leases.by_ip.get(ip)
+        if lease is not None:
+            return lease.mac
+        for node in self.inventory.current().nodes:
+            if node.ip == ip:
+                return node.mac
+        return None
 
     def start(self) -> None:
         self.inventory.start(0.5)
@@ -125,6 +158,8 @@ class BootServer:
         self.tftp.start()
         self.dhcp.open()
         self.dhcp.start()
+        if self.ra is not None:
+            self.ra.start()
         log.info("hcboot serving on %s (%s): DHCP %s, TFTP :%d, HTTP :%d, images %s",
                  self.opts.interface, self.iface, self.opts.mode, self.tftp.port,
                  self.http.port, self.opts.images)
@@ -133,6 +168,10 @@ class BootServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        for name in ("bootserver.http", "bootserver.tftp"):
+            logging.getLogger(name).removeFilter(self._filter)
+        if self.ra is not None:
+            self.ra.stop()
         for name, fn in (("dhcp", self.dhcp.stop), ("tftp", self.tftp.stop),
                          ("http", self.http.stop), ("inventory", self.inventory.stop),
                          ("seen", self.seen.flush)):
@@ -172,10 +211,13 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.option("--tftp-port", default=69, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--efi-binary", type=click.Choice(list(EFI_BINARIES)), default="ipxe.efi",
               show_default=True, help="First stage for UEFI x64 clients.")
+@click.option("--ipv6-ra/--no-ipv6-ra", default=True, show_default=True,
+              help="Answer IPv6 router solicitations with a no-op advertisement (no prefix, "
+              "lifetime 0) so iPXE does not wait ~13 s for an IPv6 router.")
 @click.pass_obj
 def serve(c: object, interface: str, mode: str, address: str | None, range_: str | None,
           router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
-          http_port: int, tftp_port: int, efi_binary: str) -> None:
+          http_port: int, tftp_port: int, efi_binary: str, ipv6_ra: bool) -> None:
     """Serve DHCP/ProxyDHCP, TFTP and HTTP boot on INTERFACE until SIGTERM."""
     from bootserver.cli import known_roles
 
@@ -184,7 +226,7 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
     opts = ServeOptions(interface=interface, mode=mode, state_dir=state_dir, images=images,
                         address=address, range=_parse_range(range_), router=router, dns=dns,
                         domain=domain, lease_time=lease_time, http_port=http_port,
-                        tftp_port=tftp_port, efi_binary=efi_binary)
+                        tftp_port=tftp_port, efi_binary=efi_binary, ipv6_ra=ipv6_ra)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
         srv = BootServer(opts, known_roles(images))

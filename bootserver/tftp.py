@@ -292,6 +292,8 @@ class TftpServer:
         # its listen() is replaced by _loop() below.
         self._tftpy = tftpy.TftpServer(str(self.root), upload_open=_refuse_upload)
         self._sessions: dict[tuple[str, int], _Context] = {}
+        self._by_fd: dict[int, _Context] = {}
+        self._poller = select.poll()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -388,28 +390,29 @@ class TftpServer:
             for ctx in list(self._sessions.values()):
                 self._end(ctx, "server stopping")
             self._sessions.clear()
+            self._by_fd.clear()
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
 
     def _loop(self) -> None:
         assert self._sock is not None
-        main = self._sock
+        main = self._sock.fileno()
+        self._poller = select.poll()
+        self._poller.register(main, select.POLLIN)
+        next_check = 0.0
         while not self._stop.is_set():
-            by_fd = {ctx.sock.fileno(): ctx for ctx in self._sessions.values()}
-            poller = select.poll()
-            poller.register(main, select.POLLIN)
-            for fd in by_fd:
-                poller.register(fd, select.POLLIN)
-            for fd, _ev in poller.poll(200):
-                if fd == main.fileno():
+            for fd, _ev in self._poller.poll(200):
+                if fd == main:
                     self._on_main()
-                elif fd in by_fd:
-                    ctx = by_fd[fd]
-                    # skip a session ended earlier in this round (its fd may be reused)
-                    if self._sessions.get((ctx.host, ctx.port)) is ctx:
+                else:
+                    ctx = self._by_fd.get(fd)
+                    if ctx is not None:  # None: ended earlier in this round
                         self._on_session(ctx)
-            self._check_timeouts()
+            now = time.monotonic()
+            if now >= next_check:  # timeouts have a 1 s granularity at best: check 10x/s
+                self._check_timeouts()
+                next_check = now + 0.1
 
     def _on_main(self) -> None:
         assert self._sock is not None
@@ -444,6 +447,8 @@ class TftpServer:
             log.error("TFTP %s:%d: cannot create a session socket: %s", host, port, e)
             return
         self._sessions[key] = ctx
+        self._by_fd[ctx.sock.fileno()] = ctx
+        self._poller.register(ctx.sock.fileno(), select.POLLIN)
         ctx.metrics.start_time = ctx.last_update = time.time()
         self._step(ctx, lambda: ctx.state.handle(pkt, host, port))
 
@@ -515,6 +520,11 @@ class TftpServer:
 
     def _end(self, ctx: _Context, reason: str) -> None:
         self._sessions.pop((ctx.host, ctx.port), None)
+        fd = ctx.sock.fileno()
+        if fd >= 0 and self._by_fd.get(fd) is ctx:
+            del self._by_fd[fd]
+            with contextlib.suppress(KeyError, ValueError):
+                self._poller.unregister(fd)
         try:
             ctx.end()
         except Exception as e:  # never let cleanup take the loop down

@@ -226,6 +226,7 @@ def step_base(b: Build) -> None:
             tar = run_dib(dr, b.base_closure)
         name = bc.tarball_name(p.release, p.arch)
         with b.progress.step("base layer: compress"):
+            add_mountpoints(tar, work)
             tmp = entry / f".{name}.tmp"
             with open(tmp, "wb") as out:
                 r = subprocess.run(["gzip", "-1", "-c", str(tar)], stdout=out)
@@ -269,6 +270,32 @@ def step_role_dib(b: Build) -> None:
         b.image_tar = run_dib(dr, b.closure)
 
 
+# DIB's tar output leaves out /proc and /sys (and keeps the lost+found of its ext4 image)
+MOUNTPOINTS = (("proc", 0o555), ("sys", 0o555))
+
+
+def add_mountpoints(tar: Path, scratch: Path) -> None:
+    """Append the empty /proc and /sys mount points to a DIB tar (DIB leaves them out)."""
+    stage = scratch / "mountpoints"
+    stage.mkdir(exist_ok=True)
+    for name, mode in MOUNTPOINTS:
+        (stage / name).mkdir(exist_ok=True)
+        (stage / name).chmod(mode)
+    run(["tar", "-C", str(stage), "--numeric-owner", "--owner=0", "--group=0", "-rf", str(tar),
+         *(f"./{n}" for n, _ in MOUNTPOINTS)], "add mount points")
+    shutil.rmtree(stage)
+
+
+def fix_root_tree(root: Path) -> None:
+    for name, mode in MOUNTPOINTS:
+        d = root / name
+        d.mkdir(exist_ok=True)
+        d.chmod(mode)
+    lf = root / "lost+found"
+    if lf.is_dir():
+        shutil.rmtree(lf)
+
+
 def step_unpack(b: Build) -> None:
     assert b.image_tar is not None
     root = b.work / "root"
@@ -276,6 +303,7 @@ def step_unpack(b: Build) -> None:
     with b.progress.step("unpack root"):
         run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(b.image_tar)], "unpack")
         b.image_tar.unlink()
+        fix_root_tree(root)
     b.root = root
     b.packages = dpkg_packages(root)
 

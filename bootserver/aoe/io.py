@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -392,6 +393,10 @@ class Reader:
         bad_status = F.ATA_STATUS_ERR | F.ATA_STATUS_DF
         timeout = cfg.timeout
         next_check = _NEVER  # earliest deadline of a request in flight (or later)
+        window = cfg.window
+        paths = self.paths
+        npaths = len(paths)
+        send = sock.sock.send
 
         while True:
             # 1. start extents while the read-ahead budget allows
@@ -423,11 +428,17 @@ class Reader:
                     return
                 continue
             # 3. fill the window
-            while queue and len(inflight) < cfg.window:
+            now = time.monotonic()
+            while queue and len(inflight) < window:
                 req = queue[0]
-                path = self._pick(req.path)
-                if path is None:
-                    break
+                path = paths[self._rr]  # fast path: the next one round-robin is usable
+                if path.alive and path.inflight < path.buffer_count and path is not req.path:
+                    self._rr = (self._rr + 1) % npaths
+                else:
+                    path_or_none = self._pick(req.path)
+                    if path_or_none is None:
+                        break
+                    path = path_or_none
                 queue.popleft()
                 if req.tries > cfg.retries:
                     raise AoETimeout(target, req.lba, [p.mac for p in self.paths],
@@ -444,10 +455,16 @@ class Reader:
                 pack_tag(frame, F.OFF_TAG, req.tag)
                 frame[F.OFF_SECTORS] = req.count
                 pack_lba(frame, F.OFF_LBA, req.lba)
-                sock.send(frame)
+                try:
+                    send(frame)
+                except BlockingIOError:
+                    sock.send(frame)
+                except OSError as exc:  # ENOBUFS: the frame is lost, the timeout resends it
+                    if exc.errno != errno.ENOBUFS:
+                        raise
                 stats.frames_sent += 1
                 # back off on retransmissions: timeout, 2x, 4x, at most 8x
-                req.deadline = deadline = time.monotonic() + timeout * _BACKOFF[req.tries]
+                req.deadline = deadline = now + timeout * _BACKOFF[req.tries]
                 if deadline < next_check:
                     next_check = deadline
                 inflight[req.tag] = req
@@ -505,19 +522,19 @@ class Reader:
             for req in expired:
                 if inflight.pop(req.tag, None) is None:
                     continue  # already moved by a path drop below
-                path = req.path
-                assert path is not None
-                path.inflight -= 1
-                path.timeouts += 1
-                path.failures += 1
+                late = req.path
+                assert late is not None
+                late.inflight -= 1
+                late.timeouts += 1
+                late.failures += 1
                 queue.appendleft(req)
-                if (path.alive and path.failures >= cfg.path_failures
+                if (late.alive and late.failures >= cfg.path_failures
                         and len(self.alive_paths()) > 1):
-                    self._drop(path, f"{path.failures} requests unanswered")
+                    self._drop(late, f"{late.failures} requests unanswered")
                     for tag2, r2 in list(inflight.items()):  # resend its requests elsewhere now
-                        if r2.path is path:
+                        if r2.path is late:
                             del inflight[tag2]
-                            path.inflight -= 1
+                            late.inflight -= 1
                             queue.appendleft(r2)
             next_check = min((r.deadline for r in inflight.values()), default=_NEVER)
 

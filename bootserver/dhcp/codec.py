@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from bootserver.dhcp import options as o
-from bootserver.machine import BadMac, normalize_mac
+from bootserver.machine import normalize_mac
 
 BOOTREQUEST = 1
 BOOTREPLY = 2
@@ -131,10 +131,7 @@ class DhcpPacket:
         """The normalised Ethernet MAC in ``chaddr``, or None for other hardware types."""
         if self.htype != HTYPE_ETHERNET or self.hlen != 6 or len(self.chaddr) < 6:
             return None
-        try:
-            return normalize_mac(self.chaddr[:6].hex())
-        except BadMac:
-            return None
+        return self.chaddr[:6].hex(":")  # == normalize_mac() form, without the regex
 
     @property
     def broadcast(self) -> bool:
@@ -252,35 +249,36 @@ def peek_mac(data: bytes) -> str | None:
     """Best-effort MAC of a datagram that may not decode (for log lines about bad packets)."""
     if len(data) < 34 or data[1] != HTYPE_ETHERNET or data[2] != 6:
         return None
-    return normalize_mac(data[28:34].hex())
+    return normalize_mac(data[28:34].hex())  # always valid: 12 hex digits
 
 
 # --- encode ---
 
-def ordered_codes(codes: Iterable[int], requested: Sequence[int] = ()) -> list[int]:
+_NOT_ORDERED = frozenset((o.PAD, o.END, o.OPTION_OVERLOAD, o.MESSAGE_TYPE, o.SERVER_ID,
+                         o.RELAY_AGENT_INFO))
+
+
+def ordered_codes(codes: Collection[int], requested: Sequence[int] = ()) -> list[int]:
     """Wire order of option codes: 53, 54, then those the client asked for in its order (option
     55), then the others as given, and 82 last (RFC 3046 §2.1)."""
-    given = [c for c in codes if c not in (o.PAD, o.END, o.OPTION_OVERLOAD)]
-    first = [c for c in (o.MESSAGE_TYPE, o.SERVER_ID) if c in given]
-    seen = set(first)
-    seen.add(o.RELAY_AGENT_INFO)
-    middle: list[int] = []
-    givenset = set(given)
+    out = [c for c in (o.MESSAGE_TYPE, o.SERVER_ID) if c in codes]
+    seen: set[int] = set()
     for c in requested:
-        if c in givenset and c not in seen:
-            middle.append(c)
+        if c in codes and c not in _NOT_ORDERED and c not in seen:
+            out.append(c)
             seen.add(c)
-    for c in given:
-        if c not in seen:
-            middle.append(c)
+    for c in codes:
+        if c not in _NOT_ORDERED and c not in seen:
+            out.append(c)
             seen.add(c)
-    last = [o.RELAY_AGENT_INFO] if o.RELAY_AGENT_INFO in givenset else []
-    return first + middle + last
+    if o.RELAY_AGENT_INFO in codes:
+        out.append(o.RELAY_AGENT_INFO)
+    return out
 
 
-def _pieces(pkt: DhcpPacket, requested: Sequence[int]) -> list[tuple[int, bytes]]:
+def _pieces(pkt: DhcpPacket, codes: list[int]) -> list[tuple[int, bytes]]:
     out: list[tuple[int, bytes]] = []
-    for code in ordered_codes(pkt.options, requested):
+    for code in codes:
         value = pkt.options[code]
         if not value:
             out.append((code, b""))
@@ -312,8 +310,44 @@ def _fill(pieces: list[tuple[int, bytes]], capacity: int, next_capacity: int) ->
     return bytes(out)
 
 
+_TL = struct.Struct("!BB").pack
+
+
 def _addr(value: str) -> bytes:
     return _ZERO4 if value == ZERO_IP else socket.inet_aton(value)
+
+
+def _overload(pkt: DhcpPacket, pieces: list[tuple[int, bytes]], room: int,
+              max_size: int) -> tuple[bytearray, bytes, bytes]:
+    """RFC 2131 §4.1 / RFC 2132 §9.3: options that do not fit the options field go on into
+    'file' first, then 'sname', if those carry nothing else.  Returns (options, sname, file)."""
+    total = sum(2 + len(v) for _, v in pieces)
+    sname, bootfile = pkt.sname, pkt.file
+    spill = []
+    if not pkt.file:
+        spill.append((o.OVERLOAD_FILE, FILE_SIZE - 1))  # -1: END
+    if not pkt.sname:
+        spill.append((o.OVERLOAD_SNAME, SNAME_SIZE - 1))
+    main_cap = room - 3  # option 52 takes 3 bytes
+    body = bytearray(_fill(pieces, main_cap, spill[0][1] if spill else 0))
+    overload = 0
+    for k, (flag, cap) in enumerate(spill):
+        if not pieces:
+            break
+        nxt = spill[k + 1][1] if k + 1 < len(spill) else 0
+        chunk = _fill(pieces, cap, nxt) + bytes((o.END,))
+        if flag == o.OVERLOAD_FILE:
+            bootfile = chunk
+        else:
+            sname = chunk
+        overload |= flag
+    if pieces:
+        left = sum(2 + len(v) for _, v in pieces)
+        raise OptionsTooLarge(
+            f"{total} bytes of options do not fit in a {max_size}-byte message"
+            f" ({left} bytes left over after overloading file/sname)")
+    body += bytes((o.OPTION_OVERLOAD, 1, overload))
+    return body, sname, bootfile
 
 
 def encode(pkt: DhcpPacket, *, max_size: int = DEFAULT_MAX_MESSAGE,
@@ -328,41 +362,30 @@ def encode(pkt: DhcpPacket, *, max_size: int = DEFAULT_MAX_MESSAGE,
     if len(pkt.chaddr) > 16:
         raise FieldTooLong(f"chaddr is {len(pkt.chaddr)} bytes, the field holds 16")
     max_size = max(max_size, BOOTP_MIN_SIZE)
-    pieces = _pieces(pkt, requested)
-    total = sum(2 + len(v) for _, v in pieces)
+    codes = ordered_codes(pkt.options, requested)
     sname, bootfile = pkt.sname, pkt.file
     room = max_size - OPTIONS_OFFSET - 1  # -1: END
+    parts: list[bytes] = []
+    total = 0
+    opts = pkt.options
+    for c in codes:  # fast path: every option short, all fit in the options field
+        v = opts[c]
+        n = len(v)
+        if n > 255:
+            total = room + 1
+            break
+        parts.append(_TL(c, n))
+        parts.append(v)
+        total += 2 + n
     if total <= room:
-        body = bytearray(b"".join(bytes((c, len(v))) + v for c, v in pieces))
+        body = bytearray(b"".join(parts))
     else:
-        # RFC 2131 §4.1: overflow into 'file' first, then 'sname', if they carry nothing else.
-        spill = []
-        if not pkt.file:
-            spill.append((o.OVERLOAD_FILE, FILE_SIZE - 1))
-        if not pkt.sname:
-            spill.append((o.OVERLOAD_SNAME, SNAME_SIZE - 1))
-        main_cap = room - 3  # option 52 takes 3 bytes
-        body = bytearray(_fill(pieces, main_cap, spill[0][1] if spill else 0))
-        overload = 0
-        extra: dict[int, bytes] = {}
-        for k, (flag, cap) in enumerate(spill):
-            if not pieces:
-                break
-            nxt = spill[k + 1][1] if k + 1 < len(spill) else 0
-            chunk = _fill(pieces, cap, nxt) + bytes((o.END,))
-            extra[flag] = chunk
-            overload |= flag
-        if pieces:
-            left = sum(2 + len(v) for _, v in pieces)
-            raise OptionsTooLarge(
-                f"{total} bytes of options do not fit in a {max_size}-byte message"
-                f" ({left} bytes left over after overloading file/sname)")
-        if overload:
-            body += bytes((o.OPTION_OVERLOAD, 1, overload))
-        if o.OVERLOAD_FILE in extra:
-            bootfile = extra[o.OVERLOAD_FILE]
-        if o.OVERLOAD_SNAME in extra:
-            sname = extra[o.OVERLOAD_SNAME]
+        pieces = _pieces(pkt, codes)
+        total = sum(2 + len(v) for _, v in pieces)
+        if total <= room:
+            body = bytearray(b"".join(_TL(c, len(v)) + v for c, v in pieces))
+        else:
+            body, sname, bootfile = _overload(pkt, pieces, room, max_size)
     body.append(o.END)
     head = _HEADER.pack(
         pkt.op, pkt.htype, pkt.hlen, pkt.hops, pkt.xid & 0xFFFFFFFF, pkt.secs, pkt.flags,

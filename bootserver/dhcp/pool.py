@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +57,9 @@ class Pool:
         self.end = int(end)
         self.netmask = str(self.network.netmask)
         self.broadcast = str(self.network.broadcast_address)
+        self._net = int(self.network.network_address)
+        self._mask = int(self.network.netmask)
+        self._bcast = int(self.network.broadcast_address)
         self._cursor = self.start
 
     def __repr__(self) -> str:
@@ -66,30 +71,39 @@ class Pool:
 
     def contains(self, ip: str) -> bool:
         """``ip`` is on this pool's subnet."""
-        try:
-            return ipaddress.IPv4Address(ip) in self.network
-        except ValueError:
-            return False
+        n = _int(ip)
+        return n is not None and n & self._mask == self._net
 
     def in_range(self, ip: str) -> bool:
         """``ip`` is in the dynamic range."""
-        try:
-            return self.start <= int(ipaddress.IPv4Address(ip)) <= self.end
-        except ValueError:
-            return False
+        n = _int(ip)
+        return n is not None and self.start <= n <= self.end
 
     def usable(self, ip: str) -> bool:
         """On the subnet and neither its network nor its broadcast address."""
-        return self.contains(ip) and ip not in (str(self.network.network_address), self.broadcast)
+        n = _int(ip)
+        return n is not None and n & self._mask == self._net and n not in (self._net, self._bcast)
 
     def next_free(self, is_free: Callable[[str], bool]) -> str | None:
         """The next address after the cursor that ``is_free`` accepts (one lap at most)."""
-        n = self.size
         cur = self._cursor
-        for _ in range(n):
-            ip = str(ipaddress.IPv4Address(cur))
+        for _ in range(self.size):
+            ip = socket.inet_ntoa(_U32(cur))
             cur = cur + 1 if cur < self.end else self.start
             if is_free(ip):
                 self._cursor = cur
                 return ip
+        return None
+
+
+_U32 = struct.Struct("!I").pack
+
+
+def _int(ip: str) -> int | None:
+    """Dotted quad -> int; None for anything else (inet_aton alone accepts "1" or "1.2")."""
+    if ip.count(".") != 3:
+        return None
+    try:
+        return int.from_bytes(socket.inet_aton(ip), "big")
+    except OSError:
         return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import ipaddress
 import logging
 import selectors
@@ -359,29 +360,36 @@ class DhcpServer:
         bf = self.policy.boot_file(ctx.machine)
         if bf is None:
             return None
-        next_server = bf.tftp_server or self.config.server_ip
-        try:
-            r.siaddr = str(ipaddress.IPv4Address(next_server))
-        except ValueError:
-            r.siaddr = self.config.server_ip
-        name = bf.filename.encode()
-        if len(name) < codec.FILE_SIZE:
-            r.file = name
-        r.options[o.VENDOR_CLASS] = o.PXE_VENDOR_CLASS.encode()  # saves iPXE's 2 s proxy wait
-        r.options[o.TFTP_SERVER_NAME] = next_server.encode()
-        r.options[o.BOOTFILE_NAME] = name
-        if o.is_pxe_vendor_class(ctx.machine.vendor_class):
-            r.options[o.VENDOR_SPECIFIC] = o.pxe_vendor_options()
+        r.siaddr, r.file, opts = self._boot_fields(
+            bf, o.is_pxe_vendor_class(ctx.machine.vendor_class))
+        r.options.update(opts)
         guid = ctx.pkt.options.get(o.CLIENT_MACHINE_ID)
         if guid is not None:  # PXE 2.1: replies carry the client's UUID back
             r.options[o.CLIENT_MACHINE_ID] = guid
         return bf
 
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (BootFile is frozen; the server lives long)
+    def _boot_fields(self, bf: BootFile, pxe_rom: bool) -> tuple[str, bytes, dict[int, bytes]]:
+        """(siaddr, file field, options) for a boot file."""
+        next_server = bf.tftp_server or self.config.server_ip
+        try:
+            siaddr = str(ipaddress.IPv4Address(next_server))
+        except ValueError:  # a name: option 66 carries it, siaddr is this server
+            siaddr = self.config.server_ip
+        name = bf.filename.encode()
+        opts = {o.VENDOR_CLASS: o.PXE_VENDOR_CLASS.encode(),  # saves iPXE's 2 s ProxyDHCP wait
+                o.TFTP_SERVER_NAME: next_server.encode(),
+                o.BOOTFILE_NAME: name}
+        if pxe_rom:  # PXE 2.1 §2.4: take the boot file from this offer, no boot server discovery
+            opts[o.VENDOR_SPECIFIC] = o.pxe_vendor_options()
+        return siaddr, name if len(name) < codec.FILE_SIZE else b"", opts
+
     def _send(self, ctx: _Ctx, r: DhcpPacket, mt: o.MessageType, what: str,
               via_pxe: bool = False, dest: tuple[str, int] | None = None) -> Reply:
         data = self._encode(ctx, r)
         addr = dest or self._dest(ctx, mt)
-        log.info("dhcp: %s from %s xid %#x%s -> %s %s to %s:%d", ctx.mt.name, ctx.mac,
+        log.log(logging.DEBUG if mt == o.MessageType.OFFER else logging.INFO,
+                "dhcp: %s from %s xid %#x%s -> %s %s to %s:%d", ctx.mt.name, ctx.mac,
                  ctx.pkt.xid, f" via {ctx.pkt.giaddr}" if ctx.pkt.giaddr != codec.ZERO_IP else "",
                  mt.name, what, addr[0], addr[1])
         return Reply(data, addr, via_pxe)
@@ -432,19 +440,28 @@ class DhcpServer:
                      lease_time: int | None) -> None:
         opts = r.options
         if lease_time is not None:
-            opts[o.LEASE_TIME] = o.u32_bytes(lease_time)
-            opts[o.RENEWAL_TIME] = o.u32_bytes(lease_time // 2)  # RFC 2131 §4.4.5 T1
-            opts[o.REBINDING_TIME] = o.u32_bytes(lease_time * 7 // 8)  # T2
-        opts[o.SUBNET_MASK] = o.ip_bytes(pool.netmask)
-        opts[o.BROADCAST_ADDRESS] = o.ip_bytes(pool.broadcast)
+            opts.update(self._lease_opts(lease_time))
+        opts.update(self._pool_opts(pool))
+        if hostname:
+            opts[o.HOSTNAME] = hostname.encode()
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (a few lease times, server lives as long)
+    def _lease_opts(self, lease_time: int) -> dict[int, bytes]:
+        return {o.LEASE_TIME: o.u32_bytes(lease_time),
+                o.RENEWAL_TIME: o.u32_bytes(lease_time // 2),  # RFC 2131 §4.4.5 T1
+                o.REBINDING_TIME: o.u32_bytes(lease_time * 7 // 8)}  # T2
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _pool_opts(self, pool: Pool) -> dict[int, bytes]:
+        opts = {o.SUBNET_MASK: o.ip_bytes(pool.netmask),
+                o.BROADCAST_ADDRESS: o.ip_bytes(pool.broadcast)}
         if pool.cfg.router:
             opts[o.ROUTER] = o.ip_bytes(pool.cfg.router)
         if pool.cfg.dns:
             opts[o.DNS_SERVERS] = o.ips_bytes(pool.cfg.dns)
         if pool.cfg.domain:
             opts[o.DOMAIN_NAME] = pool.cfg.domain.encode()
-        if hostname:
-            opts[o.HOSTNAME] = hostname.encode()
+        return opts
 
     def _static(self, mac: str, pool: Pool) -> tuple[str, str | None] | None:
         st = self.policy.static_address(mac)

@@ -7,7 +7,10 @@ Boot times are printed (``pytest -s``), never asserted (timing belongs in bench/
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +136,65 @@ def test_aoe_root_missing_export_reports_error(kernel: KernelTree, net_lab: Lab,
         vm.wait_for(r"HC-ERROR: AoE root e9\.9 not found after 3s", timeout=120, fail=None)
         _report("aoe-root missing export", vm, "HC-ERROR")
         vm.wait_exit(30)  # no hc.rescue=1: powers off
+
+
+UDHCPD_CONF = """\
+interface {iface}
+start 192.0.2.100
+end 192.0.2.120
+lease_file {leases}
+pidfile {pidfile}
+option subnet 255.255.255.0
+option router 192.0.2.1
+option lease 600
+"""
+
+
+def _root_archives(tmp_path: Path, marker: str) -> dict[str, Path]:
+    """The tiny marker root as squashfs and as cpio.gz, in a folder served over HTTP."""
+    src = artifacts.busybox_root(tmp_path / "root", marker)
+    www = tmp_path / "www"
+    www.mkdir()
+    subprocess.run(["mksquashfs", str(src), str(www / "root.squashfs"), "-noappend", "-quiet",
+                    "-comp", "xz", "-all-root"], check=True, capture_output=True)
+    listing = subprocess.run(["find", ".", "-mindepth", "1"], cwd=src, check=True,
+                             capture_output=True).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"], cwd=src,
+                          input=listing, check=True, capture_output=True).stdout
+    (www / "root.cpio.gz").write_bytes(gzip.compress(cpio))
+    return {"squashfs": www / "root.squashfs", "cpio.gz": www / "root.cpio.gz"}
+
+
+@pytest.mark.parametrize(("kind", "ip"), [("squashfs", "dhcp"), ("cpio.gz", "static")])
+def test_ram_root_over_http(kernel: KernelTree, net_lab: Lab, tmp_path: Path, kind: str,
+                            ip: str) -> None:
+    archives = _root_archives(tmp_path, "HC-E2E-RAM-ROOT")
+    image = archives[kind]
+    h = net_lab.netns("h")
+    br = net_lab.bridge(h, "br0", addr="192.0.2.1/24")
+    tap = net_lab.tap(h, br)
+    net_lab.popen(["python3", "-m", "http.server", "--bind", "192.0.2.1", "--directory",
+                   str(image.parent), "8080"], ns=h, log=tmp_path / "http.log")
+    if ip == "dhcp":
+        conf = tmp_path / "udhcpd.conf"
+        conf.write_text(UDHCPD_CONF.format(iface=br, leases=tmp_path / "leases",
+                                           pidfile=tmp_path / "udhcpd.pid"))
+        (tmp_path / "leases").write_bytes(b"")
+        net_lab.popen(["busybox", "udhcpd", "-f", str(conf)], ns=h, log=tmp_path / "udhcpd.log")
+        ipargs = ""
+    else:
+        ipargs = " hc.ip=192.0.2.50/24,192.0.2.1"
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    append = (f"{CONSOLE} hc.rootfs=http://192.0.2.1:8080/{image.name} "
+              f"hc.rootfs_sha256={digest}{ipargs}")
+    cfg = VmConfig(kernel=kernel.vmlinuz, initrd=artifacts.ram_root_initramfs(), append=append,
+                   nics=[Nic("virtio", tap=tap, romfile="")], netns=h.name)
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"hc: .*sha256 ok", timeout=120)
+        root = vm.wait_for(r"root: / is (.*)", timeout=60)
+        assert ("overlay" if kind == "squashfs" else "tmpfs") in root.group(1)
+        vm.wait_for(r"root: writable", timeout=30)
+        vm.wait_for(line_re("HC-E2E-RAM-ROOT"), timeout=30)
+        _report(f"ram-root ({kind}, {ip})", vm, "root marker")
+        vm.wait_exit(30)

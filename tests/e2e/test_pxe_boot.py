@@ -60,6 +60,8 @@ def test_ipxe_rom_boots_assigned_role_over_http(served: Served, tmp_path: Path) 
     assert f"{mac}" in log
     # kernel and initrd came over HTTP (the fast path), the script was per node
     assert f"{mac}: iPXE script served" in log
+    # HTTP lines name the MAC too (client IP mapped through the DHCP lease)
+    assert f"{mac}: HTTP " in log and "/kernel -> 200" in log
 
 
 def test_pxelinux_path_boots_assigned_role(served: Served, tmp_path: Path) -> None:

@@ -254,13 +254,14 @@ def test_method_not_allowed(env: Env, method: str) -> None:
     assert r.status == 405 and r.headers["allow"] == "GET, HEAD, POST"
 
 
-@pytest.mark.parametrize("request_bytes", [
+@pytest.mark.parametrize("request_bytes", [pytest.param(b, id=repr(b[:30])) for b in [
     b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/1.1 extra\r\n\r\n",
     b"GET / HTTP/x.y\r\n\r\n", b"GET /hello.txt HTTP/1.1\r\nNoColonHeader\r\n\r\n",
     b"GET /hello.txt HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
     b"GET /hello.txt HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(200),  # a TLS ClientHello
-])
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(200) + b"\r\n",  # TLS hello
+    b"GET /hello.txt\r\n\r\n",  # HTTP/0.9
+]])
 def test_bad_requests(env: Env, request_bytes: bytes) -> None:
     got = raw(env, request_bytes)
     assert got.startswith(b"HTTP/1.1 400 ") or got.startswith(b"HTTP/1.0 400 "), got[:120]
@@ -383,3 +384,32 @@ def test_logs_name_client_and_path(env: Env) -> None:
     curl(env, "/hello.txt")
     assert f"HTTP {CLI_IP}: GET /hello.txt -> 200 16 bytes" in env.log_text()
     assert "SERVER THREAD DIED" not in env.log_text()
+
+
+def test_start_stop_in_process_with_idle_keepalive() -> None:
+    """Lifecycle through the API itself (loopback of the test process): stop() returns and
+    frees the port even while a keep-alive connection sits idle."""
+    import socket
+
+    from bootserver.http import HttpServer, Response
+
+    class One:
+        def handle(self, method: str, path: str, client_ip: str, headers: object,
+                   body: bytes) -> Response | None:
+            return Response(body=b"one\n") if path == "/one" else None
+
+    srv = HttpServer("127.0.0.1", 0, One())  # type: ignore[arg-type]
+    srv.start()
+    assert srv.port != 0 and srv.alive
+    c = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    c.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while not got.endswith(b"one\n"):
+        got += c.recv(4096)
+    assert got.startswith(b"HTTP/1.1 200 ")
+    srv.stop()  # the connection above is still open and idle
+    assert not srv.alive
+    assert c.recv(4096) == b""  # the server closed it
+    c.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()

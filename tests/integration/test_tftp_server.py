@@ -404,3 +404,28 @@ def test_logs_name_client_and_file(env: Env) -> None:
     log = env.log_text()
     assert f"TFTP {CLI_IP}: RRQ big.bin" in log
     assert f"TFTP {CLI_IP}: sent big.bin (1500000 bytes, blksize 1468)" in log
+
+
+def test_start_stop_in_process(tmp_path: Path) -> None:
+    """Lifecycle through the API itself, on the test process's loopback."""
+    import socket
+
+    from bootserver.tftp import TftpServer
+
+    (tmp_path / "f").write_bytes(b"x" * 700)
+    with TftpServer(tmp_path, "127.0.0.1", 0) as srv:
+        assert srv.port != 0 and srv.alive
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.sendto(rrq("f"), ("127.0.0.1", srv.port))
+        data, addr = s.recvfrom(1024)
+        assert data[:4] == b"\x00\x03\x00\x01" and len(data) == 516 and addr[1] != srv.port
+        s.sendto(b"\x00\x04\x00\x01", addr)
+        data, _ = s.recvfrom(1024)
+        assert data == b"\x00\x03\x00\x02" + b"x" * 188
+        s.sendto(b"\x00\x04\x00\x02", addr)
+        s.close()
+    assert not srv.alive
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", srv.port))  # the port is free again
+    s.close()

@@ -1,0 +1,214 @@
+"""``hcboot lab``: a whole homecloud in QEMU on this machine (click only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import sys
+import termios
+import tty
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bootserver.errors import HcbootError
+from bootserver.inventory import parse_size
+from bootserver.lab.lab import DEFAULT_NET, Lab, format_table
+from bootserver.lab.errors import LabError
+
+DETACH = b"\x1d"  # Ctrl-]
+
+
+def _lab_dir(ctx: click.Context, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    env = os.environ.get("HC_LAB_DIR")
+    if env:
+        return Path(env)
+    obj: Any = ctx.find_root().obj
+    return Path(obj.state_dir) / "lab" if obj is not None else Path("/var/lib/homecloud/lab")
+
+
+def _images(ctx: click.Context, given: Path | None) -> Path | None:
+    if given is not None:
+        return given
+    obj: Any = ctx.find_root().obj
+    return Path(obj.images) if obj is not None else None
+
+
+state_dir_opt = click.option(
+    "--state-dir", "lab_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+    help="Lab directory (lab.json, logs, disks). Env HC_LAB_DIR; default <hcboot state>/lab.")
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except HcbootError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def lab() -> None:
+    """A virtual homecloud in QEMU (TCG): hcboot serve, storage nodes, Xen hosts, in an
+    isolated network namespace."""
+
+
+@lab.command()
+@click.option("--hnodes", default=1, show_default=True, type=click.IntRange(0, 50))
+@click.option("--snodes", default=2, show_default=True, type=click.IntRange(1, 9))
+@state_dir_opt
+@click.option("--images", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Image store to boot from (default: hcboot's --images).")
+@click.option("--no-build", is_flag=True, help="Do not run `hcbuild image --all` first.")
+@click.option("--timeout", default=1800, show_default=True, type=click.IntRange(10),
+              help="Seconds to wait for every node to be ready.")
+@click.option("--disk-size", default="4G", show_default=True,
+              help="Size of each storage-node disk (raw, sparse).")
+@click.option("--network", default=DEFAULT_NET, show_default=True,
+              help="Server address and prefix on the lab bridge (a documentation range).")
+@click.pass_context
+def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, images: Path | None,
+       no_build: bool, timeout: int, disk_size: str, network: str) -> None:
+    """Build missing images, start hcboot and the nodes, follow them until ready."""
+    try:
+        size = parse_size(disk_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--disk-size") from None
+    lb = Lab(_lab_dir(ctx, lab_dir), _images(ctx, images), say=click.echo)
+    try:
+        rows = _run(lambda: lb.up(snodes=snodes, hnodes=hnodes, build=not no_build,
+                                  timeout=timeout, disk_size=size, network=network))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the lab is left as it is; `hcboot lab down` removes it",
+                   err=True)
+        sys.exit(130)
+    click.echo("")
+    click.echo(format_table(rows))
+    bad = [r.name for r in rows if not r.done]
+    if bad:
+        raise click.ClickException(f"not ready: {', '.join(bad)} (serial logs in "
+                                   f"{lb.vms_dir}; hcboot lab console NODE)")
+    click.echo(f"\nall {len(rows)} nodes ready. hcboot lab console NODE | lab status | lab down")
+
+
+@lab.command()
+@state_dir_opt
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, lab_dir: Path | None, as_json: bool) -> None:
+    """Show the lab's nodes: MAC, role, address, state, boot seconds."""
+    lb = Lab(_lab_dir(ctx, lab_dir))
+    doc = _run(lb.summary)
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    if not doc["nodes"] and not doc["netns_exists"]:
+        click.echo(f"no lab in {doc['dir']} (hcboot lab up)")
+        return
+    srv = doc["server"]
+    click.echo(f"lab {doc['dir']}: {doc['phase']}; namespace {doc['netns']} "
+               f"({'present' if doc['netns_exists'] else 'absent'}); hcboot serve "
+               f"{'running' if srv['running'] else 'stopped'} at {srv['address']}")
+    click.echo(format_table(_run(lb.status)))
+
+
+@lab.command()
+@click.argument("node")
+@state_dir_opt
+@click.pass_context
+def console(ctx: click.Context, node: str, lab_dir: Path | None) -> None:
+    """Attach to NODE's serial console (Ctrl-] detaches)."""
+    lb = Lab(_lab_dir(ctx, lab_dir))
+    n = _run(lambda: (lb.load(), lb.node(node))[1])
+    sock_path = n.get("serial_sock")
+    if not sock_path or not Path(sock_path).exists():
+        raise click.ClickException(f"{node}: no console socket (is its VM running?)")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(sock_path)
+    except OSError as exc:
+        raise click.ClickException(f"{node}: cannot attach to {sock_path}: {exc}") from None
+    click.echo(f"attached to {n['name']} ({n['mac']}); Ctrl-] detaches; log {n['serial_log']}",
+               err=True)
+    _relay(s)
+    click.echo(f"\ndetached from {n['name']}", err=True)
+
+
+def _relay(s: socket.socket) -> None:
+    fd = sys.stdin.fileno()
+    out = sys.stdout.buffer
+    saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    try:
+        if saved is not None:
+            tty.setraw(fd)
+        while True:
+            r, _, _ = select.select([s, fd], [], [])
+            if s in r:
+                data = s.recv(65536)
+                if not data:
+                    return
+                out.write(data)
+                out.flush()
+            if fd in r:
+                data = os.read(fd, 1024)
+                if not data:
+                    return
+                if DETACH in data:
+                    data = data.split(DETACH, 1)[0]
+                    if data:
+                        s.sendall(data)
+                    return
+                s.sendall(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        s.close()
+
+
+@lab.command()
+@state_dir_opt
+@click.option("--keep-disks", is_flag=True, help="Keep the storage nodes' disk files.")
+@click.pass_context
+def down(ctx: click.Context, lab_dir: Path | None, keep_disks: bool) -> None:
+    """Stop every VM and server the lab started, remove its namespace (idempotent)."""
+    lb = Lab(_lab_dir(ctx, lab_dir), say=click.echo)
+    done = _run(lambda: lb.down(keep_disks=keep_disks))
+    for d in done:
+        click.echo(f"stopped {d}")
+    click.echo("lab down" if done else "nothing to stop: lab down")
+
+
+@lab.command("add-node")
+@click.option("--role", default="hnode", show_default=True)
+@state_dir_opt
+@click.option("--timeout", default=1200, show_default=True, type=click.IntRange(10))
+@click.option("--memory", type=click.IntRange(256), default=None, help="MB (default by role).")
+@click.pass_context
+def add_node(ctx: click.Context, role: str, lab_dir: Path | None, timeout: int,
+             memory: int | None) -> None:
+    """Power on a new machine (fresh MAC), assign it ROLE when hcboot sees it, follow it."""
+    lb = Lab(_lab_dir(ctx, lab_dir), say=click.echo)
+    st, secs = _run(lambda: lb.add_node(role, timeout=timeout, memory=memory))
+    click.echo("")
+    click.echo(format_table([st]))
+    if secs is None:
+        raise click.ClickException(f"{st.name} did not reach {role}'s ready state: {st.state}")
+    click.echo(f"\n{st.name}: assignment to {st.state}: {secs:.1f} s")
+
+
+@lab.command()
+@click.argument("node")
+@state_dir_opt
+@click.pass_context
+def reset(ctx: click.Context, node: str, lab_dir: Path | None) -> None:
+    """Reboot NODE (QEMU monitor system_reset)."""
+    lb = Lab(_lab_dir(ctx, lab_dir))
+    _run(lambda: lb.reset_node(node))
+    click.echo(f"{node}: reset")
+
+
+__all__ = ["LabError", "lab"]
