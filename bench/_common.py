@@ -8,13 +8,18 @@ serving the same kernel + initrd.  Everything is created through ``tests.support
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import platform
+import socket
 import statistics
+import struct
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +123,110 @@ def start_dnsmasq(lab: Lab, ns: Netns, workdir: Path, tftp_root: Path,
             return DnsmasqServer(lab, ns, p.pid, log, tftp_root)
         time.sleep(0.1)
     raise RuntimeError(f"dnsmasq did not come up:\n{log.read_text()}")
+
+
+# ------------------------------------------------------------------ sockets inside a namespace
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the block with the calling thread inside network namespace ``name`` (sockets created
+    there stay in it after the thread switches back)."""
+    with open("/proc/thread-self/ns/net", "rb") as home, open(f"/run/netns/{name}", "rb") as ns:
+        if _libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back from {name}: {os.strerror(err)}")
+
+
+def packet_socket(ns: str, ifname: str, proto: int) -> tuple[socket.socket, bytes, int]:
+    """An AF_PACKET raw socket bound to ``ifname`` in namespace ``ns``; (socket, mac, ifindex)."""
+    with in_netns(ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+        s.bind((ifname, proto))
+        ifindex = socket.if_nametoindex(ifname)
+        mac = bytes.fromhex(Path(f"/sys/class/net/{ifname}/address").read_text()
+                            .strip().replace(":", ""))
+    return s, mac, ifindex
+
+
+# ------------------------------------------------------------------ IPv6 router advertisements
+
+ETH_P_IPV6 = 0x86DD
+ICMPV6_RS, ICMPV6_RA = 133, 134
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def link_local(mac: bytes) -> bytes:
+    """fe80::/64 address from a MAC (modified EUI-64)."""
+    eui = bytes((mac[0] ^ 0x02,)) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+    return b"\xfe\x80" + b"\0" * 6 + eui
+
+
+def router_advertisement(src_mac: bytes) -> bytes:
+    """The smallest RA that ends iPXE's IPv6 autoconfiguration at once: to ff02::1, M=O=0
+    (no DHCPv6), router lifetime 0 (not a default router), no prefix, only the source
+    link-layer address option.  iPXE (ndp.c ipv6conf_rx_router_advertisement) stops its router
+    solicitation timer on the first RA and, with neither M nor O set, finishes the ipv6
+    configurator; without any RA it retries solicitations until its timer gives up (~13 s)."""
+    src_ip = link_local(src_mac)
+    dst_ip = bytes.fromhex("ff020000000000000000000000000001")
+    icmp = struct.pack("!BBHBBHII", ICMPV6_RA, 0, 0, 64, 0, 0, 0, 0) + bytes((1, 1)) + src_mac
+    pseudo = src_ip + dst_ip + struct.pack("!I3xB", len(icmp), 58)
+    icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
+    ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + src_ip + dst_ip
+    eth = bytes.fromhex("333300000001") + src_mac + struct.pack("!H", ETH_P_IPV6)
+    return eth + ip6 + icmp
+
+
+class RaResponder:
+    """Answers every IPv6 Router Solicitation on ``ifname`` (in namespace ``ns``) with
+    ``router_advertisement()``: a prototype of what hcboot could do (see bench/README.md)."""
+
+    def __init__(self, ns: str, ifname: str) -> None:
+        self.sock, self.mac, _ = packet_socket(ns, ifname, ETH_P_IPV6)
+        self.frame = router_advertisement(self.mac)
+        self.sent = 0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"ra-{ns}", daemon=True)
+
+    def start(self) -> RaResponder:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop_event.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            # addr[2] is the packet type: skip our own transmissions (PACKET_OUTGOING = 4)
+            if addr[2] == 4 or len(data) < 14 + 40 + 4:
+                continue
+            if data[14 + 6] == 58 and data[14 + 40] == ICMPV6_RS:
+                self.sock.send(self.frame)
+                self.sent += 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(2)
+        self.sock.close()

@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -107,17 +108,34 @@ def scapy_worker(argv: list[str]) -> None:
 # ---------------------------------------------------------------- orchestration
 
 
-def start_vblade(lab: Lab, ns: Netns, ifname: str, image: Path) -> None:
-    lab.popen(["vblade", "-r", str(T.shelf), str(T.slot), ifname, str(image)], ns=ns)
+def start_vblade(lab: Lab, ns: Netns, ifname: str, image: Path) -> int:
+    # `ip netns exec` execs vblade in place: the Popen PID is vblade's
+    return lab.popen(["vblade", "-r", str(T.shelf), str(T.slot), ifname, str(image)], ns=ns).pid
 
 
-def run_verify(c: Netns, cif: str, exp: ExpectedImage, window: int, npaths: int) -> float:
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_verify(c: Netns, cif: str, exp: ExpectedImage, window: int, vblades: list[int],
+               cpu: list[tuple[float, float]]) -> float:
+    """Seconds of one full verify; appends (client CPU s, busiest vblade CPU s) to ``cpu``."""
     with AoESocket(cif, netns=c.name) as sock:
-        wait_for(lambda: len(io.query_config(sock, T, 0.2)) >= npaths, timeout=10,
+        wait_for(lambda: len(io.query_config(sock, T, 0.2)) >= len(vblades), timeout=10,
                  what="vblade paths")
         paths = discover(sock, T, timeout=0.3)
-        assert len(paths) == npaths, paths
+        assert len(paths) == len(vblades), paths
+        v0 = [proc_cpu(p) for p in vblades]
+        c0 = self_cpu()
         res = verify(sock, T, exp, paths=paths, config=ReaderConfig(window=window))
+        cpu.append((self_cpu() - c0, max(proc_cpu(p) - v for p, v in zip(vblades, v0,
+                                                                          strict=True))))
         assert res.ok
         return res.seconds
 
@@ -146,6 +164,7 @@ def main() -> None:
     size = args.size_mib << 20
     res: dict[str, list[float]] = {}
     notes: dict[str, str] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {"verify": [], "verify-2path": []}
     with tempfile.TemporaryDirectory(prefix="bench-aoe-") as tmp, Lab() as lab:
         img = Path(tmp) / "rootfs.img"
         with open(img, "wb") as f:
@@ -163,8 +182,8 @@ def main() -> None:
         lab.veth(c, "c0", s1, "eth0")
         for ns, ifn in ((c, "c0"), (s1, "eth0")):
             ns.run("ip", "link", "set", ifn, "mtu", str(args.mtu))
-        start_vblade(lab, s1, "eth0", img)
-        res["verify"] = [size / run_verify(c, "c0", exp, args.window, 1)
+        pids = [start_vblade(lab, s1, "eth0", img)]
+        res["verify"] = [size / run_verify(c, "c0", exp, args.window, pids, cpu["verify"])
                          for _ in range(args.runs)]
 
         # plain scapy, bounded samples, extrapolated
@@ -187,9 +206,9 @@ def main() -> None:
                 port = lab.port(sw, br, ns, ifn)
                 sw.run("ip", "link", "set", port, "mtu", str(args.mtu))
                 ns.run("ip", "link", "set", ifn, "mtu", str(args.mtu))
-            start_vblade(lab, s2, "eth0", img)
-            start_vblade(lab, s3, "eth0", img2)
-            res["verify-2path"] = [size / run_verify(c2, "c0", exp, args.window, 2)
+            pids = [start_vblade(lab, s2, "eth0", img), start_vblade(lab, s3, "eth0", img2)]
+            res["verify-2path"] = [size / run_verify(c2, "c0", exp, args.window, pids,
+                                                     cpu["verify-2path"])
                                    for _ in range(args.runs)]
 
     load = os.getloadavg()
@@ -197,10 +216,15 @@ def main() -> None:
           f" {args.runs} runs, {os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f}")
     med = {k: statistics.median(v) / 1e6 for k, v in res.items()}
     for k, v in res.items():
-        runs = " ".join(f"{x / 1e6:.1f}" for x in v)
+        runs = " ".join(f"{x / 1e6:.2f}" for x in v)
         extra = f"  [{notes[k]}; extrapolated to {args.size_mib} MiB:" \
                 f" {size / (med[k] * 1e6):.0f} s]" if k in notes else ""
-        print(f"  {k:13s} median {med[k]:8.1f} MB/s   runs: {runs}{extra}")
+        print(f"  {k:13s} median {med[k]:8.2f} MB/s   runs: {runs}{extra}")
+        if cpu.get(k):
+            cl = statistics.median(x[0] for x in cpu[k])
+            vb = statistics.median(x[1] for x in cpu[k])
+            print(f"  {'':13s} CPU per run: client {cl:.2f} s, vblade {vb:.2f} s -> with a free"
+                  f" core each, CPU would allow ~{size / max(cl, vb, 1e-9) / 1e6:.0f} MB/s")
     v = med["verify"]
     print(f"  ratios: verify/scapy-srp {v / med['scapy-srp']:.0f}x,"
           f" verify/scapy-srp1 {v / med['scapy-srp1']:.0f}x,"

@@ -139,6 +139,7 @@ class BootServer:
         self.http = HttpServer(opts.bind_http or server_ip, opts.http_port, self.app)
         self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
         self._stopped = threading.Event()
+        self._done = threading.Event()
         self._filter = ClientMacFilter(self.mac_of)
         for name in ("bootserver.http", "bootserver.tftp"):
             logging.getLogger(name).addFilter(self._filter)
@@ -180,9 +181,10 @@ class BootServer:
             except Exception:
                 log.exception("stopping %s failed", name)
         log.info("hcboot stopped")
+        self._done.set()
 
     def wait(self) -> None:
-        self._stopped.wait()
+        self._done.wait()
 
 
 def _parse_range(value: str | None) -> tuple[str, str] | None:

@@ -14,19 +14,26 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import builder
+from builder.dib import DibRun, run_dib
 from builder.elements import Element
+from builder.errors import CommandError
 from builder.mirrors import Mirrors
+from builder.progress import Progress
 
 _PKG_DIR = Path(builder.__file__).resolve().parent
-# the files the base layer's DIB run depends on (the rest of the builder only post-processes)
+# the files the base layer depends on (the rest of the builder only post-processes)
 BASE_CODE = ("dib.py", "cache.py")
+# DIB's tar output leaves out /proc and /sys: the base tarball and every root tree get them
+MOUNTPOINTS = (("proc", 0o555), ("sys", 0o555))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -175,3 +182,72 @@ class BaseCache:
             yield
         finally:
             os.close(fd)
+
+    def ensure(
+        self,
+        *,
+        key: str,
+        elements: Sequence[str],
+        known: Sequence[Element],
+        kernel_package: str,
+        elements_path: Sequence[Path],
+        mirrors: Mirrors,
+        release: str,
+        arch: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        progress: Progress,
+    ) -> Path:
+        """The base tarball of ``key``, built with DIB (``-t tar``) when absent."""
+        with self.lock(key):
+            found = self.tarball(key, release, arch)
+            if found is not None:
+                progress.info(f"base layer {key[:12]}: cached")
+                return found
+            entry = self.image_cache_dir(key)
+            work = entry / ".work"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            progress.info(f"base layer {key[:12]}: building; DIB log: {log_path}")
+            run = DibRun(
+                elements=list(elements),
+                output=work / "base",
+                log_path=log_path,
+                elements_path=list(elements_path),
+                mirrors=mirrors,
+                release=release,
+                arch=arch,
+                packages=[kernel_package],
+                env={**env, "DIB_IMAGE_CACHE": str(entry), "DIB_DEBOOTSTRAP_CACHE": "0"},
+            )
+            with progress.step("base layer: diskimage-builder"):
+                tar = run_dib(run, known)
+            name = self.tarball_name(release, arch)
+            with progress.step("base layer: compress"):
+                add_mountpoints(tar, work)
+                tmp = entry / f".{name}.tmp"
+                cmd = ["gzip", "-1", "-c", str(tar)]
+                with open(tmp, "wb") as out:
+                    r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+                if r.returncode != 0:
+                    raise CommandError(cmd, r.returncode, "compress the base layer",
+                                       tail=r.stderr.splitlines()[-30:])
+                os.replace(tmp, entry / name)
+                (entry / ".complete").write_text(key + "\n")
+            shutil.rmtree(work, ignore_errors=True)
+            return entry / name
+
+
+def add_mountpoints(tar: Path, scratch: Path) -> None:
+    """Append the empty /proc and /sys mount points to a DIB tar (DIB leaves them out)."""
+    stage = scratch / "mountpoints"
+    stage.mkdir(exist_ok=True)
+    for name, mode in MOUNTPOINTS:
+        (stage / name).mkdir(exist_ok=True)
+        (stage / name).chmod(mode)
+    cmd = ["tar", "-C", str(stage), "--numeric-owner", "--owner=0", "--group=0", "-rf", str(tar),
+           *(f"./{n}" for n, _ in MOUNTPOINTS)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise CommandError(cmd, r.returncode, "add mount points", tail=r.stderr.splitlines())
+    shutil.rmtree(stage)

@@ -183,59 +183,29 @@ def step_reuse(b: Build) -> None:
 
 
 # ------------------------------------------------------------------------------ base layer
-def _dib_env(b: Build, extra: dict[str, str]) -> dict[str, str]:
-    env = dict(b.need().env)
-    env.update(extra)
-    return env
-
-
 def step_base(b: Build) -> None:
     p = b.need()
-    assert b.mirrors is not None
-    bc = cache.BaseCache(b.opts.cache_dir)
-    with bc.lock(b.base_key):
-        found = bc.tarball(b.base_key, p.release, p.arch)
-        if found is not None:
-            b.base_tarball = found
-            b.progress.info(f"base layer {b.base_key[:12]}: cached ({found})")
-            return
-        from builder.kernel import load_kernel_spec
+    assert b.mirrors is not None and b.library is not None
+    from builder.kernel import load_kernel_spec
 
-        ks = load_kernel_spec(p.kernel_spec())
-        kpkg = f"{ks.package}={ks.version}" if ks.version else ks.package
-        entry = bc.image_cache_dir(b.base_key)
-        work = entry / ".work"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        log = b.log_dir / f"base-{b.base_key[:12]}-{_stamp()}.log"
+    ks = load_kernel_spec(p.kernel_spec())
+    bc = cache.BaseCache(b.opts.cache_dir)
+    log = b.log_dir / f"base-{b.base_key[:12]}-{_stamp()}.log"
+    b.base_tarball = bc.ensure(
+        key=b.base_key,
+        elements=[DISTRO_ELEMENT, *p.base_elements],
+        known=b.base_closure,
+        kernel_package=f"{ks.package}={ks.version}" if ks.version else ks.package,
+        elements_path=[b.library.root],
+        mirrors=b.mirrors,
+        release=p.release,
+        arch=p.arch,
+        env=dict(p.env),
+        log_path=log,
+        progress=b.progress,
+    )
+    if log.exists():
         b.log_paths.append(log)
-        b.progress.info(f"base layer {b.base_key[:12]}: building; DIB log: {log}")
-        env = _dib_env(b, {"DIB_IMAGE_CACHE": str(entry), "DIB_DEBOOTSTRAP_CACHE": "0"})
-        dr = DibRun(
-            elements=[DISTRO_ELEMENT, *p.base_elements],
-            output=work / "base",
-            log_path=log,
-            elements_path=[b.library.root] if b.library else [],
-            mirrors=b.mirrors,
-            release=p.release,
-            arch=p.arch,
-            packages=[kpkg],
-            env=env,
-        )
-        with b.progress.step("base layer: diskimage-builder"):
-            tar = run_dib(dr, b.base_closure)
-        name = bc.tarball_name(p.release, p.arch)
-        with b.progress.step("base layer: compress"):
-            add_mountpoints(tar, work)
-            tmp = entry / f".{name}.tmp"
-            with open(tmp, "wb") as out:
-                r = subprocess.run(["gzip", "-1", "-c", str(tar)], stdout=out)
-            if r.returncode != 0:
-                raise CommandError(["gzip", "-1", "-c", str(tar)], r.returncode, "compress base")
-            os.replace(tmp, entry / name)
-            (entry / ".complete").write_text(b.base_key + "\n")
-        shutil.rmtree(work, ignore_errors=True)
-        b.base_tarball = entry / name
 
 
 # ------------------------------------------------------------------------------ role layer
@@ -247,14 +217,12 @@ def step_role_dib(b: Build) -> None:
     log = b.log_dir / f"{b.build_id}.log"
     b.log_paths.append(log)
     b.progress.info(f"DIB log: {log}")
-    env = _dib_env(
-        b,
-        {
-            "DIB_IMAGE_CACHE": str(b.base_tarball.parent),
-            "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
-            "DIB_DEBOOTSTRAP_CACHE": "0",
-        },
-    )
+    env = {
+        **p.env,
+        "DIB_IMAGE_CACHE": str(b.base_tarball.parent),
+        "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
+        "DIB_DEBOOTSTRAP_CACHE": "0",
+    }
     dr = DibRun(
         elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements],
         output=b.work / "image",
@@ -270,20 +238,7 @@ def step_role_dib(b: Build) -> None:
         b.image_tar = run_dib(dr, b.closure)
 
 
-# DIB's tar output leaves out /proc and /sys (and keeps the lost+found of its ext4 image)
-MOUNTPOINTS = (("proc", 0o555), ("sys", 0o555))
-
-
-def add_mountpoints(tar: Path, scratch: Path) -> None:
-    """Append the empty /proc and /sys mount points to a DIB tar (DIB leaves them out)."""
-    stage = scratch / "mountpoints"
-    stage.mkdir(exist_ok=True)
-    for name, mode in MOUNTPOINTS:
-        (stage / name).mkdir(exist_ok=True)
-        (stage / name).chmod(mode)
-    run(["tar", "-C", str(stage), "--numeric-owner", "--owner=0", "--group=0", "-rf", str(tar),
-         *(f"./{n}" for n, _ in MOUNTPOINTS)], "add mount points")
-    shutil.rmtree(stage)
+MOUNTPOINTS = cache.MOUNTPOINTS
 
 
 def fix_root_tree(root: Path) -> None:

@@ -325,7 +325,8 @@ class Reader:
         self.sock = sock
         self.target = target
         self.cfg = config or ReaderConfig()
-        limit = min([sock.max_sectors, *(p.max_sectors or 1 for p in paths)])
+        # a Query Config sector count of 0 says nothing: assume 2 (1 KiB), as Linux's aoe does
+        limit = min([sock.max_sectors, *(p.max_sectors or 2 for p in paths)])
         self.max_sectors = max(1, min(limit, self.cfg.max_sectors or limit))
         self.paths = [
             PathState(p.mac, F.mac_bytes(p.mac), max(1, p.buffer_count),

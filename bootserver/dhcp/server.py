@@ -52,6 +52,7 @@ BROADCAST = "255.255.255.255"
 SERVER_PORT = 67
 CLIENT_PORT = 68
 PXE_PORT = 4011
+FULL_RETRY = 1.0  # seconds an exhausted pool is not rescanned
 MAX_HOPS = 16  # RFC 1542 §4.1.1: relays discard above 16; so do we
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
@@ -174,6 +175,7 @@ class DhcpServer:
         self._thread: threading.Thread | None = None
         self._opened = False
         self._loaded = False
+        self._pool_full_until: dict[Pool, float] = {}
         self._server_id = o.ip_bytes(config.server_ip)
 
     # --- life cycle -------------------------------------------------------------------------------
@@ -492,12 +494,21 @@ class DhcpServer:
             wanted = socket.inet_ntoa(want)
             if pool.in_range(wanted) and lt.is_free_for(wanted, mac):
                 return wanted, None
-        ip = pool.next_free(lambda a: lt.is_free_for(a, mac))
+        # A full lap over an exhausted pool costs O(pool size); after one fails, skip the scan
+        # for FULL_RETRY seconds and reclaim tentative offers directly (burst of new clients).
+        now = lt.clock()
+        ip = None
+        if now >= self._pool_full_until.get(pool, 0.0):
+            ip = pool.next_free(lambda a: lt.is_free_for(a, mac))
+            if ip is None:
+                self._pool_full_until[pool] = now + FULL_RETRY
+                log.warning("dhcp: pool %s has no free address: reclaiming the oldest"
+                            " tentative offers", pool.cfg.network)
         if ip is None:
             ip = lt.oldest_offer_in(pool.in_range)
             if ip is None:
                 return None
-            log.info("dhcp: pool %s full: reclaiming tentative offer of %s", pool.cfg.network, ip)
+            log.debug("dhcp: reclaiming tentative offer of %s for %s", ip, mac)
         return ip, None
 
     def _may_assign(self, ctx: _Ctx, pool: Pool, ip: str) -> tuple[bool, str | None]:

@@ -16,8 +16,8 @@ import click
 
 from bootserver.errors import HcbootError
 from bootserver.inventory import parse_size
-from bootserver.lab.lab import DEFAULT_NET, Lab, format_table
 from bootserver.lab.errors import LabError
+from bootserver.lab.lab import DEFAULT_NET, Lab, format_table
 
 DETACH = b"\x1d"  # Ctrl-]
 

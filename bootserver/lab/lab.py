@@ -420,8 +420,8 @@ class Lab:
             if pending == 0:
                 return all(shown.get(x) == final_state(self.node(x)["role"]) for x in names)
             if time.monotonic() > deadline:
-                self.say(f"{self._elapsed()} timed out waiting for "
-                         f"{', '.join(x for x in names if shown.get(x) != final_state(self.node(x)['role']))}")
+                late = [x for x in names if shown.get(x) != final_state(self.node(x)["role"])]
+                self.say(f"{self._elapsed()} timed out waiting for {', '.join(late)}")
                 return False
             time.sleep(0.5)
 

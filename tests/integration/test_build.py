@@ -39,33 +39,51 @@ def hcbuild(*args: str, env: dict[str, str] | None = None, timeout: float = 1800
     )
 
 
-@pytest.fixture(scope="session")
-def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+_SESSION: dict[str, tuple[Path, Path, dict[str, str], str]] = {}
+
+
+def session_cache(factory: pytest.TempPathFactory) -> Path:
     env = os.environ.get("HC_TEST_BUILD_CACHE")
     if env:
         Path(env).mkdir(parents=True, exist_ok=True)
         return Path(env)
-    return tmp_path_factory.mktemp("hc-build-cache")
+    return factory.getbasetemp() / "hc-build-cache"
+
+
+def ensure_built_all(factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str], str]:
+    """``hcbuild image --all`` once per test session (shared by test_build_boot.py):
+    (store, cache, {role: build id}, hcbuild's stderr)."""
+    if "all" not in _SESSION:
+        cache = session_cache(factory)
+        store = factory.mktemp("images")
+        r = hcbuild("image", "--all", "--out", str(store), "--cache", str(cache))
+        assert r.returncode == 0, r.stdout + r.stderr
+        ids: dict[str, str] = {}
+        for line in r.stdout.splitlines():
+            role, bid, _path, state, _secs = line.split()
+            assert state == "built"
+            ids[role] = bid
+        _SESSION["all"] = (store, cache, ids, r.stderr)
+    return _SESSION["all"]
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_built_all(tmp_path_factory)[1]
 
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("images")
+    return ensure_built_all(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="session")
-def built_all(store: Path, build_cache: Path) -> dict[str, str]:
-    r = hcbuild("image", "--all", "--out", str(store), "--cache", str(build_cache))
-    assert r.returncode == 0, r.stdout + r.stderr
-    ids: dict[str, str] = {}
-    for line in r.stdout.splitlines():
-        role, bid, _path, state, _secs = line.split()
-        assert state == "built"
-        ids[role] = bid
+def built_all(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    _store, _cache, ids, stderr = ensure_built_all(tmp_path_factory)
     assert sorted(ids) == list(ROLES)
     # progress: one line per phase with elapsed time, and the DIB log path
-    assert "DIB log: " in r.stderr
-    assert "s] hnode: role_dib" in r.stderr
+    assert "DIB log: " in stderr
+    assert "s] hnode: role_dib" in stderr
     return ids
 
 

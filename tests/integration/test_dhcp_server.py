@@ -305,8 +305,7 @@ def test_malformed_barrage_then_valid_discover(pair: Running,
         assert off.message_type == MT.OFFER and off.yiaddr.startswith("192.0.2.")
         assert off.file == b"undionly.kpxe" and off.options[o.VENDOR_CLASS] == b"PXEClient"
         assert pair.server.stats.errors == 1
-        # empty/overrun packets are dropped; every other datagram was logged as malformed
-        assert pair.server.stats.malformed >= len(bad) - 1
+        assert pair.server.stats.malformed == len(bad)
         assert "52:54:00:ba:d0:01" in caplog.text and "policy exploded" in caplog.text
         assert BootPolicy.POISON in caplog.text
         assert pair.server._thread is not None and pair.server._thread.is_alive()
@@ -398,16 +397,15 @@ for _, r in ans:
     offers.append({"src": r[IP].src, "yiaddr": b.yiaddr, "siaddr": b.siaddr,
                    "file": b.file.rstrip(b"\0").decode(), "type": d["message-type"],
                    "server_id": d.get("server_id"), "vendor": d.get("vendor_class_id"),
-                   "opt43": r[DHCP].options and [x for x in r[DHCP].options
-                            if isinstance(x, tuple) and x[0] in ("vendor_specific", 43)] != [],
-                   "opt97": any(isinstance(x, tuple) and x[0] in (97, "pxe_client_machine_identifier")
-                                for x in r[DHCP].options)})
+                   "opt43": "vendor_specific" in d,
+                   "opt97": "pxe_client_machine_identifier" in d})
 real = [x for x in offers if x["yiaddr"] != "0.0.0.0"][0]
 ack = srp1(base / boot / DHCP(options=[("message-type", "request"),
                                        ("server_id", real["server_id"]),
                                        ("requested_addr", real["yiaddr"])] + pxe + ["end"]),
            iface=iface, timeout=5)
-print(json.dumps({"offers": offers, "ack": ack[BOOTP].yiaddr, "ack_type": opts(ack)["message-type"]}))
+print(json.dumps({"offers": offers, "ack": ack[BOOTP].yiaddr,
+                  "ack_type": opts(ack)["message-type"]}))
 """
 
 
