@@ -15,9 +15,7 @@ import os
 import platform
 import socket
 import statistics
-import struct
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from tests.support.netns import Lab, Netns  # noqa: E402
 
 SERVER = "192.0.2.1"
 NET = "192.0.2.0/24"
+V6_PREFIX = "2001:db8:0:1::"  # documentation prefix, only inside the namespaces
 DNSMASQ = "dnsmasq"
 
 
@@ -91,16 +90,23 @@ def server_ns(lab: Lab, tag: str) -> Netns:
 
 
 def start_hcboot_full(lab: Lab, ns: Netns, workdir: Path, images: Path,
-                      pool: tuple[str, str]) -> Served:
-    return start_hcboot(lab, ns, "br0", SERVER, workdir / "state", images,
-                        "--range", f"{pool[0]}-{pool[1]}", mode="full")
+                      pool: tuple[str, str], ra: bool = True) -> Served:
+    """``hcboot serve --mode full``; ``ra=False`` passes --no-ipv6-ra."""
+    extra = ["--range", f"{pool[0]}-{pool[1]}"]
+    if not ra:
+        extra.append("--no-ipv6-ra")
+    return start_hcboot(lab, ns, "br0", SERVER, workdir / "state", images, *extra, mode="full")
 
 
 def start_dnsmasq(lab: Lab, ns: Netns, workdir: Path, tftp_root: Path,
-                  pool: tuple[str, str]) -> DnsmasqServer:
+                  pool: tuple[str, str], ra: bool = False) -> DnsmasqServer:
     """dnsmasq as tuned in FIELD-NOTES: DHCP + TFTP, no ping before offers, option 60 PXEClient
     in every reply (saves iPXE's 2 s ProxyDHCP wait), iPXE clients (user class "iPXE") get the
-    small iPXE script boot.ipxe over TFTP, others undionly.kpxe."""
+    small iPXE script boot.ipxe over TFTP, others undionly.kpxe.
+
+    ``ra``: dnsmasq also sends IPv6 router advertisements (``--enable-ra``, ``ra-only`` for a
+    documentation prefix put on br0): without any RA on the link iPXE waits ~13 s for an IPv6
+    router (FIELD-NOTES); hcboot answers router solicitations itself (bootserver/ra.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "dnsmasq.log"
     argv = [
@@ -114,6 +120,9 @@ def start_dnsmasq(lab: Lab, ns: Netns, workdir: Path, tftp_root: Path,
         "--dhcp-boot=tag:!ipxe,undionly.kpxe",
         "--enable-tftp", f"--tftp-root={tftp_root}",
     ]
+    if ra:
+        ns.run("ip", "-6", "addr", "add", f"{V6_PREFIX}1/64", "dev", "br0", "nodad")
+        argv += ["--enable-ra", "--dhcp-range=::,constructor:br0,ra-only"]
     p = lab.popen(argv, ns=ns, log=log)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -157,76 +166,3 @@ def packet_socket(ns: str, ifname: str, proto: int) -> tuple[socket.socket, byte
                             .strip().replace(":", ""))
     return s, mac, ifindex
 
-
-# ------------------------------------------------------------------ IPv6 router advertisements
-
-ETH_P_IPV6 = 0x86DD
-ICMPV6_RS, ICMPV6_RA = 133, 134
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def link_local(mac: bytes) -> bytes:
-    """fe80::/64 address from a MAC (modified EUI-64)."""
-    eui = bytes((mac[0] ^ 0x02,)) + mac[1:3] + b"\xff\xfe" + mac[3:6]
-    return b"\xfe\x80" + b"\0" * 6 + eui
-
-
-def router_advertisement(src_mac: bytes) -> bytes:
-    """The smallest RA that ends iPXE's IPv6 autoconfiguration at once: to ff02::1, M=O=0
-    (no DHCPv6), router lifetime 0 (not a default router), no prefix, only the source
-    link-layer address option.  iPXE (ndp.c ipv6conf_rx_router_advertisement) stops its router
-    solicitation timer on the first RA and, with neither M nor O set, finishes the ipv6
-    configurator; without any RA it retries solicitations until its timer gives up (~13 s)."""
-    src_ip = link_local(src_mac)
-    dst_ip = bytes.fromhex("ff020000000000000000000000000001")
-    icmp = struct.pack("!BBHBBHII", ICMPV6_RA, 0, 0, 64, 0, 0, 0, 0) + bytes((1, 1)) + src_mac
-    pseudo = src_ip + dst_ip + struct.pack("!I3xB", len(icmp), 58)
-    icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
-    ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + src_ip + dst_ip
-    eth = bytes.fromhex("333300000001") + src_mac + struct.pack("!H", ETH_P_IPV6)
-    return eth + ip6 + icmp
-
-
-class RaResponder:
-    """Answers every IPv6 Router Solicitation on ``ifname`` (in namespace ``ns``) with
-    ``router_advertisement()``: a prototype of what hcboot could do (see bench/README.md)."""
-
-    def __init__(self, ns: str, ifname: str) -> None:
-        self.sock, self.mac, _ = packet_socket(ns, ifname, ETH_P_IPV6)
-        self.frame = router_advertisement(self.mac)
-        self.sent = 0
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"ra-{ns}", daemon=True)
-
-    def start(self) -> RaResponder:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stop_event.is_set():
-            try:
-                data, addr = self.sock.recvfrom(2048)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            # addr[2] is the packet type: skip our own transmissions (PACKET_OUTGOING = 4)
-            if addr[2] == 4 or len(data) < 14 + 40 + 4:
-                continue
-            if data[14 + 6] == 58 and data[14 + 40] == ICMPV6_RS:
-                self.sock.send(self.frame)
-                self.sent += 1
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(2)
-        self.sock.close()

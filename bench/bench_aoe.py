@@ -215,8 +215,8 @@ def main() -> None:
     print(f"AoE verify bench: {args.size_mib} MiB export, MTU {args.mtu}, window {args.window},"
           f" {args.runs} runs, {os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f}")
     med = {k: statistics.median(v) / 1e6 for k, v in res.items()}
-    for k, v in res.items():
-        runs = " ".join(f"{x / 1e6:.2f}" for x in v)
+    for k, vals in res.items():
+        runs = " ".join(f"{x / 1e6:.2f}" for x in vals)
         extra = f"  [{notes[k]}; extrapolated to {args.size_mib} MiB:" \
                 f" {size / (med[k] * 1e6):.0f} s]" if k in notes else ""
         print(f"  {k:13s} median {med[k]:8.2f} MB/s   runs: {runs}{extra}")

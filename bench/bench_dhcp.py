@@ -237,6 +237,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=2000, help="exchanges per latency round")
+    ap.add_argument("--lease-dir", type=Path, default=None,
+                    help="where both servers keep their lease files (default: a temporary"
+                    " directory under /tmp; try /dev/shm to take the disk's fsync out)")
     ap.add_argument("--serve-hcboot", nargs=2, metavar=("LEASES", "LOG"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_hcboot:
@@ -247,7 +250,8 @@ def main() -> int:
         return 2
     from tests.support.netns import Lab, Netns
 
-    with tempfile.TemporaryDirectory(prefix="bench-dhcp-") as td, Lab() as lab:
+    with tempfile.TemporaryDirectory(prefix="bench-dhcp-", dir=args.lease_dir) as td, \
+            Lab() as lab:
         tmp = Path(td)
         hs, hc = setup(lab, "h")
         ds, dc = setup(lab, "d")
@@ -275,32 +279,35 @@ def main() -> int:
         for c in clients.values():  # warm-up
             c.offer_latency(200)
             c.drain()
-        step: list[tuple[str, Callable[[Client, int], None]]] = []
+        def interleaved(fn: Callable[[Client, int], tuple[list[float], int]], total: int,
+                        block: int) -> dict[str, tuple[list[float], int]]:
+            """Run ``fn`` in blocks alternating between the servers, so both see the same
+            background load (this machine is shared)."""
+            acc: dict[str, tuple[list[float], int]] = {n: ([], 0) for n in clients}
+            for b in range(max(1, total // block)):
+                names = list(clients) if b % 2 == 0 else list(reversed(clients))
+                for name in names:
+                    lat, lost = fn(clients[name], block)
+                    acc[name] = (acc[name][0] + lat, acc[name][1] + lost)
+            return acc
 
-        def latency(name: str, c: Client, r: int) -> None:
-            lat, lost = c.offer_latency(args.n)
-            res[name]["offer_us"].append(statistics.median(lat) * 1e6)
-            res[name]["rate"].append(len(lat) / sum(lat))
-            res[name]["lost"].append(lost)
-
-        def acks(name: str, c: Client, r: int) -> None:
-            lat, lost = c.ack_latency(min(args.n, 300))
-            res[name]["ack_us"].append(statistics.median(lat) * 1e6)
-            res[name]["lost"][-1] += lost
-
-        def burst(name: str, c: Client, r: int) -> None:
-            c.drain()
-            got = c.burst(1000, 0x100000 * (r + 1))
-            res[name]["burst"].append(got / 10)
-            time.sleep(0.5)
-            c.drain()
-
-        del step
         for r in range(args.rounds):
+            offers = interleaved(lambda c, n: c.offer_latency(n), args.n, 100)
+            acks = interleaved(lambda c, n: c.ack_latency(n), min(args.n, 400), 20)
+            for name in clients:
+                lat, lost = offers[name]
+                res[name]["offer_us"].append(statistics.median(lat) * 1e6)
+                res[name]["rate"].append(len(lat) / sum(lat))
+                alat, alost = acks[name]
+                res[name]["ack_us"].append(statistics.median(alat) * 1e6)
+                res[name]["lost"].append(lost + alost)
             order = list(clients) if r % 2 == 0 else list(reversed(clients))
-            for fn in (latency, acks, burst):
-                for name in order:
-                    fn(name, clients[name], r)
+            for name in order:
+                c = clients[name]
+                c.drain()
+                res[name]["burst"].append(c.burst(1000, 0x100000 * (r + 1)) / 10)
+                time.sleep(0.5)
+                c.drain()
             print(f"round {r + 1}/{args.rounds}: " + "; ".join(
                 f"{n} offer {res[n]['offer_us'][-1]:.0f} us, {res[n]['rate'][-1]:.0f}/s, "
                 f"ack {res[n]['ack_us'][-1]:.0f} us, burst {res[n]['burst'][-1]:.1f}%"

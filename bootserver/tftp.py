@@ -27,6 +27,13 @@ resolved root (compared by path components, so ``/srv/tftp2`` is not inside ``/s
 the open walks the resolved components with ``O_NOFOLLOW`` so a symlink swapped in after the
 check is refused too.  Only regular files are served.
 
+Modes: ``octet`` and ``netascii`` are accepted and both get the bytes unchanged (no CR/LF
+translation; PXE clients all use octet); any other mode is an Illegal operation error.  Errors:
+1 File not found, 2 Access violation (refused names, symlink escapes, uploads), 4 Illegal
+operation (malformed requests, bad modes), 0 for a resolver that raised.  Requests over 2048
+bytes are malformed (RFC 2347 caps them at 512); other opcodes on the request port are dropped
+and logged.  Every log line names the client IP and the file.
+
 The resolver ``resolver(path, client_ip)`` gets the normalised name and may return ``bytes``
 (served as is), a ``Path`` (a relative one is confined to the root like a request; an absolute
 one is trusted, e.g. the image store, but must be a regular file) or ``None`` (fall through to
@@ -288,8 +295,8 @@ class TftpServer:
         self.bind_ip = bind_ip
         self.port = port
         self.resolver = resolver
-        # tftpy's server object only holds the root checks, the session table and flags;
-        # its listen() is replaced by _loop() below.
+        # tftpy's server object is kept for its root checks (exists, directory, readable) and
+        # as the documented owner of upload_open; its listen() loop is replaced by _loop().
         self._tftpy = tftpy.TftpServer(str(self.root), upload_open=_refuse_upload)
         self._sessions: dict[tuple[str, int], _Context] = {}
         self._by_fd: dict[int, _Context] = {}

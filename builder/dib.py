@@ -30,7 +30,7 @@ _TS_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| ")
 @dataclass(frozen=True)
 class DibRun:
     elements: Sequence[str]
-    output: Path  # DIB appends ".tar"
+    output: Path  # DIB appends ".<image_type>"
     log_path: Path
     elements_path: Sequence[Path]
     mirrors: Mirrors
@@ -38,10 +38,13 @@ class DibRun:
     arch: str = "amd64"
     packages: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
-    image_type: str = "tar"
+    image_type: str = "tar"  # "tar" or "raw" (a bare ext4 filesystem: no partition table)
+    root_label: str = ""
 
     def argv(self) -> list[str]:
         cmd = ["disk-image-create", "-a", self.arch, "-t", self.image_type, "-o", str(self.output)]
+        if self.root_label:
+            cmd += ["--root-label", self.root_label]
         if self.packages:
             cmd += ["-p", ",".join(self.packages)]
         return [*cmd, *self.elements]
@@ -61,8 +64,8 @@ class DibRun:
         return env
 
     @property
-    def tar_path(self) -> Path:
-        return self.output.with_name(self.output.name + ".tar")
+    def image_path(self) -> Path:
+        return self.output.with_name(f"{self.output.name}.{self.image_type}")
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
@@ -109,7 +112,7 @@ def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
 
 
 def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
-    """Run DIB; returns the tar it made.  Raises DibError on failure."""
+    """Run DIB; returns the image it made.  Raises DibError on failure."""
     if shutil.which("disk-image-create") is None:
         raise BuildError("disk-image-create not found on PATH (pip install diskimage-builder)")
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +139,7 @@ def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
-    if rc != 0 or not run.tar_path.is_file():
+    if rc != 0 or not run.image_path.is_file():
         lines = tail(run.log_path, 100000)
         phase, script = failing_script(lines)
         element = element_of(script, phase, known_elements) if script else None
@@ -149,4 +152,4 @@ def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
             script=script,
             phase=phase,
         )
-    return run.tar_path
+    return run.image_path

@@ -69,7 +69,7 @@ class Build:
     reused: bool = False
     tmp: Path | None = None
     base_tarball: Path | None = None
-    image_tar: Path | None = None
+    image_tar: Path | None = None  # DIB's output (a raw ext4 image)
     root: Path | None = None
     kernel_version: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -223,6 +223,8 @@ def step_role_dib(b: Build) -> None:
         "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
         "DIB_DEBOOTSTRAP_CACHE": "0",
     }
+    # raw: DIB's own ext4 filesystem image (no partition table), which is the rootfs artifact
+    # as it is; everything else is read from it through a read-only loop mount
     dr = DibRun(
         elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements],
         output=b.work / "image",
@@ -233,34 +235,27 @@ def step_role_dib(b: Build) -> None:
         arch=p.arch,
         packages=list(p.packages),
         env=env,
+        image_type="raw",
+        root_label=ROOTFS_LABEL,
     )
     with b.progress.step("role layer: diskimage-builder"):
         b.image_tar = run_dib(dr, b.closure)
 
 
-MOUNTPOINTS = cache.MOUNTPOINTS
-
-
-def fix_root_tree(root: Path) -> None:
-    for name, mode in MOUNTPOINTS:
-        d = root / name
-        d.mkdir(exist_ok=True)
-        d.chmod(mode)
-    lf = root / "lost+found"
-    if lf.is_dir():
-        shutil.rmtree(lf)
-
-
-def step_unpack(b: Build) -> None:
+def step_mount(b: Build) -> None:
     assert b.image_tar is not None
     root = b.work / "root"
     root.mkdir()
-    with b.progress.step("unpack root"):
-        run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(b.image_tar)], "unpack")
-        b.image_tar.unlink()
-        fix_root_tree(root)
+    run(["mount", "-o", "loop,ro,noload", "-t", "ext4", str(b.image_tar), str(root)],
+        "mount the image read-only")
     b.root = root
     b.packages = dpkg_packages(root)
+
+
+def unmount(b: Build) -> None:
+    if b.root is not None and os.path.ismount(b.root):
+        run(["umount", str(b.root)], "unmount the image")
+    b.root = None
 
 
 def dpkg_packages(root: Path) -> tuple[str, ...]:
@@ -345,7 +340,9 @@ def step_initrd(b: Build) -> None:
     shutil.copyfile(cands[0], out)
 
 
-RAM_ROOT_EXCLUDE = ("./boot/vmlinuz-*", "./boot/initrd.img-*", "./tmp/*", "./var/cache/apt/*")
+RAM_ROOT_EXCLUDE = (
+    "./boot/vmlinuz-*", "./boot/initrd.img-*", "./tmp/*", "./var/cache/apt/*", "./lost+found",
+)
 
 
 def pack_ram_root(root: Path, out: Path) -> None:
@@ -385,22 +382,18 @@ def _prune_args() -> list[str]:
 
 def step_rootfs(b: Build) -> None:
     p = b.need()
+    unmount(b)  # every step that reads the tree is done
     if "rootfs" not in p.artifacts:
         return
-    assert b.root is not None and b.tmp is not None
-    used = int(run(["du", "-s", "-B1", "--apparent-size", str(b.root)], "du").split()[0])
-    inodes = sum(len(d) + len(f) for _, d, f in os.walk(b.root))
-    size_mb = int(used * 1.15 / 2**20) + 64 + p.rootfs_free_mb
+    assert b.image_tar is not None and b.tmp is not None
     out = b.tmp / "rootfs"
-    with b.progress.step(f"rootfs: ext4 {size_mb} MiB"):
-        run(
-            [
-                "mkfs.ext4", "-q", "-F", "-L", ROOTFS_LABEL, "-d", str(b.root),
-                "-N", str(int(inodes * 1.3) + 8192), "-E", "root_owner=0:0",
-                str(out), f"{size_mb}M",
-            ],
-            "make rootfs",
-        )
+    os.replace(b.image_tar, out)
+    if p.rootfs_free_mb:
+        with b.progress.step(f"rootfs: grow by {p.rootfs_free_mb} MiB"):
+            size = out.stat().st_size + p.rootfs_free_mb * 2**20
+            run(["e2fsck", "-f", "-y", "-q", str(out)], "check rootfs")
+            os.truncate(out, size)
+            run(["resize2fs", "-f", str(out)], "grow rootfs")
 
 
 def step_manifest(b: Build) -> None:
@@ -452,7 +445,7 @@ def step_publish(b: Build) -> None:
 STEPS: tuple[Callable[[Build], None], ...] = (
     step_base,
     step_role_dib,
-    step_unpack,
+    step_mount,
     step_kernel,
     step_xen,
     step_initrd,
@@ -498,6 +491,7 @@ def build_role(role: str, opts: Options, progress: Progress | None = None) -> Re
                 with prog.step(f"{role}: {name}"):
                     step(b)
         finally:
+            unmount(b)
             if b.tmp is not None:  # failed: current is untouched, drop the half build
                 shutil.rmtree(b.tmp, ignore_errors=True)
         removed = tuple(b.store.gc(opts.keep))

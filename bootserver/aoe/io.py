@@ -391,6 +391,8 @@ class Reader:
         pack_tag = _TAG.pack_into
         pack_lba = _LBA_QWORD.pack_into
         resp_bit = F.AOE_RESPONSE
+        err_bit = F.AOE_ERROR
+        by_mac = self._by_mac
         bad_status = F.ATA_STATUS_ERR | F.ATA_STATUS_DF
         timeout = cfg.timeout
         next_check = _NEVER  # earliest deadline of a request in flight (or later)
@@ -453,9 +455,9 @@ class Reader:
                 req.path = path
                 path.inflight += 1
                 frame = path.frame
-                pack_tag(frame, F.OFF_TAG, req.tag)
-                frame[F.OFF_SECTORS] = req.count
-                pack_lba(frame, F.OFF_LBA, req.lba)
+                pack_tag(frame, 20, req.tag)  # F.OFF_TAG
+                frame[26] = req.count  # F.OFF_SECTORS
+                pack_lba(frame, 28, req.lba)  # F.OFF_LBA
                 try:
                     send(frame)
                 except BlockingIOError:
@@ -482,14 +484,14 @@ class Reader:
                     n = sock.recv_into(rbuf)
             got = 0
             while n:
-                if n >= F.DATA_OFFSET:
+                if n >= 36:  # F.DATA_OFFSET
                     vf, err, major, minor, cmd, tag = unpack_hdr(rbuf, 14)
                     req_or_none = inflight.get(tag)
                     if (req_or_none is not None and vf & resp_bit and major == shelf
                             and minor == slot and cmd == 0):
                         req = req_or_none
                         src = bytes(rbuf[6:12])
-                        if vf & F.AOE_ERROR:
+                        if vf & err_bit:
                             raise AoEReplyError(target, req.lba, F.mac_str(src), err)
                         status = rbuf[27]
                         if status & bad_status:
@@ -504,7 +506,7 @@ class Reader:
                             sent_to = req.path
                             if sent_to is not None:
                                 sent_to.inflight -= 1
-                            answered = self._by_mac.get(src)
+                            answered = by_mac.get(src)
                             if answered is not None:
                                 answered.failures = 0
                                 answered.replies += 1

@@ -2,9 +2,10 @@
 
 The journal is an append-only JSON-lines file.  Every change that a client may rely on (a lease
 bound by an ACK, a RELEASE, a DECLINE) is appended and fsync'ed *before* the reply leaves, so a
-crash never forgets an address the client was told it owns.  At start the journal is replayed
-(a torn last line from a crash mid-write is skipped and logged) and rewritten compacted
-(temporary file + fsync + rename + fsync of the directory).
+crash never forgets an address the client was told it owns.  With ``deferred_sync`` the server
+groups the fsync of a batch of requests (one fsync, then the batch's ACKs).  At start the journal
+is replayed (a torn last line from a crash mid-write is skipped and logged) and rewritten
+compacted (temporary file + fsync + rename + fsync of the directory).
 
 Offers are kept in memory only: they are tentative (RFC 2131 §4.3.1) and expire after
 ``offer_time`` seconds, or earlier when the pool runs dry (the oldest offer is reclaimed).
@@ -26,6 +27,7 @@ log = logging.getLogger("bootserver.dhcp")
 EVENT_BOUND = "bound"
 EVENT_RELEASED = "released"
 EVENT_DECLINED = "declined"
+COMPACT_MIN = 10_000  # journal records appended before a rewrite is considered
 
 
 class LeaseFileError(OSError):
@@ -62,6 +64,11 @@ class LeaseTable:
         self.offer_by_mac: dict[str, str] = {}
         self.skipped_lines: list[int] = []
         self._fh: int | None = None
+        self._appended = 0
+        # deferred_sync: appends are not fsync'ed one by one; the owner calls sync() before it
+        # sends any reply that depends on them.
+        self.deferred_sync = False
+        self.dirty = False
 
     # --- journal ---
     def open(self) -> None:
@@ -97,6 +104,7 @@ class LeaseTable:
 
     def close(self) -> None:
         if self._fh is not None:
+            self.sync()
             os.close(self._fh)
             self._fh = None
 
@@ -152,9 +160,38 @@ class LeaseTable:
         line = (json.dumps(rec, sort_keys=True) + "\n").encode()
         try:
             os.write(self._fh, line)
-            os.fsync(self._fh)
+            if not self.deferred_sync:
+                os.fsync(self._fh)
+            else:
+                self.dirty = True
         except OSError as e:
             raise LeaseFileError(f"lease file {self.path}: cannot append: {e}") from e
+        self._appended += 1
+
+    def sync(self) -> None:
+        """fsync the journal if records were appended since the last sync (group commit: the
+        server handles a batch of packets, syncs once, then sends the batch's ACKs)."""
+        if not self.dirty or self._fh is None:
+            self.dirty = False
+            return
+        try:
+            os.fsync(self._fh)
+        except OSError as e:
+            raise LeaseFileError(f"lease file {self.path}: cannot fsync: {e}") from e
+        self.dirty = False
+
+    def _maybe_compact(self) -> None:
+        """Rewrite the journal when it has grown to several times the live state (called after
+        the state change that was journaled, so the rewrite includes it)."""
+        if self._fh is None or self._appended <= max(COMPACT_MIN, 4 * len(self.by_mac)):
+            return
+        assert self.path is not None
+        self.sync()
+        os.close(self._fh)
+        self._fh = None
+        self._compact()
+        self._fh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._appended = 0
 
     # --- state ---
     def _bind(self, lease: Lease) -> None:
@@ -181,6 +218,7 @@ class LeaseTable:
                        "hostname": hostname})
         self._bind(lease)
         self.drop_offer(mac)
+        self._maybe_compact()
         return lease
 
     def release(self, mac: str, ip: str) -> bool:
@@ -189,6 +227,7 @@ class LeaseTable:
             return False
         self._journal({"event": EVENT_RELEASED, "mac": mac, "ip": ip})
         self._unbind(mac, ip)
+        self._maybe_compact()
         return True
 
     def decline(self, mac: str, ip: str, hold: float) -> None:
@@ -197,6 +236,7 @@ class LeaseTable:
         self._unbind(mac, ip)
         self.drop_offer(mac)
         self.declined[ip] = until
+        self._maybe_compact()
 
     def offer(self, mac: str, ip: str) -> None:
         self.drop_offer(mac)

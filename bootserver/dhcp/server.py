@@ -20,6 +20,24 @@ has the address would need an ARP entry written for ``chaddr``; broadcasting ins
 
 The serving loop never dies on a packet: decode errors and exceptions in handling are logged with
 the MAC (when one can be read) and a hex preview, and the next packet is served.
+
+Choices worth knowing
+  * A PXE client is one whose option 60 starts with "PXEClient" or whose user class (option 77)
+    is "iPXE".  Only PXE clients get boot info and are passed to ``policy.record_seen``
+    (DISCOVER, REQUEST, INFORM, port-4011 requests, NAKs and "pool exhausted" drops included).
+    ``record_seen`` failing is logged and does not stop the reply; ``boot_file`` failing drops the
+    packet (logged), since wrong boot info is worse than none.
+  * The server is authoritative for its pools: an INIT-REBOOT or RENEWING request for a free
+    address in the pool is ACKed even without a record of the client (a lost lease file does not
+    strand clients); an address leased to another MAC, outside the range, or on another subnet is
+    NAKed.
+  * An OFFER reserves its address for ``offer_time``; when a pool runs dry, the oldest tentative
+    offer is reclaimed (bound leases never are), so a burst of new clients is always answered.
+  * A static address from the policy wins over a dynamic lease of the same address (the other
+    client is NAKed when it renews).  Keep static addresses outside the dynamic range.
+  * Log levels: OFFERs are DEBUG (bursts), ACK/NAK/INFORM/RELEASE/DECLINE and ProxyDHCP answers
+    are INFO, malformed packets and pool exhaustion WARNING; every line names the MAC.
+  * Replies to relays leave through the bound interface: relays must be reachable through it.
 """
 
 from __future__ import annotations
@@ -42,7 +60,7 @@ from typing import Literal, Protocol
 from bootserver.dhcp import codec
 from bootserver.dhcp import options as o
 from bootserver.dhcp.codec import DhcpPacket
-from bootserver.dhcp.leases import LeaseTable
+from bootserver.dhcp.leases import LeaseFileError, LeaseTable
 from bootserver.dhcp.pool import Pool, PoolConfig
 from bootserver.machine import BootFile, Machine
 
@@ -116,11 +134,13 @@ class DhcpConfig:
 
 @dataclass(frozen=True)
 class Reply:
-    """A datagram to send: ``via_pxe`` = from the port-4011 socket."""
+    """A datagram to send: ``via_pxe`` = from the port-4011 socket; ``durable`` = an ACK that
+    must not leave before the lease journal is synced."""
 
     data: bytes
     addr: tuple[str, int]
     via_pxe: bool = False
+    durable: bool = False
 
 
 @dataclass
@@ -165,6 +185,12 @@ class DhcpServer:
         self.pxe_sock = pxe_sock
         self._own_socks = False
         self.pools = [Pool(_with_defaults(p, config)) for p in config.pools]
+        self._reserved = {config.server_ip}
+        for p in self.pools:
+            self._reserved.update(a for a in (p.cfg.router, *p.cfg.dns) if a)
+        if config.mode == "full" and not any(p.contains(config.server_ip) for p in self.pools):
+            log.warning("dhcp: no pool contains server_ip %s: only relayed clients (giaddr) on"
+                        " the pools' subnets will be answered", config.server_ip)
         if leases is None:
             leases = LeaseTable(config.lease_file, offer_time=config.offer_time,
                                 clock=clock or time.time)
@@ -175,6 +201,7 @@ class DhcpServer:
         self._thread: threading.Thread | None = None
         self._opened = False
         self._loaded = False
+        self._in_loop = False
         self._pool_full_until: dict[Pool, float] = {}
         self._server_id = o.ip_bytes(config.server_ip)
 
@@ -248,34 +275,66 @@ class DhcpServer:
             s.setblocking(False)
             sel.register(s, selectors.EVENT_READ, s is self.pxe_sock)
         sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self.leases.deferred_sync = True  # group commit: _flush syncs once per batch
+        self._in_loop = True
         try:
             while not self._stop.is_set():
                 for key, _ in sel.select():
                     if key.data is None:
                         continue
-                    self._drain(key.fileobj, bool(key.data))  # type: ignore[arg-type]
+                    try:
+                        self._drain(key.fileobj, bool(key.data))  # type: ignore[arg-type]
+                    except Exception:  # never let the loop die
+                        self.stats.errors += 1
+                        log.exception("dhcp: unexpected error in the serving loop")
         finally:
+            self._in_loop = False
+            self.leases.deferred_sync = False
             sel.close()
 
-    def _drain(self, s: socket.socket, is_pxe: bool, budget: int = 512) -> None:
+    def _drain(self, s: socket.socket, is_pxe: bool, budget: int = 512,
+               batch: int = 64) -> None:
+        """Serve what is queued on ``s``: handle up to ``batch`` packets, make their lease
+        records durable with one fsync, send their replies; repeat up to ``budget`` packets."""
         port = self.config.pxe_port if is_pxe else self.config.server_port
-        for _ in range(budget):
-            try:
-                data, src = s.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.warning("dhcp: recvfrom on port %d failed: %s", port, e)
-                return
-            self.stats.received += 1
-            try:
-                reply = self.handle(data, src, port)
-            except Exception:
+        pending: list[tuple[Reply, bytes]] = []
+        try:
+            for _ in range(budget):
+                try:
+                    data, src = s.recvfrom(65536)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    log.warning("dhcp: recvfrom on port %d failed: %s", port, e)
+                    return
+                self.stats.received += 1
+                try:
+                    reply = self.handle(data, src, port)
+                except Exception:
+                    self.stats.errors += 1
+                    log.exception("dhcp: error handling packet from %s:%d (mac %s); packet %s",
+                                  src[0], src[1], _safe_mac(data), _hex_preview(data))
+                    continue
+                if reply is not None:
+                    pending.append((reply, data))
+                    if len(pending) >= batch:
+                        self._flush(s, pending)
+        finally:
+            self._flush(s, pending)
+
+    def _flush(self, s: socket.socket, pending: list[tuple[Reply, bytes]]) -> None:
+        if not pending:
+            return
+        try:
+            self.leases.sync()
+            durable = True
+        except LeaseFileError:
+            log.exception("dhcp: lease journal not durable: holding back %d ACK(s)",
+                          sum(1 for r, _ in pending if r.durable))
+            durable = False
+        for reply, data in pending:
+            if reply.durable and not durable:
                 self.stats.errors += 1
-                log.exception("dhcp: error handling packet from %s:%d (mac %s); packet %s",
-                              src[0], src[1], _safe_mac(data), _hex_preview(data))
-                continue
-            if reply is None:
                 continue
             out = self.pxe_sock if reply.via_pxe and self.pxe_sock is not None else s
             try:
@@ -286,10 +345,20 @@ class DhcpServer:
                 lvl = logging.DEBUG if e.errno == errno.EAGAIN else logging.WARNING
                 log.log(lvl, "dhcp: sending %d bytes to %s:%d (mac %s) failed: %s",
                         len(reply.data), reply.addr[0], reply.addr[1], _safe_mac(data), e)
+        pending.clear()
 
     # --- protocol ---
     def handle(self, data: bytes, src: tuple[str, int], port: int) -> Reply | None:
-        """One request datagram received on ``port`` from ``src``; the reply to send, if any."""
+        """One request datagram received on ``port`` from ``src``; the reply to send, if any.
+
+        Outside the serving loop the lease journal is fsync'ed before this returns; inside it,
+        :meth:`_flush` syncs a whole batch before sending."""
+        reply = self._handle(data, src, port)
+        if not self._in_loop:
+            self.leases.sync()
+        return reply
+
+    def _handle(self, data: bytes, src: tuple[str, int], port: int) -> Reply | None:
         try:
             pkt = codec.decode(data)
         except codec.DecodeError as e:
@@ -358,7 +427,7 @@ class DhcpServer:
         """Ask the policy for boot info and put it into ``r``."""
         if not ctx.pxe:
             return None
-        self.policy.record_seen(ctx.machine)
+        self._seen(ctx)
         bf = self.policy.boot_file(ctx.machine)
         if bf is None:
             return None
@@ -369,6 +438,15 @@ class DhcpServer:
         if guid is not None:  # PXE 2.1: replies carry the client's UUID back
             r.options[o.CLIENT_MACHINE_ID] = guid
         return bf
+
+    def _seen(self, ctx: _Ctx) -> None:
+        """Tell the policy about a PXE client; its failure must not keep the client from booting."""
+        if not ctx.pxe:
+            return
+        try:
+            self.policy.record_seen(ctx.machine)
+        except Exception:
+            log.exception("dhcp: policy.record_seen failed for %s", ctx.mac)
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 (BootFile is frozen; the server lives long)
     def _boot_fields(self, bf: BootFile, pxe_rom: bool) -> tuple[str, bytes, dict[int, bytes]]:
@@ -390,7 +468,8 @@ class DhcpServer:
               via_pxe: bool = False, dest: tuple[str, int] | None = None) -> Reply:
         data = self._encode(ctx, r)
         addr = dest or self._dest(ctx, mt)
-        log.log(logging.DEBUG if mt == o.MessageType.OFFER else logging.INFO,
+        full_offer = mt == o.MessageType.OFFER and self.config.mode == "full"
+        log.log(logging.DEBUG if full_offer else logging.INFO,
                 "dhcp: %s from %s xid %#x%s -> %s %s to %s:%d", ctx.mt.name, ctx.mac,
                  ctx.pkt.xid, f" via {ctx.pkt.giaddr}" if ctx.pkt.giaddr != codec.ZERO_IP else "",
                  mt.name, what, addr[0], addr[1])
@@ -484,7 +563,7 @@ class DhcpServer:
             lt.take_over(st[0], mac)
             return st
         ls = lt.lease_of(mac)
-        if ls is not None and pool.in_range(ls.ip) and lt.is_free_for(ls.ip, mac):
+        if ls is not None and pool.in_range(ls.ip) and self._free(ls.ip, mac):
             return ls.ip, ls.hostname
         off = lt.offered_ip(mac)
         if off is not None and pool.in_range(off):
@@ -492,18 +571,18 @@ class DhcpServer:
         want = ctx.pkt.options.get(o.REQUESTED_IP)
         if want is not None and len(want) == 4:
             wanted = socket.inet_ntoa(want)
-            if pool.in_range(wanted) and lt.is_free_for(wanted, mac):
+            if pool.in_range(wanted) and self._free(wanted, mac):
                 return wanted, None
         # A full lap over an exhausted pool costs O(pool size); after one fails, skip the scan
         # for FULL_RETRY seconds and reclaim tentative offers directly (burst of new clients).
         now = lt.clock()
         ip = None
         if now >= self._pool_full_until.get(pool, 0.0):
-            ip = pool.next_free(lambda a: lt.is_free_for(a, mac))
+            ip = pool.next_free(lambda a: self._free(a, mac))
             if ip is None:
                 self._pool_full_until[pool] = now + FULL_RETRY
-                log.warning("dhcp: pool %s has no free address: reclaiming the oldest"
-                            " tentative offers", pool.cfg.network)
+                log.warning("dhcp: pool %s has no free address (DISCOVER from %s): reclaiming"
+                            " the oldest tentative offers", pool.cfg.network, mac)
         if ip is None:
             ip = lt.oldest_offer_in(pool.in_range)
             if ip is None:
@@ -511,16 +590,21 @@ class DhcpServer:
             log.debug("dhcp: reclaiming tentative offer of %s for %s", ip, mac)
         return ip, None
 
+    def _free(self, ip: str, mac: str) -> bool:
+        """Not this server's, a router's or a DNS server's address, and not taken."""
+        return ip not in self._reserved and self.leases.is_free_for(ip, mac)
+
     def _may_assign(self, ctx: _Ctx, pool: Pool, ip: str) -> tuple[bool, str | None]:
         st = self._static(ctx.mac, pool)
         if st is not None:
             return ip == st[0], st[1]
-        if not pool.in_range(ip) or not self.leases.is_free_for(ip, ctx.mac):
+        if not pool.in_range(ip) or not self._free(ip, ctx.mac):
             return False, None
         ls = self.leases.lease_of(ctx.mac)
         return True, ls.hostname if ls is not None and ls.ip == ip else None
 
     def _nak(self, ctx: _Ctx, why: str) -> Reply:
+        self._seen(ctx)
         r = self._reply(ctx, o.MessageType.NAK)
         r.options[o.MESSAGE] = why.encode()
         if ctx.pkt.giaddr != codec.ZERO_IP:
@@ -562,6 +646,7 @@ class DhcpServer:
     def _discover(self, ctx: _Ctx, pool: Pool) -> Reply | None:
         choice = self._choose(ctx, pool)
         if choice is None:
+            self._seen(ctx)
             return self._ignore(ctx.pkt, f"pool {pool.cfg.network} has no free address",
                                 logging.WARNING)
         ip, hostname = choice
@@ -606,7 +691,8 @@ class DhcpServer:
                               ctx.machine.vendor_class, ip)
         self._net_options(r, pool, hostname, lease_time)
         bf = self._boot(ctx, r)
-        return self._send(ctx, r, o.MessageType.ACK, ip + (f" boot {bf.filename}" if bf else ""))
+        reply = self._send(ctx, r, o.MessageType.ACK, ip + (f" boot {bf.filename}" if bf else ""))
+        return dataclasses.replace(reply, durable=True)
 
 
 def _with_defaults(p: PoolConfig, c: DhcpConfig) -> PoolConfig:

@@ -187,12 +187,15 @@ def down(ctx: click.Context, lab_dir: Path | None, keep_disks: bool) -> None:
 @state_dir_opt
 @click.option("--timeout", default=1200, show_default=True, type=click.IntRange(10))
 @click.option("--memory", type=click.IntRange(256), default=None, help="MB (default by role).")
+@click.option("--assign-after", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Seconds to leave the machine unassigned once hcboot has seen it.")
 @click.pass_context
 def add_node(ctx: click.Context, role: str, lab_dir: Path | None, timeout: int,
-             memory: int | None) -> None:
+             memory: int | None, assign_after: float) -> None:
     """Power on a new machine (fresh MAC), assign it ROLE when hcboot sees it, follow it."""
     lb = Lab(_lab_dir(ctx, lab_dir), say=click.echo)
-    st, secs = _run(lambda: lb.add_node(role, timeout=timeout, memory=memory))
+    st, secs = _run(lambda: lb.add_node(role, timeout=timeout, memory=memory,
+                                              assign_after=assign_after))
     click.echo("")
     click.echo(format_table([st]))
     if secs is None:

@@ -168,7 +168,12 @@ class Lab:
         raise LabError(f"no lab node {name!r} (nodes: {known})")
 
     def _put_node(self, rec: dict[str, Any]) -> None:
-        nodes = [n for n in self.nodes() if n["name"] != rec["name"]] + [rec]
+        nodes = self.nodes()
+        names = [n["name"] for n in nodes]
+        if rec["name"] in names:
+            nodes[names.index(rec["name"])] = rec
+        else:
+            nodes.append(rec)
         self.doc["nodes"] = nodes
         self.save()
 
@@ -183,6 +188,9 @@ class Lab:
         srv = self.doc.get("server") or {}
         if procs.is_ours(srv.get("pid"), self._server_tokens()):
             left.append(f"hcboot serve (pid {srv['pid']})")
+        ra = self.doc.get("ra") or {}
+        if procs.is_ours(ra.get("pid"), self._ra_tokens()):
+            left.append(f"RA sender (pid {ra['pid']})")
         for n in self.nodes():
             if procs.is_ours(n.get("pid"), self._vm_tokens(n)):
                 left.append(f"{n['name']} (pid {n['pid']})")
@@ -272,6 +280,7 @@ class Lab:
             self._create_network()
             self._write_inventory(snodes, hnodes)
             self._start_server()
+            self._start_ra()
             shared = hnodes > 1
             for i in range(1, snodes + 1):
                 self._start_node("snode", i, disk_size=disk_size)
@@ -312,13 +321,17 @@ class Lab:
         for role, count in (("snode", snodes), ("hnode", hnodes)):
             for i in range(1, count + 1):
                 nodes.append(Node(lab_mac(role, i), role, f"{role}{i}", lab_ip(prefix, role, i)))
+        # consumers: every hnode, and the lab bridge itself so that `hcboot aoe verify` run in
+        # the lab's namespace is an allowed initiator (vblade -m)
         exports = (Export(target=ROOT_TARGET, shelf=1, slot=0, mode="ro", image_role="hnode",
-                          image_artifact="rootfs", consumers=("hnode",), snodes=None),)
+                          image_artifact="rootfs", consumers=("hnode", self.net.bridge_mac),
+                          snodes=None),)
         inv = InventoryFile(self.hcboot_dir)
         with inv.edit() as box:
             box[0] = Inventory(tuple(sorted(nodes, key=lambda n: n.mac)), None, exports)
         self.say(f"{self._elapsed()} inventory: {snodes} snode(s), {hnodes} hnode(s); export "
-                 f"{ROOT_TARGET} = hnode rootfs (ro) from every snode to role hnode")
+                 f"{ROOT_TARGET} = hnode rootfs (ro) from every snode to role hnode "
+                 f"(and the lab bridge, for hcboot aoe verify)")
 
     def _start_server(self) -> None:
         n = self.net
@@ -346,6 +359,22 @@ class Lab:
             time.sleep(0.1)
         self.say(f"{self._elapsed()} hcboot serve up (pid {p.pid}) on {n.bridge} "
                  f"{n.server_ip}: DHCP full, TFTP, HTTP; log {log}")
+
+    def _ra_tokens(self) -> list[str]:
+        return ["bootserver.lab.ra", str(self.dir)]
+
+    def _start_ra(self) -> None:
+        """Router advertisements on the lab bridge so iPXE does not wait ~13 s for IPv6."""
+        n = self.net
+        argv = n.exec_argv(sys.executable, "-m", "bootserver.lab.ra", n.bridge, str(self.dir))
+        self.doc["ra"] = {"pid": None, "argv": argv}
+        self.save()
+        with open(self.hcboot_dir / "ra.log", "ab") as out:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self._procs["ra"] = p
+        self.doc["ra"].update(pid=p.pid)
+        self.save()
 
     def _start_node(self, role: str, index: int, memory: int | None = None,
                     disk_size: int = 0, added: bool = False) -> dict[str, Any]:
@@ -426,8 +455,8 @@ class Lab:
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ add-node
-    def add_node(self, role: str = "hnode", timeout: float = 1200,
-                 memory: int | None = None) -> tuple[NodeStatus, float | None]:
+    def add_node(self, role: str = "hnode", timeout: float = 1200, memory: int | None = None,
+                 assign_after: float = 0.0) -> tuple[NodeStatus, float | None]:
         """A new machine with a fresh MAC powers on (PXE), is seen unassigned, gets assigned
         and boots into ``role``.  Returns its status and the seconds from assignment to its
         final state (None if it did not get there)."""
@@ -456,6 +485,10 @@ class Lab:
             if not self._vm_running(rec):
                 raise LabError(f"{name}: QEMU exited before PXE ({rec['qemu_log']})")
             time.sleep(0.5)
+        if assign_after > 0:
+            self.say(f"{self._elapsed()} {name:8} seen unassigned; leaving it without a role "
+                     f"for {assign_after:.0f} s (it keeps retrying PXE)")
+            time.sleep(assign_after)
         self.say(f"{self._elapsed()} {name:8} seen unassigned; hcboot assign {mac} {role} "
                  f"--hostname {name}" + (f" --ip {rec['ip']}" if rec["ip"] else ""))
         from bootserver.cli import known_roles
@@ -542,6 +575,9 @@ class Lab:
             srv = self.doc.get("server") or {}
             if procs.stop(srv.get("pid"), self._server_tokens()):
                 done.append(f"hcboot serve (pid {srv['pid']})")
+            ra = self.doc.get("ra") or {}
+            if procs.stop(ra.get("pid"), self._ra_tokens()):
+                done.append(f"RA sender (pid {ra['pid']})")
             ns = self.net.netns
             left = net.netns_pids(ns)
             if net.delete_netns(ns):

@@ -41,6 +41,7 @@ class LabNet:
     netns: str
     bridge: str = "hcbr0"
     server_cidr: str = "198.51.100.1/24"
+    bridge_mac: str = "52:54:00:4c:43:01"  # fixed (a bridge would take its lowest port's MAC)
 
     @property
     def server_ip(self) -> str:
@@ -64,11 +65,12 @@ def create_netns(net: LabNet) -> None:
         raise LabError(f"network namespace {net.netns} already exists (hcboot lab down first)")
     run("ip", "netns", "add", net.netns)
     run("ip", "-n", net.netns, "link", "set", "lo", "up")
-    run("ip", "-n", net.netns, "link", "add", net.bridge, "type", "bridge",
+    run("ip", "-n", net.netns, "link", "add", net.bridge, "address", net.bridge_mac, "type",
+        "bridge",
         "forward_delay", "0", "stp_state", "0")
-    # no IPv6 on the lab link: nothing to wait for, no router advertisements
+    # IPv6 link-local only (the lab's RA sender needs a source address); no forwarding
     run("ip", "netns", "exec", net.netns, "sysctl", "-q", "-w",
-        f"net.ipv6.conf.{net.bridge}.disable_ipv6=1", check=False)
+        f"net.ipv6.conf.{net.bridge}.disable_ipv6=0", check=False)
     run("ip", "-n", net.netns, "addr", "add", net.server_cidr, "dev", net.bridge)
     run("ip", "-n", net.netns, "link", "set", net.bridge, "up")
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ IMAGE_MIB = 64
 SECTORS = IMAGE_MIB * 2048
 BUILD = "20261124T050000Z-aoe000000001"
 T = Target(1, 2)
+StartVblade = Callable[..., subprocess.Popen[bytes]]
 
 
 @dataclass
@@ -100,11 +102,11 @@ def _sha(p: Path) -> str:
 
 
 @pytest.fixture
-def vblades(net: Net, tmp_path: Path) -> Iterator[Callable[..., object]]:
+def vblades(net: Net, tmp_path: Path) -> Iterator[StartVblade]:
     """start(ns, file, *opts, target=T) starts a read-only vblade; all stopped by PID after."""
-    started = []
+    started: list[subprocess.Popen[bytes]] = []
 
-    def start(ns: Netns, file: Path, *opts: str, target: Target = T) -> object:
+    def start(ns: Netns, file: Path, *opts: str, target: Target = T) -> subprocess.Popen[bytes]:
         p = net.lab.popen(["vblade", "-r", *opts, str(target.shelf), str(target.slot), "eth0",
                            str(file)], ns=ns, log=tmp_path / f"vblade-{ns.name}.log")
         started.append(p)
@@ -112,7 +114,7 @@ def vblades(net: Net, tmp_path: Path) -> Iterator[Callable[..., object]]:
 
     yield start
     for p in started:
-        net.lab.stop(p)  # type: ignore[arg-type]
+        net.lab.stop(p)
 
 
 def copy(src: Path, dst: Path, flip_at: int | None = None) -> Path:
@@ -139,7 +141,7 @@ def client(net: Net, which: str = "c") -> AoESocket:
 # ---------------------------------------------------------------- scan
 
 
-def test_scan_lists_both_paths_of_a_multipath_target(net: Net, vblades: Callable[..., object],
+def test_scan_lists_both_paths_of_a_multipath_target(net: Net, vblades: StartVblade,
                                                      image: Path, tmp_path: Path) -> None:
     vblades(net.s1, copy(image, tmp_path / "a.img"))
     vblades(net.s2, copy(image, tmp_path / "b.img"))
@@ -157,7 +159,7 @@ def test_scan_lists_both_paths_of_a_multipath_target(net: Net, vblades: Callable
     r = CliRunner().invoke(aoe, ["scan", "-i", "c0", "--netns", net.c.name, "--json",
                                  "--timeout", "0.5"])
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc[0]["target"] == "e1.2" and doc[0]["macs"] == t.macs
     assert doc[0]["sectors"] == SECTORS and doc[0]["size_bytes"] == IMAGE_MIB << 20
     assert doc[0]["firmware"] == 0x4019 and doc[0]["buffer_count"] == 16
@@ -166,7 +168,7 @@ def test_scan_lists_both_paths_of_a_multipath_target(net: Net, vblades: Callable
     assert text.exit_code == 0 and "e1.2" in text.output and net.mac_s1 in text.output
 
 
-def test_scan_with_several_targets_and_nothing(net: Net, vblades: Callable[..., object],
+def test_scan_with_several_targets_and_nothing(net: Net, vblades: StartVblade,
                                                image: Path) -> None:
     with client(net) as sock:
         assert scan(sock, timeout=0.3) == []
@@ -183,13 +185,13 @@ def test_scan_with_several_targets_and_nothing(net: Net, vblades: Callable[..., 
 
 
 def test_mac_allow_list_hides_the_export_from_other_initiators(
-        net: Net, vblades: Callable[..., object], image: Path, store: Path) -> None:
+        net: Net, vblades: StartVblade, image: Path, store: Path) -> None:
     vblades(net.s1, image, "-m", net.mac_c)
     with client(net, "c") as sock:
         wait_paths(sock, 1)  # the allowed initiator sees it
     with client(net, "d") as sock:
         assert scan(sock, timeout=0.5) == []
-        with pytest.raises(F.TargetNotFound, match="e1.2 not found on d0"):
+        with pytest.raises(F.TargetNotFound, match=r"e1\.2 not found on d0"):
             discover(sock, T, timeout=0.3)
         paths = (F.ConfigReply(net.mac_s1, T, 16, 0x4019, 2, 1, b""),)
         with pytest.raises(F.AoETimeout, match="IDENTIFY"):  # ATA frames are ignored too
@@ -202,7 +204,7 @@ def test_mac_allow_list_hides_the_export_from_other_initiators(
 # ---------------------------------------------------------------- verify
 
 
-def test_verify_full_passes_on_the_right_image(net: Net, vblades: Callable[..., object],
+def test_verify_full_passes_on_the_right_image(net: Net, vblades: StartVblade,
                                                image: Path, store: Path, tmp_path: Path) -> None:
     vblades(net.s1, copy(image, tmp_path / "a.img"))
     vblades(net.s2, copy(image, tmp_path / "b.img"))
@@ -216,9 +218,11 @@ def test_verify_full_passes_on_the_right_image(net: Net, vblades: Callable[..., 
     assert seen[-1] == IMAGE_MIB << 20 and len(seen) == IMAGE_MIB
 
     r = CliRunner().invoke(aoe, ["verify", "-i", "c0", "--netns", net.c.name, "--target", "e1.2",
-                                 "--role", "hnode", "--images", str(store), "--json"])
+                                 "--role", "hnode", "--images", str(store), "--json",
+                                 "--progress"])
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    assert "MB/s" in r.stderr and "100.0%" in r.stderr  # progress goes to stderr only
+    doc = json.loads(r.stdout)
     assert doc["ok"] and doc["sha256"] == exp.sha256 and doc["export_bytes"] == IMAGE_MIB << 20
     r = CliRunner().invoke(aoe, ["verify", "-i", "c0", "--netns", net.c.name, "--target", "e1.2",
                                  "--manifest", str(store / "hnode" / BUILD / "manifest.json"),
@@ -227,7 +231,7 @@ def test_verify_full_passes_on_the_right_image(net: Net, vblades: Callable[..., 
     assert "e1.2 OK: 200 sampled sectors" in r.output
 
 
-def test_verify_names_the_lba_of_one_corrupted_byte(net: Net, vblades: Callable[..., object],
+def test_verify_names_the_lba_of_one_corrupted_byte(net: Net, vblades: StartVblade,
                                                     image: Path, store: Path,
                                                     tmp_path: Path) -> None:
     offset = 37 * 1048576 + 123457  # LBA 76017
@@ -238,7 +242,8 @@ def test_verify_names_the_lba_of_one_corrupted_byte(net: Net, vblades: Callable[
         with pytest.raises(ContentMismatch) as ei:
             verify(sock, T, expected_from_role(store, "hnode", "rootfs"))
     assert ei.value.lba == lba
-    assert f"LBA {lba}" in str(ei.value) and ei.value.result.sha256 != ei.value.result.expected.sha256
+    res = ei.value.result
+    assert f"LBA {lba}" in str(ei.value) and res.sha256 != res.expected.sha256
 
     base = ["verify", "-i", "c0", "--netns", net.c.name, "--target", "e1.2"]
     r = CliRunner().invoke(aoe, [*base, "--role", "hnode", "--images", str(store)])
@@ -254,7 +259,7 @@ def test_verify_names_the_lba_of_one_corrupted_byte(net: Net, vblades: Callable[
     assert r.exit_code == 3 and "sample mode" in r.output
 
 
-def test_verify_sample_finds_a_corrupted_last_sector(net: Net, vblades: Callable[..., object],
+def test_verify_sample_finds_a_corrupted_last_sector(net: Net, vblades: StartVblade,
                                                      image: Path, store: Path,
                                                      tmp_path: Path) -> None:
     vblades(net.s1, copy(image, tmp_path / "bad.img", flip_at=(IMAGE_MIB << 20) - 3))
@@ -264,7 +269,7 @@ def test_verify_sample_finds_a_corrupted_last_sector(net: Net, vblades: Callable
     assert f"LBA {SECTORS - 1}" in r.output and "1 of 16 sampled sectors differ" in r.output
 
 
-def test_verify_size_mismatch(net: Net, vblades: Callable[..., object], image: Path,
+def test_verify_size_mismatch(net: Net, vblades: StartVblade, image: Path,
                               store: Path, tmp_path: Path) -> None:
     short = tmp_path / "short.img"
     with open(image, "rb") as src, open(short, "wb") as dst:
@@ -279,16 +284,16 @@ def test_verify_size_mismatch(net: Net, vblades: Callable[..., object], image: P
 
 
 def test_verify_completes_when_one_of_two_vblades_dies(net: Net,
-                                                       vblades: Callable[..., object],
+                                                       vblades: StartVblade,
                                                        image: Path, store: Path,
                                                        tmp_path: Path) -> None:
     vblades(net.s1, copy(image, tmp_path / "a.img"))
     victim = vblades(net.s2, copy(image, tmp_path / "b.img"))
-    killed = []
+    killed: list[int] = []
 
     def kill_at_quarter(done: int, total: int) -> None:
         if not killed and done >= total // 4:
-            net.lab.stop(victim)  # type: ignore[arg-type]
+            net.lab.stop(victim)
             killed.append(done)
 
     with client(net) as sock:
@@ -301,14 +306,14 @@ def test_verify_completes_when_one_of_two_vblades_dies(net: Net,
 
 
 def test_timeout_names_the_lba_when_the_only_path_dies(net: Net,
-                                                       vblades: Callable[..., object],
+                                                       vblades: StartVblade,
                                                        image: Path, store: Path) -> None:
     victim = vblades(net.s1, image)
-    killed = []
+    killed: list[int] = []
 
     def kill(done: int, total: int) -> None:
         if not killed and done >= 8 << 20:
-            net.lab.stop(victim)  # type: ignore[arg-type]
+            net.lab.stop(victim)
             killed.append(done)
 
     with client(net) as sock:
@@ -321,7 +326,7 @@ def test_timeout_names_the_lba_when_the_only_path_dies(net: Net,
 
 
 def test_read_past_the_end_is_an_ata_error_naming_the_lba(
-        net: Net, vblades: Callable[..., object], image: Path) -> None:
+        net: Net, vblades: StartVblade, image: Path) -> None:
     vblades(net.s1, image)
     with client(net) as sock:
         wait_paths(sock, 1)

@@ -114,9 +114,9 @@ def test_all_roles_build(store: Path, built_all: dict[str, str]) -> None:
     assert any(p.startswith("xen-utils-4.17=") for p in h.packages)
     # ext4 superblock magic at 1024 + 0x38
     for role in ("hnode", "domu"):
-        with open(store / role / built_all[role] / "rootfs", "rb") as f:
-            f.seek(1024 + 0x38)
-            assert f.read(2) == b"\x53\xef", role
+        with open(store / role / built_all[role] / "rootfs", "rb") as fs:
+            fs.seek(1024 + 0x38)
+            assert fs.read(2) == b"\x53\xef", role
     # snode: the whole system is the initrd (zstd cpio), with vblade and mdadm
     s = images.manifest("snode")
     assert s is not None and s.boot.root == "ram" and s.boot.kind == "linux"

@@ -24,12 +24,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bootserver.dhcp import codec
 from bootserver.dhcp import options as o
 from bootserver.dhcp.codec import DhcpPacket
+from bootserver.dhcp.leases import LeaseTable
 from bootserver.dhcp.options import MessageType as MT
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
@@ -100,12 +102,12 @@ def start_server(ns: Netns, cfg: DhcpConfig, policy: BootPolicy) -> DhcpServer:
     return srv
 
 
-def full_config(tmp: Path, **kw: object) -> DhcpConfig:
+def full_config(tmp: Path, **kw: Any) -> DhcpConfig:
     return DhcpConfig(interface="eth0", server_ip=SRV_IP, mode="full",
                       pools=(PoolConfig("192.0.2.0/24", "192.0.2.100", "192.0.2.199",
                                         router=SRV_IP, dns=(SRV_IP,)),
                              PoolConfig("198.51.100.0/24", "198.51.100.50", "198.51.100.99")),
-                      lease_time=600, lease_file=tmp / "leases.jsonl", **kw)  # type: ignore[arg-type]
+                      lease_time=600, lease_file=tmp / "leases.jsonl", **kw)
 
 
 @pytest.fixture
@@ -161,14 +163,15 @@ class UdpClient:
         return self.recv(xid)[0]
 
 
-def req(mt: MT, mac: str, xid: int, pxe: bool = True, **kw: object) -> bytes:
+def req(mt: MT, mac: str, xid: int, pxe: bool = True, options: dict[int, bytes] | None = None,
+        **fields: Any) -> bytes:
     opts: dict[int, bytes] = {o.MESSAGE_TYPE: bytes((mt,))}
     if pxe:
         opts[o.VENDOR_CLASS] = b"PXEClient:Arch:00000:UNDI:002001"
         opts[o.CLIENT_ARCH] = b"\x00\x00"
-    opts.update(kw.pop("options", {}))  # type: ignore[arg-type]
+    opts.update(options or {})
     p = DhcpPacket(op=1, xid=xid, chaddr=bytes.fromhex(mac.replace(":", "")), flags=0x8000,
-                   options=opts, **kw)  # type: ignore[arg-type]
+                   options=opts, **fields)
     return codec.encode(p, max_size=1472)
 
 
@@ -205,7 +208,7 @@ print(json.dumps({"offer": offer[BOOTP].yiaddr, "offer_type": o["message-type"],
 
 def run_py(ns: Netns, script: str, *args: str, timeout: float = 60) -> dict[str, object]:
     r = ns.run(sys.executable, "-c", script, *args, timeout=timeout)
-    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 # --- full mode ------------------------------------------------------------------------------------
@@ -329,6 +332,57 @@ def test_burst_of_1000_discovers_is_answered(pair: Running) -> None:
         assert len(got) >= 990, f"{len(got)} of 1000 DISCOVERs answered"
     finally:
         cli.close()
+
+
+class CountingLeases(LeaseTable):
+    """The real lease table, counting the fsyncs that sync() performs."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.fsyncs = 0
+
+    def sync(self) -> None:
+        if self.dirty:
+            self.fsyncs += 1
+        super().sync()
+
+
+def test_burst_of_requests_all_acked_and_journaled(tmp_path: Path) -> None:
+    """50 clients DISCOVER, then all REQUEST at once: every ACK leaves only after its lease is in
+    the journal (one fsync may cover several: group commit)."""
+    with Lab() as lab:
+        srv, cli = lab.netns("srv"), lab.netns("cli")
+        lab.veth(srv, "eth0", cli, "eth0")
+        lab.addr(srv, "eth0", f"{SRV_IP}/24")
+        cfg = full_config(tmp_path)
+        leases = CountingLeases(tmp_path / "leases.jsonl")
+        server = DhcpServer(cfg, BootPolicy(), leases=leases)
+        with entered(srv):
+            server.open()
+        server.start()
+        c = UdpClient(cli)
+        try:
+            macs = [f"52:54:00:00:40:{i:02x}" for i in range(50)]
+            offers = {}
+            for i, mac in enumerate(macs):
+                offers[mac] = c.exchange(req(MT.DISCOVER, mac, 0x4000 + i), 0x4000 + i).yiaddr
+            for i, mac in enumerate(macs):
+                c.send(req(MT.REQUEST, mac, 0x5000 + i, options={
+                    o.SERVER_ID: o.ip_bytes(SRV_IP), o.REQUESTED_IP: o.ip_bytes(offers[mac])}))
+            acked = {}
+            for _ in macs:
+                data = c.sock.recv(65536)
+                p = codec.decode(data)
+                assert p.message_type == MT.ACK
+                acked[p.mac] = p.yiaddr
+            assert acked == offers
+            journal = (tmp_path / "leases.jsonl").read_text()
+            assert all(mac in journal for mac in macs)
+            assert 1 <= leases.fsyncs <= 50
+            print(f"50 ACKs, {leases.fsyncs} fsyncs")
+        finally:
+            c.close()
+            server.stop()
 
 
 def test_relayed_request_answered_by_unicast_to_relay(tmp_path: Path) -> None:

@@ -226,6 +226,20 @@ def test_tftp_hpa_download(env: Env, name: str) -> None:
     assert sha(out.read_bytes()) == sha((env.root / name.lstrip("/")).read_bytes())
 
 
+def test_block_number_rollover(env: Env) -> None:
+    # more than 65535 blocks of 512 bytes: the 16-bit block number wraps to 0 (as tftp-hpa,
+    # curl, iPXE and pxelinux expect)
+    big = env.root / "rollover.bin"
+    big.write_bytes(random.Random(5).randbytes(65536 * 512 + 1000))
+    try:
+        out = env.work / "rollover-hpa"
+        env.cli.run("tftp", "-m", "binary", SRV_IP, "-c", "get", "rollover.bin", str(out))
+        assert sha(out.read_bytes()) == sha(big.read_bytes())
+        out.unlink()
+    finally:
+        big.unlink()
+
+
 def test_concurrent_downloads(env: Env) -> None:
     procs = [subprocess.Popen(env.cli.cmd("curl", "-sS", "--max-time", "60", "--tftp-blksize",
                                           str(bs), f"tftp://{SRV_IP}/big.bin", "-o",

@@ -36,10 +36,12 @@ class Netns:
     def cmd(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *args]
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(self.cmd(*args), capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
-            raise RuntimeError(f"[{self.name}] {' '.join(args)} -> {r.returncode}: {r.stderr.strip()}")
+            raise RuntimeError(f"[{self.name}] {' '.join(args)} -> {r.returncode}: "
+                               f"{r.stderr.strip()}")
         return r
 
     def mac(self, ifname: str) -> str:

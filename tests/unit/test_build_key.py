@@ -53,6 +53,12 @@ def _chmod_x(rel: str) -> Callable[[Path], None]:
     return f
 
 
+def _new_file(rel: str) -> Callable[[Path], None]:
+    def f(d: Path) -> None:
+        (d / rel).write_text("x")
+    return f
+
+
 # (what, mutation, base key changes, role key changes)
 MUTATIONS: list[tuple[str, Callable[[Path], None], bool, bool]] = [
     ("profile package", _replace("profiles/hnode.yaml", "[aoetools]", "[aoetools, vim]"),
@@ -66,8 +72,7 @@ MUTATIONS: list[tuple[str, Callable[[Path], None], bool, bool]] = [
     ("role element readme", _append("elements/hc-xen-dom0/README.md", "\nmore\n"), False, True),
     ("role element mode", _chmod_x("elements/hc-xen-dom0/README.md"),
      False, True),
-    ("role element new file", lambda d: (d / "elements/hc-xen-dom0/extra").write_text("x"),
-     False, True),
+    ("role element new file", _new_file("elements/hc-xen-dom0/extra"), False, True),
     ("base element script", _append("elements/hc-base/install.d/30-hc-diskless", "true\n"),
      True, True),
     ("base element packages", _append("elements/hc-base/package-installs.yaml", "less:\n"),

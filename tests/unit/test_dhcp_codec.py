@@ -4,6 +4,7 @@ option overload / RFC 3396, and malformed input -> the specific DecodeError."""
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -91,7 +92,7 @@ def test_scapy_reads_our_encoding() -> None:
                    options={53: b"\x05", 54: o.ip_bytes("198.51.100.1"), 51: o.u32_bytes(600)})
     ref = BOOTP(codec.encode(p))
     assert ref.yiaddr == "198.51.100.7" and ref.xid == 99
-    opts = dict(x for x in ref[DHCP].options if isinstance(x, tuple))
+    opts: dict[str, Any] = dict(x for x in ref[DHCP].options if isinstance(x, tuple))
     assert opts["message-type"] == 5 and opts["server_id"] == "198.51.100.1"
     assert opts["lease_time"] == 600
 

@@ -141,3 +141,22 @@ def test_pool_next_fit_wraps_and_skips_taken() -> None:
 def test_pool_config_errors(cfg: PoolConfig, needle: str) -> None:
     with pytest.raises(PoolConfigError, match=needle):
         Pool(cfg)
+
+
+def test_journal_is_compacted_while_running(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import bootserver.dhcp.leases as leases_mod
+    monkeypatch.setattr(leases_mod, "COMPACT_MIN", 10)
+    path = tmp_path / "leases.jsonl"
+    lt = LeaseTable(path, clock=Clock())
+    lt.open()
+    for i in range(25):  # the same two clients renewing over and over
+        lt.bind(MAC1, "192.0.2.10", 100)
+        lt.bind(MAC2, "192.0.2.11", 100 + i)
+    lt.close()
+    assert len(path.read_text().splitlines()) <= 11
+    again = LeaseTable(path, clock=Clock())
+    again.open()
+    ls = again.lease_of(MAC2)
+    assert ls is not None and ls.expires == Clock().t + 124  # the last bind survived
+    again.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,27 +46,27 @@ POOLS = (PoolConfig("192.0.2.0/24", "192.0.2.100", "192.0.2.103", router="192.0.
          PoolConfig("198.51.100.0/24", "198.51.100.50", "198.51.100.60", lease_time=600))
 
 
-def make(tmp_path: Path | None = None, mode: str = "full", policy: Policy | None = None,
-         **kw: object) -> tuple[DhcpServer, Policy]:
+def make(tmp_path: Path | None = None, mode: Any = "full", policy: Policy | None = None,
+         **kw: Any) -> tuple[DhcpServer, Policy]:
     pol = policy or Policy()
-    cfg = DhcpConfig(interface="veth0", server_ip=SERVER, mode=mode,  # type: ignore[arg-type]
+    cfg = DhcpConfig(interface="veth0", server_ip=SERVER, mode=mode,
                      pools=POOLS if mode == "full" else (),
-                     lease_file=tmp_path / "leases.jsonl" if tmp_path else None,
-                     **kw)  # type: ignore[arg-type]
+                     lease_file=tmp_path / "leases.jsonl" if tmp_path else None, **kw)
     srv = DhcpServer(cfg, pol)
     srv.load()
     return srv, pol
 
 
-def request(mt: MT, mac: str = MAC, pxe: bool = True, xid: int = 0x1000, **kw: object) -> bytes:
+def request(mt: MT, mac: str = MAC, pxe: bool = True, xid: int = 0x1000,
+            options: dict[int, bytes] | None = None, **fields: Any) -> bytes:
     opts: dict[int, bytes] = {o.MESSAGE_TYPE: bytes((mt,))}
     if pxe:
         opts[o.VENDOR_CLASS] = b"PXEClient:Arch:00000:UNDI:002001"
         opts[o.CLIENT_ARCH] = b"\x00\x00"
         opts[o.CLIENT_MACHINE_ID] = b"\x00" + bytes(range(16))
-    opts.update(kw.pop("options", {}))  # type: ignore[arg-type]
+    opts.update(options or {})
     p = DhcpPacket(op=1, xid=xid, chaddr=bytes.fromhex(mac.replace(":", "")), options=opts,
-                   **kw)  # type: ignore[arg-type]
+                   **fields)
     return codec.encode(p, max_size=1472)
 
 
@@ -74,7 +75,7 @@ def parse(reply: Reply | None) -> DhcpPacket:
     return codec.decode(reply.data)
 
 
-def dora(srv: DhcpServer, mac: str = MAC, **kw: object) -> DhcpPacket:
+def dora(srv: DhcpServer, mac: str = MAC, **kw: Any) -> DhcpPacket:
     offer = parse(srv.handle(request(MT.DISCOVER, mac, **kw), CLIENT, 67))
     ack = parse(srv.handle(request(MT.REQUEST, mac, options={
         o.SERVER_ID: o.ip_bytes(SERVER), o.REQUESTED_IP: o.ip_bytes(offer.yiaddr)}, **kw),
@@ -347,3 +348,84 @@ def test_config_errors() -> None:
         DhcpConfig("veth0", SERVER)
     with pytest.raises(DhcpConfigError, match="server_ip"):
         DhcpConfig("veth0", "not-an-ip", mode="proxy")
+
+
+def test_record_seen_failure_does_not_block_boot(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Policy):
+        def record_seen(self, machine: Machine) -> None:
+            raise OSError("seen store full")
+
+    srv, _ = make(policy=Broken())
+    with caplog.at_level(logging.ERROR, "bootserver.dhcp"):
+        p = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
+    assert p.options[o.BOOTFILE_NAME] == b"undionly.kpxe"
+    assert "record_seen failed for " + MAC in caplog.text
+
+
+def test_mac_is_normalized_form() -> None:
+    from bootserver.machine import normalize_mac
+    p = codec.decode(request(MT.DISCOVER, "52:54:00:AB:CD:EF"))
+    assert p.mac == normalize_mac("52-54-00-ab-cd-ef") == "52:54:00:ab:cd:ef"
+
+
+# --- golden replies (wire-format stability); HC_REGEN_GOLDEN=1 prints new values to paste -----
+
+GOLDEN = {
+    "full-offer": (
+        "0201060000c0ffee0000000000000000c0000264c00002010000000052540012345600000000000000000000"
+        "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "0000000000000000000000000000000000000000756e64696f6e6c792e6b7078650000000000000000000000"
+        "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000638253633501023604c00002010104ffffff000304c00002010604c0"
+        "0002352b04060108ff3c09505845436c69656e7442093139322e302e322e31430d756e64696f6e6c792e6b70"
+        "7865330400000e103a04000007083b0400000c4e1c04c00002ff0f0b6c61622e6578616d706c656111000001"
+        "02030405060708090a0b0c0d0e0fff"),
+    "proxy-offer": (
+        "0201060000c0ffee000000000000000000000000c00002010000000052540012345600000000000000000000"
+        "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "0000000000000000000000000000000000000000756e64696f6e6c792e6b7078650000000000000000000000"
+        "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000638253633501023604c00002012b04060108ff3c09505845436c6965"
+        "6e7442093139322e302e322e31430d756e64696f6e6c792e6b707865611100000102030405060708090a0b0c"
+        "0d0e0fff"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_reply(name: str) -> None:
+    import os
+    mode = "proxy" if name.startswith("proxy") else "full"
+    srv, _ = make(mode=mode)
+    r = srv.handle(request(MT.DISCOVER, xid=0xC0FFEE, options={
+        o.PARAMETER_REQUEST_LIST: bytes((1, 3, 6, 43, 60, 66, 67))}), CLIENT, 67)
+    assert r is not None
+    got = r.data.rstrip(b"\0").hex()
+    if os.environ.get("HC_REGEN_GOLDEN"):
+        pytest.skip(f'"{name}": "{got}",')
+    assert got == GOLDEN[name]
+
+
+def test_server_router_and_dns_addresses_are_never_handed_out() -> None:
+    pool = PoolConfig("192.0.2.0/24", "192.0.2.1", "192.0.2.4", router="192.0.2.2",
+                      dns=("192.0.2.3",))
+    cfg = DhcpConfig(interface="veth0", server_ip=SERVER, pools=(pool,))
+    srv = DhcpServer(cfg, Policy())
+    got = [parse(srv.handle(request(MT.DISCOVER, f"52:54:00:00:03:{i:02x}"), CLIENT, 67)).yiaddr
+           for i in range(2)]
+    assert got == ["192.0.2.4", "192.0.2.4"]  # the second reclaims the only free one
+    p = parse(srv.handle(request(MT.REQUEST, options={o.REQUESTED_IP: o.ip_bytes(SERVER)}),
+                         CLIENT, 67))
+    assert p.message_type == MT.NAK
+
+
+def test_handle_outside_loop_syncs_journal_before_returning_ack(tmp_path: Path) -> None:
+    srv, _ = make(tmp_path)
+    srv.leases.deferred_sync = True  # as in the serving loop; handle() must still sync
+    offer = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
+    r = srv.handle(request(MT.REQUEST, options={o.SERVER_ID: o.ip_bytes(SERVER),
+                                                o.REQUESTED_IP: o.ip_bytes(offer.yiaddr)}),
+                   CLIENT, 67)
+    assert r is not None and r.durable and not srv.leases.dirty
+    assert MAC in (tmp_path / "leases.jsonl").read_text()
