@@ -321,6 +321,8 @@ def main() -> int:
         return statistics.median(res[n][k])
 
     print()
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+          " (the ratios are only comparable on a quiet machine)")
     print(f"{'metric (median of ' + str(args.rounds) + ' rounds)':<36}{'hcboot':>12}"
           f"{'dnsmasq':>12}{'hc/dm':>9}")
     rows = [("DISCOVER->OFFER latency (us)", "offer_us"),

@@ -29,6 +29,7 @@ from builder.elements import Element
 from builder.errors import CommandError
 from builder.mirrors import Mirrors
 from builder.progress import Progress
+from builder.store import safe_rmtree
 
 _PKG_DIR = Path(builder.__file__).resolve().parent
 # the files the base layer depends on (the rest of the builder only post-processes)
@@ -207,8 +208,9 @@ class BaseCache:
                 return found
             entry = self.image_cache_dir(key)
             work = entry / ".work"
-            shutil.rmtree(work, ignore_errors=True)
+            safe_rmtree(work)  # with a killed base build's DIB mounts
             work.mkdir()
+            (work / "tmp").mkdir()
             progress.info(f"base layer {key[:12]}: building; DIB log: {log_path}")
             run = DibRun(
                 elements=list(elements),
@@ -219,7 +221,10 @@ class BaseCache:
                 release=release,
                 arch=arch,
                 packages=[kernel_package],
-                env={**env, "DIB_IMAGE_CACHE": str(entry), "DIB_DEBOOTSTRAP_CACHE": "0"},
+                env={**env, "DIB_IMAGE_CACHE": str(entry), "DIB_DEBOOTSTRAP_CACHE": "0",
+                     # DIB's own temporary dirs (and its tmpfs mount) below .work, so a killed
+                     # build's mounts are found and removed by the next run
+                     "TMPDIR": str(work / "tmp")},
             )
             with progress.step("base layer: diskimage-builder"):
                 tar = run_dib(run, known)
@@ -238,7 +243,7 @@ class BaseCache:
                     os.fsync(raw.fileno())
                 os.replace(tmp, entry / name)
                 (entry / ".complete").write_text(key + "\n")
-            shutil.rmtree(work, ignore_errors=True)
+            safe_rmtree(work)
             return entry / name
 
 

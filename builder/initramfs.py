@@ -150,28 +150,6 @@ def module_closure(modules_dir: Path, names: Sequence[str]) -> list[ModuleRef]:
     return order
 
 
-def _pci_aliases(modules_dir: Path, names: set[str]) -> dict[str, list[str]]:
-    """PCI alias globs of ``names`` from modules.alias, only for modules whose every alias is a
-    PCI one (those are the drivers /init may skip when no matching device is present)."""
-    p = modules_dir / "modules.alias"
-    if not p.is_file():
-        return {}
-    pci: dict[str, list[str]] = {}
-    other: set[str] = set()
-    for line in p.read_text().splitlines():
-        parts = line.split()
-        if len(parts) != 3 or parts[0] != "alias":
-            continue
-        name = parts[2].replace("-", "_")
-        if name not in names:
-            continue
-        if parts[1].startswith("pci:"):
-            pci.setdefault(name, []).append(parts[1])
-        else:
-            other.add(name)
-    return {n: a for n, a in pci.items() if n not in other}
-
-
 def _module_bytes(modules_dir: Path, ref: ModuleRef) -> bytes:
     src = modules_dir / ref.relpath
     data = src.read_bytes()
@@ -401,18 +379,10 @@ def build_initramfs(
         refs = module_closure(kernel.modules_dir, modules)
         base = f"lib/modules/{kernel.version}"
         listing, dep = [], []
-        # PCI drivers nothing else depends on (NIC drivers) are loaded by /init only when a
-        # device matches one of their aliases: an e1000e insmod costs time under emulation.
-        needed = {d for r in refs for d in r.deps}
-        pci = _pci_aliases(kernel.modules_dir, {r.name for r in refs} - needed)
         for ref in refs:
             entries.append(CpioEntry(f"{base}/{ref.plain_relpath}", "file", 0o644,
                                      _module_bytes(kernel.modules_dir, ref)))
-            flag = " pci" if ref.name in pci else ""
-            listing.append(f"{ref.name} {ref.plain_relpath}{flag}\n")
-        for n, aliases in sorted(pci.items()):
-            entries.append(CpioEntry(f"etc/hc/pci/{n}", "file", 0o644,
-                                     "".join(f"{a}\n" for a in aliases).encode()))
+            listing.append(f"{ref.name} {ref.plain_relpath}\n")
         by_name = {r.name: r for r in refs}
         for ref in refs:
             deps = " ".join(by_name[d].plain_relpath for d in ref.deps if d in by_name)

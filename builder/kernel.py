@@ -367,9 +367,29 @@ def _depmod(root: Path, version: str) -> None:
         raise KernelError(f"depmod wrote no modules.dep under {mods}")
 
 
+def _resolve_or_cached(kind: str, cache_dir: Path, package: str, image_glob: str,
+                       version: str | None) -> tuple[str, str]:
+    """``_resolve_package``, or, when apt's metadata is unusable (no lists, offline), the newest
+    complete cache entry whose package matches ``image_glob`` (and ``version`` when pinned)."""
+    try:
+        return _resolve_package(package, image_glob, version)
+    except FetchError:
+        found: list[tuple[str, str]] = []
+        for stamp in (Path(cache_dir) / kind).glob(f"*/{STAMP}"):
+            pkg, _, ver = stamp.read_text().strip().partition("=")
+            if fnmatch.fnmatchcase(pkg, image_glob) and version in (None, ver):
+                found.append((pkg, ver))
+        if not found:
+            raise
+        return max(found, key=lambda pv: (_version_key(pv[1]), pv[0]))
+
+
 def fetch_kernel(spec: KernelSpec, cache_dir: Path) -> KernelTree:
-    """Download and unpack the kernel package of ``spec`` (cached by package version)."""
-    package, version = _resolve_package(spec.package, spec.image_package, spec.version)
+    """Download and unpack the kernel package of ``spec`` (cached by package version).
+
+    Without usable apt metadata, a complete cache entry matching the spec is used."""
+    package, version = _resolve_or_cached("kernel", cache_dir, spec.package, spec.image_package,
+                                          spec.version)
     entry = Path(cache_dir) / "kernel" / _safe(f"{package}_{version}")
     with _locked(entry.with_name(entry.name + ".lock")):
         if not (entry / STAMP).is_file():
@@ -385,7 +405,8 @@ def fetch_kernel(spec: KernelSpec, cache_dir: Path) -> KernelTree:
 
 def fetch_xen(spec: XenSpec, cache_dir: Path) -> XenTree:
     """Download the hypervisor package of ``spec``; returns the gunzipped ELF (cached)."""
-    package, version = _resolve_package(spec.package, spec.package, spec.version)
+    package, version = _resolve_or_cached("xen", cache_dir, spec.package, spec.package,
+                                          spec.version)
     entry = Path(cache_dir) / "xen" / _safe(f"{package}_{version}")
     elf = entry / "xen.elf"
     with _locked(entry.with_name(entry.name + ".lock")):

@@ -32,7 +32,7 @@ from builder.manifest import Artifact, BootInfo, Manifest, artifact_for
 from builder.mirrors import Mirrors, resolve_mirrors
 from builder.profile import Profile, load_profile
 from builder.progress import Progress
-from builder.store import RoleStore
+from builder.store import RoleStore, safe_rmtree
 
 DISTRO_ELEMENT = "debian-minimal"
 ROOTFS_LABEL = "hc-root"
@@ -69,7 +69,7 @@ class Build:
     reused: bool = False
     tmp: Path | None = None
     base_tarball: Path | None = None
-    image_tar: Path | None = None  # DIB's output (a raw ext4 image)
+    image: Path | None = None  # DIB's output (a raw ext4 image)
     root: Path | None = None
     kernel_version: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -217,8 +217,10 @@ def step_role_dib(b: Build) -> None:
     log = b.log_dir / f"{b.build_id}.log"
     b.log_paths.append(log)
     b.progress.info(f"DIB log: {log}")
+    (b.work / "tmp").mkdir()
     env = {
         **p.env,
+        "TMPDIR": str(b.work / "tmp"),  # DIB's tmp dirs and tmpfs: found by clean_leftovers
         "DIB_IMAGE_CACHE": str(b.base_tarball.parent),
         "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
         "DIB_DEBOOTSTRAP_CACHE": "0",
@@ -239,14 +241,14 @@ def step_role_dib(b: Build) -> None:
         root_label=ROOTFS_LABEL,
     )
     with b.progress.step("role layer: diskimage-builder"):
-        b.image_tar = run_dib(dr, b.closure)
+        b.image = run_dib(dr, b.closure)
 
 
 def step_mount(b: Build) -> None:
-    assert b.image_tar is not None
+    assert b.image is not None
     root = b.work / "root"
     root.mkdir()
-    run(["mount", "-o", "loop,ro,noload", "-t", "ext4", str(b.image_tar), str(root)],
+    run(["mount", "-o", "loop,ro,noload", "-t", "ext4", str(b.image), str(root)],
         "mount the image read-only")
     b.root = root
     b.packages = dpkg_packages(root)
@@ -385,13 +387,17 @@ def step_rootfs(b: Build) -> None:
     unmount(b)  # every step that reads the tree is done
     if "rootfs" not in p.artifacts:
         return
-    assert b.image_tar is not None and b.tmp is not None
+    assert b.image is not None and b.tmp is not None
     out = b.tmp / "rootfs"
-    os.replace(b.image_tar, out)
+    os.replace(b.image, out)
     if p.rootfs_free_mb:
         with b.progress.step(f"rootfs: grow by {p.rootfs_free_mb} MiB"):
             size = out.stat().st_size + p.rootfs_free_mb * 2**20
-            run(["e2fsck", "-f", "-y", "-q", str(out)], "check rootfs")
+            fsck = ["e2fsck", "-f", "-y", str(out)]
+            r = subprocess.run(fsck, capture_output=True, text=True)
+            if r.returncode not in (0, 1):  # 1: "errors corrected"
+                raise CommandError(fsck, r.returncode, "check rootfs",
+                                   tail=(r.stdout + r.stderr).splitlines()[-30:])
             os.truncate(out, size)
             run(["resize2fs", "-f", str(out)], "grow rootfs")
 
@@ -436,7 +442,7 @@ def step_manifest(b: Build) -> None:
 
 def step_publish(b: Build) -> None:
     assert b.tmp is not None
-    shutil.rmtree(b.work, ignore_errors=True)
+    safe_rmtree(b.work)
     with b.progress.step("publish"):
         b.store.publish(b.tmp, b.build_id)
     b.tmp = None
@@ -493,7 +499,7 @@ def build_role(role: str, opts: Options, progress: Progress | None = None) -> Re
         finally:
             unmount(b)
             if b.tmp is not None:  # failed: current is untouched, drop the half build
-                shutil.rmtree(b.tmp, ignore_errors=True)
+                safe_rmtree(b.tmp)
         removed = tuple(b.store.gc(opts.keep))
     return Result(role, b.build_id, b.store.dir / b.build_id, False,
                   time.monotonic() - b.started, b.key, removed)

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,48 @@ def fsync_tree(root: Path) -> None:
             if p.is_file() and not p.is_symlink():
                 fsync_path(p)
         fsync_path(Path(dirpath))
+
+
+def mounts_below(path: Path, name_prefix: str = "") -> list[Path]:
+    """Mount points below ``path`` (whose first component below it starts with
+    ``name_prefix``), deepest first."""
+    prefix = str(Path(path).resolve()) + "/" + name_prefix
+    found: list[Path] = []
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            mp = fields[4].replace("\\040", " ")
+            if mp.startswith(prefix):
+                found.append(Path(mp))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_below(path: Path, name_prefix: str = "") -> list[Path]:
+    """Lazily unmount what a killed build left mounted below ``path`` (DIB's tmpfs and
+    chroot bind mounts, hcbuild's loop mount)."""
+    mps = mounts_below(path, name_prefix)
+    for mp in mps:
+        subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+    return mps
+
+
+def safe_rmtree(path: Path) -> None:
+    """rmtree that first unmounts what is mounted below ``path`` and refuses to run while
+    anything still is (DIB bind-mounts the host's /dev, /proc and /sys into its chroot)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    unmount_below(path)
+    left = mounts_below(path)
+    if left:
+        raise StoreError(path, f"still mounted below it, not removing: {[str(x) for x in left]}")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class RoleStore:
@@ -94,10 +137,7 @@ class RoleStore:
                 p.unlink()
                 removed.append(p)
             elif p.name.startswith(TMP_PREFIX):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                safe_rmtree(p)
                 removed.append(p)
         return removed
 
@@ -141,8 +181,7 @@ class RoleStore:
     def new_tmp_dir(self, build_id: str) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         d = self.dir / f"{TMP_PREFIX}{build_id}-{os.getpid()}"
-        if d.exists():
-            shutil.rmtree(d)
+        safe_rmtree(d)
         d.mkdir()
         return d
 
@@ -180,7 +219,7 @@ class RoleStore:
             # rename first: a half-deleted build is a leftover, never a visible build
             trash = self.dir / f"{TMP_PREFIX}gc-{bid}"
             os.rename(self.dir / bid, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            safe_rmtree(trash)
         if doomed:
             fsync_path(self.dir)
         return doomed

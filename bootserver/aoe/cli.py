@@ -49,7 +49,7 @@ def aoe() -> None:
     """ATA over Ethernet: find exports and check what they serve."""
 
 
-@aoe.command("scan")
+@aoe.command("scan", short_help="List the AoE targets answering on a link.")
 @click.option("--interface", "-i", required=True, help="Interface to broadcast on.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.option("--timeout", type=float, default=1.0, show_default=True,
@@ -110,7 +110,7 @@ class _ProgressPrinter:
             click.echo("", err=True)
 
 
-@aoe.command("verify")
+@aoe.command("verify", short_help="Check an export against the image store (read-only).")
 @click.option("--interface", "-i", required=True, help="Interface the target is reached on.")
 @click.option("--target", "target_text", required=True, help="AoE target eSHELF.SLOT.")
 @click.option("--role", default=None, help="Role whose current build the export must serve.")
@@ -173,7 +173,8 @@ def verify_cmd(interface: str, target_text: str, role: str | None, images: Path 
         _fail(str(exc), EXIT_ERROR)
         return
     for mac in result.dropped:
-        click.echo(f"hcboot aoe: warning: path {mac} stopped answering and was dropped",
+        later = " (it answered again later)" if mac in result.revived else ""
+        click.echo(f"hcboot aoe: warning: path {mac} stopped answering and was dropped{later}",
                    err=True)
     if result.local_differs_lba is not None:
         click.echo(f"hcboot aoe: warning: the export matches the manifest but the local file"

@@ -2,10 +2,12 @@
 
 Frames are built once per path by scapy (:mod:`bootserver.aoe.frames`) and patched per request
 with struct; replies are matched on the tag by this module (scapy's ``AOE.answers`` matches any
-AoE frame).  :class:`Reader` keeps ``window`` requests in flight, spreads them round-robin over the
-target's paths (MACs), retransmits a request after ``timeout`` (at most ``retries`` times, to
-another path when there is one) and drops a path after ``path_failures`` consecutive timeouts; the
-read continues on the remaining paths.
+AoE frame).  :class:`Reader` keeps ``window`` requests in flight (at most each path's buffer
+count on a path), spreads them round-robin over the target's paths (MACs), retransmits a request
+after ``timeout`` (backing off to 2x, 4x, 8x; at most ``retries`` times; to another path when
+there is one) and drops a path after ``path_failures`` consecutive timeouts with no reply from it
+for ``path_dead_time`` seconds; the read continues on the remaining paths.  A dropped path that
+answers again (a late reply: it was stalled, not dead) is used again.
 """
 
 from __future__ import annotations
@@ -269,25 +271,27 @@ class PathState:
     failures: int = 0  # consecutive timeouts since the last reply
     replies: int = 0
     timeouts: int = 0
+    last_reply: float = 0.0  # monotonic time of its last reply (or of the start of the read)
 
 
 @dataclass
 class ReadStats:
     frames_sent: int = 0
     retransmits: int = 0
-    replies: int = 0
     stray: int = 0  # AoE frames that matched no request in flight (late duplicates, others)
     bytes: int = 0
     dropped: list[str] = field(default_factory=list)  # MACs dropped, in order
+    revived: list[str] = field(default_factory=list)  # dropped MACs that answered again
 
 
 class _Req:
-    __slots__ = ("chunk", "count", "deadline", "lba", "offset", "path", "tag", "tries")
+    __slots__ = ("chunk", "count", "deadline", "lba", "nbytes", "offset", "path", "tag", "tries")
 
     def __init__(self, chunk: _Chunk, lba: int, count: int, offset: int) -> None:
         self.chunk = chunk
         self.lba = lba
         self.count = count
+        self.nbytes = count * F.SECTOR
         self.offset = offset
         self.tag = 0
         self.path: PathState | None = None
@@ -310,7 +314,8 @@ class ReaderConfig:
     window: int = 16  # requests in flight (capped by the paths' buffer counts)
     timeout: float = 0.25  # seconds before a request is sent again
     retries: int = 6  # retransmissions of one request before AoETimeout
-    path_failures: int = 3  # consecutive timeouts that drop a path (if another is alive)
+    path_failures: int = 3  # consecutive timeouts that drop a path (if another is alive) ...
+    path_dead_time: float = 1.0  # ... and no reply from it for this many seconds
     max_sectors: int | None = None  # sectors per request (default: what target and MTU allow)
     buffer_bytes: int = 16 << 20  # read-ahead across chunks
 
@@ -344,6 +349,10 @@ class Reader:
     def replies_per_path(self) -> dict[str, int]:
         return {p.mac: p.replies for p in self.paths}
 
+    @property
+    def replies(self) -> int:
+        return sum(p.replies for p in self.paths)
+
     # -- path choice ---------------------------------------------------------------
     def alive_paths(self) -> list[PathState]:
         return [p for p in self.paths if p.alive]
@@ -364,11 +373,38 @@ class Reader:
             return fallback
         return None
 
+    def _revive(self, path: PathState) -> None:
+        path.alive = True
+        path.failures = 0
+        self.stats.revived.append(path.mac)
+        log.warning("AoE %s: path %s answers again; using it again", self.target, path.mac)
+
     def _drop(self, path: PathState, why: str) -> None:
         path.alive = False
         self.stats.dropped.append(path.mac)
         log.warning("AoE %s: dropping path %s (%s); %d path(s) left", self.target, path.mac, why,
                     len(self.alive_paths()))
+
+    def _odd_frame(self, rbuf: bytearray, req: _Req | None, now: float) -> None:
+        """A frame that is not a good reply to a request in flight: an AoE or ATA error (raised),
+        a truncated reply (left to the timeout), a late duplicate (proof its path lives)."""
+        self.stats.stray += 1
+        vf, err, major, minor, cmd, _tag = _HDR.unpack_from(rbuf, 14)
+        if not vf & F.AOE_RESPONSE or (major, minor) != (self.target.shelf, self.target.slot):
+            return
+        src = bytes(rbuf[6:12])
+        if req is not None and cmd == F.CMD_ATA:
+            if vf & F.AOE_ERROR:
+                raise AoEReplyError(self.target, req.lba, F.mac_str(src), err)
+            status = rbuf[F.OFF_CMDSTAT]
+            if status & (F.ATA_STATUS_ERR | F.ATA_STATUS_DF):
+                raise ATACommandError(self.target, req.lba, F.mac_str(src), status,
+                                      rbuf[F.OFF_ERRFEAT])
+        path = self._by_mac.get(src)
+        if path is not None:
+            path.last_reply = now
+            if not path.alive:
+                self._revive(path)
 
     # -- the read loop -------------------------------------------------------------
     def read(self, extents: Iterable[tuple[int, int]]) -> Iterator[tuple[int, bytearray]]:
@@ -391,11 +427,13 @@ class Reader:
         pack_tag = _TAG.pack_into
         pack_lba = _LBA_QWORD.pack_into
         resp_bit = F.AOE_RESPONSE
-        err_bit = F.AOE_ERROR
+        ok_mask = F.AOE_RESPONSE | F.AOE_ERROR  # response set, error clear
         by_mac = self._by_mac
         bad_status = F.ATA_STATUS_ERR | F.ATA_STATUS_DF
         timeout = cfg.timeout
         next_check = _NEVER  # earliest deadline of a request in flight (or later)
+        for p in self.paths:
+            p.last_reply = time.monotonic()
         window = cfg.window
         paths = self.paths
         npaths = len(paths)
@@ -482,40 +520,34 @@ class Reader:
                 wait = next_check - time.monotonic()
                 if wait > 0 and sock.wait(wait):
                     n = sock.recv_into(rbuf)
+                now = time.monotonic()
             got = 0
             while n:
                 if n >= 36:  # F.DATA_OFFSET
-                    vf, err, major, minor, cmd, tag = unpack_hdr(rbuf, 14)
-                    req_or_none = inflight.get(tag)
-                    if (req_or_none is not None and vf & resp_bit and major == shelf
-                            and minor == slot and cmd == 0):
-                        req = req_or_none
-                        src = bytes(rbuf[6:12])
-                        if vf & err_bit:
-                            raise AoEReplyError(target, req.lba, F.mac_str(src), err)
-                        status = rbuf[27]
-                        if status & bad_status:
-                            raise ATACommandError(target, req.lba, F.mac_str(src), status,
-                                                  rbuf[25])
-                        nbytes = req.count * 512
-                        if n >= 36 + nbytes:
-                            ch = req.chunk
-                            ch.buf[req.offset:req.offset + nbytes] = rmv[36:36 + nbytes]
-                            ch.remaining -= 1
-                            del inflight[tag]
-                            sent_to = req.path
-                            if sent_to is not None:
-                                sent_to.inflight -= 1
-                            answered = by_mac.get(src)
-                            if answered is not None:
-                                answered.failures = 0
-                                answered.replies += 1
-                            stats.replies += 1
-                            got += 1
-                        else:
-                            stats.stray += 1  # truncated: the timeout will resend it
+                    vf, _err, major, minor, cmd, tag = unpack_hdr(rbuf, 14)
+                    hit = inflight.pop(tag, None)
+                    if (hit is not None and vf & ok_mask == resp_bit and major == shelf
+                            and minor == slot and cmd == 0 and not rbuf[27] & bad_status
+                            and n >= 36 + hit.nbytes):
+                        # the common case: a good reply to a request in flight
+                        ch = hit.chunk
+                        ch.buf[hit.offset:hit.offset + hit.nbytes] = rmv[36:36 + hit.nbytes]
+                        ch.remaining -= 1
+                        answered = hit.path
+                        assert answered is not None
+                        answered.inflight -= 1
+                        if rbuf[6:12] != answered.mac_b:  # a retransmission answered elsewhere
+                            answered = by_mac.get(bytes(rbuf[6:12]), answered)
+                        answered.failures = 0
+                        answered.replies += 1
+                        answered.last_reply = now
+                        if not answered.alive:
+                            self._revive(answered)
+                        got += 1
                     else:
-                        stats.stray += 1
+                        if hit is not None:
+                            inflight[tag] = hit  # not (a usable) answer to it: keep waiting
+                        self._odd_frame(rbuf, hit, now)
                 n = sock.recv_into(rbuf) if got < 64 else 0
             # 5. retransmit what timed out
             now = time.monotonic()
@@ -532,6 +564,7 @@ class Reader:
                 late.failures += 1
                 queue.appendleft(req)
                 if (late.alive and late.failures >= cfg.path_failures
+                        and now - late.last_reply >= cfg.path_dead_time
                         and len(self.alive_paths()) > 1):
                     self._drop(late, f"{late.failures} requests unanswered")
                     for tag2, r2 in list(inflight.items()):  # resend its requests elsewhere now

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,7 +138,8 @@ class VerifyResult:
     bad_samples: int = 0
     first_bad_lba: int | None = None
     local_differs_lba: int | None = None  # export == manifest but the local file differs here
-    dropped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # paths that stopped answering
+    revived: list[str] = field(default_factory=list)  # dropped paths that answered again
     retransmits: int = 0
 
     @property
@@ -160,7 +163,8 @@ class VerifyResult:
             "mb_per_s": round(self.mb_per_s, 1), "sha256": self.sha256,
             "samples": self.samples, "bad_samples": self.bad_samples,
             "first_bad_lba": self.first_bad_lba, "local_differs_lba": self.local_differs_lba,
-            "dropped_paths": self.dropped, "retransmits": self.retransmits,
+            "dropped_paths": self.dropped, "revived_paths": self.revived,
+            "retransmits": self.retransmits,
         }
 
 
@@ -217,6 +221,7 @@ def verify(sock: AoESocket, target: Target, expected: ExpectedImage, *, mode: st
     finally:
         result.seconds = time.monotonic() - t0
         result.dropped = list(reader.stats.dropped)
+        result.revived = list(reader.stats.revived)
         result.retransmits = reader.stats.retransmits
         if local is not None:
             local.close()
@@ -225,25 +230,61 @@ def verify(sock: AoESocket, target: Target, expected: ExpectedImage, *, mode: st
     return result
 
 
+class _Checker:
+    """sha256 of the export and comparison with the local file, in order, on a second thread
+    (hashlib and file reads release the GIL, so this overlaps with the packet loop)."""
+
+    def __init__(self, local: BinaryIO | None) -> None:
+        self.h = hashlib.sha256()
+        self.local = local
+        self.first_diff: int | None = None
+        self.error: BaseException | None = None
+        self.q: queue.Queue[tuple[int, bytearray] | None] = queue.Queue(maxsize=16)
+        self.thread = threading.Thread(target=self._run, name="aoe-verify-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (item := self.q.get()) is not None:
+                lba, data = item
+                self.h.update(data)
+                if self.local is not None and self.first_diff is None:
+                    ref = self.local.read(len(data))
+                    if ref != data:
+                        self.first_diff = lba + _first_diff_sector(data, ref)
+        except BaseException as exc:  # re-raised by finish() in the caller's thread
+            self.error = exc
+            while self.q.get() is not None:  # keep draining so put() never blocks forever
+                pass
+
+    def put(self, lba: int, data: bytearray) -> None:
+        self.q.put((lba, data))
+
+    def finish(self) -> str:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.h.hexdigest()
+
+
 def _full(reader: io.Reader, sectors: int, local: BinaryIO | None, result: VerifyResult,
           progress: Progress | None) -> None:
-    h = hashlib.sha256()
     total = sectors * SECTOR
-    first_diff: int | None = None
-    for lba, data in reader.read(io.sector_extents(0, sectors, CHUNK_SECTORS)):
-        h.update(data)
-        if local is not None and first_diff is None:
-            ref = local.read(len(data))
-            if ref != data:
-                first_diff = lba + _first_diff_sector(data, ref)
-        result.bytes_read += len(data)
-        if progress:
-            progress(result.bytes_read, total)
-    result.sha256 = h.hexdigest()
+    checker = _Checker(local)
+    try:
+        for lba, data in reader.read(io.sector_extents(0, sectors, CHUNK_SECTORS)):
+            checker.put(lba, data)
+            result.bytes_read += len(data)
+            if progress:
+                progress(result.bytes_read, total)
+    finally:
+        digest = checker.finish()
+    result.sha256 = digest
     if result.sha256 != result.expected.sha256:
-        result.first_bad_lba = first_diff
-    elif first_diff is not None:
-        result.local_differs_lba = first_diff  # the export is right, the local copy is not
+        result.first_bad_lba = checker.first_diff
+    elif checker.first_diff is not None:
+        result.local_differs_lba = checker.first_diff  # the export is right, the local copy is not
 
 
 def sample_lbas(sectors: int, n: int, seed: int | None = None) -> list[int]:

@@ -37,7 +37,6 @@ MAX_PACKET_SIZE = 1472
 DEFAULT_MAX_MESSAGE = o.MIN_MAX_MESSAGE_SIZE - o.IP_UDP_HEADERS  # 548, RFC 2131 §2
 
 ZERO_IP = "0.0.0.0"
-_ZERO4 = b"\x00\x00\x00\x00"
 
 
 class DecodeError(ValueError):
@@ -313,10 +312,6 @@ def _fill(pieces: list[tuple[int, bytes]], capacity: int, next_capacity: int) ->
 _TL = struct.Struct("!BB").pack
 
 
-def _addr(value: str) -> bytes:
-    return _ZERO4 if value == ZERO_IP else socket.inet_aton(value)
-
-
 def _overload(pkt: DhcpPacket, pieces: list[tuple[int, bytes]], room: int,
               max_size: int) -> tuple[bytearray, bytes, bytes]:
     """RFC 2131 §4.1 / RFC 2132 §9.3: options that do not fit the options field go on into
@@ -365,21 +360,18 @@ def encode(pkt: DhcpPacket, *, max_size: int = DEFAULT_MAX_MESSAGE,
     codes = ordered_codes(pkt.options, requested)
     sname, bootfile = pkt.sname, pkt.file
     room = max_size - OPTIONS_OFFSET - 1  # -1: END
-    parts: list[bytes] = []
-    total = 0
+    body = bytearray()
     opts = pkt.options
     for c in codes:  # fast path: every option short, all fit in the options field
         v = opts[c]
         n = len(v)
         if n > 255:
-            total = room + 1
+            body = bytearray(room + 1)
             break
-        parts.append(_TL(c, n))
-        parts.append(v)
-        total += 2 + n
-    if total <= room:
-        body = bytearray(b"".join(parts))
-    else:
+        body.append(c)
+        body.append(n)
+        body += v
+    if len(body) > room:  # long options (RFC 3396) or overload needed
         pieces = _pieces(pkt, codes)
         total = sum(2 + len(v) for _, v in pieces)
         if total <= room:
@@ -387,9 +379,10 @@ def encode(pkt: DhcpPacket, *, max_size: int = DEFAULT_MAX_MESSAGE,
         else:
             body, sname, bootfile = _overload(pkt, pieces, room, max_size)
     body.append(o.END)
+    aton = socket.inet_aton
     head = _HEADER.pack(
         pkt.op, pkt.htype, pkt.hlen, pkt.hops, pkt.xid & 0xFFFFFFFF, pkt.secs, pkt.flags,
-        _addr(pkt.ciaddr), _addr(pkt.yiaddr), _addr(pkt.siaddr), _addr(pkt.giaddr),
+        aton(pkt.ciaddr), aton(pkt.yiaddr), aton(pkt.siaddr), aton(pkt.giaddr),
         pkt.chaddr, sname, bootfile)
     out = head + MAGIC_COOKIE + body
     if len(out) < BOOTP_MIN_SIZE:

@@ -144,13 +144,16 @@ def decode_u32(code: int, value: bytes) -> int:
     return int(struct.unpack("!I", value)[0])
 
 
+_MESSAGE_TYPES = {bytes((m.value,)): m for m in MessageType}
+
+
 def decode_message_type(value: bytes) -> MessageType:
+    mt = _MESSAGE_TYPES.get(value)
+    if mt is not None:
+        return mt
     if len(value) != 1:
         raise OptionValueError(MESSAGE_TYPE, value, f"expected 1 byte, got {len(value)}")
-    try:
-        return MessageType(value[0])
-    except ValueError:
-        raise OptionValueError(MESSAGE_TYPE, value, f"unknown message type {value[0]}") from None
+    raise OptionValueError(MESSAGE_TYPE, value, f"unknown message type {value[0]}")
 
 
 def decode_text(value: bytes) -> str:

@@ -76,6 +76,15 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 Mode = Literal["full", "proxy"]
+# Enum member access goes through a descriptor; module constants keep the hot path cheap.
+_ACK = o.MessageType.ACK
+_DECLINE = o.MessageType.DECLINE
+_DISCOVER = o.MessageType.DISCOVER
+_INFORM = o.MessageType.INFORM
+_NAK = o.MessageType.NAK
+_OFFER = o.MessageType.OFFER
+_RELEASE = o.MessageType.RELEASE
+_REQUEST = o.MessageType.REQUEST
 
 
 class DhcpConfigError(ValueError):
@@ -400,7 +409,7 @@ class DhcpServer:
     # --- building replies ---
     def _reply(self, ctx: _Ctx, mt: o.MessageType, yiaddr: str = codec.ZERO_IP) -> DhcpPacket:
         req = ctx.pkt
-        ciaddr = req.ciaddr if mt == o.MessageType.ACK else codec.ZERO_IP  # RFC 2131 table 3
+        ciaddr = req.ciaddr if mt == _ACK else codec.ZERO_IP  # RFC 2131 table 3
         r = DhcpPacket(op=codec.BOOTREPLY, xid=req.xid, chaddr=req.chaddr, htype=req.htype,
                        hlen=req.hlen, flags=req.flags, ciaddr=ciaddr, yiaddr=yiaddr,
                        giaddr=req.giaddr)
@@ -419,7 +428,7 @@ class DhcpServer:
         req = ctx.pkt
         if req.giaddr != codec.ZERO_IP:
             return (req.giaddr, self.config.server_port)
-        if mt != o.MessageType.NAK and req.ciaddr != codec.ZERO_IP:
+        if mt != _NAK and req.ciaddr != codec.ZERO_IP:
             return (req.ciaddr, self.config.client_port)
         return (BROADCAST, self.config.client_port)
 
@@ -468,42 +477,42 @@ class DhcpServer:
               via_pxe: bool = False, dest: tuple[str, int] | None = None) -> Reply:
         data = self._encode(ctx, r)
         addr = dest or self._dest(ctx, mt)
-        full_offer = mt == o.MessageType.OFFER and self.config.mode == "full"
-        log.log(logging.DEBUG if full_offer else logging.INFO,
-                "dhcp: %s from %s xid %#x%s -> %s %s to %s:%d", ctx.mt.name, ctx.mac,
-                 ctx.pkt.xid, f" via {ctx.pkt.giaddr}" if ctx.pkt.giaddr != codec.ZERO_IP else "",
-                 mt.name, what, addr[0], addr[1])
+        full_offer = mt == _OFFER and self.config.mode == "full"
+        if log.isEnabledFor(logging.DEBUG if full_offer else logging.INFO):
+            via = f" via {ctx.pkt.giaddr}" if ctx.pkt.giaddr != codec.ZERO_IP else ""
+            log.log(logging.DEBUG if full_offer else logging.INFO,
+                    "dhcp: %s from %s xid %#x%s -> %s %s to %s:%d", ctx.mt.name, ctx.mac,
+                    ctx.pkt.xid, via, mt.name, what, addr[0], addr[1])
         return Reply(data, addr, via_pxe)
 
     # --- proxy mode ---
     def _proxy(self, ctx: _Ctx) -> Reply | None:
-        mt = ctx.mt
-        if mt == o.MessageType.DISCOVER:
-            kind = o.MessageType.OFFER
-        elif mt == o.MessageType.REQUEST and ctx.pkt.options.get(o.SERVER_ID) == self._server_id:
-            kind = o.MessageType.ACK
-        else:
-            return self._ignore(ctx.pkt, f"{mt.name} in proxy mode")
+        """ProxyDHCP on port 67 answers DISCOVERs only (PXE 2.1 §2.2.4); the client's REQUEST
+        on 67 belongs to the real DHCP server (which may even share this host's address), and a
+        PXE client that wants more from the proxy asks on port 4011."""
+        if ctx.mt != _DISCOVER:
+            return self._ignore(ctx.pkt, f"{ctx.mt.name} on port {self.config.server_port}"
+                                " in proxy mode")
         if not o.is_pxe_vendor_class(ctx.machine.vendor_class):
             return self._ignore(ctx.pkt, "not a PXE client (option 60)")
-        r = self._reply(ctx, kind)
+        r = self._reply(ctx, _OFFER)
         bf = self._boot(ctx, r)
         if bf is None:
             return self._ignore(ctx.pkt, "policy has no boot file", logging.INFO)
-        return self._send(ctx, r, kind, f"boot {bf.filename}")
+        return self._send(ctx, r, _OFFER, f"boot {bf.filename}")
 
     def _pxe_port(self, ctx: _Ctx, src: tuple[str, int]) -> Reply | None:
         """PXE 2.1 §2.2.5 boot server request on port 4011 (also iPXE's ProxyDHCP REQUEST)."""
-        if ctx.mt not in (o.MessageType.REQUEST, o.MessageType.INFORM):
+        if ctx.mt not in (_REQUEST, _INFORM):
             return self._ignore(ctx.pkt, f"{ctx.mt.name} on port {self.config.pxe_port}")
         if not ctx.pxe:
             return self._ignore(ctx.pkt, "not a PXE client (option 60)")
-        r = self._reply(ctx, o.MessageType.ACK)
+        r = self._reply(ctx, _ACK)
         bf = self._boot(ctx, r)
         if bf is None:
             return self._ignore(ctx.pkt, "policy has no boot file", logging.INFO)
-        dest = src if src[0] != codec.ZERO_IP else self._dest(ctx, o.MessageType.ACK)
-        return self._send(ctx, r, o.MessageType.ACK, f"boot {bf.filename}", via_pxe=True,
+        dest = src if src[0] != codec.ZERO_IP else self._dest(ctx, _ACK)
+        return self._send(ctx, r, _ACK, f"boot {bf.filename}", via_pxe=True,
                           dest=dest)
 
     # --- full mode ---
@@ -605,11 +614,11 @@ class DhcpServer:
 
     def _nak(self, ctx: _Ctx, why: str) -> Reply:
         self._seen(ctx)
-        r = self._reply(ctx, o.MessageType.NAK)
+        r = self._reply(ctx, _NAK)
         r.options[o.MESSAGE] = why.encode()
         if ctx.pkt.giaddr != codec.ZERO_IP:
             r.flags |= codec.FLAG_BROADCAST  # RFC 2131 §4.3.2: relay must broadcast the NAK
-        return self._send(ctx, r, o.MessageType.NAK, why)
+        return self._send(ctx, r, _NAK, why)
 
     def _full(self, ctx: _Ctx) -> Reply | None:
         pkt, mt = ctx.pkt, ctx.mt
@@ -617,22 +626,22 @@ class DhcpServer:
         if pool is None:
             where = f"relay {pkt.giaddr}" if pkt.giaddr != codec.ZERO_IP else "this link"
             return self._ignore(pkt, f"no pool for {where}", logging.WARNING)
-        if mt == o.MessageType.DISCOVER:
+        if mt == _DISCOVER:
             return self._discover(ctx, pool)
-        if mt == o.MessageType.REQUEST:
+        if mt == _REQUEST:
             return self._request(ctx, pool)
-        if mt == o.MessageType.INFORM:
-            r = self._reply(ctx, o.MessageType.ACK)
+        if mt == _INFORM:
+            r = self._reply(ctx, _ACK)
             self._net_options(r, pool, None, None)
             self._boot(ctx, r)
-            return self._send(ctx, r, o.MessageType.ACK, f"(inform {pkt.ciaddr})")
-        if mt == o.MessageType.RELEASE:
+            return self._send(ctx, r, _ACK, f"(inform {pkt.ciaddr})")
+        if mt == _RELEASE:
             if self.leases.release(ctx.mac, pkt.ciaddr):
                 log.info("dhcp: RELEASE from %s: %s released", ctx.mac, pkt.ciaddr)
             else:
                 self._ignore(pkt, f"RELEASE of {pkt.ciaddr}, not its lease", logging.INFO)
             return None
-        if mt == o.MessageType.DECLINE:
+        if mt == _DECLINE:
             ip = pkt.ip_option(o.REQUESTED_IP) if len(
                 pkt.options.get(o.REQUESTED_IP, b"")) == 4 else None
             if ip is None or not pool.contains(ip):
@@ -651,12 +660,12 @@ class DhcpServer:
                                 logging.WARNING)
         ip, hostname = choice
         self.leases.offer(ctx.mac, ip)
-        r = self._reply(ctx, o.MessageType.OFFER, ip)
+        r = self._reply(ctx, _OFFER, ip)
         ctx.machine = Machine(ctx.mac, ctx.machine.arch, ctx.machine.user_class,
                               ctx.machine.vendor_class, ip)
         self._net_options(r, pool, hostname, self._lease_time(pool))
         bf = self._boot(ctx, r)
-        return self._send(ctx, r, o.MessageType.OFFER, ip + (f" boot {bf.filename}" if bf else ""))
+        return self._send(ctx, r, _OFFER, ip + (f" boot {bf.filename}" if bf else ""))
 
     def _request(self, ctx: _Ctx, pool: Pool) -> Reply | None:
         """RFC 2131 §4.3.2: SELECTING, INIT-REBOOT, RENEWING/REBINDING."""
@@ -686,12 +695,12 @@ class DhcpServer:
             return self._nak(ctx, f"{ip} is not available to {ctx.mac}")
         lease_time = self._lease_time(pool)
         self.leases.bind(ctx.mac, ip, lease_time, hostname)  # journal fsync'ed before the ACK
-        r = self._reply(ctx, o.MessageType.ACK, ip)
+        r = self._reply(ctx, _ACK, ip)
         ctx.machine = Machine(ctx.mac, ctx.machine.arch, ctx.machine.user_class,
                               ctx.machine.vendor_class, ip)
         self._net_options(r, pool, hostname, lease_time)
         bf = self._boot(ctx, r)
-        reply = self._send(ctx, r, o.MessageType.ACK, ip + (f" boot {bf.filename}" if bf else ""))
+        reply = self._send(ctx, r, _ACK, ip + (f" boot {bf.filename}" if bf else ""))
         return dataclasses.replace(reply, durable=True)
 
 

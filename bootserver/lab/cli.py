@@ -66,7 +66,7 @@ def lab() -> None:
 @click.option("--no-build", is_flag=True, help="Do not run `hcbuild image --all` first.")
 @click.option("--timeout", default=1800, show_default=True, type=click.IntRange(10),
               help="Seconds to wait for every node to be ready.")
-@click.option("--disk-size", default="4G", show_default=True,
+@click.option("--disk-size", default="8G", show_default=True,
               help="Size of each storage-node disk (raw, sparse).")
 @click.option("--network", default=DEFAULT_NET, show_default=True,
               help="Server address and prefix on the lab bridge (a documentation range).")
@@ -80,8 +80,12 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
         raise click.BadParameter(str(exc), param_hint="--disk-size") from None
     lb = Lab(_lab_dir(ctx, lab_dir), _images(ctx, images), say=click.echo)
     try:
-        rows = _run(lambda: lb.up(snodes=snodes, hnodes=hnodes, build=not no_build,
-                                  timeout=timeout, disk_size=size, network=network))
+        rows = lb.up(snodes=snodes, hnodes=hnodes, build=not no_build, timeout=timeout,
+                     disk_size=size, network=network)
+    except HcbootError as exc:
+        hint = ("" if "lab down` first" in str(exc) else
+                "\n(whatever the lab started stays until `hcboot lab down`)")
+        raise click.ClickException(f"{exc}{hint}") from None
     except KeyboardInterrupt:
         click.echo("\ninterrupted: the lab is left as it is; `hcboot lab down` removes it",
                    err=True)

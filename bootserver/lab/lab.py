@@ -257,7 +257,7 @@ class Lab:
 
     # ------------------------------------------------------------------ up
     def up(self, snodes: int = 2, hnodes: int = 1, build: bool = True, timeout: float = 1800,
-           disk_size: int = 4 << 30, network: str = DEFAULT_NET) -> list[NodeStatus]:
+           disk_size: int = 8 << 30, network: str = DEFAULT_NET) -> list[NodeStatus]:
         self._t0 = time.monotonic()
         self._preflight()
         if self.images is None:
@@ -274,8 +274,12 @@ class Lab:
                         "phase": "creating", "server": None, "nodes": []}
             self._reset_dirs()
             self.save()
-            if build:
-                self.build(["snode", "hnode"])
+        if build:  # not under the lock: `lab down` may stop a long build
+            self.build(["snode", "hnode"])
+        with self._lock():
+            self.load()
+            if self.doc.get("phase") != "creating":
+                raise LabError(f"{self.path} changed during the build (lab down?): stopping")
             self._check_images(["snode", "hnode"])
             self._create_network()
             self._write_inventory(snodes, hnodes)
@@ -290,6 +294,9 @@ class Lab:
         deadline = time.monotonic() + timeout
         self.follow(snames, deadline)
         with self._lock():
+            self.load()
+            if self.doc.get("phase") == "down":
+                raise LabError("the lab was taken down while it booted")
             for i in range(1, hnodes + 1):
                 mem = HNODE_MEMORY_SHARED if shared else MEMORY["hnode"]
                 self._start_node("hnode", i, memory=mem)
@@ -433,6 +440,11 @@ class Lab:
                 rep = reports.get(n["mac"])
                 state = combine(cs, n["role"], rep, self._vm_running(n))
                 since = n.get("assigned") or n.get("started") or time.time()
+                for step in cs.drain()[:-1]:  # states passed within one poll
+                    if step != shown.get(name) and step != state:
+                        shown[name] = step
+                        self.say(f"{self._elapsed()} {name:8} {step:13} "
+                                 f"(+{max(0.0, time.time() - since):.1f}s)")
                 if state != shown.get(name):
                     shown[name] = state
                     detail = f": {cs.detail[:100]}" if state == "failed" else ""

@@ -17,14 +17,15 @@ Console lines (the serial log, SeaBIOS/iPXE included thanks to ``-device sga``):
 
 Reports (``POST /report/<mac>``): ``exports-ready``, ``dom0-up``, ``ready``.
 
-The state is that of the *last* console line that matches (a reboot starts over at pxe), raised
-to the reported final state when a report says so.  Each role has one final ("done") state.
+Within one boot the state only moves forward (a later ``hc:`` line does not take a node back from
+root mounted to initramfs); an iPXE banner after a later state is a new boot and starts over at
+pxe.  A report of the role's final state wins.  Each role has one final ("done") state.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STATES = ("off", "starting", "pxe", "unassigned", "loading", "xen", "kernel", "initramfs",
           "root mounted", "userland", "ready", "exports ready", "dom0 up", "failed")
@@ -37,7 +38,7 @@ REPORTED = {"exports-ready": "exports ready", "dom0-up": "dom0 up", "ready": "re
 _P = r"^[\r\s]*(?:\(d\d+\)\s*)?"  # optional leading CRs and Xen's "(d0) " guest prefix
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (state, re.compile(rx, re.MULTILINE)) for state, rx in (
-        ("pxe", r"iPXE \(|iPXE initialising|PXE ROM|Booting from ROM"),
+        ("pxe", r"iPXE \(|iPXE initialising|Booting from ROM"),
         ("unassigned", r"No filename or root path|has no role yet|No bootable device"),
         ("loading", _P + r"homecloud: \S+ boots "),
         ("xen", r"Xen version \d"),
@@ -56,29 +57,47 @@ def final_state(role: str | None) -> str:
     return FINAL.get(role or "", DEFAULT_FINAL)
 
 
+RANK = {s: i for i, s in enumerate(STATES)}
+
+
 @dataclass
 class ConsoleState:
     state: str = "starting"
     detail: str = ""            # the line that set it (failed: the error)
     final_seen: bool = False    # the role's final state appeared at least once
+    changes: list[str] = field(default_factory=list)  # states entered, in order (drained)
+
+    def apply(self, state: str, detail: str, role: str | None) -> None:
+        """One console event.  Within a boot the state only moves forward; ``pxe`` after a
+        later state is a new boot (reboot); ``failed`` always applies."""
+        if state == final_state(role):
+            self.final_seen = True
+        cur = RANK.get(self.state, 0)
+        if state == "failed" or (state == "pxe" and cur > RANK["unassigned"]) \
+                or RANK[state] > cur or (self.state == "failed" and state != "failed"):
+            if state != self.state:
+                self.changes.append(state)
+            self.state, self.detail = state, detail
+
+    def drain(self) -> list[str]:
+        out, self.changes = self.changes, []
+        return out
+
+
+def events(text: str) -> list[tuple[int, str, str]]:
+    """(position, state, line) of every matching console line, in order."""
+    out: list[tuple[int, str, str]] = []
+    for state, rx in PATTERNS:
+        out.extend((m.start(), state, m.group(0).strip()) for m in rx.finditer(text))
+    out.sort()
+    return out
 
 
 def scan(text: str, role: str | None, start: ConsoleState | None = None) -> ConsoleState:
     """The state after ``text`` (a whole log, or what was appended since ``start``)."""
     st = start or ConsoleState()
-    best_pos = -1
-    best: tuple[str, str] | None = None
-    for state, rx in PATTERNS:
-        last = None
-        for last in rx.finditer(text):  # noqa: B007 - we want the last match
-            pass
-        if last is not None and last.start() > best_pos:
-            best_pos = last.start()
-            best = (state, last.group(0).strip())
-        if last is not None and state == final_state(role):
-            st.final_seen = True
-    if best is not None:
-        st.state, st.detail = best
+    for _, state, line in events(text):
+        st.apply(state, line, role)
     return st
 
 

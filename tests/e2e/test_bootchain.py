@@ -162,10 +162,15 @@ def _root_archives(tmp_path: Path, marker: str) -> dict[str, Path]:
     cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"], cwd=src,
                           input=listing, check=True, capture_output=True).stdout
     (www / "root.cpio.gz").write_bytes(gzip.compress(cpio))
-    return {"squashfs": www / "root.squashfs", "cpio.gz": www / "root.cpio.gz"}
+    # no suffix: the init must detect "xz-compressed tar" from the content
+    subprocess.run(["tar", "-C", str(src), "-cJf", str(www / "root-tar"), "."], check=True,
+                   capture_output=True)
+    return {"squashfs": www / "root.squashfs", "cpio.gz": www / "root.cpio.gz",
+            "tar.xz": www / "root-tar"}
 
 
-@pytest.mark.parametrize(("kind", "ip"), [("squashfs", "dhcp"), ("cpio.gz", "static")])
+@pytest.mark.parametrize(("kind", "ip"), [("squashfs", "dhcp"), ("cpio.gz", "static"),
+                                          ("tar.xz", "static")])
 def test_ram_root_over_http(kernel: KernelTree, net_lab: Lab, tmp_path: Path, kind: str,
                             ip: str) -> None:
     archives = _root_archives(tmp_path, "HC-E2E-RAM-ROOT")
@@ -197,4 +202,67 @@ def test_ram_root_over_http(kernel: KernelTree, net_lab: Lab, tmp_path: Path, ki
         vm.wait_for(r"root: writable", timeout=30)
         vm.wait_for(line_re("HC-E2E-RAM-ROOT"), timeout=30)
         _report(f"ram-root ({kind}, {ip})", vm, "root marker")
+        vm.wait_exit(30)
+
+
+def test_aoe_root_picks_bootif_interface(kernel: KernelTree, net_lab: Lab,
+                                         tmp_path: Path) -> None:
+    """Two NICs; the AoE target is behind the second: BOOTIF= (as pxelinux/iPXE pass it) must
+    select it instead of the first ethernet interface."""
+    img = tmp_path / "export.img"
+    shutil.copyfile(artifacts.marker_root_image("HC-E2E-ROOT-AOE"), img)
+    ns, tap = _aoe_setup(net_lab, tmp_path, img)
+    h = next(n for n in net_lab.namespaces if n.name == ns)
+    dead = net_lab.tap(h, net_lab.bridge(h, "br1"))  # nothing behind this one
+    mac = "52:54:00:c0:00:02"
+    cfg = VmConfig(kernel=kernel.vmlinuz, initrd=artifacts.aoe_root_initramfs(),
+                   append=f"{CONSOLE} hc.aoe=e1.0 hc.aoe_wait=20 "
+                          f"BOOTIF=01-{mac.replace(':', '-')}",
+                   nics=[Nic("virtio", tap=dead, mac="52:54:00:c0:00:01", romfile=""),
+                         Nic("virtio", tap=tap, mac=mac, romfile="")], netns=ns)
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"hc: .*aoe on eth1 ", timeout=120)
+        vm.wait_for(line_re("HC-E2E-ROOT-AOE"), timeout=60)
+        _report("aoe-root, BOOTIF selects eth1", vm, "root marker")
+        vm.wait_exit(30)
+
+
+def test_xen_dom0_aoe_root_over_vblade(kernel: KernelTree, net_lab: Lab,
+                                       tmp_path: Path) -> None:
+    """The hnode chain without PXE: Xen -> dom0 kernel -> aoe-root initramfs -> AoE root."""
+    img = tmp_path / "export.img"
+    shutil.copyfile(artifacts.marker_root_image("HC-E2E-XEN-AOE"), img)
+    ns, tap = _aoe_setup(net_lab, tmp_path, img)
+    spec = artifacts.xen_spec()
+    initrd = multiboot_initrd([
+        (kernel.vmlinuz, f"{spec.dom0_cmdline} panic=-1 hc.aoe=e1.0 hc.aoe_wait=30"),
+        (artifacts.aoe_root_initramfs(), ""),
+    ])
+    cfg = VmConfig(memory_mb=1024, kernel=artifacts.xen().xen_elf, initrd=initrd,
+                   append=spec.cmdline, netns=ns,
+                   nics=[Nic("e1000", tap=tap, mac="52:54:00:c0:00:03", romfile="")])
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"hc: .*found /dev/etherd/e1\.0", timeout=180)
+        root = vm.wait_for(r"root: / is (.*)", timeout=60)
+        assert "overlay" in root.group(1)
+        vm.wait_for(line_re("HC-E2E-XEN-AOE"), timeout=60)
+        _report("xen+dom0 aoe-root (e1000) over vblade", vm, "root marker")
+        vm.wait_exit(60)
+
+
+def test_rescue_shell_on_error(kernel: KernelTree, tmp_path: Path) -> None:
+    """hc.rescue=1: the HC-ERROR line, then a shell on the console; exiting it powers off."""
+    cfg = VmConfig(kernel=kernel.vmlinuz, initrd=artifacts.aoe_root_initramfs(),
+                   append=f"{CONSOLE} hc.root=/dev/nonexistent hc.root_wait=1 hc.rescue=1",
+                   serial="socket")
+    with Vm(cfg, tmp_path) as vm:
+        vm.start()
+        vm.wait_for(r"HC-ERROR: root /dev/nonexistent not found after 1s", timeout=120,
+                    fail=None)
+        vm.wait_for(r"hc: rescue shell", timeout=30)
+        vm.send("echo TYPED-$((6*7))\n")
+        vm.wait_for(r"^TYPED-42", timeout=30)
+        vm.send("exit\n")
         vm.wait_exit(30)

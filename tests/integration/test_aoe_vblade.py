@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -339,3 +341,55 @@ def test_read_past_the_end_is_an_ata_error_naming_the_lba(
         with pytest.raises(F.ATACommandError, match=f"LBA {SECTORS}") as ei:
             list(io.Reader(sock, T, paths).read([(SECTORS, 1)]))
         assert ei.value.mac == net.mac_s1 and ei.value.status & F.ATA_STATUS_ERR
+
+
+def test_jumbo_frames_carry_17_sectors_per_request(image: Path, store: Path) -> None:
+    """MTU 9000 on a direct veth: vblade offers 17 sectors per request and verify uses them."""
+    with Lab() as lab:
+        c, s = lab.netns("jc"), lab.netns("js")
+        lab.veth(c, "c0", s, "eth0")
+        c.run("ip", "link", "set", "c0", "mtu", "9000")
+        s.run("ip", "link", "set", "eth0", "mtu", "9000")
+        lab.popen(["vblade", "-r", "1", "2", "eth0", str(image)], ns=s)
+        with AoESocket("c0", netns=c.name) as sock:
+            assert sock.mtu == 9000 and sock.max_sectors == 17
+            wait_paths(sock, 1)
+            paths = discover(sock, T)
+            assert paths[0].max_sectors == 17
+            assert io.Reader(sock, T, paths).max_sectors == 17
+            res = verify(sock, T, expected_from_role(store, "hnode", "rootfs"), paths=paths)
+        assert res.ok and res.bytes_read == IMAGE_MIB << 20
+
+
+def test_a_stalled_path_is_dropped_and_used_again_when_it_answers(
+        net: Net, vblades: StartVblade, image: Path, store: Path, tmp_path: Path) -> None:
+    """vblade on s2 is stopped (SIGSTOP) early in the read: its path is dropped; it is continued
+    (SIGCONT) the moment that happens, answers the requests it had queued, and is revived."""
+    vblades(net.s1, copy(image, tmp_path / "a.img"))
+    stalled = vblades(net.s2, copy(image, tmp_path / "b.img"))
+    events: list[str] = []
+
+    class OnDrop(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            events.append(msg)
+            if "dropping path" in msg:
+                os.kill(stalled.pid, signal.SIGCONT)
+
+    def stop_early(done: int, total: int) -> None:
+        if not events and done == 1 << 20:
+            events.append("stopped")
+            os.kill(stalled.pid, signal.SIGSTOP)
+
+    handler = OnDrop()
+    logging.getLogger("bootserver.aoe").addHandler(handler)
+    try:
+        with client(net) as sock:
+            wait_paths(sock, 2)
+            res = verify(sock, T, expected_from_role(store, "hnode", "rootfs"),
+                         config=ReaderConfig(path_dead_time=0.3), progress=stop_early)
+    finally:
+        logging.getLogger("bootserver.aoe").removeHandler(handler)
+        os.kill(stalled.pid, signal.SIGCONT)
+    assert res.ok
+    assert res.dropped == [net.mac_s2] and res.revived == [net.mac_s2], events

@@ -182,7 +182,7 @@ def test_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_toggle_profile(data: Path, mode: str) -> None:
     (data / "profiles" / "toggle.yaml").write_text(
         "description: test-only role\nelements: [hc-test-toggle]\nkernel: debian-6.1\n"
-        "artifacts: [kernel, initrd, rootfs]\nroot: disk\n"
+        "artifacts: [kernel, rootfs]\nroot: disk\n"
         f"rootfs: {{free_mb: 16}}\nenv: {{HC_TEST_MODE: {mode}}}\n"
     )
 

@@ -151,7 +151,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     loops)
             e.set_exports(E10)
             plan_url = f"http://{SERVER}/plan/{mac_sn}.txt"
-            e.wait(lambda: "\ne1.0 1 0 ro image" in sn.run("curl", "-sf", plan_url, check=False).stdout,
+            e.wait(lambda: "\ne1.0 1 0 ro image" in sn.run("curl", "-sf", plan_url,
+                                                             check=False).stdout,
                    "the export in the served plan")
             yield e
             e.stop_agent()

@@ -15,7 +15,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -157,7 +156,6 @@ class Vm:
     started_at: float = field(default=0.0, init=False)
     _sock_path: Path | None = field(default=None, init=False)
     _sock: socket.socket | None = field(default=None, init=False)
-    _reader: threading.Thread | None = field(default=None, init=False)
     _pos: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -170,7 +168,9 @@ class Vm:
     def argv(self) -> list[str]:
         if self.cfg.serial == "socket":
             self._sock_path = self.workdir / f"{self.cfg.name}.serial.sock"
-            target = f"socket,id=s0,path={self._sock_path},server=on,wait=on"
+            # QEMU itself logs everything to the file; the socket is only for typing (send()).
+            target = (f"socket,id=s0,path={self._sock_path},server=on,wait=off,"
+                      f"logfile={self.log_path},logappend=on")
         else:
             target = f"file,id=s0,path={self.log_path}"
         return build_argv(self.cfg, target)
@@ -196,12 +196,13 @@ class Vm:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         err.close()
-        if self.cfg.serial == "socket":
-            self._connect_serial()
         return self
 
-    def _connect_serial(self) -> None:
-        assert self._sock_path is not None
+    def _connect_serial(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        if self._sock_path is None:
+            raise QemuError("send() needs serial='socket'")
         deadline = time.monotonic() + 10
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         while True:
@@ -215,27 +216,11 @@ class Vm:
                                     self.qemu_stderr()) from None
                 time.sleep(0.05)
         self._sock = s
-
-        def pump() -> None:
-            with open(self.log_path, "ab") as log:
-                while True:
-                    try:
-                        data = s.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    log.write(data)
-                    log.flush()
-
-        self._reader = threading.Thread(target=pump, name=f"{self.cfg.name}-serial", daemon=True)
-        self._reader.start()
+        return s
 
     def send(self, text: str) -> None:
         """Type ``text`` on the serial console (serial="socket" only)."""
-        if self._sock is None:
-            raise QemuError("send() needs serial='socket'")
-        self._sock.sendall(text.encode())
+        self._connect_serial().sendall(text.encode())
 
     def output(self) -> str:
         try:
@@ -275,7 +260,6 @@ class Vm:
                     raise QemuError(f"failure line before {rx.pattern!r}: {f.group(0)!r}",
                                     self.log_path, self.tail())
             if self.proc is not None and self.proc.poll() is not None:
-                time.sleep(0.2)  # let the socket pump drain
                 text = self.output()
                 m = rx.search(text, self._pos)
                 if m:
@@ -315,6 +299,3 @@ class Vm:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
-        if self._reader is not None:
-            self._reader.join(2)
-            self._reader = None

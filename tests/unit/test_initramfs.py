@@ -56,11 +56,6 @@ def kernel_tree(tmp_path: Path) -> KernelTree:
     (mods / "modules.dep").write_text(MODULES_DEP)
     (mods / "modules.builtin").write_text(
         "kernel/net/packet/af_packet.ko\nkernel/net/unix/unix.ko\n")
-    (mods / "modules.alias").write_text(
-        "alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e\n"
-        "alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000e\n"
-        "alias virtio:d00000001v* virtio_net\n"
-        "alias fs-overlay overlay\n")
     vmlinuz = tmp_path / "root/boot" / f"vmlinuz-{VERSION}"
     vmlinuz.parent.mkdir(parents=True)
     vmlinuz.write_bytes(b"kernel")
@@ -240,20 +235,6 @@ def test_build_contents(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) 
     dep = e[f"lib/modules/{VERSION}/modules.dep"].data.decode()
     assert "kernel/fs/ext4/ext4.ko: " in dep
     assert e["etc/motd"].data == b"hi\n" and e["usr/bin/tool"].mode == 0o755
-
-
-def test_pci_drivers_are_flagged(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) -> None:
-    res = build_initramfs(tmp_path / "i.img", mode="aoe-root", kernel=kernel_tree,
-                          modules=["e1000e", "virtio_net", "overlay"], busybox=busybox,
-                          compression="none")
-    e = _entries(res.path)
-    kinds = {ln.split()[0]: ln.split()[2:] for ln in
-             e["etc/hc/modules"].data.decode().splitlines()}
-    assert kinds["e1000e"] == ["pci"]  # loaded by /init only if a device matches
-    assert kinds["virtio_net"] == [] and kinds["overlay"] == []
-    aliases = e["etc/hc/pci/e1000e"].data.decode().splitlines()
-    assert aliases == ["pci:v00008086d000010D3sv*sd*bc*sc*i*", "pci:v00008086d0000100Esv*sd*bc*sc*i*"]
-    assert "etc/hc/pci/virtio_net" not in e
 
 
 def test_build_is_deterministic(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) -> None:

@@ -197,3 +197,24 @@ def test_resolve_metapackage_dependency(monkeypatch: pytest.MonkeyPatch) -> None
         "linux-image-6.1.0-56-amd64", "6.1.192-2")
     with pytest.raises(KernelError, match="no dependency matches"):
         K._resolve_package("linux-image-amd64", "linux-image-5.*", None)
+
+
+def test_fetch_kernel_uses_complete_cache_entry_without_apt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # apt-cache replaced by a failing stub: simulates a host without apt lists (offline).
+    def no_apt(pkg: str, version: str | None = None) -> dict[str, str]:
+        raise FetchError(["apt-cache", "show", pkg], 100, "E: No packages found")
+
+    monkeypatch.setattr(K, "_apt_show", no_apt)
+    spec = load_kernel_spec("debian-6.1")
+    with pytest.raises(FetchError, match="apt-cache"):
+        K.fetch_kernel(spec, tmp_path)
+    for ver, pkg in (("6.1.100-1", "linux-image-6.1.0-30-amd64"),
+                     ("6.1.192-2", "linux-image-6.1.0-56-amd64")):
+        entry = tmp_path / "kernel" / f"{pkg}_{ver}"
+        fake_root(entry / "root", pkg.removeprefix("linux-image-"))
+        (entry / K.STAMP).write_text(f"{pkg}={ver}\n")
+    (tmp_path / "kernel/linux-image-6.1.0-99-amd64_6.1.999-1").mkdir()  # incomplete: ignored
+    t = K.fetch_kernel(spec, tmp_path)
+    assert (t.package, t.package_version, t.version) == (
+        "linux-image-6.1.0-56-amd64", "6.1.192-2", "6.1.0-56-amd64")
