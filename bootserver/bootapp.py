@@ -7,6 +7,7 @@ Routes (HTTP):
     GET  /plan/<mac>.json|.txt              a storage node's export plan (txt: for shell agents)
     POST /report/<mac>                      a node reports its state (JSON {"state": ...})
     GET  /nodes.json                        assigned nodes, seen machines and reports
+    GET  /firststage/<name>                 first-stage binary (ipxe.efi for UEFI HTTP boot)
     GET  /healthz                           "ok"
 TFTP (dynamic names, tried before the TFTP root):
     pxelinux.cfg/01-<mac>                   rendered pxelinux config (unassigned: not found)
@@ -23,6 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from bootserver.exports import plan_for, plan_text
+from bootserver.firststage import SOURCES
 from bootserver.http import Response
 from bootserver.machine import BadMac, Machine, normalize_mac
 from bootserver.policy import Policy, RenderError
@@ -34,6 +36,7 @@ log = logging.getLogger("hcboot.app")
 
 _BOOT = re.compile(r"^/boot/([^/]+)\.(ipxe|pxelinux)$")
 _IMAGE = re.compile(r"^/?images/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)$")
+_FIRST = re.compile(r"^/firststage/([A-Za-z0-9._-]+)$")
 _PLAN = re.compile(r"^/plan/([^/]+)\.(json|txt)$")
 _REPORT = re.compile(r"^/report/([^/]+)$")
 _PXECFG = re.compile(r"^/?pxelinux\.cfg/01-([0-9a-fA-F-]{17})$")
@@ -96,6 +99,11 @@ class BootApp:
             except RenderError as exc:
                 log.error("%s: cannot render boot script: %s", mac, exc)
                 return _text(f"#!ipxe\necho homecloud: {exc}\nsleep 30\nreboot\n", status=500)
+        m = _FIRST.match(path)
+        if m and m.group(1) in SOURCES:
+            first = self.state_dir / "tftp" / m.group(1)
+            return Response(status=200, content_type="application/efi", file=first) \
+                if first.is_file() else None
         m = _IMAGE.match(path)
         if m:
             f = self.artifact(*m.groups())

@@ -8,7 +8,8 @@ Decision table for DHCP (``boot_file``):
     user class "iPXE"                     -> http://SERVER:PORT/boot/<mac>.ipxe
     arch 0 (BIOS) / absent                -> undionly.kpxe
     arch 6 (EFI IA32)                     -> None (no 32-bit EFI iPXE in Debian's package)
-    arch 7, 9 (EFI x64), 16 (x64 HTTP)    -> ipxe.efi (or snponly.efi, --efi-binary)
+    arch 7, 9 (EFI x64)                   -> ipxe.efi (or snponly.efi, --efi-binary)
+    arch 16 (EFI x64 HTTP boot)           -> http://SERVER:PORT/firststage/ipxe.efi
     anything else (ARM, ...)              -> None, logged
 """
 
@@ -38,7 +39,7 @@ log = logging.getLogger("hcboot.policy")
 FIRST_STAGE_BIOS = "undionly.kpxe"
 FIRST_STAGE_PXELINUX = "pxelinux.0"
 EFI_BINARIES = ("ipxe.efi", "snponly.efi")
-_EFI_X64 = (ARCH_EFI_BC, ARCH_EFI_X64, ARCH_EFI_X64_HTTP)
+_EFI_X64 = (ARCH_EFI_BC, ARCH_EFI_X64)
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -149,6 +150,8 @@ class Policy:
             return BootFile(f"{self.http_base}/boot/{machine.mac}.ipxe", role)
         if arch == ARCH_BIOS:
             return BootFile(FIRST_STAGE_BIOS, role)
+        if arch == ARCH_EFI_X64_HTTP:  # UEFI HTTP boot: a URL, fetched by the firmware itself
+            return BootFile(f"{self.http_base}/firststage/{self.config.efi_binary}", role)
         if arch in _EFI_X64:
             if r.loader == "pxelinux":
                 log.info("%s: pxelinux is BIOS-only; EFI client gets %s", machine.mac,

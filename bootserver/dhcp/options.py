@@ -206,6 +206,15 @@ def is_pxe_vendor_class(vendor_class: str | None) -> bool:
     return vendor_class is not None and vendor_class.startswith(PXE_VENDOR_CLASS)
 
 
+# UEFI 2.x §24.7 HTTP Boot: "HTTPClient:Arch:00016:UNDI:003001"; the reply carries option 60
+# "HTTPClient" and a full URL as the boot file.
+HTTP_VENDOR_CLASS = "HTTPClient"
+
+
+def is_http_vendor_class(vendor_class: str | None) -> bool:
+    return vendor_class is not None and vendor_class.startswith(HTTP_VENDOR_CLASS)
+
+
 def client_max_message_size(value: bytes | None) -> int:
     """The largest DHCP message (UDP payload) a client accepts, from option 57.
 

@@ -388,7 +388,8 @@ class DhcpServer:
         classes = pkt.user_classes
         user = "iPXE" if "iPXE" in classes else (classes[0] if classes else None)
         arch = pkt.client_arch
-        pxe = o.is_pxe_vendor_class(vendor) or user == "iPXE"
+        pxe = (o.is_pxe_vendor_class(vendor) or o.is_http_vendor_class(vendor)
+               or user == "iPXE")
         ip = None if pkt.ciaddr == codec.ZERO_IP else pkt.ciaddr
         machine = Machine(mac=mac, arch=arch, user_class=user, vendor_class=vendor, ip=ip)
         prl = pkt.options.get(o.PARAMETER_REQUEST_LIST, b"")
@@ -441,7 +442,8 @@ class DhcpServer:
         if bf is None:
             return None
         r.siaddr, r.file, opts = self._boot_fields(
-            bf, o.is_pxe_vendor_class(ctx.machine.vendor_class))
+            bf, o.is_pxe_vendor_class(ctx.machine.vendor_class),
+            o.is_http_vendor_class(ctx.machine.vendor_class))
         r.options.update(opts)
         guid = ctx.pkt.options.get(o.CLIENT_MACHINE_ID)
         if guid is not None:  # PXE 2.1: replies carry the client's UUID back
@@ -458,7 +460,8 @@ class DhcpServer:
             log.exception("dhcp: policy.record_seen failed for %s", ctx.mac)
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 (BootFile is frozen; the server lives long)
-    def _boot_fields(self, bf: BootFile, pxe_rom: bool) -> tuple[str, bytes, dict[int, bytes]]:
+    def _boot_fields(self, bf: BootFile, pxe_rom: bool,
+                     http_client: bool = False) -> tuple[str, bytes, dict[int, bytes]]:
         """(siaddr, file field, options) for a boot file."""
         next_server = bf.tftp_server or self.config.server_ip
         try:
@@ -471,6 +474,8 @@ class DhcpServer:
                 o.BOOTFILE_NAME: name}
         if pxe_rom:  # PXE 2.1 §2.4: take the boot file from this offer, no boot server discovery
             opts[o.VENDOR_SPECIFIC] = o.pxe_vendor_options()
+        if http_client:  # UEFI HTTP Boot: the client only takes offers that say HTTPClient
+            opts[o.VENDOR_CLASS] = o.HTTP_VENDOR_CLASS.encode()
         return siaddr, name if len(name) < codec.FILE_SIZE else b"", opts
 
     def _send(self, ctx: _Ctx, r: DhcpPacket, mt: o.MessageType, what: str,
@@ -493,8 +498,9 @@ class DhcpServer:
         if ctx.mt != _DISCOVER:
             return self._ignore(ctx.pkt, f"{ctx.mt.name} on port {self.config.server_port}"
                                 " in proxy mode")
-        if not o.is_pxe_vendor_class(ctx.machine.vendor_class):
-            return self._ignore(ctx.pkt, "not a PXE client (option 60)")
+        vc = ctx.machine.vendor_class
+        if not (o.is_pxe_vendor_class(vc) or o.is_http_vendor_class(vc)):
+            return self._ignore(ctx.pkt, "not a PXE or HTTP boot client (option 60)")
         r = self._reply(ctx, _OFFER)
         bf = self._boot(ctx, r)
         if bf is None:

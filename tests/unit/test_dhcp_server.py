@@ -430,3 +430,14 @@ def test_handle_outside_loop_syncs_journal_before_returning_ack(tmp_path: Path) 
                    CLIENT, 67)
     assert r is not None and r.durable and not srv.leases.dirty
     assert MAC in (tmp_path / "leases.jsonl").read_text()
+
+
+@pytest.mark.parametrize("mode", ["full", "proxy"])
+def test_uefi_http_boot_client_gets_httpclient_and_url(mode: str) -> None:
+    url = "http://192.0.2.1/firststage/ipxe.efi"
+    srv, _ = make(mode=mode, policy=Policy(default=BootFile(url, "hnode")))
+    opts = {o.VENDOR_CLASS: b"HTTPClient:Arch:00016:UNDI:003001", o.CLIENT_ARCH: b"\x00\x10"}
+    p = parse(srv.handle(request(MT.DISCOVER, pxe=False, options=opts), CLIENT, 67))
+    assert p.message_type == MT.OFFER
+    assert p.options[o.VENDOR_CLASS] == b"HTTPClient"  # UEFI 2.x §24.7: else it is ignored
+    assert p.file == url.encode() and p.options[o.BOOTFILE_NAME] == url.encode()

@@ -57,6 +57,8 @@ def policy(tmp_path: Path) -> Policy:
     (MAC_P, 9, None, "ipxe.efi"),
     (MAC_P, 0, "iPXE", "pxelinux.0"),
     (MAC_P, 9, "iPXE", f"http://192.0.2.1:8080/boot/{MAC_P}.ipxe"),
+    (MAC_H, 16, None, "http://192.0.2.1:8080/firststage/ipxe.efi"),
+    (MAC_H, 16, "iPXE", f"http://192.0.2.1:8080/boot/{MAC_H}.ipxe"),
     (MAC_H, 6, None, None),
     (MAC_H, 11, None, None),
     (MAC_U, 0, None, None),
