@@ -6,6 +6,7 @@ import json
 import os
 import select
 import socket
+import subprocess
 import sys
 import termios
 import tty
@@ -216,6 +217,30 @@ def reset(ctx: click.Context, node: str, lab_dir: Path | None) -> None:
     lb = Lab(_lab_dir(ctx, lab_dir))
     _run(lambda: lb.reset_node(node))
     click.echo(f"{node}: reset")
+
+
+@lab.command()
+@state_dir_opt
+@click.option("--target", default="e1.0", show_default=True, help="AoE target eSHELF.SLOT.")
+@click.option("--role", default="hnode", show_default=True,
+              help="Role whose current build the export must serve.")
+@click.option("--sample", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Compare N sectors only (default: read everything, compare sha256).")
+@click.pass_context
+def verify(ctx: click.Context, lab_dir: Path | None, target: str, role: str,
+           sample: int | None) -> None:
+    """hcboot aoe verify of TARGET from inside the lab's namespace (on its bridge)."""
+    lb = Lab(_lab_dir(ctx, lab_dir))
+    doc = _run(lb.summary)
+    if not doc["netns_exists"]:
+        raise click.ClickException(f"no lab is up in {doc['dir']} (hcboot lab up)")
+    argv = [sys.executable, "-m", "bootserver", "aoe", "verify", "--netns", doc["netns"],
+            "--interface", lb.net.bridge, "--target", target, "--role", role,
+            "--images", str(doc["images"])]
+    if sample:
+        argv += ["--sample", str(sample)]
+    click.echo("$ " + " ".join(argv[1:]), err=True)
+    sys.exit(subprocess.run(argv).returncode)
 
 
 __all__ = ["LabError", "lab"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -123,6 +124,7 @@ class Lab:
         self.disks_dir = self.dir / "disks"
         self.doc: dict[str, Any] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._shown: dict[str, str] = {}  # node -> last state printed by follow()
         self._t0 = time.monotonic()
 
     # ------------------------------------------------------------------ lab.json
@@ -262,6 +264,13 @@ class Lab:
         self._preflight()
         if self.images is None:
             raise LabError("no image store given")
+        try:
+            iface = ipaddress.IPv4Interface(network)
+        except ValueError:
+            raise LabError(f"--network {network!r} is not ADDRESS/24") from None
+        if iface.network.prefixlen != 24 or iface.ip in (iface.network.network_address,
+                                                         iface.network.broadcast_address):
+            raise LabError(f"--network {network}: the lab needs a host address in a /24")
         with self._lock():
             self.load()
             left = self._anything_left()
@@ -303,8 +312,9 @@ class Lab:
         self.follow(snames + [f"hnode{i}" for i in range(1, hnodes + 1)], deadline)
         with self._lock():
             self.load()
-            self.doc["phase"] = "up"
-            self.save()
+            if self.doc.get("phase") == "booting":
+                self.doc["phase"] = "up"
+                self.save()
         return self.status()
 
     def _reset_dirs(self) -> None:
@@ -426,7 +436,7 @@ class Lab:
     def follow(self, names: list[str], deadline: float) -> bool:
         """Show each node's progress until all of ``names`` are done, failed or off."""
         followers: dict[str, Follower] = {}
-        shown: dict[str, str] = {}
+        shown = self._shown
         while True:
             self.load()
             reports = read_reports(self.hcboot_dir)

@@ -454,6 +454,21 @@ def test_snode_vms_export_the_hnode_root_to_an_hnode_vm(kernel: KernelTree, root
             _kill_one_path_and_keep_going(hn, vms[0].stop, "snode VM sn1 switched off")
             reports = srv.cli("nodes")
             assert "exports-ready" in reports, reports
+            # sn1 boots again on the same disks: the array and the image are reused
+            from dataclasses import replace as dc_replace
+
+            again = Vm(dc_replace(vms[0].cfg, name="snode1-again"), workdir=tmp_path)
+            vms.append(again)
+            again.start()
+            again.wait_for(r"hc-storage: exports ready e1\.0", timeout=400)
+            out = again.output()
+            assert "storage: assembling" in out and "reusing /dev/md" in out, again.tail(60)
+            assert "sha256 ok (not downloaded)" in out and "downloading" not in out
+            assert "mkfs" not in out
+            print(f"\n[boot time] snode VM sn1 rebooted: array and image reused, exports ready "
+                  f"after {again.elapsed():.1f}s wall")
+            n = _progress(hn)
+            _wait_progress(hn, n + 2, timeout=120)  # the hnode never noticed
         finally:
             for vm in vms:
                 vm.stop()

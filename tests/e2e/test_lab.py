@@ -156,6 +156,9 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
         assert con.returncode == 0, cerr
         assert b"attached to hnode2" in cerr and b"detached" in cerr
         assert cout, "nothing came from the console"
+        # a reboot through the QEMU monitor (the machine comes back through PXE by itself)
+        assert "hnode2: reset" in hcboot("lab", "reset", "hnode2", "--state-dir",
+                                         str(lab_dir)).stdout
         aout, _ = add.communicate(timeout=900)
     finally:
         if add.poll() is None:
@@ -231,7 +234,10 @@ def test_real_images_all_ready_and_root_export_verifies(lab_dir: Path) -> None:
     assert by["snode1"]["state"] == by["snode2"]["state"] == "exports ready"
     serial = Path(json.loads((lab_dir / "lab.json").read_text())["nodes"][-1]["serial_log"])
     assert "hc: switch_root" in serial.read_text(errors="replace")
-    v = hcboot("--images", str(store), "aoe", "verify", "--netns", doc["netns"],
-               "--interface", "hcbr0", "--target", "e1.0", "--role", "hnode", "--no-progress",
+    v = hcboot("aoe", "verify", "--netns", doc["netns"], "--interface", "hcbr0", "--target",
+               "e1.0", "--role", "hnode", "--images", str(store), "--no-progress",
                timeout=1800, check=False)
+    assert v.returncode == 0, v.stdout + v.stderr
+    # the same through the lab's shortcut
+    v = hcboot("lab", "verify", "--state-dir", str(lab_dir), timeout=1800, check=False)
     assert v.returncode == 0, v.stdout + v.stderr

@@ -178,6 +178,12 @@ def test_agent_waits_for_a_consumer_then_serves_the_image(env: Env) -> None:
     t = found["e1.0"]
     assert t.macs == [env.mac_sn]
     assert t.size_bytes == IMAGE_MIB << 20
+    r = CliRunner().invoke(aoe, ["scan", "-i", "c0", "--netns", env.c.name, "--json",
+                                 "--timeout", "0.5"])                 # `hcboot aoe scan`
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [(d["target"], d["size_bytes"], d["macs"]) for d in doc] == [
+        ("e1.0", IMAGE_MIB << 20, [env.mac_sn])]
     # every byte served over AoE is the published image
     r = CliRunner().invoke(aoe, ["verify", "-i", "c0", "--netns", env.c.name, "--target",
                                  "e1.0", "--role", "hnode", "--images", str(env.srv.images),

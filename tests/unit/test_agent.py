@@ -249,8 +249,11 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 def test_agent_serves_applies_changes_and_stops(agent: Agent) -> None:
     sha, size, url = agent.image("rootfs", os.urandom(4096))
+    missing = _image_export("e3.0", "cd" * 32, 1, "file:///nonexistent", [HNODE])
+    missing["problem"] = "no published image for role hnodexen"
     agent.plan([_image_export("e1.0", sha, size, url, [HNODE]),
-                _image_export("e1.1", sha, size, url, [])])          # no consumer: not served
+                _image_export("e1.1", sha, size, url, []),           # no consumer: not served
+                missing])                                            # a comment line only
     agent.start()
     agent.wait(lambda: READY_PREFIX + "e1.0" in agent.log(), "exports ready e1.0")
     img = agent.store / "images" / f"{sha}.img"
@@ -259,6 +262,7 @@ def test_agent_serves_applies_changes_and_stops(agent: Agent) -> None:
     assert list(running) == ["e1.0"]
     assert running["e1.0"] == f"-r -m {HNODE} 1 0 lo {img}"
     assert "e1.1: no consumer assigned yet: not served" in agent.log()
+    assert "e3.0" not in agent.log() and "errors" not in agent.log()
     first_pid = next(p for p, a in agent.calls() if _target(a) == "e1.0")
 
     # a new rw volume and a second consumer for e1.1: started without touching e1.0
