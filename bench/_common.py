@@ -118,7 +118,8 @@ def start_dnsmasq(lab: Lab, ns: Netns, workdir: Path, tftp_root: Path,
         "--no-ping", "--dhcp-option-force=60,PXEClient",
         "--dhcp-userclass=set:ipxe,iPXE", "--dhcp-boot=tag:ipxe,boot.ipxe",
         "--dhcp-boot=tag:!ipxe,undionly.kpxe",
-        "--enable-tftp", f"--tftp-root={tftp_root}",
+        # default --tftp-max is 50 concurrent transfers: 100 clients at once need more
+        "--enable-tftp", f"--tftp-root={tftp_root}", "--tftp-max=256",
     ]
     if ra:
         ns.run("ip", "-6", "addr", "add", f"{V6_PREFIX}1/64", "dev", "br0", "nodad")

@@ -146,17 +146,15 @@ def dnsmasq_script(hc_script: str) -> str:
 
 
 def phase_table(runs: list[Run]) -> list[str]:
-    names = [n for n, _ in PHASES]
-    lines = []
-    for server in SERVERS:
-        rs = [r for r in runs if r.server == server and r.total is not None]
-        if not rs:
-            continue
+    """One row per phase: median seconds since QEMU start for each server."""
+    ok = {sv: [r for r in runs if r.server == sv and r.total is not None] for sv in SERVERS}
+    lines = [f"    {'phase':16s}" + "".join(f"{sv:>10s}" for sv in SERVERS)]
+    for name, _ in PHASES:
         cells = []
-        for n in names:
-            vals = [r.phases[n] for r in rs if n in r.phases]
-            cells.append(f"{n} {median(vals):5.2f}" if vals else f"{n}   -  ")
-        lines.append(f"  {server:8s} " + " | ".join(cells))
+        for sv in SERVERS:
+            vals = [r.phases[name] for r in ok[sv] if name in r.phases]
+            cells.append(f"{median(vals):10.2f}" if vals else f"{'-':>10s}")
+        lines.append(f"    {name:16s}" + "".join(cells))
     return lines
 
 

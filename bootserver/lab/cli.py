@@ -71,9 +71,14 @@ def lab() -> None:
               help="Size of each storage-node disk (raw, sparse).")
 @click.option("--network", default=DEFAULT_NET, show_default=True,
               help="Server address and prefix on the lab bridge (a documentation range).")
+@click.option("--snode-memory", type=click.IntRange(256), default=None,
+              help="MB per storage node (default 2048: its RAM root must fit in half).")
+@click.option("--hnode-memory", type=click.IntRange(512), default=None,
+              help="MB per Xen host (default 2048; 1536 each when more than one).")
 @click.pass_context
 def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, images: Path | None,
-       no_build: bool, timeout: int, disk_size: str, network: str) -> None:
+       no_build: bool, timeout: int, disk_size: str, network: str, snode_memory: int | None,
+       hnode_memory: int | None) -> None:
     """Build missing images, start hcboot and the nodes, follow them until ready."""
     try:
         size = parse_size(disk_size)
@@ -82,7 +87,8 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
     lb = Lab(_lab_dir(ctx, lab_dir), _images(ctx, images), say=click.echo)
     try:
         rows = lb.up(snodes=snodes, hnodes=hnodes, build=not no_build, timeout=timeout,
-                     disk_size=size, network=network)
+                     disk_size=size, network=network, snode_memory=snode_memory,
+                     hnode_memory=hnode_memory)
     except HcbootError as exc:
         hint = ("" if "lab down` first" in str(exc) else
                 "\n(whatever the lab started stays until `hcboot lab down`)")

@@ -47,7 +47,9 @@ ROLE_IP_BASE = {"snode": 10, "hnode": 20}    # snode1 = .11, hnode1 = .21; other
 DEFAULT_NET = "198.51.100.1/24"      # documentation range (RFC 5737)
 POOL = (100, 199)                    # dynamic pool for machines without a role
 ROOT_TARGET = "e1.0"
-MEMORY = {"snode": 1024, "hnode": 2048}
+# snode: its whole system is the initrd, unpacked into the initramfs tmpfs, which the kernel
+# limits to half the RAM: hcbuild's snode image (~680 MB unpacked) does not fit in 1024 MB
+MEMORY = {"snode": 2048, "hnode": 2048}
 HNODE_MEMORY_SHARED = 1536           # each, when more than one hnode runs on this host
 BOOT_ORDER = "order=n,reboot-timeout=1000"  # PXE; SeaBIOS retries 1 s after a failed boot
 
@@ -259,7 +261,8 @@ class Lab:
 
     # ------------------------------------------------------------------ up
     def up(self, snodes: int = 2, hnodes: int = 1, build: bool = True, timeout: float = 1800,
-           disk_size: int = 8 << 30, network: str = DEFAULT_NET) -> list[NodeStatus]:
+           disk_size: int = 8 << 30, network: str = DEFAULT_NET,
+           snode_memory: int | None = None, hnode_memory: int | None = None) -> list[NodeStatus]:
         self._t0 = time.monotonic()
         self._preflight()
         if self.images is None:
@@ -296,7 +299,7 @@ class Lab:
             self._start_ra()
             shared = hnodes > 1
             for i in range(1, snodes + 1):
-                self._start_node("snode", i, disk_size=disk_size)
+                self._start_node("snode", i, memory=snode_memory, disk_size=disk_size)
             self.doc["phase"] = "booting"
             self.save()
         snames = [f"snode{i}" for i in range(1, snodes + 1)]
@@ -307,7 +310,7 @@ class Lab:
             if self.doc.get("phase") == "down":
                 raise LabError("the lab was taken down while it booted")
             for i in range(1, hnodes + 1):
-                mem = HNODE_MEMORY_SHARED if shared else MEMORY["hnode"]
+                mem = hnode_memory or (HNODE_MEMORY_SHARED if shared else MEMORY["hnode"])
                 self._start_node("hnode", i, memory=mem)
         self.follow(snames + [f"hnode{i}" for i in range(1, hnodes + 1)], deadline)
         with self._lock():

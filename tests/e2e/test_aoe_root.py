@@ -472,3 +472,84 @@ def test_snode_vms_export_the_hnode_root_to_an_hnode_vm(kernel: KernelTree, root
         finally:
             for vm in vms:
                 vm.stop()
+
+
+# ---------------------------------------------------------------- (c') the real snode image
+
+
+def _real_snode_store() -> Path | None:
+    """An image store holding an snode build made by ``hcbuild image snode`` whose profile
+    includes hc-aoe-target (``HC_TEST_SNODE_STORE``); None when there is none."""
+    env = os.environ.get("HC_TEST_SNODE_STORE")
+    if not env:
+        return None
+    store = Path(env)
+    manifest = store / "snode" / "current" / "manifest.json"
+    if not manifest.is_file() or "hc-aoe-target" not in manifest.read_text():
+        return None
+    return store
+
+
+@pytest.mark.skipif(_real_snode_store() is None,
+                    reason="set HC_TEST_SNODE_STORE to a store with an snode build that "
+                           "includes hc-aoe-target (hcbuild image snode)")
+def test_real_snode_image_exports_the_hnode_root(kernel: KernelTree, root_image: Path,
+                                                 tmp_path: Path) -> None:
+    """The snode image built by hcbuild (Debian + systemd in RAM, hc-aoe-target's unit) boots
+    over PXE, builds its RAID1, downloads the hnode image, and an hnode VM boots from it."""
+    import json
+
+    real = _real_snode_store()
+    assert real is not None
+    cur = real / "snode" / "current"
+    doc = json.loads((cur / "manifest.json").read_text())
+    images = tmp_path / "images"
+    publish(images, "snode", {"kernel": cur / "kernel", "initrd": cur / "initrd"},
+            BootInfo(kind="linux", loader="ipxe", root="ram", cmdline=doc["boot"]["cmdline"]))
+    publish(images, "hnode", {"kernel": kernel.vmlinuz, "initrd": artifacts.aoe_root_initramfs(),
+                              "rootfs": root_image},
+            BootInfo(kind="linux", loader="ipxe", root="aoe",
+                     cmdline=f"{CONSOLE} aoe_deadsecs=5 hc.aoe_wait=60"))
+    with Lab() as lab:
+        ns = lab.netns("srv")
+        lab.bridge(ns, "br0", f"{SERVER}/24")
+        srv = start_hcboot(lab, ns, "br0", SERVER, tmp_path / "state", images,
+                           "--range", "192.0.2.100-192.0.2.150")
+        with InventoryFile(srv.state).edit() as box:
+            from dataclasses import replace
+
+            box[0] = replace(box[0], exports=(
+                Export(target="e1.0", shelf=1, slot=0, image_role="hnode",
+                       consumers=("hnode",)),))
+        mac = "52:54:00:5c:00:01"
+        srv.cli("assign", mac, "snode", "--hostname", "snreal")
+        srv.cli("assign", HNODE_MAC, "hnode", "--hostname", "hn1")
+        disks = []
+        for d in (1, 2):
+            p = tmp_path / f"disk{d}.img"
+            with open(p, "wb") as f:
+                f.truncate(256 << 20)
+            disks.append(Disk(p))
+        vms: list[Vm] = []
+        try:
+            sn = Vm(VmConfig(memory_mb=3072, nics=[Nic("virtio", tap=lab.tap(ns, "br0"),
+                                                       mac=mac)],
+                             disks=disks, boot="n", netns=ns.name, name="snode-real"),
+                    workdir=tmp_path)
+            vms.append(sn)
+            sn.start()
+            sn.wait_for(r"hc-storage: exports ready e1\.0", timeout=900)
+            print(f"\n[boot time] real snode image (PXE, systemd in RAM, RAID1, download): "
+                  f"exports ready after {sn.elapsed():.1f}s wall")
+            hn = Vm(VmConfig(memory_mb=512, nics=[Nic("virtio", tap=lab.tap(ns, "br0"),
+                                                      mac=HNODE_MAC)],
+                             boot="n", netns=ns.name, name="hnode"), workdir=tmp_path)
+            vms.append(hn)
+            hn.start()
+            hn.wait_for(line_re(MARKER), timeout=300)
+            _wait_progress(hn, 2, timeout=180)
+            print(f"[boot time] hnode from the real snode: marker after {hn.elapsed():.1f}s")
+            assert "exports-ready" in srv.cli("nodes")
+        finally:
+            for vm in vms:
+                vm.stop()
