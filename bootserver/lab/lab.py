@@ -192,9 +192,6 @@ class Lab:
         srv = self.doc.get("server") or {}
         if procs.is_ours(srv.get("pid"), self._server_tokens()):
             left.append(f"hcboot serve (pid {srv['pid']})")
-        ra = self.doc.get("ra") or {}
-        if procs.is_ours(ra.get("pid"), self._ra_tokens()):
-            left.append(f"RA sender (pid {ra['pid']})")
         for n in self.nodes():
             if procs.is_ours(n.get("pid"), self._vm_tokens(n)):
                 left.append(f"{n['name']} (pid {n['pid']})")
@@ -296,7 +293,6 @@ class Lab:
             self._create_network()
             self._write_inventory(snodes, hnodes)
             self._start_server()
-            self._start_ra()
             shared = hnodes > 1
             for i in range(1, snodes + 1):
                 self._start_node("snode", i, memory=snode_memory, disk_size=disk_size)
@@ -379,22 +375,6 @@ class Lab:
             time.sleep(0.1)
         self.say(f"{self._elapsed()} hcboot serve up (pid {p.pid}) on {n.bridge} "
                  f"{n.server_ip}: DHCP full, TFTP, HTTP; log {log}")
-
-    def _ra_tokens(self) -> list[str]:
-        return ["bootserver.lab.ra", str(self.dir)]
-
-    def _start_ra(self) -> None:
-        """Router advertisements on the lab bridge so iPXE does not wait ~13 s for IPv6."""
-        n = self.net
-        argv = n.exec_argv(sys.executable, "-m", "bootserver.lab.ra", n.bridge, str(self.dir))
-        self.doc["ra"] = {"pid": None, "argv": argv}
-        self.save()
-        with open(self.hcboot_dir / "ra.log", "ab") as out:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        self._procs["ra"] = p
-        self.doc["ra"].update(pid=p.pid)
-        self.save()
 
     def _start_node(self, role: str, index: int, memory: int | None = None,
                     disk_size: int = 0, added: bool = False) -> dict[str, Any]:
@@ -600,9 +580,6 @@ class Lab:
             srv = self.doc.get("server") or {}
             if procs.stop(srv.get("pid"), self._server_tokens()):
                 done.append(f"hcboot serve (pid {srv['pid']})")
-            ra = self.doc.get("ra") or {}
-            if procs.stop(ra.get("pid"), self._ra_tokens()):
-                done.append(f"RA sender (pid {ra['pid']})")
             ns = self.net.netns
             left = net.netns_pids(ns)
             if net.delete_netns(ns):

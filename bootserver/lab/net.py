@@ -68,7 +68,7 @@ def create_netns(net: LabNet) -> None:
     run("ip", "-n", net.netns, "link", "add", net.bridge, "address", net.bridge_mac, "type",
         "bridge",
         "forward_delay", "0", "stp_state", "0")
-    # IPv6 link-local only (the lab's RA sender needs a source address); no forwarding
+    # IPv6 link-local on the bridge: hcboot serve answers iPXE's router solicitations from it
     run("ip", "netns", "exec", net.netns, "sysctl", "-q", "-w",
         f"net.ipv6.conf.{net.bridge}.disable_ipv6=0", check=False)
     run("ip", "-n", net.netns, "addr", "add", net.server_cidr, "dev", net.bridge)

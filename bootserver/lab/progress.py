@@ -15,7 +15,8 @@ Console lines (the serial log, SeaBIOS/iPXE included thanks to ``-device sga``):
     hc-node: <role> ready                      ready        (hc-node-report)
     HC-ERROR: ... / Kernel panic ...           failed
 
-Reports (``POST /report/<mac>``): ``exports-ready``, ``dom0-up``, ``ready``.
+Reports (``POST /report/<mac>``): ``exports-ready``, ``dom0-up``, ``ready``; ``failed``,
+``exports-error``, ``storage-error`` (shown as failed).
 
 Within one boot the state only moves forward (a later ``hc:`` line does not take a node back from
 root mounted to initramfs); an iPXE banner after a later state is a new boot and starts over at
@@ -33,7 +34,8 @@ STATES = ("off", "starting", "pxe", "unassigned", "loading", "xen", "kernel", "i
 FINAL = {"snode": "exports ready", "hnode": "dom0 up"}
 DEFAULT_FINAL = "ready"
 
-REPORTED = {"exports-ready": "exports ready", "dom0-up": "dom0 up", "ready": "ready"}
+REPORTED = {"exports-ready": "exports ready", "dom0-up": "dom0 up", "ready": "ready",
+            "failed": "failed", "exports-error": "failed", "storage-error": "failed"}
 
 _P = r"^[\r\s]*(?:\(d\d+\)\s*)?"  # optional leading CRs and Xen's "(d0) " guest prefix
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(

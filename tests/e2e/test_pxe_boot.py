@@ -17,7 +17,7 @@ from tests.support import artifacts
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab
-from tests.support.qemu import Nic, Vm, VmConfig
+from tests.support.qemu import Nic, Vm, VmConfig, line_re
 
 SERVER = "192.0.2.1"
 MARKER = "HC-PXE-MARKER-OK"
@@ -55,7 +55,7 @@ def test_ipxe_rom_boots_assigned_role_over_http(served: Served, tmp_path: Path) 
     served.cli("assign", mac, "pxetest", "--hostname", "pxe1")
     with _vm(served, tmp_path, mac) as vm:
         vm.start()
-        vm.wait_for(MARKER, timeout=240)
+        vm.wait_for(line_re(MARKER), timeout=240)
     log = served.log_text()
     assert f"{mac}" in log
     # kernel and initrd came over HTTP (the fast path), the script was per node
@@ -69,7 +69,7 @@ def test_pxelinux_path_boots_assigned_role(served: Served, tmp_path: Path) -> No
     served.cli("assign", mac, "pxelegacy")
     with _vm(served, tmp_path, mac) as vm:
         vm.start()
-        vm.wait_for(MARKER, timeout=300)
+        vm.wait_for(line_re(MARKER), timeout=300)
     assert f"{mac}: pxelinux config served" in served.log_text()
 
 
@@ -85,5 +85,5 @@ def test_unassigned_machine_is_listed_then_boots_once_assigned(served: Served,
             assert time.monotonic() < deadline, vm.tail()
             time.sleep(1)
         served.cli("assign", mac, "pxetest")  # while the server runs: no restart
-        vm.wait_for(MARKER, timeout=240)
+        vm.wait_for(line_re(MARKER), timeout=240)
     assert mac not in served.unassigned()
