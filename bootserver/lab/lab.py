@@ -127,6 +127,7 @@ class Lab:
         self.doc: dict[str, Any] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._shown: dict[str, str] = {}  # node -> last state printed by follow()
+        self._followers: dict[str, Follower] = {}
         self._t0 = time.monotonic()
 
     # ------------------------------------------------------------------ lab.json
@@ -418,7 +419,7 @@ class Lab:
 
     def follow(self, names: list[str], deadline: float) -> bool:
         """Show each node's progress until all of ``names`` are done, failed or off."""
-        followers: dict[str, Follower] = {}
+        followers = self._followers
         shown = self._shown
         while True:
             self.load()

@@ -37,7 +37,9 @@ DEFAULT_FINAL = "ready"
 REPORTED = {"exports-ready": "exports ready", "dom0-up": "dom0 up", "ready": "ready",
             "failed": "failed", "exports-error": "failed", "storage-error": "failed"}
 
-_P = r"^[\r\s]*(?:\(d\d+\)\s*)?"  # optional leading CRs and Xen's "(d0) " guest prefix
+# optional leading CRs, Xen's "(d0) " guest prefix, and the "[  12.3] unit[42]: " of a line that
+# systemd's journal forwards to the console
+_P = r"^[\r\s]*(?:\(d\d+\)\s*)?(?:\[\s*[\d.]+\]\s+)?(?:[\w@.-]+\[\d+\]:\s+)?"
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (state, re.compile(rx, re.MULTILINE)) for state, rx in (
         ("pxe", r"iPXE \(|iPXE initialising|Booting from ROM"),

@@ -538,7 +538,8 @@ def test_real_snode_image_exports_the_hnode_root(kernel: KernelTree, root_image:
                     workdir=tmp_path)
             vms.append(sn)
             sn.start()
-            sn.wait_for(r"hc-storage: exports ready e1\.0", timeout=900)
+            sn.wait_for(r"hc-storage: store /dev/md\S+ \(new\) at /srv/hc", timeout=900)
+            sn.wait_for(r"hc-storage: exports ready e1\.0", timeout=300)
             print(f"\n[boot time] real snode image (PXE, systemd in RAM, RAID1, download): "
                   f"exports ready after {sn.elapsed():.1f}s wall")
             hn = Vm(VmConfig(memory_mb=512, nics=[Nic("virtio", tap=lab.tap(ns, "br0"),
@@ -550,6 +551,21 @@ def test_real_snode_image_exports_the_hnode_root(kernel: KernelTree, root_image:
             _wait_progress(hn, 2, timeout=180)
             print(f"[boot time] hnode from the real snode: marker after {hn.elapsed():.1f}s")
             assert "exports-ready" in srv.cli("nodes")
+            # power-cycle the snode on the same disks: the array (assembled by udev/mdadm or
+            # by the agent) and its file system are reused, nothing is formatted again.  The
+            # hnode goes first: with one snode its only path would die (I/O errors after
+            # aoe_deadsecs, as expected without a second snode).
+            hn.stop()
+            sn.stop()
+            from dataclasses import replace as dc_replace
+
+            again = Vm(dc_replace(sn.cfg, name="snode-real-again"), workdir=tmp_path)
+            vms.append(again)
+            again.start()
+            again.wait_for(r"hc-storage: store /dev/md\S+ \(reused\) at /srv/hc", timeout=900)
+            again.wait_for(r"hc-storage: exports ready e1\.0", timeout=300)
+            print(f"[boot time] real snode image rebooted: store reused, exports ready after "
+                  f"{again.elapsed():.1f}s wall")
         finally:
             for vm in vms:
                 vm.stop()
