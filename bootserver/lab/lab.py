@@ -497,9 +497,12 @@ class Lab:
             time.sleep(assign_after)
         self.say(f"{self._elapsed()} {name:8} seen unassigned; hcboot assign {mac} {role} "
                  f"--hostname {name}" + (f" --ip {rec['ip']}" if rec["ip"] else ""))
-        from bootserver.cli import known_roles
+        from builder.paths import profiles_dir
 
-        inv = InventoryFile(self.hcboot_dir, known_roles(self.images))
+        roles = {p.stem for p in profiles_dir().glob("*.yaml")}  # as hcboot's known roles
+        if self.images is not None:
+            roles.update(ImageStore(self.images).roles())
+        inv = InventoryFile(self.hcboot_dir, sorted(roles))
         inv.assign(mac, role, name, rec["ip"])
         with self._lock():
             self.load()

@@ -3,7 +3,7 @@
 Console lines (the serial log, SeaBIOS/iPXE included thanks to ``-device sga``):
 
     iPXE ...                                   pxe          firmware PXE (iPXE ROM)
-    No filename or root path / no role yet     unassigned   DHCP gave no boot file (no role)
+    Nothing to boot / No bootable device       unassigned   DHCP gave no boot file (no role)
     homecloud: <mac> boots <role> (...)        loading      per-node iPXE script, fetching files
     Xen version ...                            xen          hypervisor started (hnode)
     Linux version ...                          kernel       kernel started
@@ -43,7 +43,8 @@ _P = r"^[\r\s]*(?:\(d\d+\)\s*)?(?:\[\s*[\d.]+\]\s+)?(?:[\w@.-]+\[\d+\]:\s+)?"
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (state, re.compile(rx, re.MULTILINE)) for state, rx in (
         ("pxe", r"iPXE \(|iPXE initialising|Booting from ROM"),
-        ("unassigned", r"No filename or root path|has no role yet|No bootable device"),
+        ("unassigned", r"Nothing to boot|No filename or root path|has no role yet|"
+                       r"No bootable device"),
         ("loading", _P + r"homecloud: \S+ boots "),
         ("xen", r"Xen version \d"),
         ("kernel", r"Linux version \d"),
