@@ -12,7 +12,14 @@ import pytest
 _TIERS = ("unit", "integration", "e2e")
 
 
+def _tier(item: pytest.Item) -> int:
+    parts = Path(str(item.fspath)).parts
+    return next((i for i, t in enumerate(_TIERS) if t in parts), len(_TIERS))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # fast tier first, then integration (which builds the images), then e2e (which boots them)
+    items.sort(key=_tier)
     for item in items:
         parts = Path(str(item.fspath)).parts
         for tier in _TIERS:

@@ -29,6 +29,7 @@ import pytest
 
 from builder.manifest import BootInfo, ImageStore
 from tests.support import artifacts
+from tests.support.builds import ensure_built_all
 from tests.support.images import publish
 
 SNODE_STANDIN = "hc-storage: exports ready (stand-in: marker initramfs, nothing exported)"
@@ -209,23 +210,22 @@ def test_down_cleans_up_after_up_was_killed(stand_ins: Path, lab_dir: Path) -> N
     assert_nothing_left(lab_dir, netns)
 
 
-def _real_store() -> Path | None:
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """hcbuild's snode and hnode images: ``HC_LAB_IMAGES`` if it names a store that has them,
+    else the session's ``hcbuild image --all`` (tests/support/builds.py; reused, not rebuilt,
+    when the integration tier already built them)."""
     env = os.environ.get("HC_LAB_IMAGES")
-    if not env:
-        return None
-    store = ImageStore(Path(env))
+    path = Path(env) if env else ensure_built_all(tmp_path_factory)[0]
+    store = ImageStore(path)
     h, s = store.manifest("hnode"), store.manifest("snode")
-    if h is None or s is None or "rootfs" not in h.artifacts or h.boot.root != "aoe":
-        return None
-    return Path(env)
+    assert h is not None and s is not None, f"{path}: no hnode/snode images"
+    assert "rootfs" in h.artifacts and h.boot.root == "aoe", f"{path}: hnode is not an AoE root"
+    return path
 
 
-@pytest.mark.skipif(_real_store() is None,
-                    reason="HC_LAB_IMAGES does not name a store with hcbuild's snode and "
-                           "hnode images (hcbuild image --all --out STORE)")
-def test_real_images_all_ready_and_root_export_verifies(lab_dir: Path) -> None:
-    store = _real_store()
-    assert store is not None
+def test_real_images_all_ready_and_root_export_verifies(lab_dir: Path, real_store: Path) -> None:
+    store = real_store
     r = hcboot("lab", "up", "--state-dir", str(lab_dir), "--images", str(store), "--no-build",
                "--timeout", "2400", timeout=2700, check=False)
     assert r.returncode == 0, r.stdout + r.stderr

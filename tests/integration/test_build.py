@@ -21,52 +21,13 @@ import pytest
 
 from builder import paths
 from builder.manifest import CURRENT, ImageStore, sha256_file
+from tests.support.builds import ROOT, ensure_built_all, hcbuild
 
-ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("domu", "hnode", "snode")
 
 pytestmark = pytest.mark.skipif(
     shutil.which("disk-image-create") is None, reason="diskimage-builder not installed"
 )
-
-
-def hcbuild(*args: str, env: dict[str, str] | None = None, timeout: float = 1800,
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "builder.cli", *args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-        timeout=timeout,
-    )
-
-
-_SESSION: dict[str, tuple[Path, Path, dict[str, str], str]] = {}
-
-
-def session_cache(factory: pytest.TempPathFactory) -> Path:
-    env = os.environ.get("HC_TEST_BUILD_CACHE")
-    if env:
-        Path(env).mkdir(parents=True, exist_ok=True)
-        return Path(env)
-    return factory.getbasetemp() / "hc-build-cache"
-
-
-def ensure_built_all(factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str], str]:
-    """``hcbuild image --all`` once per test session (shared by test_build_boot.py):
-    (store, cache, {role: build id}, hcbuild's stderr)."""
-    if "all" not in _SESSION:
-        cache = session_cache(factory)
-        # HC_TEST_BUILD_STORE: reuse a store across sessions (unchanged roles are not rebuilt)
-        given = os.environ.get("HC_TEST_BUILD_STORE")
-        store = Path(given) if given else factory.mktemp("images")
-        r = hcbuild("image", "--all", "--out", str(store), "--cache", str(cache))
-        assert r.returncode == 0, r.stdout + r.stderr
-        ids: dict[str, str] = {}
-        for line in r.stdout.splitlines():
-            role, bid, _path, state, _secs = line.split()
-            assert state == "built" or (given and state == "unchanged")
-            ids[role] = bid
-        _SESSION["all"] = (store, cache, ids, r.stderr)
-    return _SESSION["all"]
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from builder.manifest import ImageStore
-from tests.integration.test_build import ensure_built_all
+from tests.support.builds import ensure_built_all
 from tests.support.qemu import Disk, Vm, VmConfig, multiboot_initrd
 
 BOOT_TIMEOUT = 600  # TCG on a busy 2-core box
