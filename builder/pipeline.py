@@ -382,6 +382,26 @@ def _prune_args() -> list[str]:
     return args
 
 
+def _fsck(image: Path) -> None:
+    fsck = ["e2fsck", "-f", "-y", str(image)]
+    r = subprocess.run(fsck, capture_output=True, text=True)
+    if r.returncode not in (0, 1):  # 1: "errors corrected"
+        raise CommandError(fsck, r.returncode, "check rootfs",
+                           tail=(r.stdout + r.stderr).splitlines()[-30:])
+
+
+def _ext4_bytes(image: Path) -> int:
+    """Size of the ext4 filesystem in ``image`` (block count x block size, from dumpe2fs)."""
+    cmd = ["dumpe2fs", "-h", str(image)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    fields = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
+    try:
+        return int(fields["Block count"]) * int(fields["Block size"])
+    except (KeyError, ValueError):
+        raise CommandError(cmd, r.returncode, "read the rootfs geometry",
+                           tail=(r.stdout + r.stderr).splitlines()[-30:]) from None
+
+
 def step_rootfs(b: Build) -> None:
     p = b.need()
     unmount(b)  # every step that reads the tree is done
@@ -390,14 +410,16 @@ def step_rootfs(b: Build) -> None:
     assert b.image is not None and b.tmp is not None
     out = b.tmp / "rootfs"
     os.replace(b.image, out)
+    # DIB sizes its image generously; the rootfs is exported over AoE, downloaded by storage
+    # nodes and verified end to end, so ship it at its minimum size (plus rootfs_free_mb)
+    with b.progress.step("rootfs: shrink to its minimum size"):
+        _fsck(out)
+        run(["resize2fs", "-M", str(out)], "shrink rootfs")
+        os.truncate(out, _ext4_bytes(out))
     if p.rootfs_free_mb:
         with b.progress.step(f"rootfs: grow by {p.rootfs_free_mb} MiB"):
             size = out.stat().st_size + p.rootfs_free_mb * 2**20
-            fsck = ["e2fsck", "-f", "-y", str(out)]
-            r = subprocess.run(fsck, capture_output=True, text=True)
-            if r.returncode not in (0, 1):  # 1: "errors corrected"
-                raise CommandError(fsck, r.returncode, "check rootfs",
-                                   tail=(r.stdout + r.stderr).splitlines()[-30:])
+            _fsck(out)
             os.truncate(out, size)
             run(["resize2fs", "-f", str(out)], "grow rootfs")
 
