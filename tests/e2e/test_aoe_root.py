@@ -40,6 +40,7 @@ from bootserver.inventory import Export, InventoryFile
 from builder.kernel import KernelTree
 from builder.manifest import BootInfo
 from tests.support import artifacts
+from tests.support.builds import ensure_built_all
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab, Netns
@@ -477,30 +478,25 @@ def test_snode_vms_export_the_hnode_root_to_an_hnode_vm(kernel: KernelTree, root
 # ---------------------------------------------------------------- (c') the real snode image
 
 
-def _real_snode_store() -> Path | None:
-    """An image store holding an snode build made by ``hcbuild image snode`` whose profile
-    includes hc-aoe-target (``HC_TEST_SNODE_STORE``); None when there is none."""
+@pytest.fixture(scope="module")
+def real_snode_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding hcbuild's snode image: ``HC_TEST_SNODE_STORE``, else the session's
+    ``hcbuild image --all`` (tests/support/builds.py; already built by the integration tier)."""
     env = os.environ.get("HC_TEST_SNODE_STORE")
-    if not env:
-        return None
-    store = Path(env)
+    store = Path(env) if env else ensure_built_all(tmp_path_factory)[0]
     manifest = store / "snode" / "current" / "manifest.json"
-    if not manifest.is_file() or "hc-aoe-target" not in manifest.read_text():
-        return None
+    assert manifest.is_file(), f"{store}: no snode build"
+    assert "hc-aoe-target" in manifest.read_text(), f"{manifest}: snode without hc-aoe-target"
     return store
 
 
-@pytest.mark.skipif(_real_snode_store() is None,
-                    reason="set HC_TEST_SNODE_STORE to a store with an snode build that "
-                           "includes hc-aoe-target (hcbuild image snode)")
 def test_real_snode_image_exports_the_hnode_root(kernel: KernelTree, root_image: Path,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, real_snode_store: Path) -> None:
     """The snode image built by hcbuild (Debian + systemd in RAM, hc-aoe-target's unit) boots
     over PXE, builds its RAID1, downloads the hnode image, and an hnode VM boots from it."""
     import json
 
-    real = _real_snode_store()
-    assert real is not None
+    real = real_snode_store
     cur = real / "snode" / "current"
     doc = json.loads((cur / "manifest.json").read_text())
     images = tmp_path / "images"
