@@ -95,6 +95,33 @@ class VmSpec:
         return self.files["monitor_sock"]
 
 
+def device_args(nics: Sequence[Nic], disks: Sequence[Disk]) -> list[str]:
+    """QEMU arguments for NICs (tap or isolated user networking) and raw/qcow2 drives."""
+    argv: list[str] = []
+    for i, nic in enumerate(nics):
+        nid = f"n{i}"
+        if nic.tap:
+            argv += ["-netdev", f"tap,id={nid},ifname={nic.tap},script=no,downscript=no"]
+        else:
+            argv += ["-netdev", f"user,id={nid},restrict=on"]
+        dev = f"{NIC_MODELS.get(nic.model, nic.model)},netdev={nid}"
+        if nic.mac:
+            dev += f",mac={nic.mac}"
+        if nic.romfile is not None:
+            dev += f",romfile={nic.romfile}"
+        if nic.bootindex is not None:
+            dev += f",bootindex={nic.bootindex}"
+        argv += ["-device", dev]
+    for i, d in enumerate(disks):
+        opts = [f"file={d.path}", f"format={d.format}", f"if={d.iface}", f"index={i}"]
+        if d.readonly:
+            opts.append("readonly=on")
+        if d.snapshot:
+            opts.append("snapshot=on")
+        argv += ["-drive", ",".join(opts)]
+    return argv
+
+
 def build_argv(spec: VmSpec) -> list[str]:
     """The full argv (``ip netns exec NS qemu-system-x86_64 ...`` when ``spec.netns``)."""
     for key in ("serial_log", "serial_sock", "monitor_sock"):
@@ -122,27 +149,7 @@ def build_argv(spec: VmSpec) -> list[str]:
         if spec.kernel is None:
             raise LabError(f"{spec.name}: append without kernel")
         argv += ["-append", spec.append]
-    for i, nic in enumerate(spec.nics):
-        nid = f"n{i}"
-        if nic.tap:
-            argv += ["-netdev", f"tap,id={nid},ifname={nic.tap},script=no,downscript=no"]
-        else:
-            argv += ["-netdev", f"user,id={nid},restrict=on"]
-        dev = f"{NIC_MODELS.get(nic.model, nic.model)},netdev={nid}"
-        if nic.mac:
-            dev += f",mac={nic.mac}"
-        if nic.romfile is not None:
-            dev += f",romfile={nic.romfile}"
-        if nic.bootindex is not None:
-            dev += f",bootindex={nic.bootindex}"
-        argv += ["-device", dev]
-    for i, d in enumerate(spec.disks):
-        opts = [f"file={d.path}", f"format={d.format}", f"if={d.iface}", f"index={i}"]
-        if d.readonly:
-            opts.append("readonly=on")
-        if d.snapshot:
-            opts.append("snapshot=on")
-        argv += ["-drive", ",".join(opts)]
+    argv += device_args(spec.nics, spec.disks)
     if spec.boot:
         argv += ["-boot", spec.boot]
     argv += list(spec.extra_args)

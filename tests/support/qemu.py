@@ -1,4 +1,4 @@
-"""QEMU (TCG only) launcher for the e2e tests and the virtual lab.
+"""QEMU (TCG only) launcher for the e2e tests (NIC/disk devices shared with bootserver/lab/vm.py).
 
 ``VmConfig`` describes a machine, ``Vm`` builds its argv, starts it (optionally inside a network
 namespace), follows the serial console through a log file and stops it by its process group.
@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bootserver.lab.vm import Disk, Nic, device_args
+
 QEMU = os.environ.get("HC_QEMU", "qemu-system-x86_64")
-
-NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
-              "rtl8139": "rtl8139"}
-
 
 # Lines that end a wait early: the initramfs' error line, a panic.
 DEFAULT_FAIL = r"HC-ERROR:.*|Kernel panic.*"
@@ -39,24 +37,6 @@ class QemuError(Exception):
         self.tail = tail
         extra = f"\n--- serial log {log_path} (tail) ---\n{tail}" if log_path else ""
         super().__init__(message + extra)
-
-
-@dataclass(frozen=True)
-class Nic:
-    model: str = "virtio"                 # virtio | e1000 | e1000e | rtl8139 | a QEMU device name
-    tap: str | None = None                # tap ifname (QEMU must run in the tap's namespace)
-    mac: str | None = None
-    romfile: str | None = None            # None: QEMU's default iPXE ROM; "" disables it
-    bootindex: int | None = None
-
-
-@dataclass(frozen=True)
-class Disk:
-    path: Path
-    iface: Literal["virtio", "ide", "scsi"] = "virtio"
-    format: str = "raw"
-    readonly: bool = False
-    snapshot: bool = False                # writes go to a temporary overlay, the file is untouched
 
 
 @dataclass
@@ -116,27 +96,7 @@ def build_argv(cfg: VmConfig, serial_target: str) -> list[str]:
         if cfg.kernel is None:
             raise ValueError("append without kernel")
         argv += ["-append", cfg.append]
-    for i, nic in enumerate(cfg.nics):
-        nid = f"n{i}"
-        if nic.tap:
-            argv += ["-netdev", f"tap,id={nid},ifname={nic.tap},script=no,downscript=no"]
-        else:
-            argv += ["-netdev", f"user,id={nid},restrict=on"]
-        dev = f"{NIC_MODELS.get(nic.model, nic.model)},netdev={nid}"
-        if nic.mac:
-            dev += f",mac={nic.mac}"
-        if nic.romfile is not None:
-            dev += f",romfile={nic.romfile}"
-        if nic.bootindex is not None:
-            dev += f",bootindex={nic.bootindex}"
-        argv += ["-device", dev]
-    for i, d in enumerate(cfg.disks):
-        opts = [f"file={d.path}", f"format={d.format}", f"if={d.iface}", f"index={i}"]
-        if d.readonly:
-            opts.append("readonly=on")
-        if d.snapshot:
-            opts.append("snapshot=on")
-        argv += ["-drive", ",".join(opts)]
+    argv += device_args(cfg.nics, cfg.disks)
     if cfg.boot:
         argv += ["-boot", cfg.boot]
     argv += list(cfg.extra_args)
