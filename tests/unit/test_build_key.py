@@ -63,7 +63,7 @@ def _new_file(rel: str) -> Callable[[Path], None]:
 MUTATIONS: list[tuple[str, Callable[[Path], None], bool, bool]] = [
     ("profile package", _replace("profiles/hnode.yaml", "[aoetools]", "[aoetools, vim]"),
      False, True),
-    ("profile cmdline", _replace("profiles/hnode.yaml", '"console=hvc0"', '"console=ttyS0"'),
+    ("profile cmdline", _replace("profiles/hnode.yaml", 'console=hvc0', 'console=ttyS0'),
      False, True),
     ("profile env", _append("profiles/hnode.yaml", "env: {HC_XEN_AUTOBALLOON: 'on'}\n"),
      False, True),
