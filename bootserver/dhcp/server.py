@@ -38,6 +38,10 @@ Choices worth knowing
   * Log levels: OFFERs are DEBUG (bursts), ACK/NAK/INFORM/RELEASE/DECLINE and ProxyDHCP answers
     are INFO, malformed packets and pool exhaustion WARNING; every line names the MAC.
   * Replies to relays leave through the bound interface: relays must be reachable through it.
+  * Leases are keyed by the hardware address, not by the client identifier (option 61): a PXE
+    ROM (no option 61), iPXE and the booted OS (systemd-networkd sends a DUID-based one) are the
+    same machine and keep one address, as the inventory assigns roles by MAC.  Option 61 is
+    echoed in every reply (RFC 6842).
 """
 
 from __future__ import annotations
@@ -419,6 +423,9 @@ class DhcpServer:
         return r
 
     def _encode(self, ctx: _Ctx, r: DhcpPacket) -> bytes:
+        client_id = ctx.pkt.options.get(o.CLIENT_ID)
+        if client_id is not None:  # RFC 6842: OFFER, ACK and NAK carry it back
+            r.options[o.CLIENT_ID] = client_id
         relay = ctx.pkt.options.get(o.RELAY_AGENT_INFO)
         if relay is not None:  # RFC 3046 §2.2: echo it back
             r.options[o.RELAY_AGENT_INFO] = relay

@@ -441,3 +441,20 @@ def test_uefi_http_boot_client_gets_httpclient_and_url(mode: str) -> None:
     assert p.message_type == MT.OFFER
     assert p.options[o.VENDOR_CLASS] == b"HTTPClient"  # UEFI 2.x §24.7: else it is ignored
     assert p.file == url.encode() and p.options[o.BOOTFILE_NAME] == url.encode()
+
+
+@pytest.mark.parametrize("mt", [MT.DISCOVER, MT.REQUEST])
+def test_client_identifier_echoed_in_replies(mt: MT) -> None:
+    """RFC 6842: a server that gets option 61 returns it in OFFER, ACK and NAK."""
+    srv, _ = make()
+    cid = b"\xff\x00\x00\x00\x01\x00\x04" + bytes(range(16))  # RFC 4361 IAID + DUID form
+    opts = {o.CLIENT_ID: cid}
+    if mt == MT.REQUEST:
+        opts[o.REQUESTED_IP] = o.ip_bytes("192.0.2.100")
+    p = parse(srv.handle(request(mt, options=opts), CLIENT, 67))
+    assert p.message_type in (MT.OFFER, MT.ACK) and p.options[o.CLIENT_ID] == cid
+    nak = parse(srv.handle(request(MT.REQUEST, options={
+        o.CLIENT_ID: cid, o.REQUESTED_IP: o.ip_bytes("203.0.113.9")}), CLIENT, 67))
+    assert nak.message_type == MT.NAK and nak.options[o.CLIENT_ID] == cid
+    plain = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
+    assert o.CLIENT_ID not in plain.options
