@@ -44,8 +44,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 def _vm(served: Served, tmp: Path, mac: str, **kw: object) -> Vm:
     tap = served.lab.tap(served.ns, "br0")
-    opts: dict[str, object] = {"boot": "n", **kw}
-    cfg = VmConfig(memory_mb=384, nics=[Nic("virtio", tap=tap, mac=mac)],
+    opts: dict[str, object] = {"boot": "n", "memory_mb": 384, **kw}
+    cfg = VmConfig(nics=[Nic("virtio", tap=tap, mac=mac)],
                    netns=served.ns.name, name=f"pxe-{mac[-2:]}", **opts)  # type: ignore[arg-type]
     return Vm(cfg, workdir=tmp)
 
@@ -87,3 +87,37 @@ def test_unassigned_machine_is_listed_then_boots_once_assigned(served: Served,
         served.cli("assign", mac, "pxetest")  # while the server runs: no restart
         vm.wait_for(line_re(MARKER), timeout=240)
     assert mac not in served.unassigned()
+
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+@pytest.mark.parametrize("nic_rom", ["ovmf-pxe", "ipxe-rom"])
+def test_uefi_boots_assigned_role(served: Served, tmp_path: Path, nic_rom: str) -> None:
+    """UEFI (OVMF).  ovmf-pxe: the NIC has no option ROM, so the firmware's own PXE client asks
+    with option 93 = 7, gets ipxe.efi over TFTP, and that iPXE asks again as iPXE for the
+    per-node script over HTTP.  ipxe-rom: QEMU's EFI iPXE ROM is the boot option and asks as
+    iPXE (arch 7) at once.  The kernel boots through its EFI stub either way."""
+    assert OVMF_CODE.is_file(), "ovmf is installed by .ci/run"
+    vars_copy = tmp_path / "OVMF_VARS.fd"
+    vars_copy.write_bytes(OVMF_VARS.read_bytes())
+    mac = "52:54:00:e2:e0:04" if nic_rom == "ovmf-pxe" else "52:54:00:e2:e0:05"
+    served.cli("assign", mac, "pxetest", "--hostname", f"uefi-{nic_rom}")
+    pflash = [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+    ]
+    tap = served.lab.tap(served.ns, "br0")
+    nic = Nic("virtio", tap=tap, mac=mac, romfile="" if nic_rom == "ovmf-pxe" else None)
+    cfg = VmConfig(memory_mb=512, nics=[nic], netns=served.ns.name, name=f"uefi-{mac[-2:]}",
+                   extra_args=pflash)
+    with Vm(cfg, workdir=tmp_path) as vm:
+        vm.start()
+        vm.wait_for(line_re(MARKER), timeout=480)
+        assert "EFI stub" in vm.output()
+    log = served.log_text()
+    if nic_rom == "ovmf-pxe":
+        assert f"{mac}: TFTP" in log and "RRQ ipxe.efi" in log, log[-3000:]
+    assert f"{mac}: iPXE script served" in log
+    assert f"{mac}: HTTP " in log and "/kernel -> 200" in log
