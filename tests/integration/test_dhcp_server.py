@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -240,6 +241,41 @@ def test_busybox_udhcpc_gets_lease_and_boot_file(pair: Running) -> None:
     assert env["boot_file"] == "undionly.kpxe" and env["siaddr"] == SRV_IP
     assert env["serverid"] == SRV_IP and env["router"] == SRV_IP
     assert pair.server.leases.lease_of(pair.cli.mac("eth0")) is not None
+
+
+def test_busybox_udhcpc_renews_by_unicast_then_releases(pair: Running,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """RENEWING (RFC 2131 4.3.2): the client unicasts its REQUEST from its address to the
+    server and gets the ACK by unicast; a RELEASE frees the lease on the server."""
+    events = pair.tmp / "events"
+    script = pair.tmp / "udhcpc-ev.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1 ${{ip:-}}" >> {events}\n'
+        '[ "$1" = bound ] || [ "$1" = renew ] || exit 0\n'
+        'ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"\n')
+    script.chmod(0o755)
+    mac = pair.cli.mac("eth0")
+    proc = pair.lab.popen(pair.cli.cmd("busybox", "udhcpc", "-f", "-i", "eth0", "-R",
+                                       "-t", "3", "-T", "2", "-s", str(script)))
+    try:
+        wait_for(lambda: events.exists() and "bound 192.0.2." in events.read_text(),
+                 timeout=20, what="udhcpc bound")
+        ip = events.read_text().split("bound ", 1)[1].split()[0]
+        proc.send_signal(signal.SIGUSR1)  # renew now
+        caplog.set_level(logging.INFO, logger="bootserver.dhcp")
+        wait_for(lambda: f"renew {ip}" in events.read_text(), timeout=20, what="udhcpc renew")
+        assert f"REQUEST from {mac}" in caplog.text and f"ACK {ip}" in caplog.text
+        assert f"to {ip}:68" in caplog.text  # unicast to the client's address
+        lease = pair.server.leases.lease_of(mac)
+        assert lease is not None and lease.ip == ip
+    finally:
+        proc.send_signal(signal.SIGUSR2)  # release
+        time.sleep(0.5)
+        pair.lab.stop(proc)
+    wait_for(lambda: pair.server.leases.lease_of(mac) is None, timeout=10,
+             what="lease released")
+    assert '"released"' in (pair.tmp / "leases.jsonl").read_text()
 
 
 def test_restart_keeps_leases(pair: Running) -> None:
