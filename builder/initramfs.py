@@ -108,6 +108,30 @@ def _read_modules_dep(modules_dir: Path) -> dict[str, tuple[str, tuple[str, ...]
     return table
 
 
+_PCI_ALIAS_RE = re.compile(r"^alias pci:v0000([0-9A-F]{4})d0000([0-9A-F]{4})\S* (\S+)$")
+
+
+def pci_driver_table(modules_dir: Path, names: Iterable[str]) -> str:
+    """``vendor device module`` lines (lowercase hex, as in /sys/bus/pci/devices/*/vendor
+    without ``0x``) for every modules.alias entry of ``names`` that names one vendor and one
+    device; subsystem and class parts are ignored (a driver that does not support the exact
+    card refuses it at probe time)."""
+    want = {n.replace("-", "_") for n in names}
+    p = modules_dir / "modules.alias"
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise InitramfsError(f"{p}: cannot read ({e.strerror}); run depmod first") from e
+    lines: list[str] = []
+    for line in text.splitlines():
+        m = _PCI_ALIAS_RE.match(line)
+        if m and m.group(3).replace("-", "_") in want:
+            entry = f"{m.group(1).lower()} {m.group(2).lower()} {m.group(3).replace('-', '_')}\n"
+            if entry not in lines:
+                lines.append(entry)
+    return "".join(lines)
+
+
 def _builtin(modules_dir: Path) -> set[str]:
     p = modules_dir / "modules.builtin"
     if not p.is_file():
@@ -354,12 +378,17 @@ def build_initramfs(
     mode: str,
     kernel: KernelTree | None = None,
     modules: Sequence[str] = (),
+    autoload: Sequence[str] = (),
     params: Mapping[str, str] | None = None,
     extra_files: Mapping[str, Path | bytes | str] | None = None,
     compression: str = "gzip",
     busybox: Path = Path("/bin/busybox"),
 ) -> InitramfsResult:
-    """Build the initramfs of ``mode`` at ``out`` (written atomically)."""
+    """Build the initramfs of ``mode`` at ``out`` (written atomically).
+
+    ``modules`` are loaded by the init at boot, in dependency order.  Those also named in
+    ``autoload`` (NIC drivers), and the dependencies only they need, are shipped but loaded
+    only for a PCI device that one of them drives (``etc/hc/pci-drivers``)."""
     init = render_init(mode, params)
     if modules and kernel is None:
         raise InitramfsError("modules requested but no kernel tree given")
@@ -377,12 +406,20 @@ def build_initramfs(
     refs: list[ModuleRef] = []
     if kernel is not None:
         refs = module_closure(kernel.modules_dir, modules)
+        auto_names = {a.replace("-", "_") for a in autoload}
+        explicit = {r.name for r in module_closure(
+            kernel.modules_dir, [m for m in modules if m.replace("-", "_") not in auto_names])}
         base = f"lib/modules/{kernel.version}"
         listing, dep = [], []
         for ref in refs:
             entries.append(CpioEntry(f"{base}/{ref.plain_relpath}", "file", 0o644,
                                      _module_bytes(kernel.modules_dir, ref)))
-            listing.append(f"{ref.name} {ref.plain_relpath}\n")
+            flag = "" if ref.name in explicit else " auto"
+            listing.append(f"{ref.name} {ref.plain_relpath}{flag}\n")
+        if auto_names:
+            table = pci_driver_table(kernel.modules_dir,
+                                     [r.name for r in refs if r.name in auto_names])
+            entries.append(CpioEntry("etc/hc/pci-drivers", "file", 0o644, table.encode()))
         by_name = {r.name: r for r in refs}
         for ref in refs:
             deps = " ".join(by_name[d].plain_relpath for d in ref.deps if d in by_name)

@@ -88,6 +88,7 @@ class KernelSpec:
     module_sets: Mapping[str, tuple[str, ...]]
     initramfs: Mapping[str, tuple[str, ...]]
     source: Path | None = None
+    autoload: tuple[str, ...] = ()  # module sets loaded per PCI device, not all at boot
 
     def modules_in(self, *sets: str) -> tuple[str, ...]:
         """The union of the named module sets, in order, without duplicates."""
@@ -106,6 +107,12 @@ class KernelSpec:
             raise SpecError(self.source or self.name, f"initramfs.{mode}", "no such initramfs mode")
         return self.modules_in(*self.initramfs[mode])
 
+    def autoload_for(self, mode: str) -> tuple[str, ...]:
+        """The modules of ``mode`` that the initramfs loads only for a PCI device they drive
+        (from the ``autoload`` sets: NIC drivers), a subset of ``modules_for(mode)``."""
+        sets = [s for s in self.initramfs.get(mode, ()) if s in self.autoload]
+        return self.modules_in(*sets) if sets else ()
+
 
 @dataclass(frozen=True)
 class XenSpec:
@@ -120,7 +127,7 @@ class XenSpec:
 
 _KERNEL_KEYS = {
     "kind": True, "name": True, "package": True, "image_package": False, "version": False,
-    "cmdline": False, "module_sets": False, "initramfs": False,
+    "cmdline": False, "module_sets": False, "initramfs": False, "autoload": False,
 }
 _XEN_KEYS = {
     "kind": True, "name": True, "package": True, "hypervisor": True, "version": False,
@@ -224,6 +231,10 @@ def load_kernel_spec(path_or_name: Path | str) -> KernelSpec:
         for i, s in enumerate(sets):
             if s not in module_sets:
                 raise SpecError(path, f"initramfs.{mode}[{i}]", f"unknown module set {s!r}")
+    autoload = _name_list(path, "autoload", d.get("autoload") or [])
+    for i, s in enumerate(autoload):
+        if s not in module_sets:
+            raise SpecError(path, f"autoload[{i}]", f"unknown module set {s!r}")
     return KernelSpec(
         name=_req_str(path, "name", d["name"]),
         package=package,
@@ -234,6 +245,7 @@ def load_kernel_spec(path_or_name: Path | str) -> KernelSpec:
         module_sets=module_sets,
         initramfs=initramfs,
         source=path,
+        autoload=autoload,
     )
 
 

@@ -333,6 +333,7 @@ def step_initrd(b: Build) -> None:
                 mode="aoe-root",
                 kernel=kernel_tree_from_root(b.root),
                 modules=(*ks.modules_for("aoe-root"), *extra),
+                autoload=ks.autoload_for("aoe-root"),
             )
         b.versions["initramfs_modules"] = " ".join(res.modules)
         return

@@ -102,7 +102,7 @@ def _aoe_setup(lb: Lab, tmp_path: Path, image: Path, shelf: int = 1, slot: int =
     return h.name, tap
 
 
-@pytest.mark.parametrize("nic", ["virtio", "e1000"])
+@pytest.mark.parametrize("nic", ["virtio", "e1000", "e1000e", "rtl8139"])
 def test_aoe_root_over_vblade(kernel: KernelTree, net_lab: Lab, tmp_path: Path,
                               nic: str) -> None:
     img = tmp_path / "export.img"

@@ -84,12 +84,13 @@ def _initramfs(mode: str, params_json: str, with_kernel: bool, compression: str)
     params: dict[str, str] = json.loads(params_json)
     kernel = debian_kernel() if with_kernel else None
     modules = kernel_spec().modules_for(mode) if with_kernel else ()
+    autoload = kernel_spec().autoload_for(mode) if with_kernel else ()
     key = _digest(mode, params, compression, kernel.version if kernel else None,
-                  list(modules), *_initramfs_inputs())
+                  list(modules), list(autoload), *_initramfs_inputs())
     out = cache_dir() / "initramfs" / f"{mode}-{key}.img"
     if not out.is_file():
-        build_initramfs(out, mode=mode, kernel=kernel, modules=modules, params=params,
-                        compression=compression, busybox=BUSYBOX)
+        build_initramfs(out, mode=mode, kernel=kernel, modules=modules, autoload=autoload,
+                        params=params, compression=compression, busybox=BUSYBOX)
     return out
 
 

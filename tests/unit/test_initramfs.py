@@ -18,6 +18,7 @@ from builder.initramfs import (
     ModuleMissing,
     build_initramfs,
     module_closure,
+    pci_driver_table,
     read_newc,
     render_init,
     write_newc,
@@ -41,6 +42,21 @@ kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio_ring.ko:
 kernel/fs/overlayfs/overlay.ko.xz:
 kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko:
+kernel/drivers/net/ethernet/realtek/r8169.ko: kernel/drivers/net/phy/realtek.ko \
+kernel/drivers/net/phy/libphy.ko
+kernel/drivers/net/phy/realtek.ko: kernel/drivers/net/phy/libphy.ko
+kernel/drivers/net/phy/libphy.ko:
+kernel/drivers/net/ethernet/realtek/8139cp.ko: kernel/drivers/net/mii.ko
+kernel/drivers/net/mii.ko:
+"""
+
+MODULES_ALIAS = """alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
+alias pci:v000010ECd00008168sv*sd*bc*sc*i* r8169
+alias pci:v000010ECd00008139sv*sd*bc*sc*i* 8139cp
+alias pci:v000010ECd00008139sv000010ECsd00008139bc*sc*i* 8139cp
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias virtio:d00000001v* virtio_net
+alias pci:v000010ECd00008129sv*sd*bc*sc*i* 8139too
 """
 
 
@@ -54,6 +70,7 @@ def kernel_tree(tmp_path: Path) -> KernelTree:
         body = f"ELF module {rel}".encode()
         f.write_bytes(lzma.compress(body) if rel.endswith(".xz") else body)
     (mods / "modules.dep").write_text(MODULES_DEP)
+    (mods / "modules.alias").write_text(MODULES_ALIAS)
     (mods / "modules.builtin").write_text(
         "kernel/net/packet/af_packet.ko\nkernel/net/unix/unix.ko\n")
     vmlinuz = tmp_path / "root/boot" / f"vmlinuz-{VERSION}"
@@ -235,6 +252,31 @@ def test_build_contents(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) 
     dep = e[f"lib/modules/{VERSION}/modules.dep"].data.decode()
     assert "kernel/fs/ext4/ext4.ko: " in dep
     assert e["etc/motd"].data == b"hi\n" and e["usr/bin/tool"].mode == 0o755
+
+
+def test_autoload_drivers_ship_with_a_pci_table(kernel_tree: KernelTree, busybox: Path,
+                                                tmp_path: Path) -> None:
+    """NIC drivers named in ``autoload`` are shipped, flagged ``auto`` (with the dependencies only
+    they need) and listed by PCI vendor:device, so the init loads only what the machine has."""
+    res = build_initramfs(tmp_path / "i.img", mode="aoe-root", kernel=kernel_tree,
+                          modules=["virtio_net", "e1000e", "r8169", "8139cp", "aoe"],
+                          autoload=["e1000e", "r8169", "8139cp"], busybox=busybox,
+                          compression="none")
+    e = _entries(res.path)
+    flags = {ln.split()[0]: ln.split()[2:] for ln in
+             e["etc/hc/modules"].data.decode().splitlines()}
+    assert flags["virtio_net"] == [] and flags["aoe"] == [] and flags["virtio"] == []
+    for auto in ("e1000e", "r8169", "realtek", "libphy", "8139cp", "mii"):
+        assert flags[auto] == ["auto"], auto
+    table = e["etc/hc/pci-drivers"].data.decode().splitlines()
+    assert table == ["8086 10d3 e1000e", "10ec 8168 r8169", "10ec 8139 8139cp"]
+    init = e["init"].data.decode()
+    assert "load_pci_drivers" in init and "/etc/hc/pci-drivers" in init
+
+
+def test_pci_driver_table_needs_modules_alias(tmp_path: Path) -> None:
+    with pytest.raises(InitramfsError, match=r"modules\.alias: cannot read"):
+        pci_driver_table(tmp_path, ["e1000"])
 
 
 def test_build_is_deterministic(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) -> None:

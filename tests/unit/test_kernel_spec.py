@@ -51,6 +51,19 @@ def test_shipped_kernel_spec() -> None:
     assert mods.index("crc32c_generic") < mods.index("ext4")
     assert spec.modules_for("marker") == ()
     assert "squashfs" in spec.modules_for("ram-root")
+    # NIC drivers of servers and of QEMU's NICs are loaded per PCI device
+    auto = spec.autoload_for("aoe-root")
+    assert {"e1000", "e1000e", "igb", "ixgbe", "r8169", "tg3", "8139cp", "vmxnet3"} <= set(auto)
+    assert set(auto) <= set(mods) and "virtio_net" not in auto and "aoe" not in auto
+    assert spec.autoload_for("marker") == ()
+
+
+def test_autoload_must_name_module_sets(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as ei:
+        load_spec(write(tmp_path, KERNEL_YAML + "autoload: [nics]\n"))
+    assert "autoload[0]" in str(ei.value) and "unknown module set 'nics'" in str(ei.value)
+    spec = load_spec(write(tmp_path, KERNEL_YAML + "autoload: [nic]\n"))
+    assert isinstance(spec, KernelSpec) and spec.autoload_for("aoe-root") == ("virtio_net",)
 
 
 def test_shipped_xen_spec() -> None:
