@@ -22,11 +22,20 @@ class Reports:
         self._lock = threading.Lock()
 
     def put(self, mac: str, doc: dict[str, Any]) -> None:
-        rec = {"state": str(doc.get("state", "unknown"))[:64], "time": time.time(),
-               "detail": doc.get("detail")}
+        state, now = str(doc.get("state", "unknown"))[:64], time.time()
         with self._lock, locked(self.lock_path):
             cur = read_reports(self.path.parent)
-            cur[mac] = rec
+            old = cur.get(mac)
+            hist = old.get("states") if isinstance(old, dict) else None
+            if not isinstance(hist, dict):
+                hist = {}
+            # every state with the time it was last reported: one node sends several
+            # ("exports-ready" from the storage agent, then "ready" from hc-node-report)
+            hist = {**{k: v for k, v in hist.items() if k != state}, state: now}
+            if len(hist) > 16:
+                hist = dict(sorted(hist.items(), key=lambda kv: kv[1])[-16:])
+            cur[mac] = {"state": state, "time": now, "detail": doc.get("detail"),
+                        "states": hist}
             atomic_write(self.path, json.dumps(cur, indent=1, sort_keys=True) + "\n")
 
 

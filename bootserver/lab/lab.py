@@ -432,7 +432,8 @@ class Lab:
                     f = followers[name] = Follower(n["serial_log"], n["role"])
                 cs = f.poll()
                 rep = reports.get(n["mac"])
-                state = combine(cs, n["role"], rep, self._vm_running(n))
+                state = combine(cs, n["role"], rep, self._vm_running(n),
+                                since=float(n.get("started") or 0))
                 since = n.get("assigned") or n.get("started") or time.time()
                 for step in cs.drain()[:-1]:  # states passed within one poll
                     if step != shown.get(name) and step != state:
@@ -538,7 +539,8 @@ class Lab:
             cs = scan(text, n["role"])
             running = self._vm_running(n)
             rep = reports.get(n["mac"])
-            state = combine(cs, n["role"], rep, running) if n.get("pid") else "off"
+            state = (combine(cs, n["role"], rep, running, since=float(n.get("started") or 0))
+                     if n.get("pid") else "off")
             since = n.get("assigned") or n.get("started")
             ready = n.get("ready_at")
             if ready is None and rep and state == final_state(n["role"]):

@@ -51,9 +51,11 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("initramfs", _P + r"hc: "),
         ("root mounted", _P + r"hc: (?:switch_root to|\[[^\]]*\] (?:mounted|root unpacked))"),
         ("userland", r"systemd\[1\]: |Welcome to \S"),
-        ("exports ready", _P + r"hc-storage: exports ready"),
-        ("dom0 up", _P + r"hc-node: dom0 up"),
-        ("ready", _P + r"hc-node: \S+ ready"),
+        # the final states may follow other output on the same line (a getty's "login: "
+        # prompt printed while the agent writes): matched anywhere in a line
+        ("exports ready", r"hc-storage: exports ready"),
+        ("dom0 up", r"hc-node: dom0 up"),
+        ("ready", r"hc-node: \S+ ready"),
         ("failed", _P + r"HC-ERROR: .*|Kernel panic.*"),
     ))
 
@@ -106,12 +108,32 @@ def scan(text: str, role: str | None, start: ConsoleState | None = None) -> Cons
     return st
 
 
+def reported_states(report: dict[str, object] | None, since: float = 0.0) -> set[str]:
+    """The states a node reported since ``since`` (the report's history, else its last
+    state): a later report ("ready" after "exports-ready") does not hide an earlier one."""
+    if not report:
+        return set()
+    out: set[str] = set()
+    hist = report.get("states")
+    if isinstance(hist, dict):
+        out |= {REPORTED[k] for k, t in hist.items()
+                if k in REPORTED and isinstance(t, (int, float)) and t >= since}
+    last = REPORTED.get(str(report.get("state")))
+    t = report.get("time")
+    if last and (not isinstance(t, (int, float)) or t >= since):
+        out.add(last)
+    return out
+
+
 def combine(console: ConsoleState, role: str | None, report: dict[str, object] | None,
-            vm_running: bool) -> str:
-    """The state shown for a node."""
+            vm_running: bool, since: float = 0.0) -> str:
+    """The state shown for a node (reports older than ``since``, its boot, are ignored)."""
     final = final_state(role)
     reported = REPORTED.get(str((report or {}).get("state")))
-    if reported == final or console.final_seen:
+    t = (report or {}).get("time")
+    if isinstance(t, (int, float)) and t < since:
+        reported = None  # from an earlier boot
+    if console.final_seen or final in reported_states(report, since):
         return final
     state = console.state
     if reported and STATES.index(reported) > STATES.index(state):

@@ -88,3 +88,37 @@ def test_follower_reads_only_what_was_appended_and_waits_for_whole_lines(tmp_pat
     with open(log, "ab") as fh:
         fh.write(b"." * 5000)  # progress dots without a newline are scanned anyway
     assert f.poll().state == "loading" and f.tail == ""
+
+
+def test_final_marker_after_a_login_prompt_on_the_same_line() -> None:
+    """A getty prompt printed while the agent writes shares its line (seen in the real lab)."""
+    text = ("Welcome to Debian GNU/Linux 12 (bookworm)!\n"
+            "snode2 login: hc-storage: exports ready e1.0\n")
+    st = P.scan(text, "snode")
+    assert st.state == "exports ready" and st.final_seen
+
+
+def test_a_later_report_does_not_hide_the_final_one() -> None:
+    """The storage agent reports exports-ready, then hc-node-report reports ready: the node
+    stays at its final state (it once went back to "ready" and `lab up` waited forever)."""
+    early = P.scan("iPXE (x)\nLinux version 6.1\n", "snode")
+    rep = {"state": "ready", "time": 200.0,
+           "states": {"exports-ready": 190.0, "ready": 200.0}}
+    assert P.combine(early, "snode", rep, vm_running=True, since=100.0) == "exports ready"
+    # reports from before this boot do not count
+    assert P.combine(early, "snode", rep, vm_running=True, since=195.0) == "ready"
+    old = {"state": "exports-ready", "time": 50.0}
+    assert P.combine(early, "snode", old, vm_running=True, since=100.0) == "kernel"
+
+
+def test_reports_keep_every_state_with_its_time(tmp_path: Path) -> None:
+    from bootserver.reports import Reports, read_reports
+
+    r = Reports(tmp_path)
+    mac = "52:54:00:4c:53:02"
+    r.put(mac, {"state": "exports-ready", "detail": "e1.0"})
+    r.put(mac, {"state": "ready", "detail": "6.1.0"})
+    rec = read_reports(tmp_path)[mac]
+    assert rec["state"] == "ready" and rec["detail"] == "6.1.0"
+    assert set(rec["states"]) == {"exports-ready", "ready"}
+    assert rec["states"]["ready"] >= rec["states"]["exports-ready"]
