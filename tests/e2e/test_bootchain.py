@@ -118,6 +118,10 @@ def test_aoe_root_over_vblade(kernel: KernelTree, net_lab: Lab, tmp_path: Path,
         root = vm.wait_for(r"root: / is (.*)", timeout=60)
         assert "overlay" in root.group(1)
         vm.wait_for(r"root: writable", timeout=30)
+        # the shared image has no machine-id: the init makes one from the node's MAC
+        mid = vm.wait_for(r"root: machine-id (\S*)", timeout=30).group(1)
+        want = hashlib.md5(b"homecloud machine-id 52:54:00:c0:00:01\n").hexdigest()
+        assert mid == want
         vm.wait_for(line_re("HC-E2E-ROOT-AOE"), timeout=30)
         _report(f"aoe-root ({nic}) over vblade", vm, "root marker")
         vm.wait_exit(30)

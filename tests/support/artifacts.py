@@ -121,6 +121,7 @@ export PATH=/bin
 busybox echo "root: / is $(busybox grep ' / ' /proc/mounts)"
 if busybox touch /hc-write-test 2>/dev/null; then busybox echo "root: writable"; fi
 busybox echo "root: pid $$"
+busybox echo "root: machine-id $(busybox cat /etc/machine-id 2>/dev/null)"
 busybox echo {marker}
 busybox sync
 busybox poweroff -f
