@@ -38,7 +38,11 @@ def _files(images: tuple[Path, ImageStore], role: str) -> tuple[dict[str, Path],
 
 
 def run_check(cmd: str) -> str:
-    """A kernel parameter that makes systemd run ``cmd`` (no '$', no double quotes)."""
+    """A kernel parameter that makes systemd run ``cmd`` (no '$', no double quotes).
+
+    The kernel echoes its command line on the console, so a check must not print a literal
+    that appears in ``cmd``: the checks below print their marker with the kernel release
+    appended by sed, and wait for the marker followed by a digit."""
     assert "$" not in cmd and '"' not in cmd
     return f"systemd.run=\"/bin/sh -c '{cmd}'\""
 
@@ -49,7 +53,8 @@ def test_hnode_boots_xen_dom0_with_local_root(images: tuple[Path, ImageStore],
     xl = "/usr/lib/xen-4.17/bin/xl"
     check = run_check(
         f"while ! {xl} info >/dev/null 2>&1; do sleep 2; done; "
-        f"{xl} info | grep -E ^xen_version >/dev/console; echo HC-XL-INFO-OK >/dev/console"
+        f"{xl} info | grep -E ^xen_version >/dev/console; "
+        "uname -r | sed s/^/HC-XL-INFO-OK-/ >/dev/console"
     )
     dom0 = f"{cmdline} hc.root=/dev/vda {check}"
     cfg = VmConfig(
@@ -60,7 +65,7 @@ def test_hnode_boots_xen_dom0_with_local_root(images: tuple[Path, ImageStore],
     with Vm(cfg, workdir=tmp_path) as vm:
         vm.start()
         vm.wait_for(r"xen_version\s*:\s*4\.17", timeout=BOOT_TIMEOUT)
-        vm.wait_for(r"HC-XL-INFO-OK", timeout=60)
+        vm.wait_for(r"HC-XL-INFO-OK-\d", timeout=60)
 
 
 def test_snode_boots_into_ram_with_storage_tools(images: tuple[Path, ImageStore],
@@ -68,21 +73,22 @@ def test_snode_boots_into_ram_with_storage_tools(images: tuple[Path, ImageStore]
     f, cmdline, _ = _files(images, "snode")
     check = run_check(
         "command -v vblade && command -v mdadm && modprobe aoe && grep -q ^rootfs /proc/mounts"
-        " && echo HC-SNODE-OK >/dev/console"
+        " && uname -r | sed s/^/HC-SNODE-OK-/ >/dev/console"
     )
     cfg = VmConfig(memory_mb=2048, kernel=f["kernel"], initrd=f["initrd"],
                    append=f"{cmdline} {check}", name="snode")
     with Vm(cfg, workdir=tmp_path) as vm:
         vm.start()
-        vm.wait_for(r"HC-SNODE-OK", timeout=BOOT_TIMEOUT)
+        vm.wait_for(r"HC-SNODE-OK-\d", timeout=BOOT_TIMEOUT)
 
 
 def test_domu_boots_as_plain_vm(images: tuple[Path, ImageStore], tmp_path: Path) -> None:
     f, cmdline, _ = _files(images, "domu")
-    check = run_check("grep -q ^/dev/vda /proc/mounts && echo HC-DOMU-OK >/dev/console")
+    check = run_check("grep -q ^/dev/vda /proc/mounts"
+                      " && uname -r | sed s/^/HC-DOMU-OK-/ >/dev/console")
     cfg = VmConfig(memory_mb=1024, kernel=f["kernel"], initrd=f["initrd"],
                    append=f"{cmdline} {check}",
                    disks=[Disk(f["rootfs"], iface="virtio", snapshot=True)], name="domu")
     with Vm(cfg, workdir=tmp_path) as vm:
         vm.start()
-        vm.wait_for(r"HC-DOMU-OK", timeout=BOOT_TIMEOUT)
+        vm.wait_for(r"HC-DOMU-OK-\d", timeout=BOOT_TIMEOUT)
