@@ -34,7 +34,7 @@ from bootserver.fsutil import atomic_write, locked
 from bootserver.inventory import Export, Inventory, InventoryFile, Node
 from bootserver.lab import net, procs, vm
 from bootserver.lab.errors import LabError
-from bootserver.lab.progress import Follower, combine, final_state, scan
+from bootserver.lab.progress import Follower, combine, final_state, reported_at, scan
 from bootserver.reports import read_reports
 from bootserver.seen import read_seen
 from builder.manifest import ImageStore, ManifestError
@@ -447,8 +447,9 @@ class Lab:
                              f"(+{max(0.0, time.time() - since):.1f}s){detail}")
                 if state == final_state(n["role"]) and not n.get("ready_at"):
                     t = time.time()
-                    if rep and rep.get("state") and isinstance(rep.get("time"), (int, float)):
-                        t = min(t, float(rep["time"]))
+                    rt = reported_at(rep, state)  # the report of this state, not a later one
+                    if rt is not None:
+                        t = min(t, rt)
                     n["ready_at"] = max(t, since)
                     self._put_node(n)
                 if state not in (final_state(n["role"]), "failed", "off"):
@@ -543,9 +544,8 @@ class Lab:
                      if n.get("pid") else "off")
             since = n.get("assigned") or n.get("started")
             ready = n.get("ready_at")
-            if ready is None and rep and state == final_state(n["role"]):
-                t = rep.get("time")
-                ready = float(t) if isinstance(t, (int, float)) else None
+            if ready is None and state == final_state(n["role"]):
+                ready = reported_at(rep, state)
             secs = round(ready - since, 1) if ready and since else None
             out.append(NodeStatus(n["name"], n["mac"], n["role"],
                                   leases.get(n["mac"]) or n.get("ip") or "-", state, secs,

@@ -125,6 +125,19 @@ def reported_states(report: dict[str, object] | None, since: float = 0.0) -> set
     return out
 
 
+def reported_at(report: dict[str, object] | None, state: str) -> float | None:
+    """When the node reported ``state`` (a shown state such as "exports ready"), if it did."""
+    if not report:
+        return None
+    hist = report.get("states")
+    times = [t for k, t in (hist.items() if isinstance(hist, dict) else ())
+             if REPORTED.get(k) == state and isinstance(t, (int, float))]
+    last = report.get("time")
+    if REPORTED.get(str(report.get("state"))) == state and isinstance(last, (int, float)):
+        times.append(last)
+    return float(max(times)) if times else None
+
+
 def combine(console: ConsoleState, role: str | None, report: dict[str, object] | None,
             vm_running: bool, since: float = 0.0) -> str:
     """The state shown for a node (reports older than ``since``, its boot, are ignored)."""

@@ -122,3 +122,11 @@ def test_reports_keep_every_state_with_its_time(tmp_path: Path) -> None:
     assert rec["state"] == "ready" and rec["detail"] == "6.1.0"
     assert set(rec["states"]) == {"exports-ready", "ready"}
     assert rec["states"]["ready"] >= rec["states"]["exports-ready"]
+
+
+def test_reported_at_is_the_time_of_that_state_not_of_the_last_report() -> None:
+    rep = {"state": "ready", "time": 150.0, "states": {"exports-ready": 190.0, "ready": 150.0}}
+    assert P.reported_at(rep, "exports ready") == 190.0
+    assert P.reported_at(rep, "ready") == 150.0
+    assert P.reported_at(rep, "dom0 up") is None and P.reported_at(None, "ready") is None
+    assert P.reported_at({"state": "dom0-up", "time": 12.5}, "dom0 up") == 12.5
