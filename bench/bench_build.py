@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """hcbuild against plain disk-image-create, in one run, on this machine.
 
-    python bench/bench_build.py [--workdir DIR] [--skip-bare] [--keep-workdir]
+    python bench/bench_build.py [--runs N] [--workdir DIR] [--skip-bare] [--keep-workdir]
 
-Measures, for the hnode role:
-  cold      hcbuild with an empty cache (base layer + role layer + artifacts)
+Measures, for the hnode role, N times (bare and cold alternate, so both see the same load):
   bare      disk-image-create -t tar with the same elements and packages, empty DIB cache
+  cold      hcbuild with an empty cache (one DIB pass that leaves the base layer behind)
   noop      hcbuild again, nothing changed (target < 1 s)
-  element   hcbuild after one role element changed (target <= 0.5x cold)
-and prints the ratios and the artifact sizes (hnode initrd target <= 8 MB).
-Not a test: no asserts; numbers go to stdout (and --json FILE).
+  element   hcbuild after one role element changed (target <= 0.5x cold): it starts from
+            the cached base layer
+and prints the medians, the ratios of the medians and per run, and the artifact sizes (hnode
+initrd target <= 8 MB).  Not a test: no asserts; numbers go to stdout (and --json FILE).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--skip-bare", action="store_true")
     ap.add_argument("--keep-workdir", action="store_true")
@@ -59,49 +62,65 @@ def main() -> None:
         for name in ("elements", "profiles", "kernels"):
             shutil.copytree(paths.data_root() / name, data / name)
     env = {**os.environ, "HC_DATA_DIR": str(data)}
-    store, cache = work / "images", work / "cache"
-    hc = [sys.executable, "-m", "builder.cli", "image", ROLE, "--out", str(store),
-          "--cache", str(cache)]
-    res: dict[str, float] = {}
+    res: dict[str, list[float]] = {"bare": [], "cold": [], "noop": [], "element": []}
+    sizes: dict[str, int] = {}
+    p = load_profile(ROLE, data / "profiles")
+    from builder.kernel import load_kernel_spec
 
-    if not a.skip_bare:
-        p = load_profile(ROLE, data / "profiles")
-        from builder.kernel import load_kernel_spec
+    ks = load_kernel_spec(p.kernel_spec())
+    m = resolve_mirrors()
+    for run in range(a.runs):
+        rw = work / f"run{run}"
+        if rw.exists():
+            shutil.rmtree(rw)
+        rw.mkdir()
+        store, cache = rw / "images", rw / "cache"
+        hc = [sys.executable, "-m", "builder.cli", "image", ROLE, "--out", str(store),
+              "--cache", str(cache)]
+        if not a.skip_bare:
+            bare_cache = rw / "bare-cache"
+            bare_cache.mkdir()
+            benv = {**env, **m.dib_env(), "DIB_RELEASE": p.release,
+                    "ELEMENTS_PATH": str(data / "elements"), "DIB_IMAGE_CACHE": str(bare_cache)}
+            cmd = ["disk-image-create", "-a", p.arch, "-t", "tar", "-o", str(rw / "bare"),
+                   "-p", ",".join([ks.package, *p.packages]),
+                   "debian-minimal", *p.base_elements, *p.elements]
+            if run == 0:
+                print("bare:", " ".join(cmd), flush=True)
+            res["bare"].append(timed(cmd, benv, rw / "bare.log"))
+            (rw / "bare.tar").unlink(missing_ok=True)
+        res["cold"].append(timed(hc, env, rw / "cold.log"))
+        res["noop"].append(timed(hc, env, rw / "noop.log"))
+        script = data / "elements" / "hc-xen-dom0" / "install.d" / "55-hc-xen-dom0-settings"
+        original = script.read_text()
+        script.write_text(original + f"# bench change {time.time()}\n")
+        try:
+            res["element"].append(timed(hc, env, rw / "element.log"))
+        finally:
+            script.write_text(original)
+        line = "  ".join(f"{k} {v[-1]:6.2f} s" for k, v in res.items() if v)
+        print(f"run {run + 1}/{a.runs}: {line}", flush=True)
+        mf = ImageStore(store).manifest(ROLE)
+        sizes = {n: art.size for n, art in (mf.artifacts.items() if mf else [])}
+        if not a.keep_workdir:
+            shutil.rmtree(rw, ignore_errors=True)
 
-        ks = load_kernel_spec(p.kernel_spec())
-        m = resolve_mirrors()
-        bare_cache = work / "bare-cache"
-        bare_cache.mkdir(exist_ok=True)
-        benv = {**env, **m.dib_env(), "DIB_RELEASE": p.release,
-                "ELEMENTS_PATH": str(data / "elements"), "DIB_IMAGE_CACHE": str(bare_cache)}
-        cmd = ["disk-image-create", "-a", p.arch, "-t", "tar", "-o", str(work / "bare"),
-               "-p", ",".join([ks.package, *p.packages]),
-               "debian-minimal", *p.base_elements, *p.elements]
-        print("bare:", " ".join(cmd), flush=True)
-        res["bare"] = timed(cmd, benv, work / "bare.log")
-        print(f"bare     {res['bare']:7.1f} s", flush=True)
-
-    res["cold"] = timed(hc, env, work / "cold.log")
-    print(f"cold     {res['cold']:7.1f} s", flush=True)
-    res["noop"] = timed(hc, env, work / "noop.log")
-    print(f"noop     {res['noop']:7.2f} s", flush=True)
-    script = data / "elements" / "hc-xen-dom0" / "install.d" / "55-hc-xen-dom0-settings"
-    script.write_text(script.read_text() + f"# bench change {time.time()}\n")
-    res["element"] = timed(hc, env, work / "element.log")
-    print(f"element  {res['element']:7.1f} s", flush=True)
-
-    mf = ImageStore(store).manifest(ROLE)
-    sizes = {n: art.size for n, art in (mf.artifacts.items() if mf else [])}
+    med = {k: statistics.median(v) for k, v in res.items() if v}
     print()
-    if "bare" in res:
-        print(f"cold / bare      {res['cold'] / res['bare']:.2f}x   (target <= 1.05x)")
-    print(f"noop             {res['noop']:.2f} s   (target < 1 s)")
-    print(f"element / cold   {res['element'] / res['cold']:.2f}x   (target <= 0.5x)")
-    for n, s in sorted(sizes.items()):
-        print(f"size {n:8} {s / 2**20:9.1f} MiB")
+    for k, v in med.items():
+        spread = f"{min(res[k]):.2f}-{max(res[k]):.2f}" if len(res[k]) > 1 else ""
+        print(f"median {k:8} {v:7.2f} s  {spread}")
+    if "bare" in med:
+        per_run = " ".join(f"{c / b:.2f}x" for c, b in zip(res["cold"], res["bare"], strict=True))
+        print(f"cold / bare      {med['cold'] / med['bare']:.2f}x   (target <= 1.05x; per run: "
+              f"{per_run})")
+    print(f"noop             {med['noop']:.2f} s   (target < 1 s)")
+    print(f"element / cold   {med['element'] / med['cold']:.2f}x   (target <= 0.5x)")
+    for n, sz in sorted(sizes.items()):
+        print(f"size {n:8} {sz / 2**20:9.1f} MiB")
     print(f"hnode initrd     {sizes.get('initrd', 0) / 2**20:.2f} MiB (target <= 8 MiB)")
     if a.json:
-        a.json.write_text(json.dumps({"seconds": res, "sizes": sizes}, indent=2))
+        a.json.write_text(json.dumps({"seconds": res, "medians": med, "sizes": sizes}, indent=2))
     if not a.keep_workdir and a.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -3,8 +3,8 @@
 ``role_inputs`` lists what a role image is made of (resolved profile, every file of every
 homecloud element it uses with deps, the kernel and Xen specs, the diskimage-builder version,
 mirror URLs, arch, the builder's own code).  Equal keys mean the published build can be reused.
-``base_inputs`` is the subset the shared base layer (debootstrap + base elements + kernel) is
-made of; its tarball lives in ``<cache>/base/<base key>/``.
+``base_inputs`` is what the base layer (debootstrap, the base elements up to the install.d
+checkpoint, the kernel) is made of; the layer lives in ``<cache>/layers/<base key>/``.
 """
 
 from __future__ import annotations
@@ -16,26 +16,20 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import builder
-from builder.dib import DibRun, run_dib
 from builder.elements import Element
-from builder.errors import CommandError
 from builder.mirrors import Mirrors
-from builder.progress import Progress
 from builder.store import safe_rmtree
 
 _PKG_DIR = Path(builder.__file__).resolve().parent
-# the files the base layer depends on (the rest of the builder only post-processes)
+# the builder files the base layer depends on: how DIB is run (the rest post-processes)
 BASE_CODE = ("dib.py", "cache.py")
-# DIB's tar output leaves out /proc and /sys: the base tarball and every root tree get them
-MOUNTPOINTS = (("proc", 0o555), ("sys", 0o555))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -108,10 +102,16 @@ def base_inputs(
     arch: str,
     kernel_spec: Path,
     mirrors: Mirrors,
+    env: Mapping[str, str] | None = None,
+    also: Iterable[str] = (),
 ) -> dict[str, Any]:
+    """``env``: the profile's values of variables the base elements declare; ``also``: names
+    of DIB elements outside the base whose environment.d is sourced before the checkpoint."""
     return {
         "what": "homecloud base layer",
         "elements": element_files(base_elements),
+        "env": dict(sorted((env or {}).items())),
+        "also": sorted(also),
         "release": release,
         "arch": arch,
         "kernel_spec": file_digest(kernel_spec),
@@ -145,34 +145,67 @@ def role_inputs(
     }
 
 
-class BaseCache:
-    """``<cache>/base/<key>/``: the base layer tarball, named the way DIB's debootstrap element
-    looks for its own cached tarball, so DIB unpacks it instead of running debootstrap."""
+LAYER_ELEMENT = "hc-build-layers"
+
+
+def layer_env(*, kernel_package: str, layer_from: Path | None, layer_save: Path | None,
+              image_cache: Path) -> dict[str, str]:
+    """DIB's environment for hc-build-layers: start from ``layer_from`` (with the stand-in
+    debootstrap tarball in ``image_cache``), or run debootstrap and take the checkpoint into
+    ``layer_save``."""
+    env = {"HC_LAYER_KERNEL": kernel_package, "DIB_IMAGE_CACHE": str(image_cache),
+           "DIB_DEBOOTSTRAP_CACHE": "0"}  # never let DIB save its own debootstrap tarball
+    if layer_from is not None:
+        env.update(HC_LAYER_FROM=str(layer_from), DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE="1")
+    elif layer_save is not None:
+        env.update(HC_LAYER_SAVE=str(layer_save))
+    return env
+
+
+class LayerCache:
+    """``<cache>/layers/<key>/layer.tar``: base layers, each the checkpoint one build took in
+    passing (see elements/hc-build-layers).  A build whose layer is here starts from it; a
+    build whose layer is not runs in one pass from debootstrap and leaves it here."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self.root = Path(cache_dir) / "base"
+        self.root = Path(cache_dir) / "layers"
         self.apt_cache = Path(cache_dir) / "apt"
 
     def entry(self, key: str) -> Path:
         return self.root / key
 
+    def find(self, key: str) -> Path | None:
+        tar = self.entry(key) / "layer.tar"
+        return tar if tar.is_file() and (self.entry(key) / ".complete").is_file() else None
+
     @staticmethod
-    def tarball_name(release: str, arch: str, distro: str = "debian") -> str:
+    def stand_in_name(release: str, arch: str, distro: str = "debian") -> str:
+        """What DIB's debootstrap element looks for in DIB_IMAGE_CACHE."""
         return f"debootstrap-{distro}-{release}-{arch}.tar.gz"
 
-    def tarball(self, key: str, release: str, arch: str) -> Path | None:
-        p = self.entry(key) / self.tarball_name(release, arch)
-        return p if p.is_file() and (self.entry(key) / ".complete").is_file() else None
-
-    def image_cache_dir(self, key: str) -> Path:
-        """A DIB_IMAGE_CACHE for builds on this base: the tarball plus a shared apt cache."""
-        d = self.entry(key)
+    def _with_apt(self, d: Path) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         self.apt_cache.mkdir(parents=True, exist_ok=True)
         link = d / "apt"
-        if not link.exists():
+        if not link.is_symlink():
             with contextlib.suppress(FileExistsError):
                 os.symlink(self.apt_cache, link)
+        return d
+
+    def image_cache_dir(self, release: str, arch: str, stand_in: bool) -> Path:
+        """A DIB_IMAGE_CACHE: the shared apt cache, and with ``stand_in`` an empty debootstrap
+        tarball, so DIB unpacks nothing where it would run debootstrap (the layer is unpacked
+        by hc-build-layers' root.d instead)."""
+        d = self._with_apt(self.root / ("stand-in" if stand_in else "fresh"))
+        name = d / self.stand_in_name(release, arch)
+        if stand_in and not name.is_file():
+            tmp = d / f".{name.name}.{os.getpid()}"
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                       mtime=0) as gz:
+                gz.write(b"\0" * 1024)  # an empty tar: two zero blocks
+            os.replace(tmp, name)
+        elif not stand_in:
+            name.unlink(missing_ok=True)
         return d
 
     @contextlib.contextmanager
@@ -185,78 +218,26 @@ class BaseCache:
         finally:
             os.close(fd)
 
-    def ensure(
-        self,
-        *,
-        key: str,
-        elements: Sequence[str],
-        known: Sequence[Element],
-        kernel_package: str,
-        elements_path: Sequence[Path],
-        mirrors: Mirrors,
-        release: str,
-        arch: str,
-        env: Mapping[str, str],
-        log_path: Path,
-        progress: Progress,
-    ) -> Path:
-        """The base tarball of ``key``, built with DIB (``-t tar``) when absent."""
+    def save(self, key: str, tar: Path) -> Path:
+        """Keep ``tar`` (a checkpoint just taken) as the layer of ``key``; a layer another
+        build saved meanwhile wins.  The tarball is moved when it can be, else copied."""
         with self.lock(key):
-            found = self.tarball(key, release, arch)
+            found = self.find(key)
             if found is not None:
-                progress.info(f"base layer {key[:12]}: cached")
+                tar.unlink(missing_ok=True)
                 return found
-            entry = self.image_cache_dir(key)
-            work = entry / ".work"
-            safe_rmtree(work)  # with a killed base build's DIB mounts
-            work.mkdir()
-            (work / "tmp").mkdir()
-            progress.info(f"base layer {key[:12]}: building; DIB log: {log_path}")
-            run = DibRun(
-                elements=list(elements),
-                output=work / "base",
-                log_path=log_path,
-                elements_path=list(elements_path),
-                mirrors=mirrors,
-                release=release,
-                arch=arch,
-                packages=[kernel_package],
-                env={**env, "DIB_IMAGE_CACHE": str(entry), "DIB_DEBOOTSTRAP_CACHE": "0",
-                     # DIB's own temporary dirs (and its tmpfs mount) below .work, so a killed
-                     # build's mounts are found and removed by the next run
-                     "TMPDIR": str(work / "tmp")},
-            )
-            with progress.step("base layer: diskimage-builder"):
-                tar = run_dib(run, known)
-            name = self.tarball_name(release, arch)
-            with progress.step("base layer: compress"):
-                add_mountpoints(tar, work)
-                tmp = entry / f".{name}.tmp"
-                # gzip framing is what DIB's debootstrap element reads (tar -xz); level 0
-                # (stored blocks) costs a copy instead of tens of seconds of deflate
-                with open(tmp, "wb") as raw:
-                    with open(tar, "rb") as fin, gzip.GzipFile(
-                        filename="", mode="wb", compresslevel=0, fileobj=raw, mtime=0
-                    ) as gz:
-                        shutil.copyfileobj(fin, gz, 4 << 20)
-                    raw.flush()
-                    os.fsync(raw.fileno())
-                os.replace(tmp, entry / name)
-                (entry / ".complete").write_text(key + "\n")
-            safe_rmtree(work)
-            return entry / name
-
-
-def add_mountpoints(tar: Path, scratch: Path) -> None:
-    """Append the empty /proc and /sys mount points to a DIB tar (DIB leaves them out)."""
-    stage = scratch / "mountpoints"
-    stage.mkdir(exist_ok=True)
-    for name, mode in MOUNTPOINTS:
-        (stage / name).mkdir(exist_ok=True)
-        (stage / name).chmod(mode)
-    cmd = ["tar", "-C", str(stage), "--numeric-owner", "--owner=0", "--group=0", "-rf", str(tar),
-           *(f"./{n}" for n, _ in MOUNTPOINTS)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise CommandError(cmd, r.returncode, "add mount points", tail=r.stderr.splitlines())
-    shutil.rmtree(stage)
+            entry = self.entry(key)
+            safe_rmtree(entry)
+            entry.mkdir(parents=True)
+            dest = entry / "layer.tar"
+            tmp = entry / ".layer.tar.tmp"
+            try:
+                os.replace(tar, tmp)
+            except OSError:  # another filesystem
+                shutil.copyfile(tar, tmp)
+                tar.unlink()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+            (entry / ".complete").write_text(key + "\n")
+            return dest

@@ -40,11 +40,14 @@ class DibRun:
     env: Mapping[str, str] = field(default_factory=dict)
     image_type: str = "tar"  # "tar" or "raw" (a bare ext4 filesystem: no partition table)
     root_label: str = ""
+    mkfs_options: str = ""
 
     def argv(self) -> list[str]:
         cmd = ["disk-image-create", "-a", self.arch, "-t", self.image_type, "-o", str(self.output)]
         if self.root_label:
             cmd += ["--root-label", self.root_label]
+        if self.mkfs_options:
+            cmd += ["--mkfs-options", self.mkfs_options]
         if self.packages:
             cmd += ["-p", ",".join(self.packages)]
         return [*cmd, *self.elements]

@@ -39,6 +39,10 @@ PHASES = (
     "cleanup.d",
 )
 ROLE_NAMES = ("cnode", "snode", "hnode", "domu")
+# the base layer checkpoint (elements/hc-build-layers): the first install.d script of a build.
+# Before it: debootstrap and the base elements; role-level elements act from install.d on.
+EARLY_PHASES = ("root.d", "extra-data.d", "pre-install.d")
+CHECKPOINT = "00-0-hc-layer-checkpoint"
 _SCRIPT_RE = re.compile(r"^[0-9]{2}-[a-z0-9][a-z0-9-]*$")
 _ENV_LINE_RE = re.compile(r"^export ([A-Z_][A-Z0-9_]*)=\"?\$\{\1:-([^}]*)\}\"?$")
 _TABLE_ROW_RE = re.compile(r"^\|\s*`?([A-Z_][A-Z0-9_]*|\(none\))`?\s*\|([^|]*)\|([^|]*)\|\s*$")
@@ -148,6 +152,25 @@ def _packages(path: Path) -> tuple[str, ...]:
     if not isinstance(doc, dict):
         raise ElementError(path.name, "package-installs.yaml must be a mapping", f)
     return tuple(sorted(str(k) for k in doc))
+
+
+def package_phases(path: Path) -> dict[str, set[str]]:
+    """package -> the DIB phases package-installs.yaml installs it in (default install.d)."""
+    f = path / "package-installs.yaml"
+    try:
+        doc = yaml.safe_load(f.read_text()) if f.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}  # reported by lint_element
+    out: dict[str, set[str]] = {}
+    if not isinstance(doc, dict):
+        return out
+    for pkg, spec in doc.items():
+        specs = spec if isinstance(spec, list) else [spec]
+        out[str(pkg)] = {
+            str(x.get("phase", "install.d")) if isinstance(x, dict) else "install.d"
+            for x in specs
+        }
+    return out
 
 
 def _packages_or_none(path: Path) -> tuple[str, ...]:
@@ -348,4 +371,39 @@ def lint_image(elements: Iterable[Element]) -> list[LintIssue]:
                         )
                     )
                 seen.setdefault(key, f"{el.name}/{phase}")
+    return issues
+
+
+def lint_layers(base: Iterable[Element], closure: Iterable[Element]) -> list[LintIssue]:
+    """The base layer is taken at the start of install.d, and shared by every role with the
+    same base: role-level elements (in ``closure``, not in ``base``) may not act before it
+    (no root.d, extra-data.d or pre-install.d scripts or packages), and export only HC_
+    variables (DIB's variables change what the base elements do)."""
+    base_names = {el.name for el in base}
+    issues: list[LintIssue] = []
+    why = "role-level elements act from install.d on (the base layer is taken there)"
+    elements = list(closure)
+    for el in elements:
+        if el.name in base_names:
+            continue
+        for ph in EARLY_PHASES:
+            for n in el.scripts.get(ph, ()):
+                issues.append(LintIssue(el.name, el.path / ph / n,
+                                        f"script in {ph}: {why}; or make it a base element"))
+        for pkg, phases in sorted(package_phases(el.path).items()):
+            for ph in sorted(phases & set(EARLY_PHASES)):
+                issues.append(LintIssue(el.name, el.path / "package-installs.yaml",
+                                        f"package {pkg} in phase {ph}: {why}"))
+        if not el.external:
+            for var in sorted(el.env_defaults):
+                if not var.startswith("HC_"):
+                    issues.append(LintIssue(
+                        el.name, el.path / "environment.d",
+                        f"exports {var}: role-level elements export only HC_ variables "
+                        "(the base elements see every element's environment)"))
+    installs = sorted(n for el in elements for n in el.scripts.get("install.d", ()))
+    if CHECKPOINT in installs and installs[0] != CHECKPOINT:
+        owner = next(el for el in elements if installs[0] in el.scripts.get("install.d", ()))
+        issues.append(LintIssue(owner.name, owner.path / "install.d" / installs[0],
+                                f"sorts before the layer checkpoint install.d/{CHECKPOINT}"))
     return issues

@@ -359,7 +359,8 @@ def _compress(raw: bytes, compression: str) -> bytes:
     if compression == "none":
         return raw
     if compression == "gzip":
-        return gzip.compress(raw, compresslevel=9, mtime=0)
+        # level 6: 0.5 s for 12 MB of cpio; level 9 takes 4.5 s for 0.9 % less (measured)
+        return gzip.compress(raw, compresslevel=6, mtime=0)
     if compression == "zstd":
         cmd = ["zstd", "-q", "-19", "-c", "--no-progress"]
         try:

@@ -78,6 +78,10 @@ MUTATIONS: list[tuple[str, Callable[[Path], None], bool, bool]] = [
     ("base element packages", _append("elements/hc-base/package-installs.yaml", "less:\n"),
      True, True),
     ("kernel spec", _append("kernels/debian-6.1.yaml", "# pinned later\n"), True, True),
+    ("layer element", _append("elements/hc-build-layers/root.d/07-hc-layer-restore", "true\n"),
+     True, True),
+    ("base variable in profile",
+     _append("profiles/hnode.yaml", "env: {HC_JOURNAL_STORAGE: auto}\n"), True, True),
     ("xen spec", _append("kernels/xen-4.17.yaml", "# x\n"), False, True),
     ("unused element", _append("elements/hc-storage-node/README.md", "\nx\n"), False, False),
     ("other profile", _append("profiles/snode.yaml", "# x\n"), False, False),
@@ -133,7 +137,7 @@ def test_code_version_covers_builder_files() -> None:
     files = {p.name for p in cache.code_files()}
     assert {"pipeline.py", "dib.py", "cache.py", "profile.py"} <= files
     assert cache.code_version() == cache.code_version()
-    assert os.path.basename(cache.BaseCache.tarball_name("bookworm", "amd64")) == (
+    assert os.path.basename(cache.LayerCache.stand_in_name("bookworm", "amd64")) == (
         "debootstrap-debian-bookworm-amd64.tar.gz"
     )
     assert Mirrors("a", "b").dib_env() == {

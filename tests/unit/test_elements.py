@@ -12,6 +12,7 @@ from builder.elements import (
     ElementLibrary,
     lint_element,
     lint_image,
+    lint_layers,
     load_element,
     parse_env_table,
 )
@@ -41,8 +42,10 @@ def test_element_anatomy(name: str) -> None:
 @pytest.mark.parametrize("role", list_roles())
 def test_image_of_each_profile(role: str) -> None:
     p = load_profile(role)
-    closure = LIB.closure((*p.base_elements, *p.elements))
+    closure = LIB.closure((*p.base_elements, *p.elements, "hc-build-layers"))
     assert lint_image(closure) == []
+    issues = lint_layers(LIB.closure((*p.base_elements, "hc-build-layers")), closure)
+    assert issues == [], "\n".join(map(str, issues))
     names = [e.name for e in closure]
     for el in closure:  # dependencies first
         for dep in el.deps:
@@ -153,3 +156,50 @@ def test_env_table_parser() -> None:
     assert parse_env_table(t) == {"A_B": "x"}
     assert parse_env_table("nothing") is None
     assert paths.elements_dir().is_dir()
+
+
+def _layers(tmp_path: Path, role_el: Path) -> list[str]:
+    base = _element(tmp_path, "hc-a")
+    layer = LIB.get("hc-build-layers")
+    return [i.message for i in lint_layers([load_element(base), layer],
+                                           [load_element(base), layer, load_element(role_el)])]
+
+
+def test_layer_lint_clean_role_element(tmp_path: Path) -> None:
+    assert _layers(tmp_path, _element(tmp_path, "hc-thing")) == []
+
+
+@pytest.mark.parametrize("phase", ["root.d", "extra-data.d", "pre-install.d"])
+def test_layer_lint_role_element_acting_before_the_checkpoint(tmp_path: Path, phase: str) -> None:
+    d = _element(tmp_path, "hc-thing")
+    (d / phase).mkdir()
+    shutil.copy2(d / "install.d" / "10-hc-thing", d / phase / "20-hc-early")
+    msgs = _layers(tmp_path, d)
+    assert len(msgs) == 1 and f"script in {phase}" in msgs[0], msgs
+
+
+def test_layer_lint_role_packages_before_the_checkpoint(tmp_path: Path) -> None:
+    d = _element(tmp_path, "hc-thing")
+    (d / "package-installs.yaml").write_text(
+        "vim:\nless:\n  phase: pre-install.d\ncurl:\n  - phase: install.d\n  - phase: root.d\n")
+    msgs = _layers(tmp_path, d)
+    assert sorted(msgs) == [
+        "package curl in phase root.d: role-level elements act from install.d on (the base layer"
+        " is taken there)",
+        "package less in phase pre-install.d: role-level elements act from install.d on (the base"
+        " layer is taken there)"]
+
+
+def test_layer_lint_role_element_exporting_dib_variables(tmp_path: Path) -> None:
+    d = _element(tmp_path, "hc-thing")
+    (d / "environment.d" / "10-hc-thing").write_text(
+        "export HC_X=${HC_X:-1}\nexport DIB_RELEASE=${DIB_RELEASE:-trixie}\n")
+    msgs = _layers(tmp_path, d)
+    assert len(msgs) == 1 and "exports DIB_RELEASE" in msgs[0], msgs
+
+
+def test_layer_lint_script_before_the_checkpoint(tmp_path: Path) -> None:
+    d = _element(tmp_path, "hc-thing")
+    (d / "install.d" / "10-hc-thing").rename(d / "install.d" / "00-0-aaa")
+    msgs = _layers(tmp_path, d)
+    assert any("sorts before the layer checkpoint" in m for m in msgs), msgs
