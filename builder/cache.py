@@ -146,6 +146,7 @@ def role_inputs(
 
 
 LAYER_ELEMENT = "hc-build-layers"
+LAYERS_KEPT = 2  # base layers kept in the cache (~0.9 GB each), most recently used first
 
 
 def layer_env(*, kernel_package: str, layer_from: Path | None, layer_save: Path | None,
@@ -209,14 +210,57 @@ class LayerCache:
         return d
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
+    def lock(self, key: str, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+        """The layer's lock: exclusive to save or remove it, shared while a build reads it.
+        Yields False when ``wait`` is False and the lock is taken."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                            | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def use(self, key: str) -> Iterator[Path | None]:
+        """The layer of ``key`` (None when absent), kept from ``gc`` while in use; its
+        ``.complete`` mtime records the last use."""
+        with self.lock(key, shared=True):
+            found = self.find(key)
+            if found is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(self.entry(key) / ".complete")
+            yield found
+
+    def gc(self, keep: int = LAYERS_KEPT) -> list[str]:
+        """Remove all but the ``keep`` most recently used layers (not those in use), and the
+        base tarballs of hcbuild versions before layers (``<cache>/base``)."""
+        removed: list[str] = []
+        legacy = self.root.parent / "base"
+        if legacy.is_dir():
+            safe_rmtree(legacy)
+            removed.append(str(legacy))
+        if not self.root.is_dir():
+            return removed
+        entries = [p for p in self.root.iterdir() if p.is_dir() and len(p.name) == 64]
+
+        def last_use(p: Path) -> float:
+            try:
+                return (p / ".complete").stat().st_mtime
+            except OSError:
+                return 0.0
+
+        for entry in sorted(entries, key=last_use, reverse=True)[keep:]:
+            with self.lock(entry.name, wait=False) as got:
+                if got:
+                    safe_rmtree(entry)
+                    removed.append(entry.name)
+        return removed
 
     def save(self, key: str, tar: Path) -> Path:
         """Keep ``tar`` (a checkpoint just taken) as the layer of ``key``; a layer another

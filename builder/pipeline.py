@@ -13,6 +13,7 @@ mount -> kernel / xen / initrd / rootfs -> manifest -> publish -> gc.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gzip
 import os
@@ -30,6 +31,7 @@ from builder import cache, paths
 from builder.dib import DibRun, run_dib
 from builder.elements import Element, ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import BuildError, CommandError, ElementError
+from builder.kernel import KernelSpec
 from builder.manifest import Artifact, BootInfo, Manifest, artifact_for
 from builder.mirrors import Mirrors, resolve_mirrors
 from builder.profile import Profile, load_profile
@@ -191,24 +193,30 @@ def step_reuse(b: Build) -> None:
     b.reused = True
 
 
-# ----------------------------------------------------------------------------------- layer
-def step_layer(b: Build) -> None:
-    b.layer_from = cache.LayerCache(b.opts.cache_dir).find(b.base_key)
-    if b.layer_from is not None:
-        b.progress.info(f"base layer {b.base_key[:12]}: cached, the build starts from it")
-    else:
-        b.progress.info(f"base layer {b.base_key[:12]}: not cached, one pass from debootstrap "
-                        "(the layer checkpoint is taken on the way)")
-
-
 # ------------------------------------------------------------------------------------- dib
 def step_dib(b: Build) -> None:
     p = b.need()
-    assert b.mirrors is not None and b.library is not None
     from builder.kernel import load_kernel_spec
 
     ks = load_kernel_spec(p.kernel_spec())
     lc = cache.LayerCache(b.opts.cache_dir)
+    with contextlib.ExitStack() as held:
+        # a layer in use is kept from gc; without one, this build saves it (and locks it then)
+        b.layer_from = held.enter_context(lc.use(b.base_key))
+        if b.layer_from is None:
+            held.close()
+            b.progress.info(f"base layer {b.base_key[:12]}: not cached, one pass from "
+                            "debootstrap (the layer checkpoint is taken on the way)")
+        else:
+            b.progress.info(f"base layer {b.base_key[:12]}: cached, the build starts from it")
+        _run_dib(b, p, ks, lc)
+    removed = lc.gc()
+    if removed:
+        b.progress.info(f"layer cache: removed {', '.join(x[:12] for x in removed)}")
+
+
+def _run_dib(b: Build, p: Profile, ks: KernelSpec, lc: cache.LayerCache) -> None:
+    assert b.mirrors is not None and b.library is not None
     b.tmp = b.store.new_tmp_dir(b.build_id)
     b.work.mkdir()
     log = b.log_dir / f"{b.build_id}.log"
@@ -650,7 +658,6 @@ def step_publish(b: Build) -> None:
 
 
 STEPS: tuple[Callable[[Build], None], ...] = (
-    step_layer,
     step_dib,
     step_mount,
     step_artifacts,

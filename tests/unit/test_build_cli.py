@@ -85,13 +85,29 @@ def test_profile_error_exit_code(tmp_path: Path) -> None:
     assert f"{f}: pakages: unknown key (did you mean 'packages'?)" in r.output
 
 
+def test_lint_names_a_role_element_acting_before_the_layer(tmp_path: Path) -> None:
+    for name in ("elements", "profiles", "kernels"):
+        shutil.copytree(paths.data_root() / name, tmp_path / name)
+    pdir = str(tmp_path / "profiles")
+    r = CliRunner().invoke(cli.main, ["lint", "--profiles-dir", pdir])
+    assert r.exit_code == 0, r.output
+    el = tmp_path / "elements" / "hc-xen-dom0"
+    (el / "pre-install.d").mkdir()
+    early = el / "pre-install.d" / "20-hc-xen-early"
+    early.write_text((el / "install.d" / "50-hc-xen-dom0-services").read_text())
+    early.chmod(0o755)
+    r = CliRunner().invoke(cli.main, ["lint", "--profiles-dir", pdir])
+    assert r.exit_code == 1
+    assert f"{early}: hc-xen-dom0: script in pre-install.d: role-level elements act" in r.output
+
+
 def test_show_and_list() -> None:
     r = CliRunner().invoke(cli.main, ["show", "hnode", "--format", "json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["resolved"]["boot"]["kind"] == "xen"
     assert "smap=0" in doc["resolved"]["boot"]["xen_cmdline"]
-    assert doc["resolved"]["element_closure"][-1] == "hc-xen-dom0"
+    assert doc["resolved"]["element_closure"][-2:] == ["hc-xen-dom0", "hc-build-layers"]
     r = CliRunner().invoke(cli.main, ["show", "snode"])
     assert yaml.safe_load(r.output)["root"] == "ram"
     r = CliRunner().invoke(cli.main, ["list", "--out", "/nonexistent"])
