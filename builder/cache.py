@@ -199,14 +199,12 @@ class LayerCache:
         by hc-build-layers' root.d instead)."""
         d = self._with_apt(self.root / ("stand-in" if stand_in else "fresh"))
         name = d / self.stand_in_name(release, arch)
-        if stand_in and not name.is_file():
+        if stand_in and not name.is_file():  # "fresh" never has one: DIB runs debootstrap
             tmp = d / f".{name.name}.{os.getpid()}"
             with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
                                                        mtime=0) as gz:
                 gz.write(b"\0" * 1024)  # an empty tar: two zero blocks
             os.replace(tmp, name)
-        elif not stand_in:
-            name.unlink(missing_ok=True)
         return d
 
     @contextlib.contextmanager

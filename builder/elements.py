@@ -141,29 +141,31 @@ def _read_lines(path: Path) -> list[str]:
     return [x.strip() for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
 
 
-def _packages(path: Path) -> tuple[str, ...]:
+def _package_installs(path: Path) -> dict[object, object]:
+    """The element's package-installs.yaml as a mapping ({} when it has none)."""
     f = path / "package-installs.yaml"
     if not f.is_file():
-        return ()
+        return {}
     try:
         doc = yaml.safe_load(f.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ElementError(path.name, f"package-installs.yaml is not YAML: {exc}", f) from exc
     if not isinstance(doc, dict):
         raise ElementError(path.name, "package-installs.yaml must be a mapping", f)
-    return tuple(sorted(str(k) for k in doc))
+    return doc
+
+
+def _packages(path: Path) -> tuple[str, ...]:
+    return tuple(sorted(str(k) for k in _package_installs(path)))
 
 
 def package_phases(path: Path) -> dict[str, set[str]]:
     """package -> the DIB phases package-installs.yaml installs it in (default install.d)."""
-    f = path / "package-installs.yaml"
     try:
-        doc = yaml.safe_load(f.read_text()) if f.is_file() else None
-    except (OSError, yaml.YAMLError):
+        doc = _package_installs(path)
+    except ElementError:
         return {}  # reported by lint_element
     out: dict[str, set[str]] = {}
-    if not isinstance(doc, dict):
-        return out
     for pkg, spec in doc.items():
         specs = spec if isinstance(spec, list) else [spec]
         out[str(pkg)] = {

@@ -5,16 +5,17 @@ takes it and returns early when it has nothing to do.  ``build_role`` runs the s
 role's store lock; only ``store.publish`` makes the result visible.
 
 Steps: plan (profile, elements, lint, mirrors, keys) -> reuse (same key published: done) ->
-layer (is the base layer of this base key cached?) -> dib: one diskimage-builder run with every
-element plus hc-build-layers, which either starts from the cached layer or runs debootstrap and
-takes the layer checkpoint in passing (see elements/hc-build-layers) -> keep the checkpoint ->
-mount -> kernel / xen / initrd / rootfs -> manifest -> publish -> gc.
+dib: one diskimage-builder run with every element plus hc-build-layers, which either starts
+from the base layer of this base key in the layer cache or runs debootstrap and takes the layer
+checkpoint in passing (see elements/hc-build-layers; a thread keeps it in the cache) -> mount
+-> artifacts (kernel / xen / initrd beside the rootfs pack) -> manifest -> publish -> gc.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gzip
 import os
 import re
@@ -31,7 +32,7 @@ from builder import cache, paths
 from builder.dib import DibRun, run_dib
 from builder.elements import Element, ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import BuildError, CommandError, ElementError
-from builder.kernel import KernelSpec
+from builder.kernel import KernelSpec, kernel_tree_from_root, load_kernel_spec, load_xen_spec
 from builder.manifest import Artifact, BootInfo, Manifest, artifact_for
 from builder.mirrors import Mirrors, resolve_mirrors
 from builder.profile import Profile, load_profile
@@ -157,8 +158,6 @@ def step_plan(b: Build) -> None:
 
 def resolved_profile(p: Profile, closure: Sequence[Element] = ()) -> dict[str, object]:
     """The profile with its defaults and derived values filled in (``hcbuild show``)."""
-    from builder.kernel import load_kernel_spec, load_xen_spec
-
     d: dict[str, object] = p.to_dict()
     ks = load_kernel_spec(p.kernel_spec())
     xs = load_xen_spec(p.xen_spec()) if p.xen_spec() else None  # type: ignore[arg-type]
@@ -196,8 +195,6 @@ def step_reuse(b: Build) -> None:
 # ------------------------------------------------------------------------------------- dib
 def step_dib(b: Build) -> None:
     p = b.need()
-    from builder.kernel import load_kernel_spec
-
     ks = load_kernel_spec(p.kernel_spec())
     lc = cache.LayerCache(b.opts.cache_dir)
     with contextlib.ExitStack() as held:
@@ -365,8 +362,6 @@ def _pkg_version(b: Build, name: str) -> str:
 
 
 def step_kernel(b: Build) -> None:
-    from builder.kernel import kernel_tree_from_root
-
     assert b.root is not None and b.tmp is not None
     tree = kernel_tree_from_root(b.root)
     shutil.copyfile(tree.vmlinuz, b.tmp / "kernel")
@@ -379,8 +374,6 @@ def step_xen(b: Build) -> None:
     p = b.need()
     if not p.xen:
         return
-    from builder.kernel import load_xen_spec
-
     assert b.root is not None and b.tmp is not None
     xs = load_xen_spec(p.xen_spec())  # type: ignore[arg-type]
     src = b.root / xs.hypervisor.lstrip("/")
@@ -407,7 +400,6 @@ def step_initrd(b: Build) -> None:
         return
     if _has(b, "hc-netroot-initramfs"):
         from builder.initramfs import build_initramfs
-        from builder.kernel import kernel_tree_from_root, load_kernel_spec
 
         ks = load_kernel_spec(p.kernel_spec())
         extra = p.env.get("HC_NETROOT_EXTRA_MODULES", "").split()
@@ -552,16 +544,25 @@ def pack_ext4(tree: Path, out: Path, label: str, free_mb: int = 0,
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def _start_writeback(path: Path) -> None:
     """Start writing ``path``'s dirty pages to disk without waiting (sync_file_range)."""
+    libc = _libc()
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
-        libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0),
-                             ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
+        if libc is not None:
+            libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0),
+                                 ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
     finally:
         os.close(fd)
 
