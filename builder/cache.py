@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import builder
-from builder.elements import Element
+from builder.elements import TREE_OUTPUT, Element
 from builder.mirrors import Mirrors
 from builder.store import safe_rmtree
 
@@ -146,6 +146,9 @@ def role_inputs(
 
 
 LAYER_ELEMENT = "hc-build-layers"
+# DIB hands the finished tree over instead of copying it into an image (elements/hc-tree-output)
+TREE_ELEMENT = TREE_OUTPUT
+BUILD_ELEMENTS = (LAYER_ELEMENT, TREE_ELEMENT)  # hcbuild adds these to every build
 LAYERS_KEPT = 2  # base layers kept in the cache (~0.9 GB each), most recently used first
 
 

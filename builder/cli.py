@@ -19,7 +19,7 @@ import click
 import yaml
 
 from builder import paths
-from builder.cache import LAYER_ELEMENT
+from builder.cache import BUILD_ELEMENTS, LAYER_ELEMENT
 from builder.elements import ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import BuildError, CommandError, DibError
 from builder.progress import Progress
@@ -185,7 +185,7 @@ def show(role: str, fmt: str, profiles_dir: Path | None) -> None:
 
     lib = _lib(profiles_dir)
     p = load_profile(role, profiles_dir, lib)
-    doc = resolved_profile(p, lib.closure((*p.base_elements, *p.elements, LAYER_ELEMENT)))
+    doc = resolved_profile(p, lib.closure((*p.base_elements, *p.elements, *BUILD_ELEMENTS)))
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -202,7 +202,7 @@ def lint(profiles_dir: Path | None) -> None:
     issues = [i for n in lib.names() for i in lint_element(lib.get(n))]
     for role in list_roles(profiles_dir):
         p = load_profile(role, profiles_dir, lib)
-        closure = lib.closure((*p.base_elements, *p.elements, LAYER_ELEMENT))
+        closure = lib.closure((*p.base_elements, *p.elements, *BUILD_ELEMENTS))
         issues += lint_image(closure)
         issues += lint_layers(lib.closure((*p.base_elements, LAYER_ELEMENT)), closure)
     for i in issues:

@@ -40,14 +40,13 @@ class DibRun:
     env: Mapping[str, str] = field(default_factory=dict)
     image_type: str = "tar"  # "tar" or "raw" (a bare ext4 filesystem: no partition table)
     root_label: str = ""
-    mkfs_options: str = ""
+    # with the element hc-tree-output: DIB makes no image and hands the finished tree here
+    tree_out: Path | None = None
 
     def argv(self) -> list[str]:
         cmd = ["disk-image-create", "-a", self.arch, "-t", self.image_type, "-o", str(self.output)]
         if self.root_label:
             cmd += ["--root-label", self.root_label]
-        if self.mkfs_options:
-            cmd += ["--mkfs-options", self.mkfs_options]
         if self.packages:
             cmd += ["-p", ",".join(self.packages)]
         return [*cmd, *self.elements]
@@ -64,11 +63,18 @@ class DibRun:
         env["DIB_RELEASE"] = self.release
         env.update(self.mirrors.dib_env())
         env.update(self.env)
+        if self.tree_out is not None:
+            env["HC_TREE_OUT"] = str(self.tree_out)
         return env
 
     @property
     def image_path(self) -> Path:
         return self.output.with_name(f"{self.output.name}.{self.image_type}")
+
+    @property
+    def result(self) -> Path:
+        """What a successful run leaves: the tree (``tree_out``) or the image."""
+        return self.tree_out if self.tree_out is not None else self.image_path
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
@@ -115,7 +121,8 @@ def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
 
 
 def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
-    """Run DIB; returns the image it made.  Raises DibError on failure."""
+    """Run DIB; returns the image it made (or the tree it handed over, ``tree_out``).  Raises
+    DibError on failure."""
     if shutil.which("disk-image-create") is None:
         raise BuildError("disk-image-create not found on PATH (pip install diskimage-builder)")
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +149,8 @@ def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
-    if rc != 0 or not run.image_path.is_file():
+    made = run.result.is_dir() if run.tree_out is not None else run.result.is_file()
+    if rc != 0 or not made:
         lines = tail(run.log_path, 100000)
         phase, script = failing_script(lines)
         element = element_of(script, phase, known_elements) if script else None
@@ -155,4 +163,4 @@ def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
             script=script,
             phase=phase,
         )
-    return run.image_path
+    return run.result

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,8 @@ ROLE_NAMES = ("cnode", "snode", "hnode", "domu")
 # Before it: debootstrap and the base elements; role-level elements act from install.d on.
 EARLY_PHASES = ("root.d", "extra-data.d", "pre-install.d")
 CHECKPOINT = "00-0-hc-layer-checkpoint"
+# DIB hands the finished tree over instead of making a block device (elements/hc-tree-output)
+TREE_OUTPUT = "hc-tree-output"
 _SCRIPT_RE = re.compile(r"^[0-9]{2}-[a-z0-9][a-z0-9-]*$")
 _ENV_LINE_RE = re.compile(r"^export ([A-Z_][A-Z0-9_]*)=\"?\$\{\1:-([^}]*)\}\"?$")
 _TABLE_ROW_RE = re.compile(r"^\|\s*`?([A-Z_][A-Z0-9_]*|\(none\))`?\s*\|([^|]*)\|([^|]*)\|\s*$")
@@ -355,8 +357,10 @@ def lint_element(el: Element) -> list[LintIssue]:
 
 def lint_image(elements: Iterable[Element]) -> list[LintIssue]:
     """Issues across the elements of one image: the same script name twice (DIB runs each
-    phase's scripts from one merged folder, so a duplicate silently replaces another)."""
-    issues: list[LintIssue] = []
+    phase's scripts from one merged folder, so a duplicate silently replaces another); with
+    hc-tree-output, any element that needs DIB's block device."""
+    elements = list(elements)
+    issues: list[LintIssue] = lint_tree_output(elements)
     seen: dict[str, str] = {}
     for el in elements:
         if el.external:
@@ -373,6 +377,27 @@ def lint_image(elements: Iterable[Element]) -> list[LintIssue]:
                         )
                     )
                 seen.setdefault(key, f"{el.name}/{phase}")
+    return issues
+
+
+def lint_tree_output(elements: Sequence[Element]) -> list[LintIssue]:
+    """With hc-tree-output (DIB hands the tree over and makes no block device), no other
+    element may have block-device.d scripts or read IMAGE_BLOCK_DEVICE (a bootloader does)."""
+    if not any(el.name == TREE_OUTPUT for el in elements):
+        return []
+    issues: list[LintIssue] = []
+    for el in elements:
+        if el.name == TREE_OUTPUT:
+            continue
+        for phase, names in sorted(el.scripts.items()):
+            for n in names:
+                path = el.path / phase / n
+                if phase == "block-device.d" or "IMAGE_BLOCK_DEVICE" in path.read_text(
+                        errors="replace"):
+                    issues.append(LintIssue(
+                        el.name, path, f"needs diskimage-builder's block device, which "
+                        f"{TREE_OUTPUT} replaces (homecloud images are a tree: no block "
+                        "device, no bootloader)"))
     return issues
 
 

@@ -7,7 +7,8 @@ role's store lock; only ``store.publish`` makes the result visible.
 Steps: plan (profile, elements, lint, mirrors, keys) -> reuse (same key published: done) ->
 dib: one diskimage-builder run with every element plus hc-build-layers, which either starts
 from the base layer of this base key in the layer cache or runs debootstrap and takes the layer
-checkpoint in passing (see elements/hc-build-layers; a thread keeps it in the cache) -> mount
+checkpoint in passing (see elements/hc-build-layers; a thread keeps it in the cache), and hands
+the finished tree over instead of making an image (elements/hc-tree-output) -> tree
 -> artifacts (kernel / xen / initrd beside the rootfs pack) -> manifest -> publish -> gc.
 """
 
@@ -20,6 +21,7 @@ import gzip
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -74,8 +76,7 @@ class Build:
     reused: bool = False
     tmp: Path | None = None
     layer_from: Path | None = None  # the cached base layer this build starts from
-    image: Path | None = None  # DIB's output (a raw ext4 image)
-    root: Path | None = None
+    root: Path | None = None  # the finished tree DIB handed over
     kernel_version: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     packages: tuple[str, ...] = ()
@@ -122,7 +123,7 @@ def step_plan(b: Build) -> None:
     b.library = ElementLibrary(root=edir)
     b.profile = p = load_profile(b.role, o.profiles_dir, b.library)
     b.base_closure = b.library.closure((*p.base_elements, cache.LAYER_ELEMENT))
-    b.closure = b.library.closure((*p.base_elements, *p.elements, cache.LAYER_ELEMENT))
+    b.closure = b.library.closure((*p.base_elements, *p.elements, *cache.BUILD_ELEMENTS))
     issues = [i for el in b.closure for i in lint_element(el)] + lint_image(b.closure)
     issues += lint_layers(b.base_closure, b.closure)
     if issues:
@@ -236,18 +237,15 @@ def _run_dib(b: Build, p: Profile, ks: KernelSpec, lc: cache.LayerCache) -> None
             image_cache=lc.image_cache_dir(p.release, p.arch, stand_in=b.layer_from is not None),
         ),
     }
-    # DIB's ext4 is read once (the rootfs is repacked at its size): a small journal, and one
-    # inode per 16 KiB instead of 4 KiB (DIB's copy of the tree into it: 2.5 s instead of 3.8)
-    env.setdefault("DIB_JOURNAL_SIZE", "16")
+    # DIB makes no block device and no image (elements/hc-tree-output): the size it would
+    # give one is not used, so DIB's `du` of the whole tree is skipped
+    env["DIB_IMAGE_SIZE"] = "1"
     if in_ram:
-        # DIB's tree, its image and its output all in hcbuild's tmpfs: DIB's final move of
-        # the image is a rename, and the image (dropped once the rootfs is packed) is never
-        # written to disk
+        # DIB's tree and everything it writes in hcbuild's tmpfs; the tree is handed over
+        # by a rename and never written to disk
         env["DIB_NO_TMPFS"] = "1"
-    # raw: DIB's own ext4 filesystem image (no partition table); everything is read from it
-    # through a read-only loop mount
     dr = DibRun(
-        elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements, cache.LAYER_ELEMENT],
+        elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements, *cache.BUILD_ELEMENTS],
         output=dib_dir / "image",
         log_path=log,
         elements_path=[b.library.root],
@@ -258,7 +256,7 @@ def _run_dib(b: Build, p: Profile, ks: KernelSpec, lc: cache.LayerCache) -> None
         env=env,
         image_type="raw",
         root_label=ROOTFS_LABEL,
-        mkfs_options="-i 16384 -m 0",
+        tree_out=dib_dir / "tree",
     )
     what = "from the cached base layer" if b.layer_from else "one pass from debootstrap"
     keeper = None
@@ -268,10 +266,11 @@ def _run_dib(b: Build, p: Profile, ks: KernelSpec, lc: cache.LayerCache) -> None
         keeper.start()
     try:
         with b.progress.step(f"diskimage-builder, {what}"):
-            b.image = run_dib(dr, b.closure)
+            b.root = run_dib(dr, b.closure)
     finally:
         if keeper is not None:
             keeper.finish()
+    stop_chroot_processes(b.root or dr.result, b.progress)
     if keeper is not None:
         if keeper.error is not None:
             raise keeper.error
@@ -325,20 +324,64 @@ def mount_scratch_tmpfs(d: Path) -> bool:
     return r.returncode == 0
 
 
-def step_mount(b: Build) -> None:
-    assert b.image is not None
-    root = b.work / "root"
-    root.mkdir()
-    run(["mount", "-o", "loop,ro,noload", "-t", "ext4", str(b.image), str(root)],
-        "mount the image read-only")
-    b.root = root
-    b.packages = dpkg_packages(root)
+def chroot_processes(tree: Path) -> list[int]:
+    """PIDs of the processes whose root directory is ``tree`` or below it."""
+    real = os.path.realpath(tree)
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            root = os.readlink(d / "root")
+        except OSError:  # gone, or a kernel thread
+            continue
+        if root == real or root.startswith(real + "/"):
+            pids.append(int(d.name))
+    return pids
 
 
-def unmount(b: Build) -> None:
-    if b.root is not None and os.path.ismount(b.root):
-        run(["umount", str(b.root)], "unmount the image")
-    b.root = None
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def stop_chroot_processes(tree: Path, progress: Progress, grace: float = 5.0) -> None:
+    """Stops what an element left running in the tree (DIB does this for its own build
+    directory, which the tree has left: elements/hc-tree-output): SIGTERM, then SIGKILL."""
+    if not tree.is_dir():
+        return
+    pids = chroot_processes(tree)
+    if not pids:
+        return
+    names = []
+    for pid in pids:
+        try:
+            names.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
+        except OSError:
+            names.append(str(pid))
+    progress.info(f"stopping processes left running in the image tree: {', '.join(names)}")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            pids = [x for x in pids if _alive(x)]
+            if not pids:
+                return
+            time.sleep(0.1)
+    raise BuildError(f"{tree}: processes {pids} left running in the image tree do not stop")
+
+
+def step_tree(b: Build) -> None:
+    """The finished tree DIB handed over (elements/hc-tree-output): the package list."""
+    if b.root is None or not b.root.is_dir():
+        raise BuildError(f"{b.root}: diskimage-builder handed over no image tree")
+    b.packages = dpkg_packages(b.root)
 
 
 def dpkg_packages(root: Path) -> tuple[str, ...]:
@@ -492,13 +535,6 @@ def tree_usage(root: Path) -> tuple[int, int]:
     return used, inodes
 
 
-def fs_usage(mount: Path) -> tuple[int, int]:
-    """(bytes of used blocks, used inodes) of the filesystem mounted at ``mount``: what
-    ``tree_usage`` counts, read in O(1) (ext4's statfs leaves its own metadata out)."""
-    st = os.statvfs(mount)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_files - st.f_ffree
-
-
 JOURNAL_MB = 16
 BLOCK = 4096
 
@@ -515,9 +551,9 @@ def pack_ext4(tree: Path, out: Path, label: str, free_mb: int = 0,
               usage: tuple[int, int] | None = None) -> None:
     """A fresh ext4 image of ``tree`` (mke2fs -d), sized to the tree plus ``free_mb``.
 
-    DIB makes its ext4 for images that get resized later: one inode per 4 KiB, a 64 MiB journal
-    and 40 % slack (hnode: 1.6 GiB for 0.8 GiB of files).  The rootfs is downloaded by storage
-    nodes and read over AoE, so it is repacked at its size instead (0.9 GiB).  mke2fs -d keeps
+    DIB would make its ext4 for images that get resized later: one inode per 4 KiB, a 64 MiB
+    journal and 40 % slack (hnode: 1.6 GiB for 0.8 GiB of files).  The rootfs is downloaded by
+    storage nodes and read over AoE, so it is packed at its size instead (0.9 GiB).  mke2fs -d keeps
     owners, modes, hard links, device nodes, symlinks and xattrs (file capabilities); timestamps
     keep whole seconds."""
     if not tree.is_dir():
@@ -587,29 +623,23 @@ def step_rootfs(b: Build) -> None:
     p = b.need()
     if "rootfs" not in p.artifacts:
         return
-    assert b.image is not None and b.tmp is not None and b.root is not None
+    assert b.tmp is not None and b.root is not None
     out = b.tmp / "rootfs"
     with b.progress.step("rootfs: pack ext4 at its size"
                          + (f" + {p.rootfs_free_mb} MiB free" if p.rootfs_free_mb else "")):
-        usage = fs_usage(b.root) if os.path.ismount(b.root) else None
-        pack_ext4(b.root, out, ROOTFS_LABEL, p.rootfs_free_mb, usage)
+        pack_ext4(b.root, out, ROOTFS_LABEL, p.rootfs_free_mb)
         _fsck(out)
 
 
 def step_artifacts(b: Build) -> None:
     """kernel, xen and initrd in one thread, the rootfs in another (the rootfs pack is the
-    long one, and mke2fs uses one core); then the tree is unmounted and DIB's image dropped."""
+    long one, and mke2fs uses one core); the tree goes with the work directory at publish."""
 
     def small() -> None:
         for step in (step_kernel, step_xen, step_initrd):
             step(b)
 
-    try:
-        b.progress.parallel(small, lambda: step_rootfs(b))
-    finally:
-        unmount(b)
-    if b.image is not None:
-        b.image.unlink(missing_ok=True)
+    b.progress.parallel(small, lambda: step_rootfs(b))
 
 
 def step_manifest(b: Build) -> None:
@@ -660,7 +690,7 @@ def step_publish(b: Build) -> None:
 
 STEPS: tuple[Callable[[Build], None], ...] = (
     step_dib,
-    step_mount,
+    step_tree,
     step_artifacts,
     step_manifest,
     step_publish,
@@ -703,7 +733,6 @@ def build_role(role: str, opts: Options, progress: Progress | None = None) -> Re
                 with prog.step(f"{role}: {name}"):
                     step(b)
         finally:
-            unmount(b)
             if b.tmp is not None:  # failed: current is untouched, drop the half build
                 safe_rmtree(b.tmp)
         removed = tuple(b.store.gc(opts.keep))

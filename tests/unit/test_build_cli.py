@@ -107,7 +107,8 @@ def test_show_and_list() -> None:
     doc = json.loads(r.output)
     assert doc["resolved"]["boot"]["kind"] == "xen"
     assert "smap=0" in doc["resolved"]["boot"]["xen_cmdline"]
-    assert doc["resolved"]["element_closure"][-2:] == ["hc-xen-dom0", "hc-build-layers"]
+    assert doc["resolved"]["element_closure"][-4:] == [
+        "hc-xen-dom0", "hc-build-layers", "no-final-image", "hc-tree-output"]
     r = CliRunner().invoke(cli.main, ["show", "snode"])
     assert yaml.safe_load(r.output)["root"] == "ram"
     r = CliRunner().invoke(cli.main, ["list", "--out", "/nonexistent"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder import paths
+from builder.cache import BUILD_ELEMENTS
 from builder.elements import (
     ElementLibrary,
     lint_element,
@@ -42,8 +43,9 @@ def test_element_anatomy(name: str) -> None:
 @pytest.mark.parametrize("role", list_roles())
 def test_image_of_each_profile(role: str) -> None:
     p = load_profile(role)
-    closure = LIB.closure((*p.base_elements, *p.elements, "hc-build-layers"))
-    assert lint_image(closure) == []
+    closure = LIB.closure((*p.base_elements, *p.elements, *BUILD_ELEMENTS))
+    issues = lint_image(closure)
+    assert issues == [], "\n".join(map(str, issues))
     issues = lint_layers(LIB.closure((*p.base_elements, "hc-build-layers")), closure)
     assert issues == [], "\n".join(map(str, issues))
     names = [e.name for e in closure]
@@ -203,3 +205,36 @@ def test_layer_lint_script_before_the_checkpoint(tmp_path: Path) -> None:
     (d / "install.d" / "10-hc-thing").rename(d / "install.d" / "00-0-aaa")
     msgs = _layers(tmp_path, d)
     assert any("sorts before the layer checkpoint" in m for m in msgs), msgs
+
+
+def _tree_output(tmp_path: Path, d: Path) -> list[str]:
+    closure = [load_element(d), *LIB.closure(BUILD_ELEMENTS)]
+    return [i.message for i in lint_image(closure)]
+
+
+def test_tree_output_lint_clean(tmp_path: Path) -> None:
+    assert _tree_output(tmp_path, _element(tmp_path, "hc-thing")) == []
+
+
+def test_tree_output_lint_block_device_user(tmp_path: Path) -> None:
+    """A bootloader-like element reads IMAGE_BLOCK_DEVICE: DIB gives it none any more."""
+    d = _element(tmp_path, "hc-thing")
+    (d / "finalise.d").mkdir()
+    script = d / "finalise.d" / "50-hc-boot"
+    script.write_text(HEADER + 'grub-install "$IMAGE_BLOCK_DEVICE"\n')
+    script.chmod(0o755)
+    msgs = _tree_output(tmp_path, d)
+    assert len(msgs) == 1 and "block device" in msgs[0] and "hc-tree-output" in msgs[0], msgs
+    # DIB's own bootloader element is caught the same way
+    msgs = [i.message for i in lint_image(LIB.closure(("bootloader", *BUILD_ELEMENTS)))]
+    assert any("block device" in m for m in msgs), msgs
+
+
+def test_tree_output_lint_other_block_device_hook(tmp_path: Path) -> None:
+    d = _element(tmp_path, "hc-thing")
+    (d / "block-device.d").mkdir()
+    script = d / "block-device.d" / "10-hc-disk"
+    script.write_text(HEADER + "echo IMAGE_BLOCK=x\n")
+    script.chmod(0o755)
+    msgs = _tree_output(tmp_path, d)
+    assert len(msgs) == 1 and "block device" in msgs[0], msgs
