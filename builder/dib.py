@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,47 +121,101 @@ def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
     return text.splitlines()[-n:]
 
 
-def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
-    """Run DIB; returns the image it made (or the tree it handed over, ``tree_out``).  Raises
-    DibError on failure."""
-    if shutil.which("disk-image-create") is None:
-        raise BuildError("disk-image-create not found on PATH (pip install diskimage-builder)")
-    run.log_path.parent.mkdir(parents=True, exist_ok=True)
-    run.output.parent.mkdir(parents=True, exist_ok=True)
-    argv = run.argv()
-    with open(run.log_path, "ab") as log:
-        log.write(f"# hcbuild: {' '.join(argv)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=run.environ(),
-            cwd=run.output.parent,
-            preexec_fn=_set_pdeathsig,
-        )
+DONE_LINE = "Build completed successfully"  # DIB's last line; a `sleep 1` and its exit follow
+
+
+class DibProcess:
+    """A running ``disk-image-create``.
+
+    ``wait_done`` returns as soon as DIB has logged that the build completed (its output is
+    final: DIB then only sleeps a second before it exits) or it has ended; ``finish`` waits for
+    the exit and raises DibError unless DIB succeeded and left its result; ``abort`` stops it."""
+
+    def __init__(self, run: DibRun, known_elements: Sequence[Element] = ()) -> None:
+        if shutil.which("disk-image-create") is None:
+            raise BuildError("disk-image-create not found on PATH (pip install diskimage-builder)")
+        self.run, self.known = run, known_elements
+        run.log_path.parent.mkdir(parents=True, exist_ok=True)
+        run.output.parent.mkdir(parents=True, exist_ok=True)
+        self.argv = run.argv()
+        with open(run.log_path, "ab") as log:
+            log.write(f"# hcbuild: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.offset = log.tell()  # this run's lines start here
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=run.environ(),
+                cwd=run.output.parent,
+                preexec_fn=_set_pdeathsig,
+            )
+
+    def _done_logged(self, carry: bytes) -> tuple[bool, bytes]:
+        """(DONE_LINE seen, the unfinished last line) after reading what DIB logged since."""
+        with open(self.run.log_path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        lines = (carry + data).split(b"\n")
+        for raw in lines[:-1]:
+            if _TS_RE.sub("", raw.decode(errors="replace")).strip() == DONE_LINE:
+                return True, b""
+        return False, lines[-1]
+
+    def wait_done(self, poll: float = 0.1) -> None:
+        carry = b""
         try:
-            rc = proc.wait()
+            while self.proc.poll() is None:
+                done, carry = self._done_logged(carry)
+                if done:
+                    return
+                time.sleep(poll)
         except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            self.abort()
             raise
-    made = run.result.is_dir() if run.tree_out is not None else run.result.is_file()
-    if rc != 0 or not made:
-        lines = tail(run.log_path, 100000)
-        phase, script = failing_script(lines)
-        element = element_of(script, phase, known_elements) if script else None
-        raise DibError(
-            argv,
-            rc if rc != 0 else -1,
-            run.log_path,
-            tail(run.log_path),
-            element=element,
-            script=script,
-            phase=phase,
-        )
-    return run.result
+        self.finish()  # ended without the line: its exit status says how
+
+    def finish(self) -> Path:
+        try:
+            rc = self.proc.wait()
+        except BaseException:
+            self.abort()
+            raise
+        run = self.run
+        if rc != 0:
+            lines = tail(run.log_path, 100000)
+            phase, script = failing_script(lines)
+            element = element_of(script, phase, self.known) if script else None
+            raise DibError(
+                self.argv,
+                rc,
+                run.log_path,
+                tail(run.log_path),
+                element=element,
+                script=script,
+                phase=phase,
+            )
+        made = run.result.is_dir() if run.tree_out is not None else run.result.is_file()
+        if not made:
+            what = "tree" if run.tree_out is not None else "image"
+            raise BuildError(f"{run.result}: diskimage-builder succeeded but left no {what} "
+                             f"there (DIB log: {run.log_path})")
+        return run.result
+
+    def abort(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # DIB's traps unmount and remove its build directory
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
+    """Run DIB to its exit; returns the image it made (or the tree it handed over,
+    ``tree_out``).  Raises DibError on failure."""
+    return DibProcess(run, known_elements).finish()

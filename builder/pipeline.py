@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from builder import cache, paths
-from builder.dib import DibRun, run_dib
+from builder.dib import DibProcess, DibRun
 from builder.elements import Element, ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import BuildError, CommandError, ElementError
 from builder.kernel import KernelSpec, kernel_tree_from_root, load_kernel_spec, load_xen_spec
@@ -76,6 +76,7 @@ class Build:
     reused: bool = False
     tmp: Path | None = None
     layer_from: Path | None = None  # the cached base layer this build starts from
+    dib: DibProcess | None = None  # DIB while it is still running
     root: Path | None = None  # the finished tree DIB handed over
     kernel_version: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -266,11 +267,17 @@ def _run_dib(b: Build, p: Profile, ks: KernelSpec, lc: cache.LayerCache) -> None
         keeper.start()
     try:
         with b.progress.step(f"diskimage-builder, {what}"):
-            b.root = run_dib(dr, b.closure)
+            # on to the artifacts as soon as DIB has logged its success (it then sleeps a
+            # second before it exits); its exit status is checked before the manifest
+            b.dib = DibProcess(dr, b.closure)
+            b.dib.wait_done()
     finally:
         if keeper is not None:
             keeper.finish()
-    stop_chroot_processes(b.root or dr.result, b.progress)
+    b.root = dr.result
+    if not b.root.is_dir():
+        b.dib.finish()  # raises: DIB's log tail, with the failing script if there is one
+    stop_chroot_processes(b.root, b.progress)
     if keeper is not None:
         if keeper.error is not None:
             raise keeper.error
@@ -640,6 +647,9 @@ def step_artifacts(b: Build) -> None:
             step(b)
 
     b.progress.parallel(small, lambda: step_rootfs(b))
+    if b.dib is not None:
+        b.dib.finish()  # DIB has exited, successfully, before anything is published
+        b.dib = None
 
 
 def step_manifest(b: Build) -> None:
@@ -733,6 +743,8 @@ def build_role(role: str, opts: Options, progress: Progress | None = None) -> Re
                 with prog.step(f"{role}: {name}"):
                     step(b)
         finally:
+            if b.dib is not None:
+                b.dib.abort()
             if b.tmp is not None:  # failed: current is untouched, drop the half build
                 safe_rmtree(b.tmp)
         removed = tuple(b.store.gc(opts.keep))
