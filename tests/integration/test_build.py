@@ -149,21 +149,29 @@ def test_layered_build_equals_one_pass(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------- failure and SIGKILL
-TOGGLE_SCRIPT = """#!/bin/bash
+def toggle_script(stage: str) -> str:
+    """Test-only script: succeeds, fails or stalls depending on HC_TEST_MODE; ``stage`` is ""
+    (install.d, before DIB hands the tree over) or "-final" (finalise.d, after)."""
+    return f"""#!/bin/bash
 # test-only: succeed, fail or stall depending on HC_TEST_MODE
 
-if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then
+if [ "${{DIB_DEBUG_TRACE:-0}}" -gt 0 ]; then
     set -x
 fi
 set -eu -o pipefail
 
-echo "hc-test-toggle mode=${HC_TEST_MODE}"
-case "${HC_TEST_MODE}" in
-    fail) echo "hc-test-toggle: failing on purpose" >&2; exit 1 ;;
-    stall) sleep 20 ;;
+echo "hc-test-toggle{stage} mode=${{HC_TEST_MODE}}"
+case "${{HC_TEST_MODE}}" in
+    fail{stage}) echo "hc-test-toggle{stage}: failing on purpose" >&2; exit 1 ;;
+    stall{stage}) sleep 20 ;;
 esac
-echo ok > /etc/hc-test-toggle
+echo ok > /etc/hc-test-toggle{stage}
 """
+
+
+# (mode, the script that fails or stalls in it)
+TOGGLES = [("fail", "install.d/60-hc-test-toggle"),
+           ("fail-final", "finalise.d/70-hc-test-toggle-final")]
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +185,18 @@ def test_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (el / "environment.d").mkdir()
     (el / "README.md").write_text(
         "# hc-test-toggle\n\nTest only.\n\n| Variable | Default | Description |\n"
-        "|---|---|---|\n| `HC_TEST_MODE` | `ok` | ok, fail or stall |\n"
+        "|---|---|---|\n| `HC_TEST_MODE` | `ok` | ok, fail, stall, fail-final or "
+        "stall-final |\n"
     )
     (el / "element-deps").write_text("hc-base\n")
     (el / "environment.d" / "10-hc-test-toggle").write_text(
         "export HC_TEST_MODE=${HC_TEST_MODE:-ok}\n")
-    s = el / "install.d" / "60-hc-test-toggle"
-    s.write_text(TOGGLE_SCRIPT)
-    s.chmod(0o755)
+    (el / "finalise.d").mkdir()
+    for stage, script in (("", "install.d/60-hc-test-toggle"),
+                          ("-final", "finalise.d/70-hc-test-toggle-final")):
+        s = el / script
+        s.write_text(toggle_script(stage))
+        s.chmod(0o755)
     return d
 
 
@@ -207,25 +219,31 @@ def toggle_store(tmp_path_factory: pytest.TempPathFactory, test_data: Path,
     yield st, r.stdout.split()[1]
 
 
+@pytest.mark.parametrize(("mode", "script"), TOGGLES)
 def test_failed_build_leaves_current_and_prints_log_tail(
-        test_data: Path, build_cache: Path, toggle_store: tuple[Path, str]) -> None:
+        test_data: Path, build_cache: Path, toggle_store: tuple[Path, str], mode: str,
+        script: str) -> None:
+    """A script fails before DIB hands the tree over (install.d) or after (finalise.d)."""
     st, good = toggle_store
-    write_toggle_profile(test_data, "fail")
+    write_toggle_profile(test_data, mode)
     r = hcbuild("image", "toggle", "--out", str(st), "--cache", str(build_cache),
                 "--profiles-dir", str(test_data / "profiles"))
     assert r.returncode == 5, r.stderr
-    assert "in install.d/60-hc-test-toggle (element hc-test-toggle)" in r.stderr
+    assert f"in {script} (element hc-test-toggle)" in r.stderr
     assert "disk-image-create -a amd64 -t raw" in r.stderr
     assert "hcbuild: full log: " in r.stderr
     assert "failing on purpose" in r.stderr  # the log tail
     assert os.readlink(st / "toggle" / CURRENT) == good
     assert [p.name for p in (st / "toggle").iterdir() if p.name.startswith(".tmp")] == []
+    assert not [m for m in Path("/proc/mounts").read_text().splitlines() if str(st) in m]
 
 
+@pytest.mark.parametrize("stage", ["", "-final"])
 def test_sigkill_mid_build_then_next_run_cleans(
-        test_data: Path, build_cache: Path, toggle_store: tuple[Path, str]) -> None:
+        test_data: Path, build_cache: Path, toggle_store: tuple[Path, str], stage: str) -> None:
+    """hcbuild killed while a script stalls before DIB hands the tree over, or after."""
     st, good = toggle_store
-    write_toggle_profile(test_data, "stall")
+    write_toggle_profile(test_data, f"stall{stage}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder.cli", "image", "toggle", "--out", str(st),
          "--cache", str(build_cache)],
@@ -241,8 +259,8 @@ def test_sigkill_mid_build_then_next_run_cleans(
                 log = Path(line.split("DIB log: ", 1)[1].strip())
                 break
         assert log is not None
-        while not log.is_file() or "hc-test-toggle mode=stall" not in log.read_text(
-                errors="replace"):
+        marker = f"hc-test-toggle{stage} mode=stall{stage}"
+        while not log.is_file() or marker not in log.read_text(errors="replace"):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.5)
         assert any(p.name.startswith(".tmp-") for p in (st / "toggle").iterdir())
@@ -262,3 +280,4 @@ def test_sigkill_mid_build_then_next_run_cleans(
     assert [p.name for p in (st / "toggle").iterdir() if p.name.startswith(".")] == [".lock"]
     m = json.loads((st / "toggle" / good / "manifest.json").read_text())
     assert m["build_id"] == good
+    assert not [m for m in Path("/proc/mounts").read_text().splitlines() if str(st) in m]
