@@ -67,7 +67,7 @@ def mounts_below(path: Path, name_prefix: str = "") -> list[Path]:
 
 def unmount_below(path: Path, name_prefix: str = "") -> list[Path]:
     """Lazily unmount what a killed build left mounted below ``path`` (DIB's tmpfs and
-    chroot bind mounts, hcbuild's loop mount)."""
+    chroot bind mounts, hcbuild's scratch tmpfs)."""
     mps = mounts_below(path, name_prefix)
     for mp in mps:
         subprocess.run(["umount", "-l", str(mp)], capture_output=True)
