@@ -147,8 +147,7 @@ def role_inputs(
 
 LAYER_ELEMENT = "hc-build-layers"
 # DIB hands the finished tree over instead of copying it into an image (elements/hc-tree-output)
-TREE_ELEMENT = TREE_OUTPUT
-BUILD_ELEMENTS = (LAYER_ELEMENT, TREE_ELEMENT)  # hcbuild adds these to every build
+BUILD_ELEMENTS = (LAYER_ELEMENT, TREE_OUTPUT)  # hcbuild adds these to every build
 LAYERS_KEPT = 2  # base layers kept in the cache (~0.9 GB each), most recently used first
 
 

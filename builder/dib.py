@@ -1,8 +1,9 @@
 """The one module that runs diskimage-builder (``disk-image-create``).
 
-A run is described by ``DibRun`` (elements, packages, environment, output); ``run_dib`` writes
-DIB's whole output to a log file and, on failure, raises ``DibError`` naming the failing
-script and element (parsed from the log), the command and the last lines of the log.
+A run is described by ``DibRun`` (elements, packages, environment, output); ``DibProcess``
+runs it, writes DIB's whole output to a log file and, on failure, raises ``DibError`` naming
+the failing script and element (parsed from the log), the command and the last lines of the
+log.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class DibRun:
     def result(self) -> Path:
         """What a successful run leaves: the tree (``tree_out``) or the image."""
         return self.tree_out if self.tree_out is not None else self.image_path
+
+    @property
+    def made(self) -> bool:
+        """The result is there (a directory for the tree, a file for the image)."""
+        return self.result.is_dir() if self.tree_out is not None else self.result.is_file()
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
@@ -197,8 +203,7 @@ class DibProcess:
                 script=script,
                 phase=phase,
             )
-        made = run.result.is_dir() if run.tree_out is not None else run.result.is_file()
-        if not made:
+        if not run.made:
             what = "tree" if run.tree_out is not None else "image"
             raise BuildError(f"{run.result}: diskimage-builder succeeded but left no {what} "
                              f"there (DIB log: {run.log_path})")
@@ -213,9 +218,3 @@ class DibProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def run_dib(run: DibRun, known_elements: Sequence[Element] = ()) -> Path:
-    """Run DIB to its exit; returns the image it made (or the tree it handed over,
-    ``tree_out``).  Raises DibError on failure."""
-    return DibProcess(run, known_elements).finish()

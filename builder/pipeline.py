@@ -275,7 +275,7 @@ def _run_dib(b: Build, p: Profile, ks: KernelSpec, lc: cache.LayerCache) -> None
         if keeper is not None:
             keeper.finish()
     b.root = dr.result
-    if not b.root.is_dir():
+    if not dr.made:
         b.dib.finish()  # raises: DIB's log tail, with the failing script if there is one
     stop_chroot_processes(b.root, b.progress)
     if keeper is not None:
@@ -554,8 +554,7 @@ def ext4_geometry(used: int, inodes: int, free_mb: int) -> tuple[int, int]:
     return -(-size // BLOCK) * BLOCK, n
 
 
-def pack_ext4(tree: Path, out: Path, label: str, free_mb: int = 0,
-              usage: tuple[int, int] | None = None) -> None:
+def pack_ext4(tree: Path, out: Path, label: str, free_mb: int = 0) -> None:
     """A fresh ext4 image of ``tree`` (mke2fs -d), sized to the tree plus ``free_mb``.
 
     DIB would make its ext4 for images that get resized later: one inode per 4 KiB, a 64 MiB
@@ -565,7 +564,7 @@ def pack_ext4(tree: Path, out: Path, label: str, free_mb: int = 0,
     keep whole seconds."""
     if not tree.is_dir():
         raise BuildError(f"{tree}: no root tree to pack into the rootfs")
-    used, inodes = usage or tree_usage(tree)
+    used, inodes = tree_usage(tree)
     size, n = ext4_geometry(used, inodes, free_mb)
     for _attempt in range(4):
         out.unlink(missing_ok=True)

@@ -62,6 +62,14 @@ def test_env_defaults_are_documented() -> None:
             assert var in el.env_documented, f"{name}: {var}"
 
 
+def _script(d: Path, phase: str, name: str, body: str) -> None:
+    """An executable script ``phase/name`` of element ``d``: the anatomy header, then ``body``."""
+    (d / phase).mkdir(exist_ok=True)
+    s = d / phase / name
+    s.write_text(HEADER + body)
+    s.chmod(0o755)
+
+
 def _element(root: Path, name: str = "hc-thing") -> Path:
     d = root / name
     (d / "install.d").mkdir(parents=True)
@@ -71,9 +79,7 @@ def _element(root: Path, name: str = "hc-thing") -> Path:
     )
     (d / "environment.d" / "10-hc-thing").write_text("export HC_X=${HC_X:-1}\n")
     (d / "element-deps").write_text("hc-a\nhc-b\n")
-    s = d / "install.d" / "10-hc-thing"
-    s.write_text(HEADER + "true\n")
-    s.chmod(0o755)
+    _script(d, "install.d", "10-hc-thing", "true\n")
     return d
 
 
@@ -207,23 +213,20 @@ def test_layer_lint_script_before_the_checkpoint(tmp_path: Path) -> None:
     assert any("sorts before the layer checkpoint" in m for m in msgs), msgs
 
 
-def _tree_output(tmp_path: Path, d: Path) -> list[str]:
+def _tree_output(d: Path) -> list[str]:
     closure = [load_element(d), *LIB.closure(BUILD_ELEMENTS)]
     return [i.message for i in lint_image(closure)]
 
 
 def test_tree_output_lint_clean(tmp_path: Path) -> None:
-    assert _tree_output(tmp_path, _element(tmp_path, "hc-thing")) == []
+    assert _tree_output(_element(tmp_path, "hc-thing")) == []
 
 
 def test_tree_output_lint_block_device_user(tmp_path: Path) -> None:
     """A bootloader-like element reads IMAGE_BLOCK_DEVICE: DIB gives it none any more."""
     d = _element(tmp_path, "hc-thing")
-    (d / "finalise.d").mkdir()
-    script = d / "finalise.d" / "50-hc-boot"
-    script.write_text(HEADER + 'grub-install "$IMAGE_BLOCK_DEVICE"\n')
-    script.chmod(0o755)
-    msgs = _tree_output(tmp_path, d)
+    _script(d, "finalise.d", "50-hc-boot", 'grub-install "$IMAGE_BLOCK_DEVICE"\n')
+    msgs = _tree_output(d)
     assert len(msgs) == 1 and "block device" in msgs[0] and "hc-tree-output" in msgs[0], msgs
     # DIB's own bootloader element is caught the same way
     msgs = [i.message for i in lint_image(LIB.closure(("bootloader", *BUILD_ELEMENTS)))]
@@ -232,9 +235,6 @@ def test_tree_output_lint_block_device_user(tmp_path: Path) -> None:
 
 def test_tree_output_lint_other_block_device_hook(tmp_path: Path) -> None:
     d = _element(tmp_path, "hc-thing")
-    (d / "block-device.d").mkdir()
-    script = d / "block-device.d" / "10-hc-disk"
-    script.write_text(HEADER + "echo IMAGE_BLOCK=x\n")
-    script.chmod(0o755)
-    msgs = _tree_output(tmp_path, d)
+    _script(d, "block-device.d", "10-hc-disk", "echo IMAGE_BLOCK=x\n")
+    msgs = _tree_output(d)
     assert len(msgs) == 1 and "block device" in msgs[0], msgs
