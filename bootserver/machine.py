@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from homecloud.core.ids import BadMac, normalize_mac
 
 # RFC 4578 §2.1 client system architecture types (option 93), IANA registry names.
 ARCH_BIOS = 0
@@ -14,26 +15,7 @@ ARCH_EFI_ARM32 = 10
 ARCH_EFI_ARM64 = 11
 ARCH_EFI_X64_HTTP = 16
 
-_MAC_HEX = re.compile(r"[0-9a-f]{12}")
-
-
-class BadMac(ValueError):
-    """A MAC address in none of the accepted spellings."""
-
-
-def normalize_mac(value: object) -> str:
-    """``52:54:00:AB:CD:EF``, ``52-54-00-ab-cd-ef``, ``5254.00ab.cdef``, ``525400abcdef`` and
-    ``01-52-54-...`` (pxelinux's ARP type prefix) all become ``52:54:00:ab:cd:ef``."""
-    if not isinstance(value, str):
-        raise BadMac(f"MAC must be a string, got {type(value).__name__} {value!r}"
-                     " (quote it in YAML: an unquoted MAC of digits can parse as a number)")
-    s = value.strip().lower()
-    hexs = re.sub(r"[:\-.]", "", s)
-    if len(hexs) == 14 and hexs.startswith("01") and s[:3] in ("01-", "01:"):
-        hexs = hexs[2:]
-    if not _MAC_HEX.fullmatch(hexs):
-        raise BadMac(f"not a MAC address: {value!r}")
-    return ":".join(hexs[i:i + 2] for i in range(0, 12, 2))
+__all__ = ["BadMac", "BootFile", "Machine", "normalize_mac"]
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ scapy 2.8's ``scapy.contrib.aoe`` builds these frames, but has bugs this module 
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 
 from bootserver.errors import HcbootError
+from homecloud.core.ids import Target, mac_bytes, mac_str
 
 ETH_P_AOE = 0x88A2
 BROADCAST = b"\xff" * 6
@@ -165,45 +165,7 @@ class BadFrame(AoEError):
 # ---------------------------------------------------------------- addresses
 
 
-_TARGET_RE = re.compile(r"^e?(\d+)\.(\d+)$")
-
-
-@dataclass(frozen=True, order=True)
-class Target:
-    """An AoE address: shelf (major, 16 bits) and slot (minor, 8 bits), written ``eS.L``."""
-
-    shelf: int
-    slot: int
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.shelf < 0xFFFF and 0 <= self.slot < 0xFF):
-            raise ValueError(f"AoE target e{self.shelf}.{self.slot} out of range"
-                             " (shelf 0-65534, slot 0-254)")
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        m = _TARGET_RE.match(text.strip())
-        if not m:
-            raise ValueError(f"not an AoE target (want eSHELF.SLOT, e.g. e1.0): {text!r}")
-        return cls(int(m.group(1)), int(m.group(2)))
-
-    def __str__(self) -> str:
-        return f"e{self.shelf}.{self.slot}"
-
-
-def mac_bytes(mac: str | bytes) -> bytes:
-    if isinstance(mac, bytes):
-        if len(mac) != 6:
-            raise ValueError(f"MAC must be 6 bytes, got {len(mac)}")
-        return mac
-    h = re.sub(r"[:\-.]", "", mac.strip())
-    if not re.fullmatch(r"[0-9a-fA-F]{12}", h):
-        raise ValueError(f"not a MAC address: {mac!r}")
-    return bytes.fromhex(h)
-
-
-def mac_str(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
+# Target, mac_bytes and mac_str: homecloud.core.ids (one parsing rule each)
 
 
 # ---------------------------------------------------------------- building (scapy, once)

@@ -14,11 +14,12 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_clean() -> None:
-    r = _run(sys.executable, "-m", "ruff", "check", "builder", "bootserver", "tests", "bench")
+    r = _run(sys.executable, "-m", "ruff", "check", "builder", "bootserver", "homecloud", "tests",
+             "bench")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_mypy_clean() -> None:
     r = _run(sys.executable, "-m", "mypy", "--no-error-summary",
-             "-p", "builder", "-p", "bootserver")
+             "-p", "builder", "-p", "bootserver", "-p", "homecloud")
     assert r.returncode == 0, r.stdout + r.stderr
