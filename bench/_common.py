@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from builder.manifest import BootInfo  # noqa: E402
+from homecloud.core.manifest import BootInfo  # noqa: E402
 from tests.support.hcboot import Served, start_hcboot  # noqa: E402
 from tests.support.images import publish  # noqa: E402
 from tests.support.netns import Lab, Netns  # noqa: E402

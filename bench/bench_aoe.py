@@ -7,7 +7,7 @@ Run as root from the repository root::
 
 Measures (medians over ``--runs``):
 
-* ``verify``: bootserver.aoe.verify.verify(), full mode (sha256 of the whole export plus a
+* ``verify``: homecloud.aoe.verify.verify(), full mode (sha256 of the whole export plus a
   per-chunk comparison with the local artifact file), one vblade on a direct veth;
 * ``verify-2path``: the same with two vblades exporting the same shelf.slot behind a bridge;
 * ``scapy-srp``: plain scapy, every request frame built by scapy, one batch ``srp()`` of
@@ -42,11 +42,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bootserver.aoe import io  # noqa: E402
-from bootserver.aoe.frames import Target  # noqa: E402
-from bootserver.aoe.io import AoESocket, ReaderConfig  # noqa: E402
-from bootserver.aoe.scan import discover  # noqa: E402
-from bootserver.aoe.verify import ExpectedImage, verify  # noqa: E402
+from homecloud.aoe import io  # noqa: E402
+from homecloud.aoe.frames import Target  # noqa: E402
+from homecloud.aoe.io import AoESocket, ReaderConfig  # noqa: E402
+from homecloud.aoe.scan import discover  # noqa: E402
+from homecloud.aoe.verify import ExpectedImage, verify  # noqa: E402
 from tests.support.netns import Lab, Netns, wait_for  # noqa: E402
 
 T = Target(1, 2)

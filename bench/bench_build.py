@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from builder import paths  # noqa: E402
-from builder.manifest import ImageStore  # noqa: E402
 from builder.mirrors import resolve_mirrors  # noqa: E402
 from builder.profile import load_profile  # noqa: E402
+from homecloud.core.manifest import ImageStore  # noqa: E402
 
 ROLE = "hnode"
 

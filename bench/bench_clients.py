@@ -60,7 +60,8 @@ from _common import (
     start_hcboot_full,
 )
 
-from bootserver.inventory import Inventory, Node
+from homecloud.core.model import Inventory, Nic, Node, default_node_name
+from homecloud.inventory.schema import to_yaml
 from tests.support import artifacts
 from tests.support.netns import Lab, Netns
 
@@ -328,8 +329,9 @@ def setup_hcboot(lab: Lab, work: Path, kernel: Path, initrd: Path, n: int) -> Wo
     publish_role(images, ROLE, kernel, initrd, "console=ttyS0")
     state = work / "hcboot" / "state"
     state.mkdir(parents=True)
-    nodes = tuple(Node(mac=mac_str(mac_of(i)), role=ROLE) for i in range(n))
-    (state / "inventory.yaml").write_text(Inventory(nodes).to_yaml())
+    nodes = tuple(Node(default_node_name(ROLE, mac_str(mac_of(i))), ROLE,
+                       (Nic(mac_str(mac_of(i))),)) for i in range(n))
+    (state / "inventory.yaml").write_text(to_yaml(Inventory(nodes)))
     ns = server_ns(lab, "hc")
     srv = start_hcboot_full(lab, ns, work / "hcboot", images, POOL)
     cl = lab.netns("hcc")

@@ -27,7 +27,7 @@ MAX_RUNS = 10
 
 
 def hcboot(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootserver", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "homecloud", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
 

@@ -1,12 +1,12 @@
-"""What the HTTP and TFTP servers serve: per-node boot scripts, artifacts, plans, reports.
+"""The boot routes the HTTP and TFTP servers serve: per-node boot scripts, artifacts, first stages.
+
+(The control plane's routes -- plans, reports, the node list -- are ``homecloud.control.http``;
+``hcboot serve`` chains both apps on one HTTP server.)
 
 Routes (HTTP):
     GET  /boot/<mac>.ipxe                   per-node iPXE script (unassigned: wait-and-retry)
     GET  /boot/<mac>.pxelinux               the pxelinux config the node would get (debugging)
     GET  /images/<role>/<build-id>/<file>   an artifact from the image store ("current" allowed)
-    GET  /plan/<mac>.json|.txt              a storage node's export plan (txt: for shell agents)
-    POST /report/<mac>                      a node reports its state (JSON {"state": ...})
-    GET  /nodes.json                        assigned nodes, seen machines and reports
     GET  /firststage/<name>                 first-stage binary (ipxe.efi for UEFI HTTP boot)
     GET  /healthz                           "ok"
 TFTP (dynamic names, tried before the TFTP root):
@@ -16,31 +16,24 @@ TFTP (dynamic names, tried before the TFTP root):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
-from bootserver.exports import plan_for, plan_text
 from bootserver.firststage import SOURCES
 from bootserver.http import Response
 from bootserver.machine import BadMac, Machine, normalize_mac
 from bootserver.policy import Policy, RenderError
-from bootserver.reports import Reports, read_reports
-from bootserver.seen import read_seen
-from builder.manifest import CURRENT, ManifestError
+from homecloud.core.manifest import CURRENT, ManifestError
 
 log = logging.getLogger("hcboot.app")
 
 _BOOT = re.compile(r"^/boot/([^/]+)\.(ipxe|pxelinux)$")
 _IMAGE = re.compile(r"^/?images/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)$")
 _FIRST = re.compile(r"^/firststage/([A-Za-z0-9._-]+)$")
-_PLAN = re.compile(r"^/plan/([^/]+)\.(json|txt)$")
-_REPORT = re.compile(r"^/report/([^/]+)$")
 _PXECFG = re.compile(r"^/?pxelinux\.cfg/01-([0-9a-fA-F-]{17})$")
-MAX_REPORT = 64 * 1024
 
 
 def _text(body: str, ctype: str = "text/plain; charset=utf-8", status: int = 200) -> Response:
@@ -51,7 +44,6 @@ class BootApp:
     def __init__(self, policy: Policy, state_dir: Path) -> None:
         self.policy = policy
         self.state_dir = Path(state_dir)
-        self.reports = Reports(self.state_dir)
 
     # ------------------------------------------------------------------ shared
     def artifact(self, role: str, build: str, name: str) -> Path | None:
@@ -71,10 +63,6 @@ class BootApp:
         path = unquote(path.split("?", 1)[0])
         if method in ("GET", "HEAD"):
             return self._get(path, client_ip)
-        if method == "POST":
-            m = _REPORT.match(path)
-            if m:
-                return self._report(m.group(1), body, client_ip)
         return None
 
     def _get(self, path: str, client_ip: str) -> Response | None:
@@ -111,49 +99,7 @@ class BootApp:
                 return None
             ctype = "application/json" if f.name.endswith(".json") else "application/octet-stream"
             return Response(status=200, content_type=ctype, file=f)
-        m = _PLAN.match(path)
-        if m:
-            try:
-                mac = normalize_mac(m.group(1))
-            except BadMac:
-                return None
-            plan = plan_for(mac, self.policy.inventory.current(), self.policy.store,
-                            self.policy.http_base)
-            if plan is None:
-                log.warning("%s: asked for a storage plan but is not a storage node", mac)
-                return None
-            if m.group(2) == "txt":
-                return _text(plan_text(plan))
-            return _text(json.dumps(plan, indent=1) + "\n", "application/json")
-        if path == "/nodes.json":
-            return _text(json.dumps(self.nodes_doc(), indent=1) + "\n", "application/json")
         return None
-
-    def _report(self, raw_mac: str, body: bytes, client_ip: str) -> Response | None:
-        try:
-            mac = normalize_mac(raw_mac)
-        except BadMac:
-            return None
-        if len(body) > MAX_REPORT:
-            return _text("report too large\n", status=413)
-        try:
-            doc = json.loads(body or b"{}")
-            if not isinstance(doc, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            log.warning("%s: malformed report from %s: %s", mac, client_ip, exc)
-            return _text(f"bad report: {exc}\n", status=400)
-        self.reports.put(mac, doc)
-        log.info("%s: reports state %s (%s)", mac, doc.get("state"), doc.get("detail") or "")
-        return _text("ok\n")
-
-    def nodes_doc(self) -> dict[str, object]:
-        inv = self.policy.inventory.current()
-        return {
-            "nodes": [n.to_doc() for n in inv.nodes],
-            "seen": [s.__dict__ for s in read_seen(self.state_dir)],
-            "reports": read_reports(self.state_dir),
-        }
 
     # ------------------------------------------------------------------ TFTP
     def tftp_resolve(self, path: str, client_ip: str) -> bytes | Path | None:

@@ -16,13 +16,12 @@ Decision table for DHCP (``boot_file``):
 from __future__ import annotations
 
 import logging
-import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
-from bootserver.inventory import Export, Inventory, InventoryWatcher, Node
 from bootserver.machine import (
     ARCH_BIOS,
     ARCH_EFI_BC,
@@ -31,8 +30,10 @@ from bootserver.machine import (
     BootFile,
     Machine,
 )
-from bootserver.seen import SeenStore
-from builder.manifest import ImageStore, Manifest, ManifestError
+from homecloud.core.errors import HomecloudError
+from homecloud.core.manifest import ImageStore, Manifest, ManifestError
+from homecloud.core.model import Export, ImageExport, Inventory, Nic, Node, default_node_name
+from homecloud.inventory.protocol import InventoryStore
 
 log = logging.getLogger("hcboot.policy")
 
@@ -55,7 +56,7 @@ def template_env() -> jinja2.Environment:
     )
 
 
-class RenderError(Exception):
+class RenderError(HomecloudError):
     """A boot script cannot be rendered for a machine (names the MAC and the reason)."""
 
 
@@ -86,13 +87,19 @@ class Resolved:
 
 
 class Policy:
-    def __init__(self, config: PolicyConfig, inventory: InventoryWatcher, store: ImageStore,
-                 seen: SeenStore | None = None) -> None:
+    def __init__(self, config: PolicyConfig, inventory: InventoryStore, store: ImageStore,
+                 on_unassigned: Callable[[Machine], None] | None = None) -> None:
+        """``inventory``: any inventory store (the policy only reads snapshots);
+        ``on_unassigned``: called for a machine that asked to boot and has no node (the
+        composition root records it as seen)."""
         self.config = config
         self.inventory = inventory
         self.store = store
-        self.seen = seen
+        self.on_unassigned = on_unassigned
         self.env = template_env()
+
+    def current(self) -> Inventory:
+        return self.inventory.snapshot().inventory
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -101,10 +108,11 @@ class Policy:
         return f"http://{self.config.server_ip}{port}"
 
     def node_for(self, mac: str, inv: Inventory | None = None) -> Node | None:
-        inv = inv or self.inventory.current()
+        inv = inv or self.current()
         node = inv.node(mac)
         if node is None and inv.default_role:
-            node = Node(mac=mac, role=inv.default_role)
+            node = Node(default_node_name(inv.default_role, mac), inv.default_role,
+                        (Nic(mac),))
         return node
 
     def resolve(self, mac: str) -> Resolved | None:
@@ -124,18 +132,19 @@ class Policy:
 
     # ------------------------------------------------------------------ DHCP side
     def static_address(self, mac: str) -> tuple[str, str | None] | None:
-        node = self.inventory.current().node(mac)
-        if node is None or node.ip is None:
+        node = self.current().node(mac)
+        nic = node.nic(mac) if node is not None else None
+        if node is None or nic is None or nic.ip is None:
             return None
-        return node.ip, node.hostname
+        return nic.ip, node.name
 
     def hostname(self, mac: str) -> str | None:
-        node = self.inventory.current().node(mac)
-        return node.hostname if node else None
+        node = self.current().node(mac)
+        return node.name if node else None
 
     def record_seen(self, machine: Machine) -> None:
-        if self.seen is not None and self.inventory.current().node(machine.mac) is None:
-            self.seen.record(machine)
+        if self.on_unassigned is not None and self.current().node(machine.mac) is None:
+            self.on_unassigned(machine)
 
     def boot_file(self, machine: Machine) -> BootFile | None:
         r = self.resolve(machine.mac)
@@ -168,8 +177,8 @@ class Policy:
         mac = r.node.mac
         extra = [f"BOOTIF=01-{mac.replace(':', '-')}", f"hc.mac={mac}", f"hc.role={r.node.role}",
                  f"hc.server={self.http_base}"]
-        if r.node.hostname:
-            extra.append(f"hc.hostname={r.node.hostname}")
+        if self.current().node(mac) is not None:  # a default-role machine has no name yet
+            extra.append(f"hc.hostname={r.node.name}")
         if r.manifest.boot.root == "aoe":
             exp = self.root_export(r.node)
             if exp is None:
@@ -185,9 +194,10 @@ class Policy:
         return _clean_cmdline(r.manifest.boot.cmdline, " ".join(extra), r.node.cmdline)
 
     def root_export(self, node: Node) -> Export | None:
-        for exp in self.inventory.current().exports:
-            if exp.image_role == node.role and (node.mac in exp.consumers
-                                                or node.role in exp.consumers):
+        for exp in self.current().exports:
+            if isinstance(exp, ImageExport) and exp.role == node.role and (
+                    node.mac in exp.consumers or node.role in exp.consumers
+                    or node.name in exp.consumers):
                 return exp
         return None
 
@@ -226,6 +236,3 @@ class Policy:
         base = f"images/{r.node.role}/{r.manifest.build_id}"
         return self.env.get_template("pxelinux.cfg.j2").render(**self._vars(r, base))
 
-
-def quote(s: str) -> str:
-    return shlex.quote(s)

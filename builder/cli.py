@@ -23,6 +23,7 @@ from builder.cache import BUILD_ELEMENTS, LAYER_ELEMENT
 from builder.elements import ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import BuildError, CommandError, DibError
 from builder.progress import Progress
+from homecloud.core.paths import default_cache_dir, default_image_store
 
 EXIT_USAGE = 2
 EXIT_INPUT = 6  # kernel/initramfs input errors raised by builder.kernel / builder.initramfs
@@ -139,8 +140,8 @@ def image(
     if not roles:
         raise click.UsageError("give a ROLE or --all")
     opts = Options(
-        store=store or paths.default_image_store(),
-        cache_dir=cache_dir or paths.default_cache_dir(),
+        store=store or default_image_store(),
+        cache_dir=cache_dir or default_cache_dir(),
         profiles_dir=profiles_dir,
         force=force,
         keep=keep,
@@ -165,7 +166,7 @@ def list_cmd(profiles_dir: Path | None, store: Path | None) -> None:
     from builder.profile import list_roles, load_profile
     from builder.store import RoleStore
 
-    st = store or paths.default_image_store()
+    st = store or default_image_store()
     lib = _lib(profiles_dir)
     for role in list_roles(profiles_dir):
         p = load_profile(role, profiles_dir, lib)

@@ -9,8 +9,10 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from homecloud.core.errors import HomecloudError
 
-class BuildError(Exception):
+
+class BuildError(HomecloudError):
     """Base class of every error hcbuild reports to the user."""
 
     exit_code = 1

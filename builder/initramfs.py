@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal
 
 import jinja2
 
+from builder.errors import BuildError
 from builder.kernel import KernelTree
 
 __all__ = [
@@ -47,7 +48,7 @@ Compression = Literal["gzip", "zstd", "none"]
 _MOD_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
 
 
-class InitramfsError(Exception):
+class InitramfsError(BuildError):
     """Anything that prevents building an initramfs."""
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from builder import paths
+from builder.errors import BuildError
 
 __all__ = [
     "FetchError",
@@ -52,7 +53,7 @@ STAMP = ".complete"
 # ---------------------------------------------------------------- errors
 
 
-class KernelError(Exception):
+class KernelError(BuildError):
     """Anything wrong with a kernel/Xen spec, package or tree."""
 
 

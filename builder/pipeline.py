@@ -35,11 +35,11 @@ from builder.dib import DibProcess, DibRun
 from builder.elements import Element, ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import BuildError, CommandError, ElementError
 from builder.kernel import KernelSpec, kernel_tree_from_root, load_kernel_spec, load_xen_spec
-from builder.manifest import Artifact, BootInfo, Manifest, artifact_for
 from builder.mirrors import Mirrors, resolve_mirrors
 from builder.profile import Profile, load_profile
 from builder.progress import Progress
 from builder.store import RoleStore, safe_rmtree
+from homecloud.core.manifest import Artifact, BootInfo, Manifest, artifact_for
 
 DISTRO_ELEMENT = "debian-minimal"
 ROOTFS_LABEL = "hc-root"

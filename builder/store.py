@@ -1,6 +1,6 @@
 """Write side of the image store: build directories, atomic publish, GC, lock, leftovers.
 
-Layout and manifest format: ``builder.manifest``.  A build is assembled in a temporary
+Layout and manifest format: ``homecloud.core.manifest``.  A build is assembled in a temporary
 directory inside the role's folder (same filesystem), every file and the directory are
 fsync'ed, the directory is renamed to its build id, and ``current`` is flipped by renaming a
 temporary symlink over it, then the role folder is fsync'ed.  A failed build never touches
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import LockBusyError, StoreError
-from builder.manifest import CURRENT, MANIFEST_NAME, ManifestError, load_manifest
+from homecloud.core.manifest import CURRENT, MANIFEST_NAME, ManifestError, load_manifest
 
 LOCK_NAME = ".lock"
 TMP_PREFIX = ".tmp-"

@@ -1,14 +1,12 @@
 """The storage-node agent (a POSIX shell script shipped by the element ``hc-aoe-target``).
 
 The agent runs on storage nodes, which have no Python: this package only locates the script for
-tests and tooling and names the contract it shares with ``bootserver.exports.plan_text``.
+tests and tooling and names the contract it shares with ``homecloud.control.exports.plan_text``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from builder import paths
 
 ELEMENT = "hc-aoe-target"
 SCRIPT_IN_IMAGE = "/usr/local/sbin/hc-storage-agent"
@@ -19,7 +17,7 @@ READY_PREFIX = "hc-storage: exports ready "
 
 
 def element_dir() -> Path:
-    return paths.elements_dir() / ELEMENT
+    return Path(__file__).resolve().parents[2] / "elements" / ELEMENT
 
 
 def agent_script() -> Path:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from homecloud.core.errors import HomecloudError
+
 _MAC_HEX = re.compile(r"[0-9a-f]{12}")
 _TARGET_RE = re.compile(r"^e?(\d+)\.(\d+)$")
 
 
-class BadMac(ValueError):
+class BadMac(HomecloudError, ValueError):
     """A MAC address in none of the accepted spellings."""
 
 
-class BadTarget(ValueError):
+class BadTarget(HomecloudError, ValueError):
     """An AoE target that is not ``eSHELF.SLOT`` or out of range."""
 
 

@@ -36,9 +36,10 @@ from pathlib import Path
 import pytest
 
 from bootserver.agent import READY_PREFIX, agent_script
-from bootserver.inventory import Export, InventoryFile
 from builder.kernel import KernelTree
-from builder.manifest import BootInfo
+from homecloud.core.ids import Target
+from homecloud.core.manifest import BootInfo
+from homecloud.core.model import ImageExport
 from tests.support import artifacts
 from tests.support.builds import ensure_built_all
 from tests.support.hcboot import Served, start_hcboot
@@ -234,15 +235,9 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, kernel: KernelTree,
         lab.bridge(ns, "br0", f"{SERVER}/24")
         srv = start_hcboot(lab, ns, "br0", SERVER, tmp / "state", images,
                            "--range", "192.0.2.100-192.0.2.150")
-        inv = InventoryFile(srv.state)
-        with inv.edit() as box:
-            from dataclasses import replace
-
-            box[0] = replace(box[0], exports=(
-                Export(target="e1.0", shelf=1, slot=0, image_role="hnode", consumers=("hnode",)),
-                Export(target="e1.1", shelf=1, slot=1, image_role="hnodexen",
-                       consumers=("hnodexen",)),
-            ))
+        srv.set_exports(
+            ImageExport(Target(1, 0), role="hnode", consumers=("hnode",)),
+            ImageExport(Target(1, 1), role="hnodexen", consumers=("hnodexen",)))
         snodes: list[Netns] = []
         agents: dict[str, subprocess.Popen[bytes]] = {}
         for i in (1, 2):
@@ -409,12 +404,7 @@ def test_snode_vms_export_the_hnode_root_to_an_hnode_vm(kernel: KernelTree, root
         lab.bridge(ns, "br0", f"{SERVER}/24")
         srv = start_hcboot(lab, ns, "br0", SERVER, tmp_path / "state", images,
                            "--range", "192.0.2.100-192.0.2.150")
-        with InventoryFile(srv.state).edit() as box:
-            from dataclasses import replace
-
-            box[0] = replace(box[0], exports=(
-                Export(target="e1.0", shelf=1, slot=0, image_role="hnode",
-                       consumers=("hnode",)),))
+        srv.set_exports(ImageExport(Target(1, 0), role="hnode", consumers=("hnode",)))
         vms: list[Vm] = []
         try:
             for i in (1, 2):
@@ -511,12 +501,7 @@ def test_real_snode_image_exports_the_hnode_root(kernel: KernelTree, root_image:
         lab.bridge(ns, "br0", f"{SERVER}/24")
         srv = start_hcboot(lab, ns, "br0", SERVER, tmp_path / "state", images,
                            "--range", "192.0.2.100-192.0.2.150")
-        with InventoryFile(srv.state).edit() as box:
-            from dataclasses import replace
-
-            box[0] = replace(box[0], exports=(
-                Export(target="e1.0", shelf=1, slot=0, image_role="hnode",
-                       consumers=("hnode",)),))
+        srv.set_exports(ImageExport(Target(1, 0), role="hnode", consumers=("hnode",)))
         mac = "52:54:00:5c:00:01"
         srv.cli("assign", mac, "snode", "--hostname", "snreal")
         srv.cli("assign", HNODE_MAC, "hnode", "--hostname", "hn1")

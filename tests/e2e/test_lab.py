@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from builder.manifest import BootInfo, ImageStore
+from homecloud.core.manifest import BootInfo, ImageStore
 from tests.support import artifacts
 from tests.support.builds import ensure_built_all
 from tests.support.images import publish
@@ -54,7 +54,7 @@ def publish_stand_ins(store: Path) -> Path:
 
 def hcboot(*args: str, timeout: float = 1800,
            check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "bootserver", *args], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "homecloud", *args], capture_output=True,
                        text=True, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"hcboot {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
@@ -132,7 +132,7 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
     assert {n["hostname"] for n in nodes} == {"snode1", "snode2", "hnode1"}
 
     # add-node: a fresh MAC PXE-boots without a role, is seen, assigned, boots into hnode
-    add = subprocess.Popen([sys.executable, "-m", "bootserver", "lab", "add-node", "--role",
+    add = subprocess.Popen([sys.executable, "-m", "homecloud", "lab", "add-node", "--role",
                             "hnode", "--state-dir", str(lab_dir), "--assign-after", "8"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -146,7 +146,7 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
             assert time.monotonic() < deadline, "hnode2 never started"
             time.sleep(0.5)
         # attach to its console while it retries PXE; Ctrl-] detaches
-        con = subprocess.Popen([sys.executable, "-m", "bootserver", "lab", "console", "hnode2",
+        con = subprocess.Popen([sys.executable, "-m", "homecloud", "lab", "console", "hnode2",
                                 "--state-dir", str(lab_dir)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(6)
@@ -183,7 +183,7 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
 
 
 def test_down_cleans_up_after_up_was_killed(stand_ins: Path, lab_dir: Path) -> None:
-    up = subprocess.Popen([sys.executable, "-m", "bootserver", "lab", "up", "--state-dir",
+    up = subprocess.Popen([sys.executable, "-m", "homecloud", "lab", "up", "--state-dir",
                            str(lab_dir), "--images", str(stand_ins), "--no-build"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab_json = lab_dir / "lab.json"

@@ -26,14 +26,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bootserver.aoe import frames as F
-from bootserver.aoe import io
-from bootserver.aoe.cli import aoe
-from bootserver.aoe.frames import Target
-from bootserver.aoe.io import AoESocket, ReaderConfig
-from bootserver.aoe.scan import discover, scan
-from bootserver.aoe.verify import ContentMismatch, expected_from_role, verify
-from builder.manifest import Artifact, BootInfo, Manifest
+from homecloud.aoe import frames as F
+from homecloud.aoe import io
+from homecloud.aoe.cli import aoe
+from homecloud.aoe.frames import Target
+from homecloud.aoe.io import AoESocket, ReaderConfig
+from homecloud.aoe.scan import discover, scan
+from homecloud.aoe.verify import ContentMismatch, expected_from_role, verify
+from homecloud.core.manifest import Artifact, BootInfo, Manifest
 from tests.support.netns import Lab, Netns, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("vblade") is None, reason="vblade not installed")
@@ -382,14 +382,14 @@ def test_a_stalled_path_is_dropped_and_used_again_when_it_answers(
             os.kill(stalled.pid, signal.SIGSTOP)
 
     handler = OnDrop()
-    logging.getLogger("bootserver.aoe").addHandler(handler)
+    logging.getLogger("homecloud.aoe").addHandler(handler)
     try:
         with client(net) as sock:
             wait_paths(sock, 2)
             res = verify(sock, T, expected_from_role(store, "hnode", "rootfs"),
                          config=ReaderConfig(path_dead_time=0.3), progress=stop_early)
     finally:
-        logging.getLogger("bootserver.aoe").removeHandler(handler)
+        logging.getLogger("homecloud.aoe").removeHandler(handler)
         os.kill(stalled.pid, signal.SIGCONT)
     assert res.ok
     assert res.dropped == [net.mac_s2] and res.revived == [net.mac_s2], events

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from builder import paths
-from builder.manifest import CURRENT, ImageStore, sha256_file
+from homecloud.core.manifest import CURRENT, ImageStore, sha256_file
 from tests.support.builds import ROOT, ensure_built_all, hcbuild
 from tests.support.treediff import differences
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.manifest import ImageStore
+from homecloud.core.manifest import ImageStore
 from tests.support.builds import ensure_built_all
 from tests.support.qemu import Disk, Vm, VmConfig, multiboot_initrd
 

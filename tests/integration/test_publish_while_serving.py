@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from builder.manifest import BootInfo, Manifest, artifact_for
 from builder.store import RoleStore
+from homecloud.core.manifest import BootInfo, Manifest, artifact_for
 from tests.support.hcboot import start_hcboot
 from tests.support.netns import Lab
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.manifest import BootInfo
+from homecloud.core.manifest import BootInfo
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab

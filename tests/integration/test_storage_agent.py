@@ -1,5 +1,5 @@
 """The storage-node agent (elements/hc-aoe-target) against the real ``hcboot serve`` and real
-vblade, checked with real AoE (bootserver.aoe), all inside namespaces made here.
+vblade, checked with real AoE (homecloud.aoe), all inside namespaces made here.
 
 Topology (one Lab per module)::
 
@@ -23,18 +23,19 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from bootserver.agent import READY_PREFIX, agent_script
-from bootserver.aoe.cli import aoe
-from bootserver.aoe.io import AoESocket
-from bootserver.aoe.scan import ScanTarget, scan
-from bootserver.inventory import Export, InventoryFile
-from builder.manifest import BootInfo
+from homecloud.aoe.cli import aoe
+from homecloud.aoe.io import AoESocket
+from homecloud.aoe.scan import ScanTarget, scan
+from homecloud.core.ids import Target
+from homecloud.core.manifest import BootInfo
+from homecloud.core.model import Export, ImageExport, VolumeExport
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab, Netns, sh
@@ -102,19 +103,15 @@ class Env:
             return {str(t.target): t for t in scan(sock, timeout=0.4)}
 
     def set_exports(self, *exports: Export) -> None:
-        inv = InventoryFile(self.srv.state)
-        with inv.edit() as box:
-            box[0] = replace(box[0], exports=tuple(exports))
+        self.srv.set_exports(*exports)
 
     def vblade_pid(self, target: str) -> int:
         assert self.run is not None
         return int((self.run / "exports" / f"{target}.pid").read_text())
 
 
-E10 = Export(target="e1.0", shelf=1, slot=0, mode="ro", image_role="hnode",
-             image_artifact="rootfs", consumers=("hnode",))
-E11 = Export(target="e1.1", shelf=1, slot=1, mode="rw", volume_name="scratch",
-             volume_size=8 << 20, consumers=("hnode",))
+E10 = ImageExport(Target(1, 0), mode="ro", role="hnode", artifact="rootfs", consumers=("hnode",))
+E11 = VolumeExport(Target(1, 1), mode="rw", name="scratch", size=8 << 20, consumers=("hnode",))
 
 
 def _loop(path: Path, mib: int) -> str:

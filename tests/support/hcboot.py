@@ -9,11 +9,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from homecloud.core.model import Export
+from homecloud.inventory.protocol import update
+from homecloud.inventory.yamlfile import YamlFileStore
 from tests.support.netns import Lab, Netns
 
 
 def hcboot_argv(state: Path, images: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "bootserver", "--state-dir", str(state), "--images",
+    return [sys.executable, "-m", "homecloud", "--state-dir", str(state), "--images",
             str(images), *args]
 
 
@@ -38,11 +41,20 @@ class Served:
     def cli(self, *args: str, check: bool = True) -> str:
         return hcboot(self.state, self.images, *args, check=check)
 
+    def set_exports(self, *exports: Export) -> None:
+        set_exports(self.state, *exports)
+
     def unassigned(self) -> list[str]:
         return [d["mac"] for d in json.loads(self.cli("nodes", "--unassigned", "--json"))]
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def set_exports(state: Path, *exports: Export) -> None:
+    """Replace the inventory's exports (the running server picks the change up)."""
+    store = YamlFileStore(state)
+    update(store, lambda inv: inv.with_exports(tuple(exports)))
 
 
 def start_hcboot(lab: Lab, ns: Netns, iface: str, server_ip: str, state: Path, images: Path,

@@ -1,5 +1,5 @@
 """Publish a build into an image store for tests, in the exact format hcbuild writes
-(builder.manifest), without running diskimage-builder."""
+(homecloud.core.manifest), without running diskimage-builder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from builder.manifest import CURRENT, MANIFEST_NAME, BootInfo, Manifest, artifact_for
+from homecloud.core.manifest import CURRENT, MANIFEST_NAME, BootInfo, Manifest, artifact_for
 
 
 def publish(store: Path, role: str, files: dict[str, Path | bytes], boot: BootInfo,

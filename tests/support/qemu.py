@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bootserver.lab.vm import Disk, Nic, device_args
+from homecloud.lab.vm import Disk, Nic, device_args
 
 QEMU = os.environ.get("HC_QEMU", "qemu-system-x86_64")
 

@@ -29,8 +29,8 @@ from bootserver.agent import (
     element_dir,
     unit_file,
 )
-from bootserver.exports import plan_text
 from builder.elements import ElementLibrary, lint_element
+from homecloud.control.exports import plan_text
 
 SCRIPT = agent_script()
 MAC = "52:54:00:5a:00:01"

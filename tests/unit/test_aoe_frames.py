@@ -10,8 +10,8 @@ from scapy.contrib.aoe import AOE, IssueATACommand
 from scapy.layers.l2 import Ether
 from scapy.packet import Padding
 
-from bootserver.aoe import frames as F
-from bootserver.aoe.frames import Target
+from homecloud.aoe import frames as F
+from homecloud.aoe.frames import Target
 
 ME = "02:00:00:00:00:01"
 VBLADE = "02:00:00:00:00:02"

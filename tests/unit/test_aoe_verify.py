@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bootserver.aoe import verify as V
-from bootserver.aoe.cli import aoe
-from bootserver.aoe.frames import Target
-from builder.manifest import Artifact, BootInfo, Manifest
+from homecloud.aoe import verify as V
+from homecloud.aoe.cli import aoe
+from homecloud.aoe.frames import Target
+from homecloud.core.manifest import Artifact, BootInfo, Manifest
 
 BUILD = "20261124T040000Z-0123456789ab"
 

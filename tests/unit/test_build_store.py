@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import LockBusyError, StoreError
-from builder.manifest import (
+from builder.store import RoleStore
+from homecloud.core.manifest import (
     CURRENT,
     BootInfo,
     ImageStore,
@@ -17,7 +18,6 @@ from builder.manifest import (
     artifact_for,
     load_manifest,
 )
-from builder.store import RoleStore
 
 
 def fake_build(rs: RoleStore, build_id: str, key: str = "k" * 64) -> Path:

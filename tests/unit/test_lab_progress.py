@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bootserver.lab import progress as P
+from homecloud.lab import progress as P
 
 HNODE_BOOT = """\
 \x1b[01;01HiPXE (http://ipxe.org) 00:02.0 CA00 PCI2.10 PnP PMM+0EFD0F40+0EF30F40 CA00
@@ -112,7 +112,7 @@ def test_a_later_report_does_not_hide_the_final_one() -> None:
 
 
 def test_reports_keep_every_state_with_its_time(tmp_path: Path) -> None:
-    from bootserver.reports import Reports, read_reports
+    from homecloud.control.reports import Reports, read_reports
 
     r = Reports(tmp_path)
     mac = "52:54:00:4c:53:02"

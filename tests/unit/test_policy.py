@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bootserver.inventory import InventoryFile, InventoryWatcher
 from bootserver.machine import BootFile, Machine
 from bootserver.policy import Policy, PolicyConfig, RenderError
-from builder.manifest import BootInfo, ImageStore
+from homecloud.control.service import ControlService
+from homecloud.core.ids import Target
+from homecloud.core.manifest import BootInfo, ImageStore
+from homecloud.core.model import ImageExport
+from homecloud.inventory.protocol import update
+from homecloud.inventory.yamlfile import YamlFileStore
 from tests.support.images import publish
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -37,13 +41,13 @@ def policy(tmp_path: Path) -> Policy:
     publish(store, "snode", {"kernel": b"K", "initrd": b"I", "rootfs": b"R"},
             BootInfo(kind="linux", loader="ipxe", root="ram", cmdline="console=ttyS0"),
             build_id="b-snode-1")
-    f = InventoryFile(tmp_path, ROLES)
-    f.assign(MAC_H, "hnode", hostname="hnode1")
-    f.assign(MAC_S, "snode", hostname="snode1")
-    f.assign(MAC_P, "snode", loader="pxelinux", cmdline="quiet")
-    f.path.write_text(f.path.read_text().replace(
-        "exports: []", "exports:\n- {target: e1.0, image: {role: hnode}, consumers: [hnode]}"))
-    return Policy(PolicyConfig("192.0.2.1", 8080), InventoryWatcher(f), ImageStore(store))
+    inv = YamlFileStore(tmp_path, ROLES)
+    svc = ControlService(inv, tmp_path, store)
+    svc.assign(MAC_H, "hnode", hostname="hnode1")
+    svc.assign(MAC_S, "snode", hostname="snode1")
+    svc.assign(MAC_P, "snode", loader="pxelinux", cmdline="quiet")
+    svc.set_exports((ImageExport(Target(1, 0), role="hnode", consumers=("hnode",)),))
+    return Policy(PolicyConfig("192.0.2.1", 8080), inv, ImageStore(store))
 
 
 @pytest.mark.parametrize("mac,arch,uc,expected", [
@@ -71,9 +75,7 @@ def test_boot_file_table(policy: Policy, mac: str, arch: int | None, uc: str | N
 
 
 def test_default_role_boots_unknown_machines(policy: Policy, tmp_path: Path) -> None:
-    f = policy.inventory.file
-    f.path.write_text(f.path.read_text().replace("default_role: null", "default_role: snode"))
-    policy.inventory.poll()
+    update(policy.inventory, lambda inv: inv.with_default_role("snode"))
     assert policy.boot_file(Machine(mac=MAC_U, arch=0)) == BootFile("undionly.kpxe", "snode")
 
 
@@ -84,8 +86,8 @@ def test_efi_binary_choice(policy: Policy) -> None:
 
 
 def test_no_image_means_no_boot_file(policy: Policy, tmp_path: Path) -> None:
-    policy.inventory.file.assign("52:54:00:00:00:05", "domu")  # domu has no published build
-    policy.inventory.poll()
+    ControlService(policy.inventory, tmp_path, tmp_path / "images").assign(
+        "52:54:00:00:00:05", "domu")  # domu has no published build
     assert policy.boot_file(Machine(mac="52:54:00:00:00:05", arch=0)) is None
 
 
@@ -114,9 +116,8 @@ def test_hnode_gets_its_aoe_root(policy: Policy) -> None:
 
 
 def test_newline_in_cmdline_is_refused(policy: Policy) -> None:
-    f = policy.inventory.file
-    f.path.write_text(f.path.read_text().replace("cmdline: quiet", 'cmdline: "a\\nb"'))
-    policy.inventory.poll()
+    f = Path(policy.inventory.where)
+    f.write_text(f.read_text().replace("cmdline: quiet", 'cmdline: "a\\nb"'))
     # the inventory refuses it outright (previous inventory stays), so nothing renders a newline
     assert "\n" not in policy.kernel_cmdline(policy.resolve(MAC_P))  # type: ignore[arg-type]
     with pytest.raises(RenderError):

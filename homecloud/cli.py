@@ -1,4 +1,7 @@
-"""hcboot: the config node's command line (click only: parsing, messages, exit codes)."""
+"""hcboot: the config node's command line (click only: parsing, messages, exit codes).
+
+The composition root: every command calls the control service (``homecloud.control.service``)
+or a tool (``homecloud.aoe``, ``homecloud.lab``, ``homecloud.serve``); nothing imports this."""
 
 from __future__ import annotations
 
@@ -13,24 +16,15 @@ from typing import Any, TypeVar
 
 import click
 
-from bootserver.errors import HcbootError
-from bootserver.exports import plan_all
-from bootserver.inventory import InventoryFile
-from bootserver.machine import BadMac, normalize_mac
-from bootserver.reports import read_reports
-from bootserver.seen import read_seen
-from builder.manifest import ImageStore, ManifestError
-from builder.paths import default_image_store, default_state_dir, profiles_dir
+from homecloud.aoe.cli import aoe
+from homecloud.control.service import ControlService
+from homecloud.core.errors import HomecloudError
+from homecloud.core.ids import normalize_mac
+from homecloud.core.paths import default_image_store, default_state_dir
+from homecloud.lab.cli import lab
+from homecloud.serve import serve
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def known_roles(store: Path | None = None) -> list[str]:
-    """Roles are the profiles shipped with homecloud plus any role published in the store."""
-    roles = {p.stem for p in profiles_dir().glob("*.yaml")}
-    if store is not None:
-        roles.update(ImageStore(store).roles())
-    return sorted(roles)
 
 
 def fail_cleanly(fn: F) -> F:
@@ -38,7 +32,7 @@ def fail_cleanly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (HcbootError, ManifestError, BadMac) as exc:
+        except HomecloudError as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -49,8 +43,8 @@ class Ctx:
         self.state_dir = state_dir
         self.images = images
 
-    def inventory(self) -> InventoryFile:
-        return InventoryFile(self.state_dir, known_roles(self.images))
+    def control(self) -> ControlService:
+        return ControlService.open(self.state_dir, self.images)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -86,19 +80,18 @@ def main(ctx: click.Context, state_dir: Path | None, images: Path | None, verbos
 def assign(c: Ctx, mac: str, role: str, hostname: str | None, ip: str | None,
            cmdline: str | None, loader: str | None) -> None:
     """Give machine MAC the role ROLE (takes effect at its next boot, no restart)."""
-    node = c.inventory().assign(mac, role, hostname, ip, cmdline, loader)
-    click.echo(f"{node.mac} -> {node.role}" + (f" ({node.hostname})" if node.hostname else ""))
+    node = c.control().assign(mac, role, hostname, ip, cmdline, loader)
+    click.echo(f"{node.mac} -> {node.role} ({node.name})")
 
 
 @main.command()
-@click.argument("mac")
+@click.argument("node")
 @pass_ctx
 @fail_cleanly
-def unassign(c: Ctx, mac: str) -> None:
-    """Remove machine MAC from the inventory."""
-    if not c.inventory().unassign(mac):
-        raise click.ClickException(f"{normalize_mac(mac)} is not assigned")
-    click.echo(f"{normalize_mac(mac)} unassigned")
+def unassign(c: Ctx, node: str) -> None:
+    """Remove NODE (a node name or the MAC of one of its NICs) from the inventory."""
+    gone = c.control().unassign(node)
+    click.echo(f"{gone.mac} unassigned ({gone.name})")
 
 
 def _ago(t: float | None) -> str:
@@ -117,9 +110,9 @@ def _ago(t: float | None) -> str:
 @fail_cleanly
 def nodes(c: Ctx, unassigned: bool, as_json: bool) -> None:
     """List assigned nodes (with their last report) or unassigned machines seen booting."""
-    inv = c.inventory().load()
+    svc = c.control()
     if unassigned:
-        rows = [s for s in read_seen(c.state_dir) if inv.node(s.mac) is None]
+        rows = svc.unassigned()
         if as_json:
             click.echo(json.dumps([s.__dict__ for s in rows], indent=1))
             return
@@ -132,19 +125,18 @@ def nodes(c: Ctx, unassigned: bool, as_json: bool) -> None:
                        f"{_ago(s.first_seen):>12}  {_ago(s.last_seen):>12}  "
                        f"{s.vendor_class or '-'}")
         return
-    reports = read_reports(c.state_dir)
+    rows_ = svc.nodes()
     if as_json:
-        click.echo(json.dumps([{**n.to_doc(), "report": reports.get(n.mac)} for n in inv.nodes],
-                              indent=1))
+        click.echo(json.dumps([r.to_doc() for r in rows_], indent=1))
         return
-    if not inv.nodes:
+    if not rows_:
         click.echo("no nodes assigned (hcboot assign MAC ROLE)")
         return
-    click.echo(f"{'MAC':17}  {'ROLE':8}  {'HOSTNAME':12}  {'IP':15}  STATE")
-    for n in inv.nodes:
-        r = reports.get(n.mac) or {}
+    click.echo(f"{'NAME':12}  {'ROLE':8}  {'MAC':17}  {'IP':15}  STATE")
+    for st in rows_:
+        n, r = st.node, st.report or {}
         state = f"{r.get('state')} ({_ago(r.get('time'))})" if r else "-"
-        click.echo(f"{n.mac:17}  {n.role:8}  {n.hostname or '-':12}  {n.ip or '-':15}  {state}")
+        click.echo(f"{n.name:12}  {n.role:8}  {n.mac:17}  {n.ip or '-':15}  {state}")
 
 
 @main.command()
@@ -155,7 +147,7 @@ def nodes(c: Ctx, unassigned: bool, as_json: bool) -> None:
 @fail_cleanly
 def exports(c: Ctx, as_json: bool, server: str) -> None:
     """Show the AoE export plan: target, source image, storage nodes, allowed consumers."""
-    plan = plan_all(c.inventory().load(), ImageStore(c.images), server)
+    plan = c.control().exports(server)
     if as_json:
         click.echo(json.dumps([p.to_doc() for p in plan], indent=1))
         return
@@ -166,7 +158,7 @@ def exports(c: Ctx, as_json: bool, server: str) -> None:
         src = p.source
         what = (f"image {src['role']}/{src.get('build_id', '?')}/{src['artifact']}"
                 if src["kind"] == "image" else f"volume {src['name']} ({src['size']} bytes)")
-        click.echo(f"{p.export.target:8} {p.export.mode}  {what}")
+        click.echo(f"{p.export.target!s:8} {p.export.mode}  {what}")
         click.echo(f"         snodes: {', '.join(p.snode_macs) or '(none assigned)'}")
         click.echo(f"         allow:  {', '.join(p.allow) or '(no consumer assigned yet)'}")
         if p.problem:
@@ -182,11 +174,11 @@ def exports(c: Ctx, as_json: bool, server: str) -> None:
 @fail_cleanly
 def render(c: Ctx, mac: str, pxelinux: bool, server_ip: str, http_port: int) -> None:
     """Print the boot script machine MAC would get now."""
-    from bootserver.inventory import InventoryWatcher
     from bootserver.policy import Policy, PolicyConfig
 
-    pol = Policy(PolicyConfig(server_ip, http_port), InventoryWatcher(c.inventory()),
-                 ImageStore(c.images))
+    svc = c.control()
+    svc.inventory()  # a broken inventory is an error here, not an empty one
+    pol = Policy(PolicyConfig(server_ip, http_port), svc.store, svc.image_store())
     m = normalize_mac(mac)
     out = pol.pxelinux_config(m) if pxelinux else pol.ipxe_script(m)
     if out is None:
@@ -194,29 +186,9 @@ def render(c: Ctx, mac: str, pxelinux: bool, server_ip: str, http_port: int) -> 
     click.echo(out, nl=False)
 
 
-def _attach_optional() -> None:
-    """Sub-command groups that live in their own modules."""
-    try:
-        from bootserver.aoe.cli import aoe
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        main.add_command(aoe)
-    try:
-        from bootserver.serve import serve
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        main.add_command(serve)
-    try:
-        from bootserver.lab.cli import lab
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        main.add_command(lab)
-
-
-_attach_optional()
+main.add_command(aoe)
+main.add_command(serve)
+main.add_command(lab)  # a tool: the composition root is the only module that imports it
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bootserver.aoe import io
-from bootserver.aoe.frames import SECTOR, AoEError, ConfigReply, Target
-from bootserver.aoe.io import AoESocket, ReaderConfig
-from bootserver.aoe.scan import discover
-from builder.manifest import ImageStore, Manifest, ManifestError, parse_manifest
+from homecloud.aoe import io
+from homecloud.aoe.frames import SECTOR, AoEError, ConfigReply, Target
+from homecloud.aoe.io import AoESocket, ReaderConfig
+from homecloud.aoe.scan import discover
+from homecloud.core.manifest import ImageStore, Manifest, ManifestError, parse_manifest
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 

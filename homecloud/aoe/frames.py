@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from bootserver.errors import HcbootError
+from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import Target, mac_bytes, mac_str
 
 ETH_P_AOE = 0x88A2
@@ -103,7 +103,7 @@ _TAG = struct.Struct("!I")
 # ---------------------------------------------------------------- errors
 
 
-class AoEError(HcbootError):
+class AoEError(HomecloudError):
     """Base class of every AoE failure (scan, read, verify)."""
 
 

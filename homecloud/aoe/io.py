@@ -1,6 +1,6 @@
 """AoE I/O on a raw AF_PACKET socket: Query Config, IDENTIFY and a windowed multipath reader.
 
-Frames are built once per path by scapy (:mod:`bootserver.aoe.frames`) and patched per request
+Frames are built once per path by scapy (:mod:`homecloud.aoe.frames`) and patched per request
 with struct; replies are matched on the tag by this module (scapy's ``AOE.answers`` matches any
 AoE frame).  :class:`Reader` keeps ``window`` requests in flight (at most each path's buffer
 count on a path), spreads them round-robin over the target's paths (MACs), retransmits a request
@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from bootserver.aoe import frames as F
-from bootserver.aoe.frames import (
+from homecloud.aoe import frames as F
+from homecloud.aoe.frames import (
     AoEError,
     AoEReplyError,
     AoETimeout,
@@ -38,7 +38,7 @@ from bootserver.aoe.frames import (
     Target,
 )
 
-log = logging.getLogger("bootserver.aoe")
+log = logging.getLogger("homecloud.aoe")
 
 _CLONE_NEWNET = 0x40000000
 _SIOCGIFMTU = 0x8921

@@ -29,15 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bootserver.exports import STORAGE_ROLE
-from bootserver.fsutil import atomic_write, locked
-from bootserver.inventory import Export, Inventory, InventoryFile, Node
-from bootserver.lab import net, procs, vm
-from bootserver.lab.errors import LabError
-from bootserver.lab.progress import Follower, combine, final_state, reported_at, scan
-from bootserver.reports import read_reports
-from bootserver.seen import read_seen
-from builder.manifest import ImageStore, ManifestError
+from homecloud.control.reports import read_reports
+from homecloud.control.seen import read_seen
+from homecloud.control.service import ControlService
+from homecloud.core.files import atomic_write, locked
+from homecloud.core.ids import Target
+from homecloud.core.manifest import ImageStore, ManifestError
+from homecloud.core.model import STORAGE_ROLE, ImageExport, Inventory, Nic, Node
+from homecloud.lab import net, procs, vm
+from homecloud.lab.errors import LabError
+from homecloud.lab.progress import Follower, combine, final_state, reported_at, scan
 
 LAB_NAME = "lab.json"
 FORMAT = 1
@@ -181,6 +182,10 @@ class Lab:
             nodes.append(rec)
         self.doc["nodes"] = nodes
         self.save()
+
+    def _control(self) -> ControlService:
+        """The control service over the lab's hcboot state (as `hcboot --state-dir` uses)."""
+        return ControlService.open(self.hcboot_dir, self.images or self.hcboot_dir / "images")
 
     def _elapsed(self) -> str:
         return f"[{time.monotonic() - self._t0:6.1f}s]"
@@ -337,15 +342,15 @@ class Lab:
         nodes = []
         for role, count in (("snode", snodes), ("hnode", hnodes)):
             for i in range(1, count + 1):
-                nodes.append(Node(lab_mac(role, i), role, f"{role}{i}", lab_ip(prefix, role, i)))
+                nodes.append(Node(f"{role}{i}", role,
+                                  (Nic(lab_mac(role, i), ip=lab_ip(prefix, role, i)),)))
         # consumers: every hnode, and the lab bridge itself so that `hcboot aoe verify` run in
         # the lab's namespace is an allowed initiator (vblade -m)
-        exports = (Export(target=ROOT_TARGET, shelf=1, slot=0, mode="ro", image_role="hnode",
-                          image_artifact="rootfs", consumers=("hnode", self.net.bridge_mac),
-                          snodes=None),)
-        inv = InventoryFile(self.hcboot_dir)
-        with inv.edit() as box:
-            box[0] = Inventory(tuple(sorted(nodes, key=lambda n: n.mac)), None, exports)
+        exports = (ImageExport(Target.parse(ROOT_TARGET), mode="ro", role="hnode",
+                               artifact="rootfs", consumers=("hnode", self.net.bridge_mac),
+                               snodes=None),)
+        self._control().replace_inventory(
+            Inventory(tuple(sorted(nodes, key=lambda n: n.name)), None, exports))
         self.say(f"{self._elapsed()} inventory: {snodes} snode(s), {hnodes} hnode(s); export "
                  f"{ROOT_TARGET} = hnode rootfs (ro) from every snode to role hnode "
                  f"(and the lab bridge, for hcboot aoe verify)")
@@ -354,7 +359,7 @@ class Lab:
         n = self.net
         prefix = n.prefix()
         log = self.hcboot_dir / "hcboot.log"
-        argv = n.exec_argv(sys.executable, "-m", "bootserver", "--state-dir",
+        argv = n.exec_argv(sys.executable, "-m", "homecloud", "--state-dir",
                            str(self.hcboot_dir), "--images", str(self.images), "-v", "serve",
                            "--interface", n.bridge, "--mode", "full", "--address", n.server_ip,
                            "--range", f"{prefix}{POOL[0]}-{prefix}{POOL[1]}")
@@ -499,13 +504,7 @@ class Lab:
             time.sleep(assign_after)
         self.say(f"{self._elapsed()} {name:8} seen unassigned; hcboot assign {mac} {role} "
                  f"--hostname {name}" + (f" --ip {rec['ip']}" if rec["ip"] else ""))
-        from builder.paths import profiles_dir
-
-        roles = {p.stem for p in profiles_dir().glob("*.yaml")}  # as hcboot's known roles
-        if self.images is not None:
-            roles.update(ImageStore(self.images).roles())
-        inv = InventoryFile(self.hcboot_dir, sorted(roles))
-        inv.assign(mac, role, name, rec["ip"])
+        self._control().assign(mac, role, name, rec["ip"])
         with self._lock():
             self.load()
             n = self.node(name)

@@ -1,7 +1,9 @@
 """``hcboot serve``: DHCP (full or proxy) + TFTP + HTTP on one provisioning interface.
 
-Composition only: every protocol lives in its own module; this file builds the objects, starts
-them, and stops them all on SIGTERM/SIGINT.
+Composition only (with homecloud.cli, the composition root): every protocol lives in its own
+module of ``bootserver``; this file builds the objects -- the inventory store, the boot policy,
+the boot and control HTTP routes, the seen-machines writer -- starts them, and stops them all on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -22,17 +24,39 @@ import click
 from bootserver.bootapp import BootApp
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
-from bootserver.errors import HcbootError, ServeError
 from bootserver.firststage import populate
-from bootserver.http import HttpServer
-from bootserver.inventory import InventoryFile, InventoryWatcher
+from bootserver.http import App, HttpServer, Response
+from bootserver.machine import Machine
 from bootserver.policy import EFI_BINARIES, Policy, PolicyConfig
 from bootserver.ra import RaResponder
-from bootserver.seen import SeenStore
 from bootserver.tftp import TftpServer
-from builder.manifest import ImageStore
+from homecloud.control.http import ControlApp
+from homecloud.control.seen import SeenStore
+from homecloud.control.service import known_roles
+from homecloud.core.errors import HomecloudError
+from homecloud.core.manifest import ImageStore
+from homecloud.inventory.yamlfile import YamlFileStore
 
 log = logging.getLogger("hcboot.serve")
+
+
+class ServeError(HomecloudError):
+    """`hcboot serve` cannot start (interface, address, missing boot binaries...)."""
+
+
+class Routes:
+    """HTTP apps tried in order; the first answer (not None) wins."""
+
+    def __init__(self, *apps: App) -> None:
+        self.apps = apps
+
+    def handle(self, method: str, path: str, client_ip: str, headers: Mapping[str, str],
+               body: bytes) -> Response | None:
+        for app in self.apps:
+            resp = app.handle(method, path, client_ip, headers, body)
+            if resp is not None:
+                return resp
+        return None
 
 
 def interface_ipv4(ifname: str) -> ipaddress.IPv4Interface:
@@ -114,13 +138,15 @@ class BootServer:
         server_ip = str(iface.ip)
         state = opts.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        self.inventory = InventoryWatcher(InventoryFile(state, roles))
+        self.inventory = YamlFileStore(state, roles)
         if self.inventory.last_error:
             raise ServeError(self.inventory.last_error)
         self.seen = SeenStore(state)
+        images = ImageStore(opts.images)
         self.policy = Policy(PolicyConfig(server_ip, opts.http_port, opts.efi_binary),
-                             self.inventory, ImageStore(opts.images), self.seen)
+                             self.inventory, images, self._record_seen)
         self.app = BootApp(self.policy, state)
+        self.control = ControlApp(self.inventory, images, state, lambda: self.policy.http_base)
         self.tftp_root = state / "tftp"
         found = populate(self.tftp_root)
         if found.get("undionly.kpxe") is None and found.get("pxelinux.0") is None:
@@ -136,7 +162,8 @@ class BootServer:
             router=opts.router, dns=opts.dns, domain=opts.domain), self.policy)
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
                                resolver=self.app.tftp_resolve)
-        self.http = HttpServer(opts.bind_http or server_ip, opts.http_port, self.app)
+        self.http = HttpServer(opts.bind_http or server_ip, opts.http_port,
+                               Routes(self.app, self.control))
         self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
         self._stopped = threading.Event()
         self._done = threading.Event()
@@ -144,17 +171,22 @@ class BootServer:
         for name in ("bootserver.http", "bootserver.tftp"):
             logging.getLogger(name).addFilter(self._filter)
 
+    def _record_seen(self, m: Machine) -> None:
+        self.seen.record(m.mac, m.arch, m.vendor_class, m.user_class)
+
     def mac_of(self, ip: str) -> str | None:
         lease = self.dhcp.leases.by_ip.get(ip)
         if lease is not None:
             return lease.mac
-        for node in self.inventory.current().nodes:
-            if node.ip == ip:
-                return node.mac
+        for node in self.inventory.snapshot().inventory.nodes:
+            for nic in node.nics:
+                if nic.ip == ip:
+                    return nic.mac
         return None
 
     def start(self) -> None:
-        self.inventory.start(0.5)
+        self.inventory.watch(lambda snap: None)  # starts the store's poller (live reload)
+        self.seen.start()
         self.http.start()
         self.tftp.start()
         self.dhcp.open()
@@ -174,8 +206,8 @@ class BootServer:
         if self.ra is not None:
             self.ra.stop()
         for name, fn in (("dhcp", self.dhcp.stop), ("tftp", self.tftp.stop),
-                         ("http", self.http.stop), ("inventory", self.inventory.stop),
-                         ("seen", self.seen.flush)):
+                         ("http", self.http.stop), ("inventory", self.inventory.close),
+                         ("seen", self.seen.stop)):
             try:
                 fn()
             except Exception:
@@ -221,8 +253,6 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
           router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
           http_port: int, tftp_port: int, efi_binary: str, ipv6_ra: bool) -> None:
     """Serve DHCP/ProxyDHCP, TFTP and HTTP boot on INTERFACE until SIGTERM."""
-    from bootserver.cli import known_roles
-
     state_dir: Path = c.state_dir  # type: ignore[attr-defined]
     images: Path = c.images  # type: ignore[attr-defined]
     opts = ServeOptions(interface=interface, mode=mode, state_dir=state_dir, images=images,
@@ -233,7 +263,7 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
     try:
         srv = BootServer(opts, known_roles(images))
         srv.start()
-    except (HcbootError, OSError, ValueError) as exc:
+    except (HomecloudError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bootserver.errors import HcbootError
+from homecloud.core.errors import HomecloudError
 
 
-class LabError(HcbootError):
+class LabError(HomecloudError):
     """The lab cannot do what was asked (names the node, file or command at fault)."""

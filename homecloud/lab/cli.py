@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from bootserver.errors import HcbootError
 from bootserver.inventory import parse_size
-from bootserver.lab.errors import LabError
-from bootserver.lab.lab import DEFAULT_NET, Lab, format_table
+
+from homecloud.core.errors import HomecloudError
+from homecloud.lab.errors import LabError
+from homecloud.lab.lab import DEFAULT_NET, Lab, format_table
 
 DETACH = b"\x1d"  # Ctrl-]
 
@@ -48,7 +48,7 @@ state_dir_opt = click.option(
 def _run(fn: Any) -> Any:
     try:
         return fn()
-    except HcbootError as exc:
+    except HomecloudError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -89,7 +89,7 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
         rows = lb.up(snodes=snodes, hnodes=hnodes, build=not no_build, timeout=timeout,
                      disk_size=size, network=network, snode_memory=snode_memory,
                      hnode_memory=hnode_memory)
-    except HcbootError as exc:
+    except HomecloudError as exc:
         hint = ("" if "lab down` first" in str(exc) else
                 "\n(whatever the lab started stays until `hcboot lab down`)")
         raise click.ClickException(f"{exc}{hint}") from None
@@ -240,7 +240,7 @@ def verify(ctx: click.Context, lab_dir: Path | None, target: str, role: str,
     doc = _run(lb.summary)
     if not doc["netns_exists"]:
         raise click.ClickException(f"no lab is up in {doc['dir']} (hcboot lab up)")
-    argv = [sys.executable, "-m", "bootserver", "aoe", "verify", "--netns", doc["netns"],
+    argv = [sys.executable, "-m", "homecloud", "aoe", "verify", "--netns", doc["netns"],
             "--interface", lb.net.bridge, "--target", target, "--role", role,
             "--images", str(doc["images"])]
     if sample:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bootserver.aoe import io
-from bootserver.aoe.frames import (
+from homecloud.aoe import io
+from homecloud.aoe.frames import (
     SECTOR,
     AoEError,
     ConfigReply,
@@ -14,7 +14,7 @@ from bootserver.aoe.frames import (
     Target,
     TargetNotFound,
 )
-from bootserver.aoe.io import AoESocket
+from homecloud.aoe.io import AoESocket
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootserver.lab.errors import LabError
+from homecloud.lab.errors import LabError
 
 NETNS_DIR = Path("/run/netns")
 IFNAME_MAX = 15

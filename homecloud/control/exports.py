@@ -11,10 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bootserver.inventory import Export, Inventory, Node
-from builder.manifest import ImageStore, ManifestError
-
-STORAGE_ROLE = "snode"
+from homecloud.core.manifest import ImageStore, ManifestError
+from homecloud.core.model import STORAGE_ROLE, Export, ImageExport, Inventory, Node
 
 
 @dataclass(frozen=True)
@@ -28,7 +26,7 @@ class PlannedExport:
     def to_doc(self) -> dict[str, Any]:
         e = self.export
         return {
-            "target": e.target, "shelf": e.shelf, "slot": e.slot, "mode": e.mode,
+            "target": str(e.target), "shelf": e.shelf, "slot": e.slot, "mode": e.mode,
             "allow": list(self.allow), "snodes": list(self.snode_macs),
             "source": self.source, "problem": self.problem,
         }
@@ -38,46 +36,31 @@ def storage_nodes(inv: Inventory, role: str = STORAGE_ROLE) -> list[Node]:
     return [n for n in inv.nodes if n.role == role]
 
 
-def _consumers(inv: Inventory, exp: Export) -> tuple[str, ...]:
-    macs: set[str] = set()
-    for c in exp.consumers:
-        if ":" in c:
-            macs.add(c)
-        else:
-            macs.update(n.mac for n in inv.nodes if n.role == c)
-    return tuple(sorted(macs))
-
-
-def _serves(exp: Export, node: Node) -> bool:
-    return exp.snodes is None or node.mac in exp.snodes or (
-        node.hostname is not None and node.hostname in exp.snodes)
-
-
 def plan_all(inv: Inventory, store: ImageStore, http_base: str) -> list[PlannedExport]:
     snodes = storage_nodes(inv)
     out: list[PlannedExport] = []
     for exp in inv.exports:
         problem: str | None = None
         source: dict[str, Any]
-        if exp.image_role:
-            source = {"kind": "image", "role": exp.image_role, "artifact": exp.image_artifact}
+        if isinstance(exp, ImageExport):
+            source = {"kind": "image", "role": exp.role, "artifact": exp.artifact}
             try:
-                m = store.manifest(exp.image_role, exp.image_build)
+                m = store.manifest(exp.role, exp.build)
             except ManifestError as exc:
                 m, problem = None, str(exc)
             if m is None:
-                problem = problem or f"no published image for role {exp.image_role}"
-            elif exp.image_artifact not in m.artifacts:
-                problem = f"image {exp.image_role}/{m.build_id} has no {exp.image_artifact}"
+                problem = problem or f"no published image for role {exp.role}"
+            elif exp.artifact not in m.artifacts:
+                problem = f"image {exp.role}/{m.build_id} has no {exp.artifact}"
             else:
-                art = m.artifacts[exp.image_artifact]
+                art = m.artifacts[exp.artifact]
                 source.update(build_id=m.build_id, file=art.file, sha256=art.sha256,
                               size=art.size,
-                              url=f"{http_base}/images/{exp.image_role}/{m.build_id}/{art.file}")
+                              url=f"{http_base}/images/{exp.role}/{m.build_id}/{art.file}")
         else:
-            source = {"kind": "volume", "name": exp.volume_name, "size": exp.volume_size}
-        out.append(PlannedExport(exp, _consumers(inv, exp),
-                                 tuple(n.mac for n in snodes if _serves(exp, n)), source,
+            source = {"kind": "volume", "name": exp.name, "size": exp.size}
+        out.append(PlannedExport(exp, inv.consumer_macs(exp),
+                                 tuple(n.mac for n in snodes if inv.serves(exp, n)), source,
                                  problem))
     return out
 
@@ -88,7 +71,7 @@ def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str) -> dic
     if node is None or node.role != STORAGE_ROLE:
         return None
     exports = [p.to_doc() for p in plan_all(inv, store, http_base) if mac in p.snode_macs]
-    return {"format": 1, "snode": mac, "hostname": node.hostname, "generated": time.time(),
+    return {"format": 1, "snode": mac, "hostname": node.name, "generated": time.time(),
             "exports": exports}
 
 

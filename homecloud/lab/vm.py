@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bootserver.lab.errors import LabError
+from homecloud.lab.errors import LabError
 
 QEMU = os.environ.get("HC_QEMU", "qemu-system-x86_64")
 

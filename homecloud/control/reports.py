@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bootserver.fsutil import atomic_write, locked
+from homecloud.core.files import atomic_write, locked
 
 REPORTS_NAME = "reports.json"
 

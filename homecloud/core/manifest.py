@@ -44,6 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from homecloud.core.errors import ManifestError
+
+__all__ = ["ManifestError"]
+
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 CURRENT = "current"
@@ -51,14 +55,6 @@ BOOT_KINDS = ("linux", "xen")
 LOADERS = ("ipxe", "pxelinux")
 ROOT_KINDS = ("ram", "aoe", "disk")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class ManifestError(Exception):
-    """A manifest is missing, unreadable or malformed; carries the path at fault."""
-
-    def __init__(self, path: Path | str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = Path(path)
 
 
 @dataclass(frozen=True)
@@ -198,7 +194,8 @@ def artifact_for(path: Path) -> Artifact:
 
 
 class ImageStore:
-    """Read side of the image store (hcboot).  The write side (publish, gc) is builder.store."""
+    """Read side of the image store (hcboot, hcbuild's cache look-ups).  The write side (publish,
+    gc) is builder.store."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

@@ -1,4 +1,4 @@
-"""``hcboot aoe scan|verify``: the click group ``aoe`` (attached to ``hcboot`` by bootserver.cli).
+"""``hcboot aoe scan|verify``: the click group ``aoe`` (attached to ``hcboot`` by homecloud.cli).
 
 Exit codes: 0 ok; 1 the export does not match (content or size); 2 usage; 3 could not check
 (interface, target not found, timeout, AoE/ATA error, manifest or artifact missing).
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from bootserver.aoe.frames import SECTOR, AoEError, Target
-from bootserver.aoe.io import AoESocket, ReaderConfig
-from bootserver.aoe.scan import ScanTarget, scan
-from bootserver.aoe.verify import (
+from homecloud.aoe.frames import SECTOR, AoEError, Target
+from homecloud.aoe.io import AoESocket, ReaderConfig
+from homecloud.aoe.scan import ScanTarget, scan
+from homecloud.aoe.verify import (
     ArtifactUnavailable,
     ExpectedImage,
     VerifyError,
@@ -188,7 +188,7 @@ def verify_cmd(interface: str, target_text: str, role: str | None, images: Path 
 def _expected(role: str | None, images: Path | None, manifest_path: Path | None,
               artifact: str) -> ExpectedImage:
     if role is not None:
-        from builder.paths import default_image_store
+        from homecloud.core.paths import default_image_store
 
         return expected_from_role(images or default_image_store(), role, artifact)
     assert manifest_path is not None

@@ -1,3 +1,0 @@
-from bootserver.cli import main
-
-main()

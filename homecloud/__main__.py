@@ -1,0 +1,3 @@
+from homecloud.cli import main
+
+main()

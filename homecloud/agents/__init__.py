@@ -1,0 +1,1 @@
+"""The node agents and their wire protocol (stdlib only: they ship into node images)."""

@@ -1,0 +1,177 @@
+"""The model: named nodes with NICs, AoE exports (image | volume), the inventory that holds them.
+
+Plain frozen data, no I/O.  The YAML form lives in ``homecloud.inventory.schema``; the store that
+keeps it (file now, etcd later) behind ``homecloud.inventory.protocol.InventoryStore``.
+
+A machine is a *named node* with one or more NICs (as in warewulf's node model): the NIC whose
+purpose is ``provisioning`` is the one that PXE-boots (its MAC picks the role, its address is the
+node's static lease); a hardware node may carry a second NIC for the instance network, a storage
+node one for replication.  A MAC is unique across every NIC of every node.
+
+An export is a sum type: :class:`ImageExport` (a published build artifact, e.g. the shared
+read-only hnode root) or :class:`VolumeExport` (a writable volume).  Volumes and instances join
+the model here as their own types when they arrive (issue 11); replicas of a volume are a list
+of storage nodes on the volume, not a new export kind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from homecloud.core.ids import Target
+
+#: the roles homecloud knows: the config node assigns these; images are built for them
+ROLES = ("snode", "hnode", "domu")
+STORAGE_ROLE = "snode"
+HOST_ROLE = "hnode"
+LOADERS = ("ipxe", "pxelinux")
+NIC_PURPOSES = ("provisioning", "instance", "storage")
+BOOT_PURPOSE = "provisioning"
+EXPORT_MODES = ("ro", "rw")
+HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def default_node_name(role: str, mac: str) -> str:
+    """The name a node gets when none is given: its role and the last three bytes of its MAC."""
+    return f"{role}-{mac.replace(':', '')[-6:]}"
+
+
+@dataclass(frozen=True)
+class Nic:
+    mac: str  # normalised (homecloud.core.ids.normalize_mac)
+    purpose: str = BOOT_PURPOSE
+    ip: str | None = None  # static IPv4 address on this NIC's network
+
+
+@dataclass(frozen=True)
+class Node:
+    """A named machine.  ``name`` is also its host name (DHCP option 12, ``hc.hostname=``)."""
+
+    name: str
+    role: str
+    nics: tuple[Nic, ...]
+    cmdline: str = ""  # extra kernel arguments
+    loader: str | None = None  # ipxe | pxelinux; None = the image's
+
+    @property
+    def boot_nic(self) -> Nic:
+        for nic in self.nics:
+            if nic.purpose == BOOT_PURPOSE:
+                return nic
+        return self.nics[0]
+
+    @property
+    def mac(self) -> str:
+        """The MAC of the NIC that boots (the provisioning NIC)."""
+        return self.boot_nic.mac
+
+    @property
+    def ip(self) -> str | None:
+        return self.boot_nic.ip
+
+    @property
+    def hostname(self) -> str:
+        return self.name
+
+    def nic(self, mac: str) -> Nic | None:
+        return next((n for n in self.nics if n.mac == mac), None)
+
+
+@dataclass(frozen=True)
+class _ExportBase:
+    target: Target
+    mode: str = "ro"
+    consumers: tuple[str, ...] = ()  # roles, node names or MACs allowed to use it
+    snodes: tuple[str, ...] | None = None  # storage nodes (names or MACs); None = all
+
+    @property
+    def shelf(self) -> int:
+        return self.target.shelf
+
+    @property
+    def slot(self) -> int:
+        return self.target.slot
+
+
+@dataclass(frozen=True)
+class ImageExport(_ExportBase):
+    """A published artifact of a role's build (``build`` None: the role's current build)."""
+
+    role: str = ""
+    artifact: str = "rootfs"
+    build: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeExport(_ExportBase):
+    """A writable volume of ``size`` bytes kept by the storage nodes."""
+
+    name: str = ""
+    size: int = 0
+
+
+Export = ImageExport | VolumeExport
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Every node by name, the role for unknown MACs, and the AoE exports."""
+
+    nodes: tuple[Node, ...] = ()
+    default_role: str | None = None
+    exports: tuple[Export, ...] = ()
+    _by_mac: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
+    _by_name: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for n in self.nodes:
+            self._by_name[n.name] = n
+            for nic in n.nics:
+                self._by_mac[nic.mac] = n
+
+    def node(self, mac: str) -> Node | None:
+        """The node that owns NIC ``mac`` (any of its NICs)."""
+        return self._by_mac.get(mac)
+
+    def named(self, name: str) -> Node | None:
+        return self._by_name.get(name)
+
+    def lookup(self, key: str) -> Node | None:
+        """A node by name or by the MAC of any of its NICs."""
+        return self._by_name.get(key) or self._by_mac.get(key)
+
+    def with_node(self, node: Node) -> Inventory:
+        """This inventory with ``node`` added, or replacing the node of the same name."""
+        nodes = [n for n in self.nodes if n.name != node.name] + [node]
+        return replace(self, nodes=tuple(sorted(nodes, key=lambda n: n.name)),
+                       _by_mac={}, _by_name={})
+
+    def without(self, name: str) -> Inventory:
+        return replace(self, nodes=tuple(n for n in self.nodes if n.name != name),
+                       _by_mac={}, _by_name={})
+
+    def with_default_role(self, role: str | None) -> Inventory:
+        return replace(self, default_role=role, _by_mac={}, _by_name={})
+
+    def with_exports(self, exports: tuple[Export, ...]) -> Inventory:
+        return replace(self, exports=exports, _by_mac={}, _by_name={})
+
+    def consumer_macs(self, exp: Export) -> tuple[str, ...]:
+        """The provisioning MACs of the nodes an export's consumers name (roles, names, MACs)."""
+        macs: set[str] = set()
+        for c in exp.consumers:
+            if c in self._by_mac:
+                macs.add(self._by_mac[c].mac)
+            elif ":" in c:
+                macs.add(c)
+            elif c in self._by_name:
+                macs.add(self._by_name[c].mac)
+            else:
+                macs.update(n.mac for n in self.nodes if n.role == c)
+        return tuple(sorted(macs))
+
+    def serves(self, exp: Export, node: Node) -> bool:
+        """Whether storage node ``node`` serves ``exp``."""
+        return exp.snodes is None or node.name in exp.snodes or any(
+            nic.mac in exp.snodes for nic in node.nics)

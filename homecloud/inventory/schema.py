@@ -1,0 +1,379 @@
+"""The inventory's YAML form: one strict reader (errors name the file, the entry and the line) and
+one writer.
+
+``inventory.yaml``::
+
+    default_role: null            # role for MACs not listed (null: they get no boot file)
+    nodes:                        # by name; the name is the node's host name
+      hnode1:
+        role: hnode
+        nics:                     # one or more; purpose: provisioning (boots) | instance | storage
+          - {mac: "52:54:00:12:34:56", purpose: provisioning, ip: 192.0.2.21}
+          - {mac: "52:54:00:12:34:57", purpose: instance}
+        cmdline: "quiet"          # optional extra kernel arguments for this node
+        loader: pxelinux          # optional: ipxe (default from the image) or pxelinux
+      snode1: {role: snode, mac: "52:54:00:aa:00:01"}   # shorthand: one provisioning NIC
+    exports:                      # AoE exports served by storage nodes
+      - target: e1.0
+        image: {role: hnode, artifact: rootfs}        # or volume: {name: vol1, size: 10G}
+        consumers: [hnode]        # roles, node names or MACs allowed to use it
+        snodes: all               # or a list of storage node names/MACs
+        mode: ro                  # ro (shared roots) | rw (instance volumes)
+
+The list form of earlier releases (``nodes: [{mac, role, hostname, ip, cmdline, loader}]``) is
+still read; nodes without a host name are named ``<role>-<last 6 hex digits of the MAC>``.  The
+writer always writes the form above.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from homecloud.core.errors import InventoryError
+from homecloud.core.ids import BadMac, BadTarget, Target, normalize_mac
+from homecloud.core.model import (
+    EXPORT_MODES,
+    HOSTNAME_RE,
+    LOADERS,
+    NIC_PURPOSES,
+    Export,
+    ImageExport,
+    Inventory,
+    Nic,
+    Node,
+    VolumeExport,
+    default_node_name,
+)
+
+INVENTORY_NAME = "inventory.yaml"
+_TOP_KEYS = ("default_role", "nodes", "exports")
+_NODE_KEYS = ("role", "nics", "mac", "ip", "cmdline", "loader")
+_LEGACY_NODE_KEYS = ("mac", "role", "hostname", "ip", "cmdline", "loader")
+_NIC_KEYS = ("mac", "purpose", "ip")
+_EXPORT_KEYS = ("target", "image", "volume", "consumers", "snodes", "mode")
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """``10G``, ``512MiB``, ``4096`` (bytes) -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"not a size: {value!r}")
+        return value
+    m = _SIZE.match(str(value).strip())
+    if not m:
+        raise ValueError(f"not a size: {value!r}")
+    unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
+    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+
+
+def _text(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else f"<{type(node).__name__}>"
+
+
+def _pairs(node: yaml.MappingNode) -> dict[str, yaml.Node]:
+    return {_text(k): v for k, v in node.value}
+
+
+class _Parser:
+    def __init__(self, path: Path, roles: Iterable[str] | None) -> None:
+        self.path = path
+        self.roles = set(roles) if roles is not None else None
+        self.macs: dict[str, str] = {}
+        self.ips: dict[str, str] = {}
+
+    def err(self, entry: str, msg: str, node: yaml.Node | None = None) -> InventoryError:
+        where = f" (line {node.start_mark.line + 1})" if node is not None else ""
+        return InventoryError(self.path, entry, msg + where)
+
+    def role(self, entry: str, value: object, node: yaml.Node | None) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.err(entry, f"role must be a string, got {value!r}", node)
+        if self.roles is not None and value not in self.roles:
+            known = ", ".join(sorted(self.roles)) or "none"
+            raise self.err(entry, f"unknown role {value!r} (known roles: {known})", node)
+        return value
+
+    def mac(self, entry: str, vnode: yaml.Node, value: object) -> str:
+        if isinstance(vnode, yaml.ScalarNode) and vnode.tag != "tag:yaml.org,2002:str":
+            raise self.err(entry, f"MAC {vnode.value} was read by YAML as a "
+                           f"{vnode.tag.rsplit(':', 1)[-1]}, not text: quote it "
+                           f"(mac: \"{vnode.value}\")", vnode)
+        try:
+            mac = normalize_mac(value)
+        except BadMac as exc:
+            raise self.err(entry, str(exc), vnode) from None
+        if mac in self.macs:
+            raise self.err(entry, f"duplicate MAC {mac} (also {self.macs[mac]})", vnode)
+        self.macs[mac] = entry
+        return mac
+
+    def ip(self, entry: str, vnode: yaml.Node, value: object) -> str:
+        try:
+            ip = str(ipaddress.IPv4Address(str(value)))
+        except ValueError:
+            raise self.err(entry, f"ip {value!r} is not an IPv4 address", vnode) from None
+        if ip in self.ips:
+            raise self.err(entry, f"duplicate IP {ip} (also {self.ips[ip]})", vnode)
+        self.ips[ip] = entry
+        return ip
+
+    def keys(self, entry: str, mapping: yaml.MappingNode, allowed: tuple[str, ...]) -> None:
+        for k, _ in mapping.value:
+            if _text(k) not in allowed:
+                raise self.err(entry, f"unknown key {_text(k)!r} (allowed: {', '.join(allowed)})",
+                               k)
+
+    def parse(self, text: str) -> Inventory:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InventoryError(self.path, "", f"not valid YAML: {exc}") from None
+        if root is None:
+            return Inventory()
+        if not isinstance(root, yaml.MappingNode) or not isinstance(data, dict):
+            raise self.err("top level", "must be a mapping", root)
+        self.keys("top level", root, _TOP_KEYS)
+        top = _pairs(root)
+        default_role = data.get("default_role")
+        if default_role is not None:
+            default_role = self.role("default_role", default_role, top.get("default_role"))
+        nodes = self.nodes(top.get("nodes"), data.get("nodes"))
+        exports = self.exports(top.get("exports"), data.get("exports"))
+        return Inventory(nodes, default_role, exports)
+
+    # ------------------------------------------------------------------ nodes
+    def nodes(self, seq: yaml.Node | None, data: object) -> tuple[Node, ...]:
+        if seq is None or data is None:
+            return ()
+        out: list[Node] = []
+        if isinstance(seq, yaml.SequenceNode) and isinstance(data, list):
+            for i, (n, d) in enumerate(zip(seq.value, data, strict=True)):
+                out.append(self.legacy_node(f"nodes[{i}]", n, d))
+        elif isinstance(seq, yaml.MappingNode) and isinstance(data, dict):
+            for (knode, vnode), (name, d) in zip(seq.value, data.items(), strict=True):
+                out.append(self.node(knode, vnode, name, d))
+        else:
+            raise self.err("nodes", "must be a mapping of node name to {role, nics, ...}", seq)
+        names: dict[str, str] = {}
+        for node in out:
+            if node.name in names:
+                raise self.err(f"nodes.{node.name}", f"duplicate node name (also "
+                               f"{names[node.name]})")
+            names[node.name] = node.mac
+        return tuple(sorted(out, key=lambda n: n.name))
+
+    def name(self, entry: str, value: object, vnode: yaml.Node | None) -> str:
+        if not isinstance(value, str) or not HOSTNAME_RE.match(value):
+            raise self.err(entry, f"node name {value!r} is not a valid host name (letters, "
+                           "digits and '-', at most 63)", vnode)
+        return value
+
+    def common(self, entry: str, vnodes: dict[str, yaml.Node],
+               d: dict[str, Any]) -> tuple[str, str | None]:
+        loader = d.get("loader")
+        if loader is not None and loader not in LOADERS:
+            raise self.err(entry, f"loader {loader!r} not one of {LOADERS}", vnodes["loader"])
+        cmdline = d.get("cmdline") or ""
+        if not isinstance(cmdline, str) or "\n" in cmdline:
+            raise self.err(entry, "cmdline must be a single-line string", vnodes["cmdline"])
+        return cmdline, loader
+
+    def node(self, knode: yaml.Node, vnode: yaml.Node, raw_name: object, d: object) -> Node:
+        name = self.name(f"nodes.{raw_name}", raw_name, knode)
+        entry = f"nodes.{name}"
+        if not isinstance(vnode, yaml.MappingNode) or not isinstance(d, dict):
+            raise self.err(entry, "must be a mapping with role and nics", vnode)
+        self.keys(entry, vnode, _NODE_KEYS)
+        v = _pairs(vnode)
+        if "role" not in d:
+            raise self.err(entry, "missing key 'role'", vnode)
+        role = self.role(entry, d["role"], v["role"])
+        nics: list[Nic] = []
+        if "mac" in d:
+            if "nics" in d:
+                raise self.err(entry, "give either mac (one NIC) or nics, not both", v["mac"])
+            ip = self.ip(entry, v["ip"], d["ip"]) if d.get("ip") is not None else None
+            nics.append(Nic(self.mac(entry, v["mac"], d["mac"]), ip=ip))
+        elif "nics" in d:
+            nics = self.nics(entry, v["nics"], d["nics"])
+        else:
+            raise self.err(entry, "missing key 'nics' (or 'mac')", vnode)
+        if "ip" in d and "nics" in d:
+            raise self.err(entry, "ip belongs to a NIC: nics: [{mac, ip}]", v["ip"])
+        cmdline, loader = self.common(entry, v, d)
+        return Node(name, role, tuple(nics), cmdline, loader)
+
+    def nics(self, entry: str, seq: yaml.Node, data: object) -> list[Nic]:
+        if not isinstance(seq, yaml.SequenceNode) or not isinstance(data, list) or not data:
+            raise self.err(entry, "nics must be a non-empty list of {mac, purpose, ip}", seq)
+        out: list[Nic] = []
+        for i, (n, d) in enumerate(zip(seq.value, data, strict=True)):
+            e = f"{entry}.nics[{i}]"
+            if not isinstance(n, yaml.MappingNode) or not isinstance(d, dict):
+                raise self.err(e, "must be a mapping {mac, purpose, ip}", n)
+            self.keys(e, n, _NIC_KEYS)
+            v = _pairs(n)
+            if "mac" not in d:
+                raise self.err(e, "missing key 'mac'", n)
+            mac = self.mac(e, v["mac"], d["mac"])
+            purpose = d.get("purpose", "provisioning")
+            if purpose not in NIC_PURPOSES:
+                raise self.err(e, f"purpose {purpose!r} not one of {NIC_PURPOSES}",
+                               v.get("purpose"))
+            ip = self.ip(e, v["ip"], d["ip"]) if d.get("ip") is not None else None
+            out.append(Nic(mac, purpose, ip))
+        if sum(1 for nic in out if nic.purpose == "provisioning") > 1:
+            raise self.err(entry, "more than one NIC with purpose provisioning", seq)
+        return out
+
+    def legacy_node(self, entry: str, vnode: yaml.Node, d: object) -> Node:
+        if not isinstance(vnode, yaml.MappingNode) or not isinstance(d, dict):
+            raise self.err(entry, "must be a mapping with mac and role", vnode)
+        self.keys(entry, vnode, _LEGACY_NODE_KEYS)
+        v = _pairs(vnode)
+        if "mac" not in d:
+            raise self.err(entry, "missing key 'mac'", vnode)
+        mac = self.mac(entry, v["mac"], d["mac"])
+        entry = f"{entry} ({mac})"
+        if "role" not in d:
+            raise self.err(entry, "missing key 'role'", vnode)
+        role = self.role(entry, d["role"], v["role"])
+        ip = self.ip(entry, v["ip"], d["ip"]) if d.get("ip") is not None else None
+        hostname = d.get("hostname")
+        name = (self.name(entry, hostname, v["hostname"]) if hostname is not None
+                else default_node_name(role, mac))
+        cmdline, loader = self.common(entry, v, d)
+        return Node(name, role, (Nic(mac, ip=ip),), cmdline, loader)
+
+    # ------------------------------------------------------------------ exports
+    def exports(self, seq: yaml.Node | None, data: object) -> tuple[Export, ...]:
+        if seq is None or data is None:
+            return ()
+        if not isinstance(seq, yaml.SequenceNode) or not isinstance(data, list):
+            raise self.err("exports", "must be a list", seq)
+        out: list[Export] = []
+        seen: dict[Target, str] = {}
+        for i, (node, item) in enumerate(zip(seq.value, data, strict=True)):
+            entry = f"exports[{i}]"
+            if not isinstance(item, dict):
+                raise self.err(entry, "must be a mapping", node)
+            for key in item:
+                if key not in _EXPORT_KEYS:
+                    raise self.err(entry, f"unknown key {key!r} (allowed: "
+                                   f"{', '.join(_EXPORT_KEYS)})", node)
+            try:
+                target = Target.parse(str(item.get("target", "")))
+            except BadTarget as exc:
+                raise self.err(entry, str(exc), node) from None
+            entry = f"exports[{i}] ({target})"
+            if target in seen:
+                raise self.err(entry, f"duplicate target (also {seen[target]})", node)
+            seen[target] = entry
+            mode = item.get("mode", "ro")
+            if mode not in EXPORT_MODES:
+                raise self.err(entry, f"mode {mode!r} must be ro or rw", node)
+            consumers = item.get("consumers", [])
+            if isinstance(consumers, str):
+                consumers = [consumers]
+            if not isinstance(consumers, list):
+                raise self.err(entry, "consumers must be a list of roles, node names or MACs",
+                               node)
+            cons = tuple(self.consumer(entry, c, node) for c in consumers)
+            snodes_v = item.get("snodes", "all")
+            snodes = None if snodes_v in ("all", None) else tuple(
+                _mac_or_name(s) for s in (snodes_v if isinstance(snodes_v, list) else [snodes_v]))
+            img, vol = item.get("image"), item.get("volume")
+            if (img is None) == (vol is None):
+                raise self.err(entry, "needs exactly one of image or volume", node)
+            if img is not None:
+                if not isinstance(img, dict) or "role" not in img or \
+                        set(img) - {"role", "artifact", "build"}:
+                    raise self.err(entry, "image must be {role, artifact?, build?}", node)
+                out.append(ImageExport(target, mode, cons, snodes,
+                                       role=self.role(entry, img["role"], node),
+                                       artifact=str(img.get("artifact", "rootfs")),
+                                       build=str(img["build"]) if img.get("build") else None))
+            else:
+                if not isinstance(vol, dict) or set(vol) != {"name", "size"}:
+                    raise self.err(entry, "volume must be {name, size}", node)
+                try:
+                    size = parse_size(vol["size"])
+                except ValueError as exc:
+                    raise self.err(entry, str(exc), node) from None
+                out.append(VolumeExport(target, mode, cons, snodes, name=str(vol["name"]),
+                                        size=size))
+        return tuple(out)
+
+    def consumer(self, entry: str, value: object, node: yaml.Node) -> str:
+        try:
+            return normalize_mac(value)
+        except BadMac:
+            pass
+        if isinstance(value, str) and (self.roles is None or value in self.roles
+                                       or HOSTNAME_RE.match(value)):
+            return value
+        raise self.err(entry, f"consumer {value!r} is not a role, a node name or a MAC", node)
+
+
+def _mac_or_name(value: object) -> str:
+    try:
+        return normalize_mac(value)
+    except BadMac:
+        return str(value)
+
+
+def parse_inventory(text: str, path: Path | str = INVENTORY_NAME,
+                    roles: Iterable[str] | None = None) -> Inventory:
+    """Parse inventory YAML; ``roles`` (if given) is the set of known role names."""
+    return _Parser(Path(path), roles).parse(text)
+
+
+# ---------------------------------------------------------------------- writing
+
+def node_doc(n: Node) -> dict[str, Any]:
+    doc: dict[str, Any] = {"role": n.role}
+    if len(n.nics) == 1 and n.nics[0].purpose == "provisioning":
+        doc["mac"] = n.nics[0].mac
+        if n.nics[0].ip:
+            doc["ip"] = n.nics[0].ip
+    else:
+        doc["nics"] = [{"mac": c.mac, "purpose": c.purpose, **({"ip": c.ip} if c.ip else {})}
+                       for c in n.nics]
+    if n.cmdline:
+        doc["cmdline"] = n.cmdline
+    if n.loader:
+        doc["loader"] = n.loader
+    return doc
+
+
+def export_doc(e: Export) -> dict[str, Any]:
+    doc: dict[str, Any] = {"target": str(e.target)}
+    if isinstance(e, ImageExport):
+        img: dict[str, Any] = {"role": e.role, "artifact": e.artifact}
+        if e.build:
+            img["build"] = e.build
+        doc["image"] = img
+    else:
+        doc["volume"] = {"name": e.name, "size": e.size}
+    doc["consumers"] = list(e.consumers)
+    doc["snodes"] = "all" if e.snodes is None else list(e.snodes)
+    doc["mode"] = e.mode
+    return doc
+
+
+def to_yaml(inv: Inventory) -> str:
+    doc: dict[str, Any] = {
+        "default_role": inv.default_role,
+        "nodes": {n.name: node_doc(n) for n in inv.nodes},
+        "exports": [export_doc(e) for e in inv.exports],
+    }
+    header = "# homecloud inventory: written by hcboot; edits by hand are fine (quote MACs)\n"
+    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
