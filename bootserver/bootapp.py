@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -41,9 +41,14 @@ def _text(body: str, ctype: str = "text/plain; charset=utf-8", status: int = 200
 
 
 class BootApp:
-    def __init__(self, policy: Policy, state_dir: Path) -> None:
+    def __init__(self, policy: Policy, state_dir: Path,
+                 mac_of: Callable[[str], str | None] | None = None) -> None:
+        """``mac_of(ip)``: the MAC that holds a client address; an unassigned machine's script
+        request is recorded as seen only when it comes from that machine (no one plants
+        machines for the operator to assign).  None: every request is believed (tests)."""
         self.policy = policy
         self.state_dir = Path(state_dir)
+        self.mac_of = mac_of
 
     # ------------------------------------------------------------------ shared
     def artifact(self, role: str, build: str, name: str) -> Path | None:
@@ -76,7 +81,8 @@ class BootApp:
                 return None
             try:
                 if m.group(2) == "ipxe":
-                    if self.policy.resolve(mac) is None:
+                    if self.policy.resolve(mac) is None and (
+                            self.mac_of is None or self.mac_of(client_ip) == mac):
                         self.policy.record_seen(Machine(mac=mac, user_class="iPXE",
                                                         ip=client_ip))
                     script = self.policy.ipxe_script(mac)

@@ -31,6 +31,7 @@ from bootserver.policy import EFI_BINARIES, Policy, PolicyConfig
 from bootserver.ra import RaResponder
 from bootserver.tftp import TftpServer
 from homecloud.control.http import ControlApp
+from homecloud.control.identity import ClientIdentity, load_admin_token
 from homecloud.control.seen import SeenStore
 from homecloud.control.service import known_roles
 from homecloud.core.errors import HomecloudError
@@ -145,8 +146,12 @@ class BootServer:
         images = ImageStore(opts.images)
         self.policy = Policy(PolicyConfig(server_ip, opts.http_port, opts.efi_binary),
                              self.inventory, images, self._record_seen)
-        self.app = BootApp(self.policy, state)
-        self.control = ControlApp(self.inventory, images, state, lambda: self.policy.http_base)
+        self.identity = ClientIdentity(
+            self._lease_mac, lambda: self.inventory.snapshot().inventory, opts.interface,
+            (server_ip,), load_admin_token(state))
+        self.app = BootApp(self.policy, state, self.identity.mac_of)
+        self.control = ControlApp(self.inventory, images, state, lambda: self.policy.http_base,
+                                  self.identity.mac_of, self.identity.is_admin)
         self.tftp_root = state / "tftp"
         found = populate(self.tftp_root)
         if found.get("undionly.kpxe") is None and found.get("pxelinux.0") is None:
@@ -174,15 +179,12 @@ class BootServer:
     def _record_seen(self, m: Machine) -> None:
         self.seen.record(m.mac, m.arch, m.vendor_class, m.user_class)
 
-    def mac_of(self, ip: str) -> str | None:
+    def _lease_mac(self, ip: str) -> str | None:
         lease = self.dhcp.leases.by_ip.get(ip)
-        if lease is not None:
-            return lease.mac
-        for node in self.inventory.snapshot().inventory.nodes:
-            for nic in node.nics:
-                if nic.ip == ip:
-                    return nic.mac
-        return None
+        return lease.mac if lease is not None else None
+
+    def mac_of(self, ip: str) -> str | None:
+        return self.identity.mac_of(ip)
 
     def start(self) -> None:
         self.inventory.watch(lambda snap: None)  # starts the store's poller (live reload)

@@ -1,10 +1,17 @@
 """The control plane's HTTP routes on the config node (beside the boot routes of
 ``bootserver.bootapp``; ``hcboot serve`` chains both apps on one server).
 
-Routes:
-    GET  /plan/<mac>.json|.txt              a storage node's export plan (txt: for shell agents)
-    POST /report/<mac>                      a node reports its state (JSON {"state": ...})
-    GET  /nodes.json                        assigned nodes, seen machines and reports
+Routes, and who may use them (nobody is trusted by default):
+    GET  /plan/<mac>.json|.txt   a storage node's export plan: only to the node that holds <mac>
+                                 (its lease, static address or the neighbour table says the
+                                 requesting address is <mac>'s) and to the admin
+    POST /report/<mac>           a node reports its state: accepted only from the address <mac>
+                                 holds, or from the admin
+    GET  /nodes.json             assigned nodes, seen machines and reports: the admin only
+
+The admin is the config node itself (a request from one of its own addresses or loopback) or a
+client that sends ``Authorization: Bearer <token>`` with the token in ``<state>/admin.token``.
+A refusal is a 403 that says why, and a warning in the log naming the address and the MAC.
 """
 
 from __future__ import annotations
@@ -34,14 +41,35 @@ def _text(body: str, ctype: str = "text/plain; charset=utf-8", status: int = 200
     return Response(status=status, content_type=ctype, body=body.encode())
 
 
+MacOf = Callable[[str], "str | None"]
+IsAdmin = Callable[[str, Mapping[str, str]], bool]
+
+
 class ControlApp:
     def __init__(self, inventory: InventoryStore, store: ImageStore, state_dir: Path,
-                 http_base: Callable[[], str]) -> None:
+                 http_base: Callable[[], str], mac_of: MacOf, is_admin: IsAdmin) -> None:
+        """``mac_of(ip)``: the MAC that holds address ``ip`` (None if unknown);
+        ``is_admin(ip, headers)``: whether the request comes from the admin."""
         self.inventory = inventory
         self.store = store
         self.state_dir = Path(state_dir)
         self.http_base = http_base
+        self.mac_of = mac_of
+        self.is_admin = is_admin
         self.reports = Reports(self.state_dir)
+
+    def _allowed(self, mac: str, what: str, client_ip: str,
+                 headers: Mapping[str, str]) -> Response | None:
+        """None if ``client_ip`` may act for ``mac``, else the 403 to send."""
+        if self.is_admin(client_ip, headers):
+            return None
+        holder = self.mac_of(client_ip)
+        if holder == mac:
+            return None
+        why = (f"{client_ip} is {holder}, not {mac}" if holder else
+               f"{client_ip} holds no lease or static address of {mac}")
+        log.warning("%s: %s refused: %s", mac, what, why)
+        return _text(f"forbidden: {what} for {mac}: {why}\n", status=403)
 
     def handle(self, method: str, path: str, client_ip: str, headers: Mapping[str, str],
                body: bytes) -> Response | None:
@@ -49,20 +77,27 @@ class ControlApp:
         if method in ("GET", "HEAD"):
             m = _PLAN.match(path)
             if m:
-                return self._plan(m.group(1), m.group(2))
+                return self._plan(m.group(1), m.group(2), client_ip, headers)
             if path == "/nodes.json":
+                if not self.is_admin(client_ip, headers):
+                    log.warning("/nodes.json refused to %s (admin only)", client_ip)
+                    return _text("forbidden: /nodes.json is for the admin only\n", status=403)
                 return _text(json.dumps(self.nodes_doc(), indent=1) + "\n", "application/json")
         if method == "POST":
             m = _REPORT.match(path)
             if m:
-                return self._report(m.group(1), body, client_ip)
+                return self._report(m.group(1), body, client_ip, headers)
         return None
 
-    def _plan(self, raw_mac: str, kind: str) -> Response | None:
+    def _plan(self, raw_mac: str, kind: str, client_ip: str,
+              headers: Mapping[str, str]) -> Response | None:
         try:
             mac = normalize_mac(raw_mac)
         except BadMac:
             return None
+        refused = self._allowed(mac, "plan", client_ip, headers)
+        if refused is not None:
+            return refused
         plan = plan_for(mac, self.inventory.snapshot().inventory, self.store, self.http_base())
         if plan is None:
             log.warning("%s: asked for a storage plan but is not a storage node", mac)
@@ -71,11 +106,15 @@ class ControlApp:
             return _text(plan_text(plan))
         return _text(json.dumps(plan, indent=1) + "\n", "application/json")
 
-    def _report(self, raw_mac: str, body: bytes, client_ip: str) -> Response | None:
+    def _report(self, raw_mac: str, body: bytes, client_ip: str,
+                headers: Mapping[str, str]) -> Response | None:
         try:
             mac = normalize_mac(raw_mac)
         except BadMac:
             return None
+        refused = self._allowed(mac, "report", client_ip, headers)
+        if refused is not None:
+            return refused
         if len(body) > MAX_REPORT:
             return _text("report too large\n", status=413)
         try:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from bootserver.inventory import parse_size
 
 from homecloud.core.errors import HomecloudError
+from homecloud.inventory.schema import parse_size
 from homecloud.lab.errors import LabError
 from homecloud.lab.lab import DEFAULT_NET, Lab, format_table
 

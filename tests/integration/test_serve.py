@@ -15,7 +15,7 @@ import pytest
 from homecloud.core.manifest import BootInfo
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
-from tests.support.netns import Lab
+from tests.support.netns import Lab, Netns
 
 SERVER = "192.0.2.1"
 MAC = "52:54:00:5e:00:01"
@@ -31,6 +31,20 @@ def served(tmp_path: Path) -> Iterator[Served]:
         lab.bridge(ns, "br0", f"{SERVER}/24")
         yield start_hcboot(lab, ns, "br0", SERVER, tmp_path / "state", images,
                            "--range", "192.0.2.100-192.0.2.150")
+
+
+def _client(s: Served, tag: str, ip: str) -> tuple[Netns, str]:
+    """Another host on the provisioning segment: its namespace and its NIC's MAC."""
+    ns = s.lab.netns(tag)
+    s.lab.port(s.ns, "br0", ns, "eth0")
+    ns.run("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+    return ns, ns.mac("eth0")
+
+
+def _curl(ns: Netns, *args: str) -> tuple[int, str]:
+    r = ns.run("curl", "-s", "-o", "/dev/stdout", "-w", "\n%{http_code}", *args, check=False)
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code or 0), body
 
 
 def _get(s: Served, path: str) -> tuple[int, bytes]:
@@ -50,7 +64,6 @@ def test_assignment_is_picked_up_without_restart(served: Served) -> None:
         time.sleep(0.1)
         code, body = _get(served, f"/boot/{MAC}.ipxe")
     assert b"/images/pxetest/" in body and b"hc.mac=" + MAC.encode() in body
-    assert MAC in served.unassigned() or True  # it was seen before assignment
     assert MAC not in served.cli("nodes", "--unassigned")
 
 
@@ -90,3 +103,63 @@ def test_sigterm_stops_cleanly_and_keeps_state(served: Served) -> None:
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(10) == 0
     assert "hcboot stopped" in served.log_text()
+
+
+def test_reports_only_from_the_node_that_holds_the_mac(served: Served) -> None:
+    node, node_mac = _client(served, "node", "192.0.2.31")
+    other, _ = _client(served, "evil", "192.0.2.32")
+    served.cli("assign", node_mac, "pxetest")
+    # a forged report for the node from another host is refused and changes nothing
+    code, body = _curl(other, "-X", "POST", "-d", '{"state": "dom0-up"}',
+                       f"http://{SERVER}/report/{node_mac}")
+    assert code == 403 and "192.0.2.32" in body, body
+    assert json.loads(served.cli("nodes", "--json"))[0]["report"] is None
+    assert f"{node_mac}: report refused" in served.log_text()
+    # the node itself (its MAC resolved from the neighbour table: no lease, no static address)
+    code, body = _curl(node, "-X", "POST", "-d", '{"state": "ready"}',
+                       f"http://{SERVER}/report/{node_mac}")
+    assert code == 200, body
+    assert json.loads(served.cli("nodes", "--json"))[0]["report"]["state"] == "ready"
+
+
+def test_plans_and_node_list_are_not_for_anyone(served: Served) -> None:
+    sn, sn_mac = _client(served, "sn", "192.0.2.41")
+    other, _ = _client(served, "other", "192.0.2.42")
+    served.cli("assign", sn_mac, "snode")
+    code, _ = _curl(other, f"http://{SERVER}/plan/{sn_mac}.json")
+    assert code == 403
+    deadline = time.monotonic() + 5  # the server reloads the inventory within a second
+    code, body = _curl(sn, f"http://{SERVER}/plan/{sn_mac}.json")
+    while code == 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        code, body = _curl(sn, f"http://{SERVER}/plan/{sn_mac}.json")
+    assert code == 200 and json.loads(body)["snode"] == sn_mac
+    assert _curl(other, f"http://{SERVER}/nodes.json")[0] == 403
+    assert _curl(sn, f"http://{SERVER}/nodes.json")[0] == 403
+    token = (served.state / "admin.token").read_text().strip()
+    assert oct((served.state / "admin.token").stat().st_mode & 0o777) == "0o600"
+    code, body = _curl(other, "-H", f"Authorization: Bearer {token}",
+                       f"http://{SERVER}/nodes.json")
+    assert code == 200 and sn_mac in body
+    assert _curl(other, "-H", "Authorization: Bearer wrong",
+                 f"http://{SERVER}/nodes.json")[0] == 403
+    assert _get(served, "/nodes.json")[0] == 200  # the config node itself is the admin
+
+
+def test_only_a_machine_itself_is_recorded_as_seen(served: Served) -> None:
+    planter, planter_mac = _client(served, "planter", "192.0.2.51")
+    host, host_mac = _client(served, "real", "192.0.2.52")
+    for fake in ("52:54:00:66:00:01", "52:54:00:66:00:02"):
+        code, body = _curl(planter, f"http://{SERVER}/boot/{fake}.ipxe")
+        assert code == 200 and "has no role" in body  # still told to wait, never recorded
+    code, _ = _curl(host, f"http://{SERVER}/boot/{host_mac}.ipxe")
+    assert code == 200
+
+    def seen() -> list[str]:
+        return served.unassigned()
+
+    deadline = time.monotonic() + 10
+    while host_mac not in seen() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert host_mac in seen()
+    assert not {"52:54:00:66:00:01", "52:54:00:66:00:02", planter_mac} & set(seen())

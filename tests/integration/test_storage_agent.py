@@ -192,8 +192,8 @@ def test_agent_waits_for_a_consumer_then_serves_the_image(env: Env) -> None:
     assert env.scan("d") == {}
     # the report reached the boot server
     def reported() -> bool:
-        nodes = json.loads(env.sn.run("curl", "-sf", f"http://{SERVER}/nodes.json").stdout)
-        rep = nodes["reports"].get(env.mac_sn, {})
+        nodes = json.loads(env.srv.cli("nodes", "--json"))
+        rep = next((n["report"] or {} for n in nodes if n["mac"] == env.mac_sn), {})
         return bool(rep.get("state") == "exports-ready" and rep.get("detail") == "e1.0")
 
     env.wait(reported, "the exports-ready report on the boot server")
