@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from homecloud.aoe import io  # noqa: E402
 from homecloud.aoe.frames import Target  # noqa: E402
-from homecloud.aoe.io import AoESocket, ReaderConfig  # noqa: E402
+from homecloud.aoe.io import AoESocket  # noqa: E402
+from homecloud.aoe.reader import ReaderConfig  # noqa: E402
 from homecloud.aoe.scan import discover  # noqa: E402
 from homecloud.aoe.verify import ExpectedImage, verify  # noqa: E402
 from tests.support.netns import Lab, Netns, wait_for  # noqa: E402

@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from homecloud.aoe.frames import SECTOR, AoEError, Target
-from homecloud.aoe.io import AoESocket, ReaderConfig
+from homecloud.aoe.io import AoESocket
+from homecloud.aoe.reader import ReaderConfig
 from homecloud.aoe.scan import ScanTarget, scan
 from homecloud.aoe.verify import (
     ArtifactUnavailable,

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from homecloud.aoe import io
+from homecloud.aoe import reader as reader_mod
 from homecloud.aoe.frames import SECTOR, AoEError, ConfigReply, Target
-from homecloud.aoe.io import AoESocket, ReaderConfig
+from homecloud.aoe.io import AoESocket
+from homecloud.aoe.reader import ReaderConfig
 from homecloud.aoe.scan import discover
 from homecloud.core.manifest import ImageStore, Manifest, ManifestError, parse_manifest
 
@@ -209,7 +211,7 @@ def verify(sock: AoESocket, target: Target, expected: ExpectedImage, *, mode: st
     result = VerifyResult(target, mode, expected, [p.mac for p in paths], export_bytes)
     if export_bytes != expected.size:
         raise SizeMismatch(target, export_bytes, expected)
-    reader = io.Reader(sock, target, paths, config)
+    reader = reader_mod.Reader(sock, target, paths, config)
     local = _open_local(expected)
     t0 = time.monotonic()
     try:
@@ -268,12 +270,12 @@ class _Checker:
         return self.h.hexdigest()
 
 
-def _full(reader: io.Reader, sectors: int, local: BinaryIO | None, result: VerifyResult,
+def _full(reader: reader_mod.Reader, sectors: int, local: BinaryIO | None, result: VerifyResult,
           progress: Progress | None) -> None:
     total = sectors * SECTOR
     checker = _Checker(local)
     try:
-        for lba, data in reader.read(io.sector_extents(0, sectors, CHUNK_SECTORS)):
+        for lba, data in reader.read(reader_mod.sector_extents(0, sectors, CHUNK_SECTORS)):
             checker.put(lba, data)
             result.bytes_read += len(data)
             if progress:
@@ -300,7 +302,7 @@ def sample_lbas(sectors: int, n: int, seed: int | None = None) -> list[int]:
     return sorted(picked)
 
 
-def _sample(reader: io.Reader, sectors: int, local: BinaryIO, result: VerifyResult, n: int,
+def _sample(reader: reader_mod.Reader, sectors: int, local: BinaryIO, result: VerifyResult, n: int,
             seed: int | None, progress: Progress | None) -> None:
     lbas = sample_lbas(sectors, n, seed)
     total = len(lbas) * SECTOR

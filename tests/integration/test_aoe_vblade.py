@@ -28,9 +28,11 @@ from click.testing import CliRunner
 
 from homecloud.aoe import frames as F
 from homecloud.aoe import io
+from homecloud.aoe import reader as reader_mod
 from homecloud.aoe.cli import aoe
 from homecloud.aoe.frames import Target
-from homecloud.aoe.io import AoESocket, ReaderConfig
+from homecloud.aoe.io import AoESocket
+from homecloud.aoe.reader import ReaderConfig
 from homecloud.aoe.scan import discover, scan
 from homecloud.aoe.verify import ContentMismatch, expected_from_role, verify
 from homecloud.core.manifest import Artifact, BootInfo, Manifest
@@ -333,13 +335,13 @@ def test_read_past_the_end_is_an_ata_error_naming_the_lba(
     with client(net) as sock:
         wait_paths(sock, 1)
         paths = discover(sock, T)
-        reader = io.Reader(sock, T, paths)
+        reader = reader_mod.Reader(sock, T, paths)
         data = list(reader.read([(SECTORS - 2, 2)]))
         with open(image, "rb") as f:
             f.seek((SECTORS - 2) * 512)
             assert data == [(SECTORS - 2, bytearray(f.read(1024)))]
         with pytest.raises(F.ATACommandError, match=f"LBA {SECTORS}") as ei:
-            list(io.Reader(sock, T, paths).read([(SECTORS, 1)]))
+            list(reader_mod.Reader(sock, T, paths).read([(SECTORS, 1)]))
         assert ei.value.mac == net.mac_s1 and ei.value.status & F.ATA_STATUS_ERR
 
 
@@ -356,7 +358,7 @@ def test_jumbo_frames_carry_17_sectors_per_request(image: Path, store: Path) -> 
             wait_paths(sock, 1)
             paths = discover(sock, T)
             assert paths[0].max_sectors == 17
-            assert io.Reader(sock, T, paths).max_sectors == 17
+            assert reader_mod.Reader(sock, T, paths).max_sectors == 17
             res = verify(sock, T, expected_from_role(store, "hnode", "rootfs"), paths=paths)
         assert res.ok and res.bytes_read == IMAGE_MIB << 20
 
