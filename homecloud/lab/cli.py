@@ -18,7 +18,8 @@ import click
 from homecloud.core.errors import HomecloudError
 from homecloud.inventory.schema import parse_size
 from homecloud.lab.errors import LabError
-from homecloud.lab.lab import DEFAULT_NET, Lab, format_table
+from homecloud.lab.lab import Lab
+from homecloud.lab.status import DEFAULT_NET, format_table
 
 DETACH = b"\x1d"  # Ctrl-]
 

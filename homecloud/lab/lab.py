@@ -16,7 +16,6 @@ namespace is killed, and deleting the namespace removes the bridge and the taps.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
@@ -24,8 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,79 +37,22 @@ from homecloud.core.model import STORAGE_ROLE, ImageExport, Inventory, Nic, Node
 from homecloud.lab import net, procs, vm
 from homecloud.lab.errors import LabError
 from homecloud.lab.progress import Follower, combine, final_state, reported_at, scan
-
-LAB_NAME = "lab.json"
-FORMAT = 1
-MAC_PREFIX = "52:54:00:4c"          # QEMU's OUI, then 0x4c ('L'ab)
-ROLE_CODES = {"snode": 0x53, "hnode": 0x48}  # 'S', 'H'; other roles 0x4e
-ROLE_IP_BASE = {"snode": 10, "hnode": 20}    # snode1 = .11, hnode1 = .21; others .50+
-DEFAULT_NET = "198.51.100.1/24"      # documentation range (RFC 5737)
-POOL = (100, 199)                    # dynamic pool for machines without a role
-ROOT_TARGET = "e1.0"
-# snode: its whole system is the initrd, unpacked into the initramfs tmpfs, which the kernel
-# limits to half the RAM: hcbuild's snode image (~680 MB unpacked) does not fit in 1024 MB
-MEMORY = {"snode": 2048, "hnode": 2048}
-HNODE_MEMORY_SHARED = 1536           # each, when more than one hnode runs on this host
-BOOT_ORDER = "order=n,reboot-timeout=1000"  # PXE; SeaBIOS retries 1 s after a failed boot
-
-Say = Callable[[str], None]
-
-
-def lab_id(lab_dir: Path) -> str:
-    return hashlib.sha256(str(Path(lab_dir).resolve()).encode()).hexdigest()[:6]
-
-
-def lab_mac(role: str, index: int) -> str:
-    if not 0 < index < 256:
-        raise LabError(f"{role}{index}: lab MACs number nodes 1..255")
-    return f"{MAC_PREFIX}:{ROLE_CODES.get(role, 0x4E):02x}:{index:02x}"
-
-
-def lab_ip(prefix: str, role: str, index: int) -> str | None:
-    base = ROLE_IP_BASE.get(role, 50)
-    n = base + index
-    return f"{prefix}{n}" if n < POOL[0] else None
-
-
-def read_leases(state_dir: Path) -> dict[str, str]:
-    """MAC -> IPv4 from hcboot's lease journal (the last bound record wins)."""
-    out: dict[str, str] = {}
-    try:
-        lines = (Path(state_dir) / "leases.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        mac, ip = str(rec.get("mac", "")), str(rec.get("ip", ""))
-        if rec.get("event") == "bound":
-            out[mac] = ip
-        elif rec.get("event") == "released" and out.get(mac) == ip:
-            del out[mac]
-    return out
-
-
-@dataclass
-class NodeStatus:
-    name: str
-    mac: str
-    role: str
-    address: str
-    state: str
-    seconds: float | None       # VM start (or assignment) to the role's final state
-    vm: str                     # running | off
-    detail: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.state == final_state(self.role)
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"node": self.name, "mac": self.mac, "role": self.role, "address": self.address,
-                "state": self.state, "boot_seconds": self.seconds, "vm": self.vm,
-                "done": self.done, "detail": self.detail}
+from homecloud.lab.status import (
+    BOOT_ORDER,
+    DEFAULT_NET,
+    FORMAT,
+    HNODE_MEMORY_SHARED,
+    LAB_NAME,
+    MEMORY,
+    POOL,
+    ROOT_TARGET,
+    NodeStatus,
+    Say,
+    lab_id,
+    lab_ip,
+    lab_mac,
+    read_leases,
+)
 
 
 class Lab:
@@ -597,14 +538,4 @@ class Lab:
                 self.doc.pop("build", None)
                 self.save()
         return done
-
-
-def format_table(rows: list[NodeStatus]) -> str:
-    head = f"{'NODE':8}  {'MAC':17}  {'ROLE':6}  {'ADDRESS':15}  {'STATE':13}  {'BOOT':>7}  VM"
-    lines = [head]
-    for r in rows:
-        secs = f"{r.seconds:.1f}s" if r.seconds is not None else "-"
-        lines.append(f"{r.name:8}  {r.mac:17}  {r.role:6}  {r.address:15}  {r.state:13}  "
-                     f"{secs:>7}  {r.vm}" + (f"  {r.detail[:60]}" if r.detail else ""))
-    return "\n".join(lines)
 
