@@ -138,10 +138,6 @@ class Policy:
             return None
         return nic.ip, node.name
 
-    def hostname(self, mac: str) -> str | None:
-        node = self.current().node(mac)
-        return node.name if node else None
-
     def record_seen(self, machine: Machine) -> None:
         if self.on_unassigned is not None and self.current().node(machine.mac) is None:
             self.on_unassigned(machine)
