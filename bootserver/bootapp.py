@@ -21,7 +21,6 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import unquote
 
 from bootserver.exports import plan_for, plan_text
 from bootserver.firststage import SOURCES
@@ -68,7 +67,9 @@ class BootApp:
     # ------------------------------------------------------------------ HTTP
     def handle(self, method: str, path: str, client_ip: str, headers: Mapping[str, str],
                body: bytes) -> Response | None:
-        path = unquote(path.split("?", 1)[0])
+        # the HTTP layer has percent-decoded the path once; decoding again would turn a
+        # literal "%2e%2e" (sent as %252e%252e) into ".." after the layer's check
+        path = path.split("?", 1)[0]
         if method in ("GET", "HEAD"):
             return self._get(path, client_ip)
         if method == "POST":

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -24,7 +24,7 @@ from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
 from bootserver.errors import HcbootError, ServeError
 from bootserver.firststage import populate
-from bootserver.http import HttpServer
+from bootserver.http import HttpLimits, HttpServer
 from bootserver.inventory import InventoryFile, InventoryWatcher
 from bootserver.policy import EFI_BINARIES, Policy, PolicyConfig
 from bootserver.ra import RaResponder
@@ -91,6 +91,7 @@ class ServeOptions:
     efi_binary: str = "ipxe.efi"
     bind_http: str | None = None  # default: the server address
     ipv6_ra: bool = True  # answer router solicitations (saves iPXE ~13 s), see bootserver/ra.py
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # caps, timeouts: docs/security.md
 
 
 class BootServer:
@@ -136,7 +137,8 @@ class BootServer:
             router=opts.router, dns=opts.dns, domain=opts.domain), self.policy)
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
                                resolver=self.app.tftp_resolve)
-        self.http = HttpServer(opts.bind_http or server_ip, opts.http_port, self.app)
+        self.http = HttpServer(opts.bind_http or server_ip, opts.http_port, self.app,
+                               limits=opts.http_limits)
         self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
         self._stopped = threading.Event()
         self._done = threading.Event()
@@ -216,10 +218,27 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.option("--ipv6-ra/--no-ipv6-ra", default=True, show_default=True,
               help="Answer IPv6 router solicitations with a no-op advertisement (no prefix, "
               "lifetime 0) so iPXE does not wait ~13 s for an IPv6 router.")
+@click.option("--http-max-connections", type=click.IntRange(1), show_default=True,
+              default=HttpLimits.max_connections, help="HTTP connections at once (over it a "
+              "newcomer replaces the connection waiting longest for a request head; 503 when "
+              "all are busy).")
+@click.option("--http-max-per-client", type=click.IntRange(1), show_default=True,
+              default=HttpLimits.max_per_client, help="HTTP connections from one address.")
+@click.option("--http-head-timeout", type=click.FloatRange(0.1), show_default=True,
+              default=HttpLimits.head_timeout, help="Seconds for a whole HTTP request head "
+              "(request line + headers), else 408 and close.")
+@click.option("--http-idle-timeout", type=click.FloatRange(0.1), show_default=True,
+              default=HttpLimits.idle_timeout, help="Seconds a kept-alive HTTP connection "
+              "waits for its next request.")
+@click.option("--http-io-timeout", type=click.FloatRange(0.1), show_default=True,
+              default=HttpLimits.io_timeout, help="Seconds an HTTP body read or response "
+              "send may stall.")
 @click.pass_obj
 def serve(c: object, interface: str, mode: str, address: str | None, range_: str | None,
           router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
-          http_port: int, tftp_port: int, efi_binary: str, ipv6_ra: bool) -> None:
+          http_port: int, tftp_port: int, efi_binary: str, ipv6_ra: bool,
+          http_max_connections: int, http_max_per_client: int, http_head_timeout: float,
+          http_idle_timeout: float, http_io_timeout: float) -> None:
     """Serve DHCP/ProxyDHCP, TFTP and HTTP boot on INTERFACE until SIGTERM."""
     from bootserver.cli import known_roles
 
@@ -228,7 +247,10 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
     opts = ServeOptions(interface=interface, mode=mode, state_dir=state_dir, images=images,
                         address=address, range=_parse_range(range_), router=router, dns=dns,
                         domain=domain, lease_time=lease_time, http_port=http_port,
-                        tftp_port=tftp_port, efi_binary=efi_binary, ipv6_ra=ipv6_ra)
+                        tftp_port=tftp_port, efi_binary=efi_binary, ipv6_ra=ipv6_ra,
+                        http_limits=HttpLimits(http_max_connections, http_max_per_client,
+                                               http_head_timeout, http_idle_timeout,
+                                               http_io_timeout))
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
         srv = BootServer(opts, known_roles(images))
