@@ -20,7 +20,6 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import unquote
 
 from bootserver.firststage import SOURCES
 from bootserver.http import Response
@@ -42,13 +41,14 @@ def _text(body: str, ctype: str = "text/plain; charset=utf-8", status: int = 200
 
 class BootApp:
     def __init__(self, policy: Policy, state_dir: Path,
-                 mac_of: Callable[[str], str | None] | None = None) -> None:
-        """``mac_of(ip)``: the MAC that holds a client address; an unassigned machine's script
-        request is recorded as seen only when it comes from that machine (no one plants
-        machines for the operator to assign).  None: every request is believed (tests)."""
+                 vouches: Callable[[str, str], bool] | None = None) -> None:
+        """``vouches(mac, client_ip)``: whether a request from ``client_ip`` speaks for machine
+        ``mac`` (it holds that MAC's address, or it is the admin).  An unassigned machine's
+        script request is recorded as seen only then, so no host plants machines for the
+        operator to assign.  None: every request is believed (unit tests)."""
         self.policy = policy
         self.state_dir = Path(state_dir)
-        self.mac_of = mac_of
+        self.vouches = vouches
 
     # ------------------------------------------------------------------ shared
     def artifact(self, role: str, build: str, name: str) -> Path | None:
@@ -65,7 +65,9 @@ class BootApp:
     # ------------------------------------------------------------------ HTTP
     def handle(self, method: str, path: str, client_ip: str, headers: Mapping[str, str],
                body: bytes) -> Response | None:
-        path = unquote(path.split("?", 1)[0])
+        # the HTTP layer has percent-decoded the path once; decoding again would turn a
+        # literal "%2e%2e" (sent as %252e%252e) into ".." after the layer's check
+        path = path.split("?", 1)[0]
         if method in ("GET", "HEAD"):
             return self._get(path, client_ip)
         return None
@@ -82,7 +84,7 @@ class BootApp:
             try:
                 if m.group(2) == "ipxe":
                     if self.policy.resolve(mac) is None and (
-                            self.mac_of is None or self.mac_of(client_ip) == mac):
+                            self.vouches is None or self.vouches(mac, client_ip)):
                         self.policy.record_seen(Machine(mac=mac, user_class="iPXE",
                                                         ip=client_ip))
                     script = self.policy.ipxe_script(mac)

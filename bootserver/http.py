@@ -7,11 +7,13 @@ The server does the protocol; an ``App`` decides the content::
 
 * ``method`` is ``GET``, ``HEAD`` or ``POST`` (anything else is answered 405 before the app is
   asked; HEAD is passed as ``HEAD`` and answered like GET without the body).
-* ``path`` is the percent-decoded path, with ``?`` and the raw query appended when the request
-  had one (``/boot.ipxe?mac=52:54:00:...``).  Before the app sees it the server has refused (400)
+* ``path`` is the path percent-decoded exactly once (here; an app must not decode it again),
+  with ``?`` and the raw query appended when the request had one
+  (``/boot.ipxe?mac=52:54:00:...``).  Before the app sees it the server has refused (400)
   request targets that are not origin-form (or absolute-form http URLs), that contain NUL,
-  control characters, backslashes or raw non-ASCII, a percent-encoded ``?``, or a ``..``
-  segment (raw or percent-encoded).  Confining paths to a directory is still the app's job.
+  control characters, backslashes or raw non-ASCII, a percent-encoded ``?`` or ``/``, or a
+  ``..`` segment (raw or percent-encoded).  ``%252e%252e`` reaches the app as the literal
+  ``%2e%2e``.  Confining paths to a directory is still the app's job.
 * ``headers`` is a case-insensitive mapping; ``body`` is the request body (POST bodies need a
   Content-Length, at most ``max_body`` bytes: 411 / 413 otherwise).
 * ``None`` means 404.  An exception in the app is logged and answered 500.
@@ -20,13 +22,25 @@ The server does the protocol; an ``App`` decides the content::
 per request, so a concurrent ``os.replace`` of the path yields entirely the old or entirely the
 new version, never a mix (the image store's atomic publish relies on this).  Single byte ranges
 (``Range: bytes=a-b``, ``a-``, ``-n``) get 206; multi-range requests get the whole file (200);
-unsatisfiable ones 416.  Connections are kept alive (HTTP/1.1) until ``idle_timeout``.
+unsatisfiable ones 416.
+
+Limits (``HttpLimits``; docs/security.md has the defaults and hcboot's flags): at most
+``max_connections`` connections at once and ``max_per_client`` from one client address; the
+whole request head (request line and headers) must arrive within ``head_timeout`` of the
+connection's start or of the next request's first byte (a deadline, not a per-recv timeout),
+else 408 and close; a kept-alive connection waits ``idle_timeout`` for its next request; a body
+read or a response send that makes no progress for ``io_timeout`` ends the connection.  A new
+connection over a cap takes the place of the connection of that client (per-client cap) or of
+any client (overall cap) that has waited longest for a request head, then of the longest idle
+keep-alive connection; only when every connection is busy with a request is it answered 503.
+So slow clients that never finish a head cannot lock out a client that sends one promptly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import io
 import logging
 import mimetypes
 import os
@@ -49,6 +63,23 @@ log = logging.getLogger("bootserver.http")
 ALLOWED_METHODS = ("GET", "HEAD", "POST")
 DEFAULT_MAX_BODY = 1 << 20
 _NO_BODY_STATUSES = frozenset({204, 304})
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Connection caps and timeouts (seconds); see the module doc and docs/security.md."""
+
+    max_connections: int = 256
+    max_per_client: int = 64
+    head_timeout: float = 10.0
+    idle_timeout: float = 15.0
+    io_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_per_client < 1:
+            raise ValueError(f"HTTP connection caps must be >= 1: {self}")
+        if min(self.head_timeout, self.idle_timeout, self.io_timeout) <= 0:
+            raise ValueError(f"HTTP timeouts must be > 0: {self}")
 
 
 class BadRequestPath(ValueError):
@@ -124,6 +155,8 @@ def clean_request_path(target: str) -> str:
     if "\\" in target or "#" in target or _has_ctl(target) or not target.isascii():
         raise BadRequestPath(f"bad characters in request target {target[:80]!r}")
     raw_path, sep, query = target.partition("?")
+    if "%2f" in raw_path.lower():
+        raise BadRequestPath(f"percent-encoded '/' in {raw_path[:80]!r}")
     try:
         path = unquote(raw_path, errors="strict")
     except UnicodeDecodeError as e:
@@ -169,6 +202,49 @@ def _etag(st: os.stat_result) -> str:
     return f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side with one deadline for a whole phase (request head, keep-alive
+    wait, body): each recv waits at most for what is left of it, so a client that sends a byte
+    every few seconds cannot stretch the phase.  Raises TimeoutError naming the phase."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = 0.0
+        self.phase = ""
+        self.limit = 0.0
+
+    def arm(self, seconds: float, phase: str, start: float | None = None) -> None:
+        self.limit, self.phase = seconds, phase
+        self.deadline = (time.monotonic() if start is None else start) + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{self.phase} not complete within {self.limit:g} s")
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv_into(b)
+        except TimeoutError:
+            raise TimeoutError(f"{self.phase} not complete within {self.limit:g} s") from None
+
+
+# connection states: waiting for / reading a request head, handling a request, kept alive idle
+HEAD, BUSY, IDLE = "head", "busy", "idle"
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    ip: str
+    state: str
+    since: float
+    dropped: str = ""
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "homecloud"
@@ -184,7 +260,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.idle_timeout)
+        self.rfile.close()  # reads go through the deadline reader instead
+        self._reader = _DeadlineReader(self.connection)
+        self._buf = io.BufferedReader(self._reader, 65536)
+        self.rfile = self._buf
+        lim = self.server.limits
+        conn = self.server.conn_of(self.connection)
+        self._reader.arm(lim.head_timeout, "request head",
+                         start=conn.since if conn else None)
+        self._served = 0
 
     # -- logging through the logging module, one line per request ----------------------------
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -198,32 +282,79 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- request loop ---------------------------------------------------------------------
     def handle_one_request(self) -> None:
+        lim = self.server.limits
+        sock = self.connection
         try:
-            self.raw_requestline = self.rfile.readline(65537)
-            if len(self.raw_requestline) > 65536:
-                self.requestline = self.request_version = self.command = ""
-                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            if self._served:  # kept alive: wait for the next request's first byte
+                self.server.set_state(sock, IDLE)
+                self._reader.arm(lim.idle_timeout, "keep-alive wait")
+                if not self._buf.peek(1):
+                    self.close_connection = True
+                    return
+                self.server.set_state(sock, HEAD)
+                self._reader.arm(lim.head_timeout, "request head")
+            if not self._read_head():
                 return
-            if not self.raw_requestline:
+            conn = self.server.conn_of(sock)
+            if conn is not None and conn.dropped:  # replaced by a newcomer (a cap): EOF seen
                 self.close_connection = True
                 return
-            if len(self.raw_requestline.split()) != 3:  # also HTTP/0.9 "GET /path"
-                self.request_version, self.command = self.default_request_version, ""
-                self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
-                self.close_connection = True
-                self.send_error(HTTPStatus.BAD_REQUEST, "Bad request line")
-                return
-            if not self.parse_request():  # it has sent a 400/505/431 and set close_connection
-                return
-            if self.headers.defects:  # e.g. a header line without a colon
-                self.close_connection = True
-                self.send_error(HTTPStatus.BAD_REQUEST, "Bad header syntax")
-                return
+        except TimeoutError as e:
+            self.close_connection = True
+            if self._reader.phase == "request head":
+                log.info("HTTP %s: %s -> 408", self.client_address[0], e)
+                self._timeout_reply()
+            else:
+                log.debug("HTTP %s: %s: closing", self.client_address[0], e)
+            return
+        except ConnectionError as e:
+            log.debug("HTTP %s: connection dropped: %r", self.client_address[0], e)
+            self.close_connection = True
+            return
+        self.server.set_state(sock, BUSY)
+        self._served += 1
+        self._reader.arm(lim.io_timeout, "request body")
+        sock.settimeout(lim.io_timeout)  # response writes
+        try:
             self._dispatch()
             self.wfile.flush()
         except (TimeoutError, ConnectionError) as e:
             log.debug("HTTP %s: connection dropped: %r", self.client_address[0], e)
             self.close_connection = True
+
+    def _timeout_reply(self) -> None:
+        """408 to a client whose request head missed its deadline (best effort: the client
+        may not be reading)."""
+        self.request_version, self.command, self.requestline = "HTTP/1.1", "", ""
+        with contextlib.suppress(OSError):
+            self.connection.settimeout(1.0)
+            self._simple(408, "request head not complete in time\n", close=True)
+            self.wfile.flush()
+
+    def _read_head(self) -> bool:
+        """Read and parse the request line and headers; False when the request was answered
+        (400, 414, 431, 505) or the connection ended."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return False
+        if not self.raw_requestline:
+            self.close_connection = True
+            return False
+        if len(self.raw_requestline.split()) != 3:  # also HTTP/0.9 "GET /path"
+            self.request_version, self.command = self.default_request_version, ""
+            self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
+            self.close_connection = True
+            self.send_error(HTTPStatus.BAD_REQUEST, "Bad request line")
+            return False
+        if not self.parse_request():  # it has sent a 400/505/431 and set close_connection
+            return False
+        if self.headers.defects:  # e.g. a header line without a colon
+            self.close_connection = True
+            self.send_error(HTTPStatus.BAD_REQUEST, "Bad header syntax")
+            return False
+        return True
 
     def _dispatch(self) -> None:
         ip = self.client_address[0]
@@ -368,7 +499,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Blocking sendfile with a kernel send timeout: fewer wake-ups than Python's
         # select-per-chunk loop in socket.sendfile() when the socket has a timeout.
         sock.settimeout(None)
-        tv = struct.pack("ll", int(self.server.idle_timeout), 0)
+        tv = struct.pack("ll", max(1, int(self.server.limits.io_timeout)), 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         sent = 0
         try:
@@ -384,7 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
-                sock.settimeout(self.server.idle_timeout)
+                sock.settimeout(self.server.limits.io_timeout)
         if sent < count:
             self.close_connection = True
         return sent
@@ -396,48 +527,118 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], app: App, max_body: int,
-                 idle_timeout: float) -> None:
+                 limits: HttpLimits) -> None:
         self.app = app
         self.max_body = max_body
-        self.idle_timeout = idle_timeout
-        self.active: set[socket.socket] = set()
+        self.limits = limits
+        self.conns: dict[socket.socket, _Conn] = {}
         self.active_lock = threading.Lock()
+        self.refused = 0
+        self.dropped = 0
+        self._last_warning = 0.0
         super().__init__(addr, _Handler)
+
+    # -- connection admission (runs in the accepting thread) ------------------------------
+    def conn_of(self, sock: socket.socket) -> _Conn | None:
+        with self.active_lock:
+            return self.conns.get(sock)
+
+    def set_state(self, sock: socket.socket, state: str) -> None:
+        with self.active_lock:
+            c = self.conns.get(sock)
+            if c is not None and not c.dropped:
+                c.state, c.since = state, time.monotonic()
+
+    @staticmethod
+    def _victim(conns: list[_Conn]) -> _Conn | None:
+        """The connection a newcomer replaces: the one that has waited longest for a request
+        head, else the longest idle keep-alive one; never one busy with a request."""
+        for state in (HEAD, IDLE):
+            waiting = [c for c in conns if c.state == state]
+            if waiting:
+                return min(waiting, key=lambda c: c.since)
+        return None
+
+    def _admit(self, sock: socket.socket, ip: str) -> bool:
+        lim = self.limits
+        with self.active_lock:
+            live = [c for c in self.conns.values() if not c.dropped]
+            mine = [c for c in live if c.ip == ip]
+            cap, pool = None, live
+            if len(mine) >= lim.max_per_client:
+                cap, pool = f"per-client cap {lim.max_per_client}", mine
+            elif len(live) >= lim.max_connections:
+                cap = f"connection cap {lim.max_connections}"
+            if cap is not None:
+                victim = self._victim(pool)
+                if victim is None:
+                    self.refused += 1
+                    self._warn(f"HTTP {ip}: {cap} reached, every connection busy: 503")
+                    return False
+                victim.dropped = cap
+                self.dropped += 1
+                with contextlib.suppress(OSError):  # wakes its thread: the read returns EOF
+                    victim.sock.shutdown(socket.SHUT_RDWR)
+                self._warn(f"HTTP {victim.ip}: {cap}: dropped a connection {victim.state} "
+                           f"for {time.monotonic() - victim.since:.1f} s to admit {ip}")
+            self.conns[sock] = _Conn(sock, ip, HEAD, time.monotonic())
+        return True
+
+    def _warn(self, msg: str) -> None:
+        """Cap events, logged at most every 5 s as warnings (a flood stays readable)."""
+        now = time.monotonic()
+        if now - self._last_warning >= 5:
+            self._last_warning = now
+            log.warning("%s (%d dropped, %d refused so far)", msg, self.dropped, self.refused)
+        else:
+            log.debug("%s", msg)
+
+    def process_request(self, request: socket.socket,  # type: ignore[override]
+                        client_address: tuple[str, int]) -> None:
+        if not self._admit(request, client_address[0]):
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n"
+                             b"\r\nbusy\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
     def process_request_thread(self, request: socket.socket,  # type: ignore[override]
                                client_address: tuple[str, int]) -> None:
-        with self.active_lock:
-            self.active.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
             with self.active_lock:
-                self.active.discard(request)
+                self.conns.pop(request, None)
 
 
 class HttpServer:
     """HTTP/1.1 server on ``bind_ip:port`` (0 = pick one; read ``.port`` after ``start()``)."""
 
     def __init__(self, bind_ip: str, port: int, app: App, *, max_body: int = DEFAULT_MAX_BODY,
-                 idle_timeout: float = 30.0) -> None:
+                 limits: HttpLimits | None = None) -> None:
         self.bind_ip = bind_ip
         self.port = port
         self.app = app
         self.max_body = max_body
-        self.idle_timeout = idle_timeout
+        self.limits = limits or HttpLimits()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("HttpServer already started")
-        self._server = _Server((self.bind_ip, self.port), self.app, self.max_body,
-                               self.idle_timeout)
+        self._server = _Server((self.bind_ip, self.port), self.app, self.max_body, self.limits)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={
             "poll_interval": 0.2}, name=f"http-{self.bind_ip}:{self.port}", daemon=True)
         self._thread.start()
-        log.info("HTTP serving on %s:%d", self.bind_ip, self.port)
+        log.info("HTTP serving on %s:%d (at most %d connections, %d per client; request head "
+                 "within %g s, keep-alive %g s, stalled I/O %g s)", self.bind_ip, self.port,
+                 self.limits.max_connections, self.limits.max_per_client,
+                 self.limits.head_timeout, self.limits.idle_timeout, self.limits.io_timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         srv, self._server = self._server, None
@@ -446,12 +647,12 @@ class HttpServer:
         srv.shutdown()
         srv.server_close()
         with srv.active_lock:
-            conns = list(srv.active)
+            conns = list(srv.conns)
         for c in conns:  # wake handler threads blocked on idle keep-alive connections
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + timeout
-        while srv.active and time.monotonic() < deadline:
+        while srv.conns and time.monotonic() < deadline:
             time.sleep(0.02)
         if self._thread is not None:
             self._thread.join(timeout)

@@ -36,25 +36,24 @@ def _lib(profiles_dir: Path | None) -> ElementLibrary:
 
 def _report(exc: BaseException) -> int:
     """Print ``exc`` for a human; return the exit code."""
-    err = click.get_text_stream("stderr")
     if isinstance(exc, DibError):
-        click.echo(f"hcbuild: error: {exc}", file=err)
+        click.echo(f"hcbuild: error: {exc}", err=True)
         if exc.log_path:
-            click.echo(f"hcbuild: full log: {exc.log_path}", file=err)
+            click.echo(f"hcbuild: full log: {exc.log_path}", err=True)
         if exc.tail:
-            click.echo(f"hcbuild: last {len(exc.tail)} log lines:", file=err)
+            click.echo(f"hcbuild: last {len(exc.tail)} log lines:", err=True)
             for line in exc.tail:
-                click.echo(f"  | {line}", file=err)
+                click.echo(f"  | {line}", err=True)
         return exc.exit_code
     if isinstance(exc, CommandError):
-        click.echo(f"hcbuild: error: {exc}", file=err)
+        click.echo(f"hcbuild: error: {exc}", err=True)
         for line in exc.tail:
-            click.echo(f"  | {line}", file=err)
+            click.echo(f"  | {line}", err=True)
         return exc.exit_code
     if isinstance(exc, BuildError):
-        click.echo(f"hcbuild: error: {exc}", file=err)
+        click.echo(f"hcbuild: error: {exc}", err=True)
         return exc.exit_code
-    click.echo(f"hcbuild: error: {exc}", file=err)
+    click.echo(f"hcbuild: error: {exc}", err=True)
     return EXIT_INPUT
 
 

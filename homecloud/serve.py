@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -25,7 +25,7 @@ from bootserver.bootapp import BootApp
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
 from bootserver.firststage import populate
-from bootserver.http import App, HttpServer, Response
+from bootserver.http import App, HttpLimits, HttpServer, Response
 from bootserver.machine import Machine
 from bootserver.policy import EFI_BINARIES, Policy, PolicyConfig
 from bootserver.ra import RaResponder
@@ -116,6 +116,7 @@ class ServeOptions:
     efi_binary: str = "ipxe.efi"
     bind_http: str | None = None  # default: the server address
     ipv6_ra: bool = True  # answer router solicitations (saves iPXE ~13 s), see bootserver/ra.py
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # caps, timeouts: docs/security.md
 
 
 class BootServer:
@@ -149,7 +150,7 @@ class BootServer:
         self.identity = ClientIdentity(
             self._lease_mac, lambda: self.inventory.snapshot().inventory, opts.interface,
             (server_ip,), load_admin_token(state))
-        self.app = BootApp(self.policy, state, self.identity.mac_of)
+        self.app = BootApp(self.policy, state, self.identity.vouches)
         self.control = ControlApp(self.inventory, images, state, lambda: self.policy.http_base,
                                   self.identity.mac_of, self.identity.is_admin)
         self.tftp_root = state / "tftp"
@@ -168,7 +169,7 @@ class BootServer:
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
                                resolver=self.app.tftp_resolve)
         self.http = HttpServer(opts.bind_http or server_ip, opts.http_port,
-                               Routes(self.app, self.control))
+                               Routes(self.app, self.control), limits=opts.http_limits)
         self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
         self._stopped = threading.Event()
         self._done = threading.Event()
@@ -250,17 +251,37 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.option("--ipv6-ra/--no-ipv6-ra", default=True, show_default=True,
               help="Answer IPv6 router solicitations with a no-op advertisement (no prefix, "
               "lifetime 0) so iPXE does not wait ~13 s for an IPv6 router.")
+@click.option("--http-max-connections", type=click.IntRange(1), show_default=True,
+              default=HttpLimits.max_connections, help="HTTP connections at once (over it a "
+              "newcomer replaces the connection waiting longest for a request head; 503 when "
+              "all are busy).")
+@click.option("--http-max-per-client", type=click.IntRange(1), show_default=True,
+              default=HttpLimits.max_per_client, help="HTTP connections from one address.")
+@click.option("--http-head-timeout", type=click.FloatRange(0.1), show_default=True,
+              default=HttpLimits.head_timeout, help="Seconds for a whole HTTP request head "
+              "(request line + headers), else 408 and close.")
+@click.option("--http-idle-timeout", type=click.FloatRange(0.1), show_default=True,
+              default=HttpLimits.idle_timeout, help="Seconds a kept-alive HTTP connection "
+              "waits for its next request.")
+@click.option("--http-io-timeout", type=click.FloatRange(0.1), show_default=True,
+              default=HttpLimits.io_timeout, help="Seconds an HTTP body read or response "
+              "send may stall.")
 @click.pass_obj
 def serve(c: object, interface: str, mode: str, address: str | None, range_: str | None,
           router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
-          http_port: int, tftp_port: int, efi_binary: str, ipv6_ra: bool) -> None:
+          http_port: int, tftp_port: int, efi_binary: str, ipv6_ra: bool,
+          http_max_connections: int, http_max_per_client: int, http_head_timeout: float,
+          http_idle_timeout: float, http_io_timeout: float) -> None:
     """Serve DHCP/ProxyDHCP, TFTP and HTTP boot on INTERFACE until SIGTERM."""
     state_dir: Path = c.state_dir  # type: ignore[attr-defined]
     images: Path = c.images  # type: ignore[attr-defined]
     opts = ServeOptions(interface=interface, mode=mode, state_dir=state_dir, images=images,
                         address=address, range=_parse_range(range_), router=router, dns=dns,
                         domain=domain, lease_time=lease_time, http_port=http_port,
-                        tftp_port=tftp_port, efi_binary=efi_binary, ipv6_ra=ipv6_ra)
+                        tftp_port=tftp_port, efi_binary=efi_binary, ipv6_ra=ipv6_ra,
+                        http_limits=HttpLimits(http_max_connections, http_max_per_client,
+                                               http_head_timeout, http_idle_timeout,
+                                               http_io_timeout))
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
         srv = BootServer(opts, known_roles(images))

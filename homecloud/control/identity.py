@@ -83,6 +83,11 @@ class ClientIdentity:
                     return nic.mac
         return neighbour_mac(ip, self.interface, self.arp_table)
 
+    def vouches(self, mac: str, ip: str) -> bool:
+        """Whether a request from ``ip`` speaks for machine ``mac``: it is that machine or the
+        admin (the config node itself)."""
+        return self.is_admin(ip, {}) or self.mac_of(ip) == mac
+
     def is_admin(self, ip: str, headers: Mapping[str, str]) -> bool:
         if ip in self.own:
             return True

@@ -57,6 +57,10 @@ def _get(s: Served, path: str) -> tuple[int, bytes]:
 def test_assignment_is_picked_up_without_restart(served: Served) -> None:
     code, body = _get(served, f"/boot/{MAC}.ipxe")
     assert code == 200 and b"has no role" in body
+    deadline = time.monotonic() + 5
+    while MAC not in served.unassigned():  # seen booting without a role
+        assert time.monotonic() < deadline, served.cli("nodes", "--unassigned", "--json")
+        time.sleep(0.1)
     served.cli("assign", MAC.replace(":", "-").upper(), "pxetest")
     deadline = time.monotonic() + 5
     while b"boots pxetest" not in body:
@@ -64,7 +68,7 @@ def test_assignment_is_picked_up_without_restart(served: Served) -> None:
         time.sleep(0.1)
         code, body = _get(served, f"/boot/{MAC}.ipxe")
     assert b"/images/pxetest/" in body and b"hc.mac=" + MAC.encode() in body
-    assert MAC not in served.cli("nodes", "--unassigned")
+    assert MAC not in served.unassigned()  # assigned now: no longer listed as unassigned
 
 
 def test_artifacts_scripts_and_404s(served: Served) -> None:

@@ -29,6 +29,8 @@ from bootserver.http import (
     ("http://192.0.2.1", "/"),
     ("/a/./b", "/a/./b"),
     ("/a..b/..c", "/a..b/..c"),  # names containing dots are fine
+    ("/%252e%252e/x", "/%2e%2e/x"),  # decoded once: a literal "%2e%2e", no ".." segment
+    ("/a%25/b", "/a%/b"),
 ])
 def test_clean_request_path_accepts(target: str, want: str) -> None:
     assert clean_request_path(target) == want
@@ -38,6 +40,8 @@ def test_clean_request_path_accepts(target: str, want: str) -> None:
     "*", "x", "", "../etc/passwd", "/../etc/passwd", "/a/../../etc/passwd", "/a/..",
     "/%2e%2e/etc/passwd", "/%2E%2E/x", "/a/%2e%2e", "/a\\b", "/a%5cb", "/a%00b", "/a\x00b",
     "/a%0ab", "/a b\r", "/caf\u00e9", "/a%ffb", "/a%3fb", "/a#frag",
+    "/images%2frole%2fcurrent%2fkernel", "/a%2F..%2Fb", "/a%2f", "http://h/../etc/passwd",
+    "http://h/a/%2e%2e/b", "/a/%2e%2E/b?x=1", "/a/.%2e/b", "/a/%2e./b",
 ])
 def test_clean_request_path_refuses(target: str) -> None:
     with pytest.raises(BadRequestPath):
@@ -123,3 +127,13 @@ def test_static_app(tmp_path: Path) -> None:
     for path in ["/", "/sub", "/sub/", "/missing", "/out", "/sib/s"]:
         assert get(path) is None, path
     assert get("/a.txt", "POST") is None
+
+
+def test_http_limits_are_validated() -> None:
+    from bootserver.http import HttpLimits
+
+    assert HttpLimits().max_connections >= HttpLimits().max_per_client >= 1
+    for bad in ({"max_connections": 0}, {"max_per_client": 0}, {"head_timeout": 0},
+                {"idle_timeout": -1}, {"io_timeout": 0}):
+        with pytest.raises(ValueError, match="HTTP"):
+            HttpLimits(**bad)  # type: ignore[arg-type]
