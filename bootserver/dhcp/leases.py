@@ -7,12 +7,22 @@ groups the fsync of a batch of requests (one fsync, then the batch's ACKs).  At 
 is replayed (a torn last line from a crash mid-write is skipped and logged) and rewritten
 compacted (temporary file + fsync + rename + fsync of the directory).
 
+Failures (disk full, EIO) are never silent: a failed or short append raises
+:class:`LeaseFileError` (naming the file and the errno) and the file is cut back to its last
+complete record, so the torn bytes cannot cost the next record; a failed fsync or a cut-back that
+fails marks the journal *broken*, and then the next append or :meth:`LeaseTable.sync` first
+rewrites the whole journal from the in-memory state (which holds every acknowledged lease) and
+raises while it cannot.  The server sends an ACK only after ``sync`` returned, so no ACK leaves
+for a lease that is not on disk, and the journal heals by itself once the disk has room again.
+
 Offers are kept in memory only: they are tentative (RFC 2131 §4.3.1) and expire after
 ``offer_time`` seconds, or earlier when the pool runs dry (the oldest offer is reclaimed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -30,8 +40,19 @@ EVENT_DECLINED = "declined"
 COMPACT_MIN = 10_000  # journal records appended before a rewrite is considered
 
 
+# Every record is a sort_keys JSON object, so it starts with this.
+_RECORD_START = b'{"'
+
+
 class LeaseFileError(OSError):
-    """The lease journal cannot be read or written (names the file)."""
+    """The lease journal cannot be read or written (names the file and the errno)."""
+
+
+def _error(path: Path, what: str, e: OSError) -> LeaseFileError:
+    code = errno.errorcode.get(e.errno or 0, str(e.errno))
+    err = LeaseFileError(f"lease file {path}: {what}: {code} ({e.strerror or e})")
+    err.errno = e.errno
+    return err
 
 
 @dataclass(slots=True)
@@ -53,7 +74,9 @@ class LeaseTable:
     """In-memory lease state plus the optional journal at ``path`` (None = memory only)."""
 
     def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time,
-                 offer_time: float = 60.0) -> None:
+                 offer_time: float = 60.0,
+                 write: Callable[[int, memoryview], int] = os.write,
+                 fsync: Callable[[int], None] = os.fsync) -> None:
         self.path = path
         self.clock = clock
         self.offer_time = offer_time
@@ -65,6 +88,11 @@ class LeaseTable:
         self.skipped_lines: list[int] = []
         self._fh: int | None = None
         self._appended = 0
+        self._good = 0  # journal size up to the end of the last complete record
+        self._broken = False
+        # os.write / os.fsync; tests inject failing ones (a full disk is also tested for real)
+        self._write = write
+        self._fsync = fsync
         # deferred_sync: appends are not fsync'ed one by one; the owner calls sync() before it
         # sends any reply that depends on them.
         self.deferred_sync = False
@@ -72,13 +100,36 @@ class LeaseTable:
 
     # --- journal ---
     def open(self) -> None:
-        """Replay and compact the journal, then open it for appending."""
+        """Replay and compact the journal, then open it for appending.
+
+        A compaction that fails (disk full) is not fatal: the journal is then kept as it is, cut
+        back to its last complete line, and appended to; the next failure-free rewrite happens
+        when the journal has grown (or after an append fails)."""
         if self.path is None:
             return
         try:
             raw = self.path.read_bytes() if self.path.exists() else b""
         except OSError as e:
-            raise LeaseFileError(f"lease file {self.path}: cannot read: {e}") from e
+            raise _error(self.path, "cannot read", e) from e
+        self._replay(raw)
+        try:
+            self._compact()
+        except LeaseFileError as e:
+            log.error("%s; appending to the journal as it is (cut back to its last complete"
+                      " line) and rewriting it later", e)
+            self._open_append()
+            complete = raw.rfind(b"\n") + 1
+            if complete != len(raw):
+                try:
+                    os.ftruncate(self._require_fh(), complete)
+                except OSError as e2:
+                    raise _error(self.path, "cannot cut off its torn last line", e2) from e2
+            self._good = complete
+            return
+        self._open_append()
+
+    def _replay(self, raw: bytes) -> None:
+        assert self.path is not None
         lines = raw.split(b"\n")
         torn_tail = bool(lines and lines[-1])  # no newline after the last record
         for no, line in enumerate(lines, 1):
@@ -93,20 +144,50 @@ class LeaseTable:
                 if last and torn_tail:
                     log.warning("lease file %s: torn last line %d skipped (%s): %r",
                                 self.path, no, e, line[:80])
-                else:
-                    log.warning("lease file %s: bad line %d skipped (%s): %r",
-                                self.path, no, e, line[:80])
-        self._compact()
+                    continue
+                log.warning("lease file %s: bad line %d skipped (%s): %r",
+                            self.path, no, e, line[:80])
+                # A torn write followed by a good record on the same line (an append after a
+                # failed one, from a version that did not cut the file back): keep the record.
+                self._salvage(line, no)
+
+    def _salvage(self, line: bytes, no: int) -> None:
+        at = line.rfind(_RECORD_START)
+        if at <= 0:
+            return
+        try:
+            self._apply(json.loads(line[at:]))
+        except (ValueError, KeyError, TypeError):
+            return
+        log.warning("lease file %s: line %d: record after the torn bytes kept: %r",
+                    self.path, no, line[at:at + 80])
+
+    def _open_append(self) -> None:
+        assert self.path is not None
         try:
             self._fh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._good = os.fstat(self._fh).st_size
         except OSError as e:
-            raise LeaseFileError(f"lease file {self.path}: cannot open for append: {e}") from e
+            raise _error(self.path, "cannot open for append", e) from e
+
+    def _require_fh(self) -> int:
+        assert self._fh is not None
+        return self._fh
 
     def close(self) -> None:
         if self._fh is not None:
-            self.sync()
+            try:
+                self.sync()
+            except LeaseFileError as e:
+                log.error("%s (at close)", e)
             os.close(self._fh)
             self._fh = None
+
+    @property
+    def broken(self) -> bool:
+        """Whether the journal must be rewritten before anything else can be made durable (an
+        append or fsync failed and the file could not be cut back to its last good record)."""
+        return self._broken
 
     def _apply(self, rec: dict[str, object]) -> None:
         event = rec["event"]
@@ -128,7 +209,21 @@ class LeaseTable:
         else:
             raise ValueError(f"unknown event {event!r}")
 
+    def _write_all(self, fd: int, data: bytes) -> None:
+        """Write all of ``data`` or raise: a short write is retried, a write of 0 bytes is
+        ENOSPC (what a full file system does on the retry)."""
+        view = memoryview(data)
+        while view:
+            n = self._write(fd, view)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, f"short write: {len(data) - len(view)} of"
+                              f" {len(data)} bytes written")
+            view = view[n:]
+
     def _compact(self) -> None:
+        """Rewrite the journal from the in-memory state: temporary file, fsync, rename, fsync
+        of the directory.  On failure the temporary file is removed (it may be what fills the
+        disk) and the old journal stays in place."""
         assert self.path is not None
         now = self.clock()
         recs = [{"event": EVENT_BOUND, "mac": ls.mac, "ip": ls.ip, "expires": ls.expires,
@@ -141,57 +236,107 @@ class LeaseTable:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, data)
-                os.fsync(fd)
+                self._write_all(fd, data)
+                self._fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
-                os.fsync(dfd)
+                self._fsync(dfd)
             finally:
                 os.close(dfd)
         except OSError as e:
-            raise LeaseFileError(f"lease file {self.path}: cannot rewrite: {e}") from e
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _error(self.path, f"cannot rewrite ({len(recs)} records)", e) from e
+
+    def _rewrite(self) -> None:
+        """Compact the journal and reopen it (the old descriptor points at the replaced file).
+        Raises :class:`LeaseFileError` and leaves the old descriptor in place on failure."""
+        self._compact()
+        if self._fh is not None:
+            os.close(self._fh)
+            self._fh = None
+        self._broken = True  # until the new file is open
+        self._open_append()
+        self._appended = 0
+        self._broken = False
+        self.dirty = False
+
+    def _recover(self) -> None:
+        """Make the journal whole again after a failed append or fsync: rewrite it from the
+        in-memory state (which holds every acknowledged lease)."""
+        assert self.path is not None
+        self._rewrite()
+        log.warning("lease file %s: journal rewritten after the earlier write failure;"
+                    " leases are durable again", self.path)
 
     def _journal(self, rec: dict[str, object]) -> None:
-        if self._fh is None:
+        if self.path is None:
             return
+        if self._broken or self._fh is None:
+            self._recover()
+        fd = self._require_fh()
         line = (json.dumps(rec, sort_keys=True) + "\n").encode()
         try:
-            os.write(self._fh, line)
-            if not self.deferred_sync:
-                os.fsync(self._fh)
-            else:
-                self.dirty = True
+            self._write_all(fd, line)
         except OSError as e:
-            raise LeaseFileError(f"lease file {self.path}: cannot append: {e}") from e
+            self._cut_back(fd)
+            raise _error(self.path, f"cannot append a {len(line)}-byte record", e) from e
+        self._good += len(line)
         self._appended += 1
+        if self.deferred_sync:
+            self.dirty = True
+            return
+        try:
+            self._fsync(fd)
+        except OSError as e:
+            self._broken = True  # after a failed fsync the page cache state is unknown
+            raise _error(self.path, "cannot fsync", e) from e
+
+    def _cut_back(self, fd: int) -> None:
+        """After a failed or short append: cut the file back to its last complete record, so
+        the torn bytes cannot glue themselves to the next record."""
+        try:
+            os.ftruncate(fd, self._good)
+        except OSError as e:
+            self._broken = True
+            log.error("lease file %s: cannot cut back to %d bytes after a failed append: %s;"
+                      " the journal will be rewritten before the next record", self.path,
+                      self._good, e)
 
     def sync(self) -> None:
-        """fsync the journal if records were appended since the last sync (group commit: the
-        server handles a batch of packets, syncs once, then sends the batch's ACKs)."""
+        """Make every record appended so far durable, or raise :class:`LeaseFileError` (group
+        commit: the server handles a batch of packets, syncs once, then sends the batch's ACKs).
+        A journal broken by an earlier failure is rewritten whole first."""
+        if self.path is None:
+            return
+        if self._broken:
+            self._recover()
+            return
         if not self.dirty or self._fh is None:
             self.dirty = False
             return
         try:
-            os.fsync(self._fh)
+            self._fsync(self._fh)
         except OSError as e:
-            raise LeaseFileError(f"lease file {self.path}: cannot fsync: {e}") from e
+            self._broken = True  # a later fsync may report success for lost pages
+            raise _error(self.path, "cannot fsync", e) from e
         self.dirty = False
 
     def _maybe_compact(self) -> None:
         """Rewrite the journal when it has grown to several times the live state (called after
-        the state change that was journaled, so the rewrite includes it)."""
+        the state change that was journaled, so the rewrite includes it).  A failed rewrite is
+        logged and retried after another COMPACT_MIN records; appends go on meanwhile."""
         if self._fh is None or self._appended <= max(COMPACT_MIN, 4 * len(self.by_mac)):
             return
-        assert self.path is not None
-        self.sync()
-        os.close(self._fh)
-        self._fh = None
-        self._compact()
-        self._fh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._appended = 0
+        try:
+            self.sync()
+            self._rewrite()
+        except LeaseFileError as e:
+            log.error("%s; compaction postponed", e)
+            self._appended = 0
 
     # --- state ---
     def _bind(self, lease: Lease) -> None:

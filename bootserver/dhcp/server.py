@@ -66,7 +66,7 @@ from bootserver.dhcp import options as o
 from bootserver.dhcp.codec import DhcpPacket
 from bootserver.dhcp.leases import LeaseFileError, LeaseTable
 from bootserver.dhcp.pool import Pool, PoolConfig
-from bootserver.machine import BootFile, Machine
+from bootserver.machine import BootFile, Machine, arch_from_vendor_class
 
 log = logging.getLogger("bootserver.dhcp")
 
@@ -341,9 +341,10 @@ class DhcpServer:
         try:
             self.leases.sync()
             durable = True
-        except LeaseFileError:
-            log.exception("dhcp: lease journal not durable: holding back %d ACK(s)",
-                          sum(1 for r, _ in pending if r.durable))
+        except LeaseFileError as e:
+            held = [_safe_mac(d) for r, d in pending if r.durable]
+            log.error("dhcp: %s: NOT acknowledging %d REQUEST(s) (no ACK for a lease that is"
+                      " not on disk; the clients retransmit): %s", e, len(held), " ".join(held))
             durable = False
         for reply, data in pending:
             if reply.durable and not durable:
@@ -368,7 +369,15 @@ class DhcpServer:
         :meth:`_flush` syncs a whole batch before sending."""
         reply = self._handle(data, src, port)
         if not self._in_loop:
-            self.leases.sync()
+            try:
+                self.leases.sync()
+            except LeaseFileError as e:
+                if reply is None or not reply.durable:
+                    log.error("dhcp: %s", e)
+                    return reply
+                log.error("dhcp: %s: NOT acknowledging the REQUEST from %s", e, _safe_mac(data))
+                self.stats.errors += 1
+                return None
         return reply
 
     def _handle(self, data: bytes, src: tuple[str, int], port: int) -> Reply | None:
@@ -392,6 +401,8 @@ class DhcpServer:
         classes = pkt.user_classes
         user = "iPXE" if "iPXE" in classes else (classes[0] if classes else None)
         arch = pkt.client_arch
+        if arch is None:  # RFC 4578 §2.1 option 93 missing: "PXEClient:Arch:00007:..." says it
+            arch = arch_from_vendor_class(vendor)
         pxe = (o.is_pxe_vendor_class(vendor) or o.is_http_vendor_class(vendor)
                or user == "iPXE")
         ip = None if pkt.ciaddr == codec.ZERO_IP else pkt.ciaddr
@@ -422,15 +433,45 @@ class DhcpServer:
         r.options[o.SERVER_ID] = self._server_id
         return r
 
-    def _encode(self, ctx: _Ctx, r: DhcpPacket) -> bytes:
+    def _encode(self, ctx: _Ctx, r: DhcpPacket) -> bytes | None:
         client_id = ctx.pkt.options.get(o.CLIENT_ID)
         if client_id is not None:  # RFC 6842: OFFER, ACK and NAK carry it back
             r.options[o.CLIENT_ID] = client_id
         relay = ctx.pkt.options.get(o.RELAY_AGENT_INFO)
         if relay is not None:  # RFC 3046 §2.2: echo it back
             r.options[o.RELAY_AGENT_INFO] = relay
-        size = o.client_max_message_size(ctx.pkt.options.get(o.MAX_MESSAGE_SIZE))
-        return codec.encode(r, max_size=size, requested=ctx.requested)
+        size = min(o.client_max_message_size(ctx.pkt.options.get(o.MAX_MESSAGE_SIZE)),
+                   codec.MAX_PACKET_SIZE)  # never more than one Ethernet frame
+        try:  # the codec overloads file/sname (option 52) when they are unused
+            return codec.encode(r, max_size=size, requested=ctx.requested)
+        except codec.OptionsTooLarge as e:
+            too_large = e
+        dropped: list[int] = []
+        saved = dict(r.options)
+        for code in drop_order(r, ctx.requested):
+            del r.options[code]
+            dropped.append(code)
+            try:
+                data = codec.encode(r, max_size=size, requested=ctx.requested)
+            except codec.OptionsTooLarge:
+                continue
+            # the last drop may have made room for some dropped before it: take back what fits,
+            # the most important first
+            for back in reversed(dropped[:-1]):
+                r.options[back] = saved[back]
+                try:
+                    data = codec.encode(r, max_size=size, requested=ctx.requested)
+                    dropped.remove(back)
+                except codec.OptionsTooLarge:
+                    del r.options[back]
+            log.warning("dhcp: reply to %s (xid %#x) does not fit the client's %d-byte limit even"
+                        " with option overload (%s): dropped option(s) %s", ctx.mac, ctx.pkt.xid,
+                        size, too_large, ", ".join(map(str, dropped)))
+            return data
+        log.error("dhcp: reply to %s (xid %#x) does not fit the client's %d-byte limit even"
+                  " without options %s (echoed option 61 included): not sent (%s)", ctx.mac,
+                  ctx.pkt.xid, size, ", ".join(map(str, dropped)), too_large)
+        return None
 
     def _dest(self, ctx: _Ctx, mt: o.MessageType) -> tuple[str, int]:
         req = ctx.pkt
@@ -486,8 +527,11 @@ class DhcpServer:
         return siaddr, name if len(name) < codec.FILE_SIZE else b"", opts
 
     def _send(self, ctx: _Ctx, r: DhcpPacket, mt: o.MessageType, what: str,
-              via_pxe: bool = False, dest: tuple[str, int] | None = None) -> Reply:
+              via_pxe: bool = False, dest: tuple[str, int] | None = None) -> Reply | None:
         data = self._encode(ctx, r)
+        if data is None:
+            self.stats.errors += 1
+            return None
         addr = dest or self._dest(ctx, mt)
         full_offer = mt == _OFFER and self.config.mode == "full"
         if log.isEnabledFor(logging.DEBUG if full_offer else logging.INFO):
@@ -625,7 +669,7 @@ class DhcpServer:
         ls = self.leases.lease_of(ctx.mac)
         return True, ls.hostname if ls is not None and ls.ip == ip else None
 
-    def _nak(self, ctx: _Ctx, why: str) -> Reply:
+    def _nak(self, ctx: _Ctx, why: str) -> Reply | None:
         self._seen(ctx)
         r = self._reply(ctx, _NAK)
         r.options[o.MESSAGE] = why.encode()
@@ -649,7 +693,13 @@ class DhcpServer:
             self._boot(ctx, r)
             return self._send(ctx, r, _ACK, f"(inform {pkt.ciaddr})")
         if mt == _RELEASE:
-            if self.leases.release(ctx.mac, pkt.ciaddr):
+            try:
+                released = self.leases.release(ctx.mac, pkt.ciaddr)
+            except LeaseFileError as e:
+                log.error("dhcp: %s: RELEASE of %s from %s not recorded (the lease stays"
+                          " bound)", e, pkt.ciaddr, ctx.mac)
+                return None
+            if released:
                 log.info("dhcp: RELEASE from %s: %s released", ctx.mac, pkt.ciaddr)
             else:
                 self._ignore(pkt, f"RELEASE of {pkt.ciaddr}, not its lease", logging.INFO)
@@ -659,7 +709,11 @@ class DhcpServer:
                 pkt.options.get(o.REQUESTED_IP, b"")) == 4 else None
             if ip is None or not pool.contains(ip):
                 return self._ignore(pkt, "DECLINE without a usable option 50", logging.INFO)
-            self.leases.decline(ctx.mac, ip, self.config.decline_time)
+            try:
+                self.leases.decline(ctx.mac, ip, self.config.decline_time)
+            except LeaseFileError as e:
+                log.error("dhcp: %s: DECLINE of %s from %s not recorded", e, ip, ctx.mac)
+                return None
             log.warning("dhcp: DECLINE from %s: %s is in use by someone else; held %ds",
                         ctx.mac, ip, self.config.decline_time)
             return None
@@ -707,14 +761,57 @@ class DhcpServer:
         if not ok:
             return self._nak(ctx, f"{ip} is not available to {ctx.mac}")
         lease_time = self._lease_time(pool)
-        self.leases.bind(ctx.mac, ip, lease_time, hostname)  # journal fsync'ed before the ACK
+        try:
+            self.leases.bind(ctx.mac, ip, lease_time, hostname)  # journal synced before the ACK
+        except LeaseFileError as e:
+            # No ACK for a lease that is not on disk.  Silence, not a NAK: a NAK tells the
+            # client its address is wrong (RFC 2131 §4.3.2), so a RENEWING client would drop a
+            # valid address and restart from INIT; silence makes it retransmit (§4.1) and keep
+            # its address until T2/expiry, and the retransmission succeeds once the journal
+            # can be written again.
+            self.stats.errors += 1
+            log.error("dhcp: %s: NOT acknowledging %s for %s (xid %#x)", e, ip, ctx.mac,
+                      pkt.xid)
+            return None
         r = self._reply(ctx, _ACK, ip)
         ctx.machine = Machine(ctx.mac, ctx.machine.arch, ctx.machine.user_class,
                               ctx.machine.vendor_class, ip)
         self._net_options(r, pool, hostname, lease_time)
         bf = self._boot(ctx, r)
         reply = self._send(ctx, r, _ACK, ip + (f" boot {bf.filename}" if bf else ""))
-        return dataclasses.replace(reply, durable=True)
+        return None if reply is None else dataclasses.replace(reply, durable=True)
+
+
+# Never dropped to make a reply fit: the message type and server identifier (RFC 2131 table 3
+# MUST), the lease time of an OFFER/ACK (MUST), and the relay agent information (RFC 3046 §2.2:
+# the relay needs it to forward the reply).
+_KEEP = frozenset((o.MESSAGE_TYPE, o.SERVER_ID, o.LEASE_TIME, o.RELAY_AGENT_INFO))
+# What a PXE client needs to boot: dropped after every other optional option.
+_BOOT = (o.TFTP_SERVER_NAME, o.BOOTFILE_NAME, o.VENDOR_SPECIFIC, o.VENDOR_CLASS)
+
+
+def drop_order(r: DhcpPacket, requested: Sequence[int] = ()) -> list[int]:
+    """The options of reply ``r`` in the order they are given up when it does not fit the
+    client's maximum message size even with option overload:
+
+    1. copies: option 67 equal to the ``file`` field, option 66 equal to ``siaddr``;
+    2. options the client did not ask for (option 55), last-added first;
+    3. options it asked for, its least wanted (last in option 55) first;
+    4. the boot information (66, 67, 43, 60);
+    5. the echoed client identifier (option 61, RFC 6842) last of all.
+    Never: 53, 54, 51 and 82 (``_KEEP``)."""
+    opts = r.options
+    first: list[int] = []
+    if opts.get(o.BOOTFILE_NAME) and opts[o.BOOTFILE_NAME] == r.file:
+        first.append(o.BOOTFILE_NAME)
+    if opts.get(o.TFTP_SERVER_NAME) == r.siaddr.encode() and r.siaddr != codec.ZERO_IP:
+        first.append(o.TFTP_SERVER_NAME)
+    late = set(_KEEP) | set(_BOOT) | {o.CLIENT_ID} | set(first)
+    asked = [c for c in dict.fromkeys(requested) if c in opts and c not in late]
+    unasked = [c for c in reversed(list(opts)) if c not in late and c not in asked]
+    boot = [c for c in _BOOT if c in opts and c not in first]
+    tail = [o.CLIENT_ID] if o.CLIENT_ID in opts else []
+    return first + unasked + list(reversed(asked)) + boot + tail
 
 
 def _with_defaults(p: PoolConfig, c: DhcpConfig) -> PoolConfig:

@@ -1,10 +1,12 @@
-"""bootserver.dhcp.DhcpServer on real sockets in network namespaces.
+"""bootserver.dhcp.DhcpServer on real sockets in network namespaces, with the real policy.
 
 The server runs in this process, in a thread: its sockets are created while this thread has
 entered the server's namespace (setns), and a socket stays in the namespace it was created in.
-Clients: scapy (as a DHCP client on a raw interface, conf.checkIPaddr=False) and busybox udhcpc
-in a subprocess inside the client namespace, plain UDP sockets created the same setns way, and
-dnsmasq as the real address-handing DHCP server next to our ProxyDHCP.
+Its policy is hcboot's own (bootserver.policy.Policy over a real inventory file, an image store
+with a published image, and the seen-machines store), so boot files are what hcboot would hand
+out.  Clients: scapy (as a DHCP client on a raw interface, conf.checkIPaddr=False) and busybox
+udhcpc in a subprocess inside the client namespace, plain UDP sockets created the same setns way,
+and dnsmasq as the real address-handing DHCP server next to our ProxyDHCP.
 
 Topologies use 192.0.2.0/24 and 198.51.100.0/24 inside throw-away namespaces only.
 """
@@ -12,7 +14,6 @@ Topologies use 192.0.2.0/24 and 198.51.100.0/24 inside throw-away namespaces onl
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -36,52 +37,52 @@ from bootserver.dhcp.leases import LeaseTable
 from bootserver.dhcp.options import MessageType as MT
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
+from bootserver.inventory import Inventory, InventoryFile, InventoryWatcher
 from bootserver.machine import BootFile, Machine
+from bootserver.policy import Policy, PolicyConfig
+from bootserver.seen import SeenStore
+from builder.manifest import BootInfo, ImageStore
+from tests.support.dhcp import UdpClient, entered, req
+from tests.support.images import publish
 from tests.support.netns import Lab, Netns, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SRV_IP = "192.0.2.1"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+ROLE = "hnode"
+UEFI_LOADER = "ipxe.efi"  # PolicyConfig's default --efi-binary
+POISON = "52:54:00:de:ad:00"
 
 
-@contextlib.contextmanager
-def entered(ns: Netns) -> Iterator[None]:
-    """Run the body with this thread in ``ns`` (sockets made here stay in ``ns``)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {ns.name}")
-        yield
-    finally:
-        if _libc.setns(own, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns back")
-        os.close(own)
-        os.close(target)
+class BootPolicy(Policy):
+    """hcboot's policy (inventory default_role ``hnode``, a published ``hnode`` image), except
+    that one MAC makes ``boot_file`` raise: the real policy cannot be made to fail on demand, and
+    the server's handling of a failing policy is what that MAC tests."""
 
-
-class BootPolicy:
-    """In-test policy: every PXE client boots undionly.kpxe; one MAC makes the policy raise."""
-
-    POISON = "52:54:00:de:ad:00"
-
-    def __init__(self, statics: dict[str, tuple[str, str | None]] | None = None) -> None:
-        self.statics = statics or {}
-        self.seen: list[Machine] = []
-
-    def static_address(self, mac: str) -> tuple[str, str | None] | None:
-        return self.statics.get(mac)
+    POISON = POISON
 
     def boot_file(self, machine: Machine) -> BootFile | None:
         if machine.mac == self.POISON:
             raise RuntimeError("policy exploded")
-        if machine.is_ipxe:
-            return BootFile(f"http://{SRV_IP}/boot/{machine.mac}.ipxe", "hnode")
-        return BootFile("undionly.kpxe", "hnode")
+        return super().boot_file(machine)
 
-    def record_seen(self, machine: Machine) -> None:
-        self.seen.append(machine)
+    def seen_arch(self, mac: str) -> int | None:
+        """The architecture the seen store recorded for ``mac`` (KeyError if never seen)."""
+        assert self.seen is not None
+        return {s.mac: s.arch for s in self.seen.all()}[mac]
+
+
+def real_policy(tmp: Path, server_ip: str = SRV_IP) -> BootPolicy:
+    images = tmp / "images"
+    if not (images / ROLE).exists():
+        publish(images, ROLE, {"kernel": b"K" * 4096, "initrd": b"I" * 8192},
+                BootInfo(cmdline="console=ttyS0"))
+    state = tmp / "state"
+    state.mkdir(exist_ok=True)
+    inv = InventoryFile(state, [ROLE])
+    with inv.edit() as box:
+        box[0] = Inventory(default_role=ROLE)  # every MAC boots hnode
+    return BootPolicy(PolicyConfig(server_ip), InventoryWatcher(inv), ImageStore(images),
+                      SeenStore(state))
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Running:
     extra: dict[str, Netns] = field(default_factory=dict)
 
 
-def start_server(ns: Netns, cfg: DhcpConfig, policy: BootPolicy) -> DhcpServer:
+def start_server(ns: Netns, cfg: DhcpConfig, policy: Policy) -> DhcpServer:
     srv = DhcpServer(cfg, policy)
     with entered(ns):
         srv.open()
@@ -118,62 +119,12 @@ def pair(tmp_path: Path) -> Iterator[Running]:
         srv, cli = lab.netns("srv"), lab.netns("cli")
         lab.veth(srv, "eth0", cli, "eth0")
         lab.addr(srv, "eth0", f"{SRV_IP}/24")
-        policy = BootPolicy()
+        policy = real_policy(tmp_path)
         server = start_server(srv, full_config(tmp_path), policy)
         try:
             yield Running(server, policy, lab, srv, cli, tmp_path)
         finally:
             server.stop()
-
-
-class UdpClient:
-    """A DHCP client socket on port ``port`` inside a namespace (replies arrive by broadcast)."""
-
-    def __init__(self, ns: Netns, ifname: str = "eth0", port: int = 68,
-                 bind: str = "0.0.0.0") -> None:
-        with entered(ns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            s.setsockopt(socket.SOL_SOCKET, 25, ifname.encode())  # SO_BINDTODEVICE
-            s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
-            s.bind((bind, port))
-        self.sock = s
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes, addr: tuple[str, int] = ("255.255.255.255", 67)) -> None:
-        self.sock.sendto(data, addr)
-
-    def recv(self, xid: int, timeout: float = 3.0) -> tuple[DhcpPacket, tuple[str, int]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no reply with xid {xid:#x}")
-            self.sock.settimeout(left)
-            data, src = self.sock.recvfrom(65536)
-            p = codec.decode(data)
-            if p.xid == xid and p.op == codec.BOOTREPLY:
-                return p, src
-
-    def exchange(self, data: bytes, xid: int,
-                 addr: tuple[str, int] = ("255.255.255.255", 67)) -> DhcpPacket:
-        self.send(data, addr)
-        return self.recv(xid)[0]
-
-
-def req(mt: MT, mac: str, xid: int, pxe: bool = True, options: dict[int, bytes] | None = None,
-        **fields: Any) -> bytes:
-    opts: dict[int, bytes] = {o.MESSAGE_TYPE: bytes((mt,))}
-    if pxe:
-        opts[o.VENDOR_CLASS] = b"PXEClient:Arch:00000:UNDI:002001"
-        opts[o.CLIENT_ARCH] = b"\x00\x00"
-    opts.update(options or {})
-    p = DhcpPacket(op=1, xid=xid, chaddr=bytes.fromhex(mac.replace(":", "")), flags=0x8000,
-                   options=opts, **fields)
-    return codec.encode(p, max_size=1472)
 
 
 SCAPY_DORA = r"""
@@ -223,7 +174,7 @@ def test_scapy_client_completes_dora(pair: Running) -> None:
     assert out["vendor"] == "PXEClient" and out["server_id"] == SRV_IP
     assert out["mask"] == "255.255.255.0" and out["lease"] == 600
     assert out["src"] == SRV_IP and out["dst"] == "255.255.255.255"
-    assert any(m.mac == mac and m.arch == 0 for m in pair.policy.seen)
+    assert pair.policy.seen_arch(mac) == 0
     journal = (pair.tmp / "leases.jsonl").read_text()
     assert mac in journal and "192.0.2.100" in journal
 
@@ -241,6 +192,30 @@ def test_busybox_udhcpc_gets_lease_and_boot_file(pair: Running) -> None:
     assert env["boot_file"] == "undionly.kpxe" and env["siaddr"] == SRV_IP
     assert env["serverid"] == SRV_IP and env["router"] == SRV_IP
     assert pair.server.leases.lease_of(pair.cli.mac("eth0")) is not None
+
+
+def test_busybox_udhcpc_uefi_with_254_byte_client_identifier(
+        pair: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """A real client with a legal 254-byte option 61 (which once made the reply too large and
+    vanish) that names its UEFI architecture in option 60 only (udhcpc sends no option 93): it
+    is bound, gets its identifier back, and the real policy gives it the UEFI loader."""
+    out = pair.tmp / "udhcpc-uefi.env"
+    script = pair.tmp / "udhcpc-uefi.sh"
+    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > {out}\nexit 0\n')
+    script.chmod(0o755)
+    cid = "00" + bytes(range(1, 254)).hex()
+    caplog.set_level(logging.INFO, logger="bootserver.dhcp")
+    pair.cli.run("busybox", "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-t", "3", "-T", "2",
+                 "-s", str(script), "-V", "PXEClient:Arch:00007:UNDI:003016",
+                 "-x", f"0x3d:{cid}", timeout=30)
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert env["ip"].startswith("192.0.2.1") and env["serverid"] == SRV_IP
+    assert env["boot_file"] == UEFI_LOADER
+    mac = pair.cli.mac("eth0")
+    assert pair.policy.seen_arch(mac) == 7
+    assert f"ACK {env['ip']} boot {UEFI_LOADER}" in caplog.text
+    lease = pair.server.leases.lease_of(mac)
+    assert lease is not None and lease.ip == env["ip"]
 
 
 def test_busybox_udhcpc_renews_by_unicast_then_releases(pair: Running,
@@ -360,7 +335,9 @@ def test_burst_of_1000_discovers_is_answered(pair: Running) -> None:
         for p in pkts:
             cli.send(p)
         got: set[int] = set()
-        cli.sock.settimeout(2.0)
+        # with the real policy every new PXE MAC is written to the seen store (fsync'ed) in the
+        # DHCP thread, and a batch of up to 64 replies leaves together: allow 10 s between them
+        cli.sock.settimeout(10.0)
         with contextlib.suppress(TimeoutError, socket.timeout):
             while len(got) < 1000:
                 data = cli.sock.recv(65536)
@@ -392,7 +369,7 @@ def test_burst_of_requests_all_acked_and_journaled(tmp_path: Path) -> None:
         lab.addr(srv, "eth0", f"{SRV_IP}/24")
         cfg = full_config(tmp_path)
         leases = CountingLeases(tmp_path / "leases.jsonl")
-        server = DhcpServer(cfg, BootPolicy(), leases=leases)
+        server = DhcpServer(cfg, real_policy(tmp_path), leases=leases)
         with entered(srv):
             server.open()
         server.start()
@@ -432,7 +409,7 @@ def test_relayed_request_answered_by_unicast_to_relay(tmp_path: Path) -> None:
         lab.veth(relay, "eth1", lan2, "eth0")
         lab.addr(relay, "eth1", "198.51.100.1/24")
         srv.run("ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.254")
-        server = start_server(srv, full_config(tmp_path), BootPolicy())
+        server = start_server(srv, full_config(tmp_path), real_policy(tmp_path))
         with entered(relay):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind(("0.0.0.0", 67))
@@ -470,15 +447,16 @@ import json, sys
 from scapy.all import conf, Ether, IP, UDP, BOOTP, DHCP, srp, srp1, mac2str
 conf.checkIPaddr = False
 conf.verb = 0
-iface, mac = sys.argv[1], sys.argv[2]
+iface, mac, with93 = sys.argv[1], sys.argv[2], sys.argv[3] == "93"
 def opts(pkt):
     return {k: (v.decode(errors="replace") if isinstance(v, bytes) else v)
             for k, v in (x for x in pkt[DHCP].options if isinstance(x, tuple))}
 base = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / IP(src="0.0.0.0", dst="255.255.255.255") / \
     UDP(sport=68, dport=67)
-boot = BOOTP(chaddr=mac2str(mac), xid=0x9E0, flags=0x8000)
-pxe = [("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003016"),
-       ("pxe_client_architecture", b"\x00\x07"), (97, b"\x00" + bytes(range(16)))]
+boot = BOOTP(chaddr=mac2str(mac), xid=0x9E0 + with93, flags=0x8000)
+pxe = [("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003016"), (97, b"\x00" + bytes(range(16)))]
+if with93:  # a UEFI x64 ROM; without it: firmware that names its architecture in option 60 only
+    pxe.append(("pxe_client_architecture", b"\x00\x07"))
 ans, _ = srp(base / boot / DHCP(options=[("message-type", "discover")] + pxe + ["end"]),
              iface=iface, timeout=4, multi=True)
 offers = []
@@ -514,24 +492,25 @@ def test_proxy_mode_next_to_dnsmasq(tmp_path: Path) -> None:
                              f"--dhcp-leasefile={tmp_path / 'dnsmasq.leases'}",
                              "--pid-file=", "--log-dhcp"], ns=dns, log=tmp_path / "dnsmasq.log")
         wait_for(lambda: "67" in dns.run("ss", "-uln").stdout, what="dnsmasq on :67")
-        policy = BootPolicy()
+        policy = real_policy(tmp_path)
         cfg = DhcpConfig(interface="eth0", server_ip=SRV_IP, mode="proxy")
         server = start_server(srv, cfg, policy)
         try:
             mac = cli.mac("eth0")
-            out = run_py(cli, SCAPY_PROXY, "eth0", mac)
-            offers = out["offers"]
-            assert isinstance(offers, list)
-            ours = [x for x in offers if x["src"] == SRV_IP]
-            theirs = [x for x in offers if x["src"] == "192.0.2.2"]
-            assert len(ours) == 1 and len(theirs) == 1, offers
-            p = ours[0]
-            assert p["yiaddr"] == "0.0.0.0" and p["type"] == 2 and p["server_id"] == SRV_IP
-            assert p["vendor"] == "PXEClient" and p["file"] == "undionly.kpxe"
-            assert p["siaddr"] == SRV_IP and p["opt43"] and p["opt97"]
-            assert 50 <= int(theirs[0]["yiaddr"].rsplit(".", 1)[1]) <= 60  # dnsmasq's range
-            assert out["ack_type"] == 5 and out["ack"] == theirs[0]["yiaddr"]
-            assert any(m.mac == mac and m.arch == 7 for m in policy.seen)
+            for with93 in ("93", "60-only"):
+                out = run_py(cli, SCAPY_PROXY, "eth0", mac, with93)
+                offers = out["offers"]
+                assert isinstance(offers, list)
+                ours = [x for x in offers if x["src"] == SRV_IP]
+                theirs = [x for x in offers if x["src"] == "192.0.2.2"]
+                assert len(ours) == 1 and len(theirs) == 1, offers
+                p = ours[0]
+                assert p["yiaddr"] == "0.0.0.0" and p["type"] == 2 and p["server_id"] == SRV_IP
+                assert p["vendor"] == "PXEClient" and p["file"] == UEFI_LOADER, (with93, p)
+                assert p["siaddr"] == SRV_IP and p["opt43"] and p["opt97"]
+                assert 50 <= int(theirs[0]["yiaddr"].rsplit(".", 1)[1]) <= 60  # dnsmasq's range
+                assert out["ack_type"] == 5 and out["ack"] == theirs[0]["yiaddr"]
+                assert policy.seen_arch(mac) == 7
             # the client now has its address: PXE boot server REQUEST on port 4011
             lab.addr(cli, "eth0", f"{out['ack']}/24")
             c = UdpClient(cli, port=68)
@@ -542,8 +521,17 @@ def test_proxy_mode_next_to_dnsmasq(tmp_path: Path) -> None:
                 ack, src = c.recv(0x4011)
                 assert src == (SRV_IP, 4011)
                 assert ack.message_type == MT.ACK and ack.yiaddr == "0.0.0.0"
-                assert ack.file == b"undionly.kpxe" and ack.siaddr == SRV_IP
+                assert ack.file == UEFI_LOADER.encode() and ack.siaddr == SRV_IP
                 assert ack.options[o.VENDOR_CLASS] == b"PXEClient"
+                # option 60 only (no 93): still the UEFI loader
+                c.send(req(MT.REQUEST, mac, 0x4013, pxe=False, ciaddr=str(out["ack"]), options={
+                    o.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016"}), (SRV_IP, 4011))
+                ack60, _ = c.recv(0x4013)
+                assert ack60.file == UEFI_LOADER.encode()
+                # a BIOS ROM gets the BIOS loader from the same policy
+                c.send(req(MT.REQUEST, mac, 0x4014, ciaddr=str(out["ack"])), (SRV_IP, 4011))
+                bios, _ = c.recv(0x4014)
+                assert bios.file == b"undionly.kpxe"
                 # iPXE's ProxyDHCP REQUEST (user class "iPXE") gets its HTTP script
                 c.send(req(MT.REQUEST, mac, 0x4012, ciaddr=str(out["ack"]), options={
                     o.USER_CLASS: b"iPXE"}), (SRV_IP, 4011))

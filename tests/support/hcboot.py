@@ -58,8 +58,9 @@ def set_exports(state: Path, *exports: Export) -> None:
 
 
 def start_hcboot(lab: Lab, ns: Netns, iface: str, server_ip: str, state: Path, images: Path,
-                 *extra: str, mode: str = "full", http_port: int = 80) -> Served:
-    log = state / "hcboot.log"
+                 *extra: str, mode: str = "full", http_port: int = 80,
+                 log: Path | None = None) -> Served:
+    log = log or state / "hcboot.log"
     state.mkdir(parents=True, exist_ok=True)
     argv = hcboot_argv(state, images, "-v", "serve", "--interface", iface, "--mode", mode,
                        "--http-port", str(http_port), *extra)
