@@ -22,7 +22,7 @@ import pytest
 
 from bootserver.dhcp import codec
 from bootserver.dhcp.options import MessageType as MT
-from builder.manifest import BootInfo
+from homecloud.core.manifest import BootInfo
 from tests.support.dhcp import UdpClient, init_reboot, req, selecting
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish

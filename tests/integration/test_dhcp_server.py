@@ -37,11 +37,12 @@ from bootserver.dhcp.leases import LeaseTable
 from bootserver.dhcp.options import MessageType as MT
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
-from bootserver.inventory import Inventory, InventoryFile, InventoryWatcher
 from bootserver.machine import BootFile, Machine
 from bootserver.policy import Policy, PolicyConfig
-from bootserver.seen import SeenStore
-from builder.manifest import BootInfo, ImageStore
+from homecloud.control.seen import SeenStore
+from homecloud.core.manifest import BootInfo, ImageStore
+from homecloud.inventory.protocol import update
+from homecloud.inventory.yamlfile import YamlFileStore
 from tests.support.dhcp import UdpClient, entered, req
 from tests.support.images import publish
 from tests.support.netns import Lab, Netns, wait_for
@@ -65,9 +66,10 @@ class BootPolicy(Policy):
             raise RuntimeError("policy exploded")
         return super().boot_file(machine)
 
+    seen: SeenStore
+
     def seen_arch(self, mac: str) -> int | None:
         """The architecture the seen store recorded for ``mac`` (KeyError if never seen)."""
-        assert self.seen is not None
         return {s.mac: s.arch for s in self.seen.all()}[mac]
 
 
@@ -78,11 +80,13 @@ def real_policy(tmp: Path, server_ip: str = SRV_IP) -> BootPolicy:
                 BootInfo(cmdline="console=ttyS0"))
     state = tmp / "state"
     state.mkdir(exist_ok=True)
-    inv = InventoryFile(state, [ROLE])
-    with inv.edit() as box:
-        box[0] = Inventory(default_role=ROLE)  # every MAC boots hnode
-    return BootPolicy(PolicyConfig(server_ip), InventoryWatcher(inv), ImageStore(images),
-                      SeenStore(state))
+    inv = YamlFileStore(state, [ROLE])
+    update(inv, lambda i: i.with_default_role(ROLE))  # every MAC boots hnode
+    seen = SeenStore(state)
+    pol = BootPolicy(PolicyConfig(server_ip), inv, ImageStore(images),
+                     lambda m: seen.record(m.mac, m.arch, m.vendor_class, m.user_class))
+    pol.seen = seen
+    return pol
 
 
 @dataclass

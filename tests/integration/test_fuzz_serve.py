@@ -24,7 +24,7 @@ import pytest
 
 from bootserver.dhcp import options as o
 from bootserver.dhcp.options import MessageType as MT
-from builder.manifest import BootInfo
+from homecloud.core.manifest import BootInfo
 from tests.support import mutate
 from tests.support.dhcp import UdpClient, entered, req
 from tests.support.hcboot import Served, start_hcboot
