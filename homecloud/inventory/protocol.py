@@ -19,6 +19,7 @@ tests/unit/test_inventory_contract.py check them):
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -63,7 +64,15 @@ def update(store: InventoryStore, change: Callable[[Inventory], Inventory],
     re-apply ``change``.
 
     ``change`` must be a pure function of the inventory it gets (it may run more than once) and
-    may raise to refuse the edit."""
+    may raise to refuse the edit.  A backend with a ``write_lock()`` (the YAML file) is held
+    across the whole read-change-write, so concurrent writers queue instead of retrying."""
+    hold = getattr(store, "write_lock", None)
+    with hold() if hold is not None else contextlib.nullcontext():
+        return _update(store, change, attempts)
+
+
+def _update(store: InventoryStore, change: Callable[[Inventory], Inventory],
+            attempts: int) -> Snapshot:
     for i in range(attempts):
         if i:
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** min(i, 6))))

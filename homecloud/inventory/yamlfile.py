@@ -10,11 +10,12 @@ was in force leaves the previous good inventory in force, with ``last_error`` na
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from homecloud.core.errors import InventoryError, RevisionConflict
@@ -41,6 +42,7 @@ class YamlFileStore:
         self.roles = tuple(roles) if roles is not None else None
         self.poll_interval = poll_interval
         self._lock = threading.Lock()
+        self._held = threading.local()
         self._sig: tuple[int, int, int, int] | None = None
         self._snap = Snapshot(Inventory(), "")
         self._loaded_once = False
@@ -60,15 +62,29 @@ class YamlFileStore:
         return self._error
 
     def snapshot(self) -> Snapshot:
-        if self._thread is None:
+        if self._thread is None or getattr(self._held, "on", False):
             self.refresh()
         return self._snap
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the file's write lock across a read-change-write (``protocol.update`` uses it
+        when a backend has it): writers in other processes wait instead of losing races."""
+        if getattr(self._held, "on", False):
+            yield
+            return
+        with locked(self.lock_path):
+            self._held.on = True
+            try:
+                yield
+            finally:
+                self._held.on = False
 
     def compare_and_set(self, expected: str, new: Inventory) -> Snapshot:
         text = to_yaml(new)
         # validate exactly as a reader would (duplicate MACs and IPs, unknown roles)
         parsed = parse_inventory(text, self.path, self.roles)
-        with locked(self.lock_path):
+        with self.write_lock():
             found = _revision(self._read_bytes())
             if found != expected:
                 raise RevisionConflict(str(self.path), expected or "(none)", found or "(none)")
