@@ -29,10 +29,11 @@ SERVER_CODE = r"""
 import cProfile, logging, pstats, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from bootserver.tftp import TftpServer
+from bootserver.tftp import TftpLimits, TftpServer
 logging.basicConfig(level=logging.WARNING)
 root, stopfile, out = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-s = TftpServer(root, "127.0.0.1", 6969)
+# every client is 127.0.0.1 here: no per-client cap
+s = TftpServer(root, "127.0.0.1", 6969, limits=TftpLimits(max_per_client=1000))
 pr = cProfile.Profile()
 orig = s._run
 def profiled():

@@ -9,8 +9,8 @@ kills its thread).  A profile of 100 clients then showed the per-block path spen
 in tftpy's objects (a packet object per ACK and per DATA, eight ``log.debug`` calls, a second
 ``read`` per block) than in the two system calls a block needs, it had no windowsize, and
 nothing bounded its sessions.  The server below has its own codec (``parse_request`` and
-friends, property-tested) and a per-block path of one ``recvfrom``, one ``preadv`` into a
-preallocated buffer and one ``sendto``; tftpy is no longer imported.
+friends, property-tested) and a per-block path of one ``recv``, one ``preadv`` into a
+preallocated buffer and one ``send``; tftpy is no longer imported.
 
 Path rule (``normalize_tftp_path``): the requested name must be printable ASCII without
 backslashes; leading ``/`` are stripped (PXE ROMs often send ``/pxelinux.0``) so *every* name is
@@ -24,9 +24,12 @@ check is refused too.  Only regular files are served.
 Modes: ``octet`` and ``netascii`` (any case) are accepted and both get the bytes unchanged (no
 CR/LF translation; PXE clients all use octet); any other mode is an Illegal operation error.
 Errors (RFC 1350 codes): 1 File not found, 2 Access violation (refused names, symlink escapes,
-uploads), 4 Illegal operation (malformed requests, bad modes), 5 Unknown transfer ID (a packet
-to a transfer's port from another address or port; the transfer goes on), 0 with a message for
-a resolver that raised and for a request over a session cap.  Requests over 2048 bytes are
+uploads), 4 Illegal operation (malformed requests, bad modes), 0 with a message for a resolver
+that raised and for a request over a session cap.  Each transfer has its own socket connected to
+the client's address and port: the kernel delivers nothing from another TID (so no error 5 goes
+out; RFC 1350 allows it: the error "can be done only if the TFTP in fact receives a packet with
+an incorrect TID", and tftp-hpa's server does the same), and an ICMP unreachable from a client
+that went away ends its session at once.  Requests over 2048 bytes are
 malformed (RFC 2347 caps them at 512); other opcodes on the request port are dropped and logged.
 Every log line names the client IP and the file.
 
@@ -50,7 +53,8 @@ session for at most ``timeout * (retries + 1)`` seconds.
 Caps (``TftpLimits``, ``hcboot serve --tftp-*``; docs/limits.md): at most ``max_sessions``
 transfers at once and ``max_per_client`` per client address.  At a cap the oldest *half-open*
 session (OACK or DATA 1 sent, never acknowledged: what a spoofed request leaves behind) of that
-scope is evicted to make room; if every session there has been acknowledged the request is
+scope is evicted to make room (at the per-client cap only one half-open for HALF_OPEN_GRACE
+seconds, so a client's own burst does not evict itself); if there is none the request is
 refused with error 0 and a message.  The request socket is drained at most ``REQUESTS_PER_ROUND``
 requests per poll round, so a flood cannot starve running transfers or evict a new session
 before its first ACK is read.  Cap events are logged, at most once a second with a count.
@@ -97,6 +101,7 @@ WINDOW_BYTES = 128 * 1024  # a window never holds more data than this (socket se
 MAX_SESSIONS = 256  # transfers at once
 MAX_PER_CLIENT = 8  # transfers at once from one client address
 REQUESTS_PER_ROUND = 64  # requests read from the request port per poll round
+HALF_OPEN_GRACE = 0.5  # seconds a half-open session is safe from eviction at a per-client cap
 
 # TFTP opcodes and error codes (RFC 1350, RFC 2347)
 OP_RRQ, OP_WRQ, OP_DATA, OP_ACK, OP_ERROR, OP_OACK = 1, 2, 3, 4, 5, 6
@@ -106,6 +111,10 @@ ERR_ACCESS = 2
 ERR_ILLEGAL = 4
 ERR_UNKNOWN_TID = 5
 ERR_OPTIONS = 8
+# send/recv errors on a connected session socket that mean the client is not there (an ICMP
+# port or host unreachable came back)
+_PEER_GONE = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                        errno.EHOSTDOWN))
 
 
 class TftpPathError(ValueError):
@@ -675,13 +684,17 @@ class TftpServer:
         the request was refused at a cap (an error has been sent)."""
         lim = self.limits
         if self._per_client.get(host, 0) >= lim.max_per_client:
-            victim = next((s for s in self._half_open.values() if s.host == host), None)
+            # only a session half-open for a while: a client's own requests in one burst (or
+            # behind one NAT) must not evict each other before their first ACK is read
+            young = time.monotonic() - HALF_OPEN_GRACE
+            victim = next((s for s in self._half_open.values()
+                           if s.host == host and s.started <= young), None)
             if victim is None:
                 self.counters["refused_client"] += 1
                 self._ratelog("refused_client", logging.WARNING,
-                              "TFTP %s:%d: per-client cap reached (%d transfers from %s, all "
-                              "acknowledged): request refused", host, port, lim.max_per_client,
-                              host)
+                              "TFTP %s:%d: per-client cap reached (%d transfers from %s, none "
+                              "half-open for %g s): request refused", host, port,
+                              lim.max_per_client, host, HALF_OPEN_GRACE)
                 self._reply_error(host, port, ERR_UNDEFINED,
                                   f"too many transfers from {host} (max {lim.max_per_client})")
                 return False
@@ -728,6 +741,7 @@ class TftpServer:
             return
         try:
             sock.bind((self.bind_ip if self.bind_ip not in ("", "0.0.0.0") else "", 0))
+            sock.connect((host, port))
             sock.setblocking(False)
             window = accepted.get("windowsize", 1)
             blksize = accepted.get("blksize", DEFAULT_BLKSIZE)
@@ -765,7 +779,7 @@ class TftpServer:
     # -- transfers ---------------------------------------------------------------------------
     def _send_quiet(self, s: _Session, pkt: bytes) -> None:
         try:
-            s.sock.sendto(pkt, s.peer)
+            s.sock.send(pkt)
         except OSError as e:  # a lost packet: the retransmission timer covers it
             log.debug("TFTP %s: send failed: %s", s, e)
 
@@ -774,7 +788,7 @@ class TftpServer:
         first = s.acked + 1
         last = min(s.acked + s.window, s.last_block)
         blksize, buf, view, payload = s.blksize, s.buf, s.view, s.payload
-        sendto, peer, filefd = s.sock.sendto, s.peer, s.filefd
+        send, filefd = s.sock.send, s.filefd
         for block in range(first, last + 1):
             try:
                 n = os.preadv(filefd, payload, (block - 1) * blksize)
@@ -784,45 +798,68 @@ class TftpServer:
             buf[2] = (block >> 8) & 0xFF
             buf[3] = block & 0xFF
             try:
-                sendto(view[:4 + n], peer)
+                send(view[:4 + n])
             except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
-                    log.debug("TFTP %s: send of block %d failed: %s", s, block, e)
-                break  # lost; resent when the timer runs out
+                if e.errno in _PEER_GONE:
+                    self._end(s, f"client gone ({e.strerror})")
+                    return
+                log.debug("TFTP %s: send of block %d failed: %s", s, block, e)
+                break  # lost (EAGAIN, ENOBUFS...): resent when the timer runs out
         s.sent = max(s.sent, last)
         s.deadline = now + s.timeout
 
     def _on_session(self, s: _Session, now: float) -> None:
-        sock = s.sock
-        for _ in range(8):
-            try:
-                buf, addr = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.debug("TFTP %s: recvfrom: %s", s, e)
-                return
-            if addr != s.peer:
-                # RFC 1350: a packet from another TID gets an error; the transfer goes on
-                self._ratelog("tid", logging.WARNING,
-                              "TFTP %s: packet from unknown TID %s:%d answered with an error",
-                              s, addr[0], addr[1])
-                with contextlib.suppress(OSError):
-                    sock.sendto(encode_error(ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
-                continue
-            if len(buf) >= 4 and buf[0] == 0 and buf[1] == OP_ACK:
-                self._on_ack(s, (buf[2] << 8) | buf[3], now)
-                if s.done:
-                    return
-            elif len(buf) >= 4 and buf[0] == 0 and buf[1] == OP_ERROR:
-                code, msg = parse_error(buf)
-                self._end(s, f"client sent error {code} {msg[:80]!r}",
-                          aborted=s.acked < 0)  # after an OACK: a tsize probe (pxelinux)
-                return
+        # One datagram per readiness event: in lock-step (and per window) the next ACK is not
+        # there yet, and epoll is level-triggered.  The socket is connected to the client's
+        # address and port, so the kernel delivers nothing from any other TID (RFC 1350: the
+        # error for a foreign TID "can be done only if the TFTP in fact receives" the packet;
+        # tftp-hpa does the same) and reports an ICMP unreachable as ECONNREFUSED.
+        try:
+            buf = s.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in _PEER_GONE:
+                self._end(s, f"client gone ({e.strerror})", expired=not s.established)
             else:
-                self._ratelog("junk", logging.WARNING,
-                              "TFTP %s: dropped %d-byte packet %r (expected ACK or ERROR)",
-                              s, len(buf), buf[:8])
+                log.debug("TFTP %s: recv: %s", s, e)
+            return
+        if len(buf) >= 4 and buf[1] == OP_ACK and buf[0] == 0:
+            number = (buf[2] << 8) | buf[3]
+            sent = s.sent
+            if s.window == 1 and number == (sent & 0xFFFF) and sent > s.acked > 0:
+                # the lock-step fast path: the ACK of the one block in flight
+                s.acked = sent
+                s.tries = 0
+                if sent >= s.last_block:
+                    self._end(s, "")
+                    return
+                block = sent + 1
+                try:
+                    n = os.preadv(s.filefd, s.payload, sent * s.blksize)
+                except OSError as e:
+                    self._fail(s, ERR_UNDEFINED, "read error", f"read error at block {block}: {e}")
+                    return
+                b = s.buf
+                b[2] = (block >> 8) & 0xFF
+                b[3] = block & 0xFF
+                s.sent = block
+                s.deadline = now + s.timeout
+                try:
+                    s.sock.send(s.view[:4 + n])
+                except OSError as e:
+                    if e.errno in _PEER_GONE:
+                        self._end(s, f"client gone ({e.strerror})")
+                return
+            self._on_ack(s, number, now)
+        elif len(buf) >= 4 and buf[1] == OP_ERROR and buf[0] == 0:
+            code, msg = parse_error(buf)
+            self._end(s, f"client sent error {code} {msg[:80]!r}",
+                      aborted=s.acked < 0)  # after an OACK: a tsize probe (pxelinux)
+        else:
+            self._ratelog("junk", logging.WARNING,
+                          "TFTP %s: dropped %d-byte packet %r (expected ACK or ERROR)",
+                          s, len(buf), buf[:8])
 
     def _on_ack(self, s: _Session, number: int, now: float) -> None:
         block = s.acked + ((number - s.acked) & 0xFFFF)  # the absolute block it names
