@@ -232,6 +232,12 @@ def dhcp_swarm(ns: str, ifname: str, n: int, t: Templates, xid_base: int) -> Dhc
 
 # ------------------------------------------------------------------ fetch swarm
 
+def machine_idle() -> tuple[float, float]:
+    """(idle + iowait, total) jiffies of the whole machine from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return f[3] + f[4], sum(f[:8])
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its reaped children (all threads)."""
     try:
@@ -367,6 +373,7 @@ class Round:
     failures: list[str]
     client_median_s: float
     server_cpu_s: float
+    idle_pct: float  # of the whole machine during the fetch
 
 
 def one_round(world: World, variant: str, index: int, t: Templates, n: int, sizes: list[int],
@@ -375,14 +382,17 @@ def one_round(world: World, variant: str, index: int, t: Templates, n: int, size
     rdir = work / f"{variant}-{index}"
     rdir.mkdir(parents=True)
     cpu0 = cpu_seconds(world.server_pid)
+    idle0 = machine_idle()
     tftp = variant.endswith("tftp")
     f = fetch_swarm(world.client, "eth0", d.leases, world.urls[variant], sizes, tftp=tftp,
                     workdir=rdir, timeout=tftp_timeout if tftp else HTTP_TIMEOUT_S)
     cpu = cpu_seconds(world.server_pid) - cpu0
+    idle1 = machine_idle()
+    idle = 100.0 * (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
     failures = [f"client {i}: no DHCP ACK after {TRIES} tries" for i in d.failed] + f.failures
     return Round(variant, index, d.seconds, len(d.failed), d.retransmits, f.seconds,
                  f.bytes_ok / f.seconds / 1e6 if f.seconds > 0 else 0.0, failures,
-                 median(f.per_client_s), cpu)
+                 median(f.per_client_s), cpu, idle)
 
 
 def main() -> int:
@@ -429,6 +439,7 @@ def main() -> int:
                               f"fetch {rd.fetch_s:6.2f} s = {rd.mbps:6.1f} MB/s aggregate, "
                               f"client median {rd.client_median_s:5.2f} s, "
                               f"server CPU {rd.server_cpu_s:5.2f} s, "
+                              f"machine idle {rd.idle_pct:4.1f}%, "
                               f"failures {len(rd.failures)}", flush=True)
                         for msg in rd.failures[:5]:
                             print(f"    {msg}")
@@ -447,6 +458,7 @@ def main() -> int:
             "failures": sum(len(x.failures) for x in rs),
             "failure_samples": [m for x in rs for m in x.failures][:10],
             "server_cpu_s_per_gb": median([x.server_cpu_s / (total_bytes / 1e9) for x in rs]),
+            "machine_idle_pct": [round(x.idle_pct, 1) for x in rs],
         }
     dmb = summary["dnsmasq-tftp"]["mbps_median"]
     # each hcboot variant against dnsmasq's TFTP in the same run: 0 failures and >= its MB/s

@@ -101,6 +101,8 @@ WINDOW_BYTES = 128 * 1024  # a window never holds more data than this (socket se
 MAX_SESSIONS = 256  # transfers at once
 MAX_PER_CLIENT = 8  # transfers at once from one client address
 REQUESTS_PER_ROUND = 64  # requests read from the request port per poll round
+CACHE_BYTES = 256 << 20  # file contents held in memory for running transfers, at most
+CACHE_FILE_MAX = 64 << 20  # larger files are always read with preadv
 HALF_OPEN_GRACE = 0.5  # seconds a half-open session is safe from eviction at a per-client cap
 
 # TFTP opcodes and error codes (RFC 1350, RFC 2347)
@@ -393,7 +395,8 @@ class _Session:
     """One download.  Blocks are counted absolutely from 1 (block 0 is the OACK); the wire
     carries them modulo 2**16."""
 
-    __slots__ = ("acked", "blksize", "buf", "deadline", "done", "dup_acks", "established", "fd",
+    __slots__ = ("acked", "blksize", "buf", "cache_key", "data", "deadline", "done", "dup_acks",
+                 "established", "fd",
                  "filefd", "fileobj", "host", "last_block", "name", "oack", "payload", "peer",
                  "retransmits", "sent", "size", "sock", "started", "timeout", "tries", "view",
                  "window")
@@ -408,6 +411,8 @@ class _Session:
         self.name = name
         self.fileobj = fileobj
         self.filefd = fileobj.fileno()
+        self.data: memoryview | None = None  # the file's bytes when cached (_FileCache)
+        self.cache_key: tuple[int, ...] | None = None
         self.size = size
         self.blksize = blksize
         self.window = window
@@ -430,6 +435,59 @@ class _Session:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.peer[1]} {self.name!r}"
+
+
+class _FileCache:
+    """File contents shared by the transfers that are sending them (a rack booting fetches the
+    same kernel a hundred times at once): one read per file instead of a ``preadv`` per block.
+
+    An entry lives only while a session holds it, and a session holds its file open, so the
+    inode of a key (device, inode, size, mtime, ctime) cannot be reused meanwhile; a file
+    changed in place gets a new key, and running transfers keep the bytes they started with."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES, max_file: int = CACHE_FILE_MAX) -> None:
+        self.max_bytes = max_bytes
+        self.max_file = max_file
+        self.total = 0
+        self._entries: dict[tuple[int, ...], _CacheEntry] = {}
+
+    def acquire(self, fd: int) -> tuple[tuple[int, ...], memoryview] | None:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.users += 1
+            return key, entry.data
+        if st.st_size > self.max_file or self.total + st.st_size > self.max_bytes:
+            return None
+        buf = bytearray(st.st_size)
+        view = memoryview(buf)
+        got = 0
+        while got < st.st_size:
+            n = os.preadv(fd, [view[got:]], got)
+            if n == 0:
+                return None  # shrank while being read: serve it with preadv
+            got += n
+        entry = self._entries[key] = _CacheEntry(view.toreadonly())
+        self.total += st.st_size
+        return key, entry.data
+
+    def release(self, key: tuple[int, ...]) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.users -= 1
+        if entry.users <= 0:
+            del self._entries[key]
+            self.total -= len(entry.data)
+
+
+class _CacheEntry:
+    __slots__ = ("data", "users")
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.users = 1
 
 
 class _RateLog:
@@ -477,6 +535,7 @@ class TftpServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ratelog = _RateLog()
+        self._cache = _FileCache()
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "sessions", "completed", "failed", "expired", "evicted",
              "refused_busy", "refused_client", "retransmits", "dup_acks", "peak_sessions",
@@ -759,6 +818,10 @@ class TftpServer:
         timeout = float(accepted.get("timeout", lim.timeout))
         s = _Session(sock, (host, port), req.filename, fileobj, size, blksize, window, timeout,
                      oack, now)
+        with contextlib.suppress(OSError):
+            cached = self._cache.acquire(s.filefd)
+            if cached is not None:
+                s.cache_key, s.data = cached
         key = (host, port)
         self._sessions[key] = s
         self._by_fd[s.fd] = s
@@ -788,13 +851,19 @@ class TftpServer:
         first = s.acked + 1
         last = min(s.acked + s.window, s.last_block)
         blksize, buf, view, payload = s.blksize, s.buf, s.view, s.payload
-        send, filefd = s.sock.send, s.filefd
+        send, filefd, data = s.sock.send, s.filefd, s.data
         for block in range(first, last + 1):
-            try:
-                n = os.preadv(filefd, payload, (block - 1) * blksize)
-            except OSError as e:
-                self._fail(s, ERR_UNDEFINED, "read error", f"read error at block {block}: {e}")
-                return
+            if data is not None:
+                chunk = data[(block - 1) * blksize:block * blksize]
+                n = len(chunk)
+                buf[4:4 + n] = chunk
+            else:
+                try:
+                    n = os.preadv(filefd, payload, (block - 1) * blksize)
+                except OSError as e:
+                    self._fail(s, ERR_UNDEFINED, "read error",
+                               f"read error at block {block}: {e}")
+                    return
             buf[2] = (block >> 8) & 0xFF
             buf[3] = block & 0xFF
             try:
@@ -835,12 +904,20 @@ class TftpServer:
                     self._end(s, "")
                     return
                 block = sent + 1
-                try:
-                    n = os.preadv(s.filefd, s.payload, sent * s.blksize)
-                except OSError as e:
-                    self._fail(s, ERR_UNDEFINED, "read error", f"read error at block {block}: {e}")
-                    return
                 b = s.buf
+                data = s.data
+                if data is not None:
+                    bs = s.blksize
+                    chunk = data[sent * bs:block * bs]
+                    n = len(chunk)
+                    b[4:4 + n] = chunk
+                else:
+                    try:
+                        n = os.preadv(s.filefd, s.payload, sent * s.blksize)
+                    except OSError as e:
+                        self._fail(s, ERR_UNDEFINED, "read error",
+                                   f"read error at block {block}: {e}")
+                        return
                 b[2] = (block >> 8) & 0xFF
                 b[3] = block & 0xFF
                 s.sent = block
@@ -922,6 +999,9 @@ class TftpServer:
             if self._epoll is not None:
                 with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(s.fd)
+        if s.cache_key is not None:
+            self._cache.release(s.cache_key)
+            s.data = None
         for closer in (s.sock.close, s.fileobj.close):
             try:
                 closer()
