@@ -235,7 +235,8 @@ def parse_request(buf: bytes) -> TftpRequest:
     if not body.endswith(b"\0"):
         raise TftpPacketError(f"request does not end in NUL: {_quote(buf)}")
     fields = body[:-1].split(b"\0")
-    while len(fields) > 2 and fields[-1] == b"":  # trailing padding NULs
+    # trailing padding NULs; an option's empty value ("name\0\0") is kept
+    while len(fields) > 2 and fields[-1] == b"" and (len(fields) % 2 or fields[-2] == b""):
         fields.pop()
     if len(fields) < 2:
         raise TftpPacketError(f"request without a mode: {_quote(buf)}")
