@@ -32,9 +32,10 @@ SERVER_CODE = """
 import logging, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from bootserver.tftp import TftpServer
+from bootserver.tftp import TftpLimits, TftpServer
 logging.basicConfig(level=logging.WARNING)
-s = TftpServer(Path({root!r}), "127.0.0.1", 6969)
+# every client is 127.0.0.1 here: lift the per-client cap
+s = TftpServer(Path({root!r}), "127.0.0.1", 6969, limits=TftpLimits(max_per_client=1000))
 s.start()
 while s.alive:
     time.sleep(0.5)

@@ -1,22 +1,16 @@
-"""Read-only TFTP server (RFC 1350 + RFC 2347 options: blksize RFC 2348, tsize/timeout RFC 2349).
+"""Read-only TFTP server: RFC 1350, options (RFC 2347) blksize (2348), tsize and timeout (2349),
+windowsize (RFC 7440); bounded sessions so a flood of requests cannot exhaust the server.
 
-This is the only module that imports tftpy.  tftpy 0.8.7 supplies the packet codec
-(``TftpPacketFactory``), the per-transfer context (socket, retransmission, metrics) and the
-download state machine (``TftpStateExpectACK``/``sendDAT``).  Its request handling and its
-receive loop are replaced here because of what FIELD-NOTES.md and its source show:
-
-* ``dyn_file_func`` only runs for names that do not exist under the root, and an ``io.BytesIO``
-  it returns kills the server thread after the transfer (``lockfile`` reads ``.name``).  Here the
-  resolver is consulted *before* the filesystem, bytes are served from a
-  ``tempfile.TemporaryFile`` and flock is off (nothing here writes files, so there is nothing to
-  lock against).
-* uploads are accepted by default: WRQ is answered with an Access violation error before any
-  tftpy write code runs, and ``upload_open`` refuses as well (defence in depth).
-* an exception that is not a ``TftpException`` (UnicodeDecodeError on a non-ASCII name,
-  ValueError on ``blksize=abc``, OSError from sendto...) escapes its loop and kills the thread:
-  our loop catches everything per packet and per session, logs it, and keeps serving.
-* it follows symlinks out of the root and OACKs ``blksize`` up to 65536 (RFC 2348 says 65464) and
-  even when the client did not ask for it.
+History: this module once drove tftpy 0.8.7's per-transfer context and download state machine.
+Its request handling had already been replaced here (its ``dyn_file_func`` runs only for names
+absent from the root and dies on an ``io.BytesIO``, it accepts uploads by default, follows
+symlinks out of the root, OACKs options nobody asked for, and any exception that is not its own
+kills its thread).  A profile of 100 clients then showed the per-block path spending more time
+in tftpy's objects (a packet object per ACK and per DATA, eight ``log.debug`` calls, a second
+``read`` per block) than in the two system calls a block needs, it had no windowsize, and
+nothing bounded its sessions.  The server below has its own codec (``parse_request`` and
+friends, property-tested) and a per-block path of one ``recv``, one ``preadv`` into a
+preallocated buffer and one ``send``; tftpy is no longer imported.
 
 Path rule (``normalize_tftp_path``): the requested name must be printable ASCII without
 backslashes; leading ``/`` are stripped (PXE ROMs often send ``/pxelinux.0``) so *every* name is
@@ -27,12 +21,43 @@ resolved root (compared by path components, so ``/srv/tftp2`` is not inside ``/s
 the open walks the resolved components with ``O_NOFOLLOW`` so a symlink swapped in after the
 check is refused too.  Only regular files are served.
 
-Modes: ``octet`` and ``netascii`` are accepted and both get the bytes unchanged (no CR/LF
-translation; PXE clients all use octet); any other mode is an Illegal operation error.  Errors:
-1 File not found, 2 Access violation (refused names, symlink escapes, uploads), 4 Illegal
-operation (malformed requests, bad modes), 0 for a resolver that raised.  Requests over 2048
-bytes are malformed (RFC 2347 caps them at 512); other opcodes on the request port are dropped
-and logged.  Every log line names the client IP and the file.
+Modes: ``octet`` and ``netascii`` (any case) are accepted and both get the bytes unchanged (no
+CR/LF translation; PXE clients all use octet); any other mode is an Illegal operation error.
+Errors (RFC 1350 codes): 1 File not found, 2 Access violation (refused names, symlink escapes,
+uploads), 4 Illegal operation (malformed requests, bad modes), 0 with a message for a resolver
+that raised and for a request over a session cap.  Each transfer has its own socket connected to
+the client's address and port: the kernel delivers nothing from another TID (so no error 5 goes
+out; RFC 1350 allows it: the error "can be done only if the TFTP in fact receives a packet with
+an incorrect TID", and tftp-hpa's server does the same), and an ICMP unreachable from a client
+that went away ends its session at once.  Requests over 2048 bytes are
+malformed (RFC 2347 caps them at 512); other opcodes on the request port are dropped and logged.
+Every log line names the client IP and the file.
+
+Options (only those asked for are ever acknowledged; an RRQ whose options are all declined gets
+DATA 1 as in RFC 1350): ``blksize`` 8..65464 (larger values are lowered to 65464), ``tsize``
+(the real size), ``timeout`` 1..``max_timeout`` echoed unchanged as RFC 2349 demands; a larger
+one is declined (absent from the OACK) and the server's own ``timeout`` applies, so a request
+asking for 255 s cannot hold a session for 21 minutes.  ``windowsize`` (RFC 7440) 1..65535,
+lowered to ``max_windowsize`` and to what fits ``WINDOW_BYTES``; clients that do not ask stay
+in lock-step.
+
+Transfers: blocks are numbered modulo 2**16 (block 65535 is followed by 0, as tftp-hpa, curl,
+iPXE and pxelinux expect), ACKs are mapped back to the absolute block inside the window that was
+sent.  A duplicate ACK is ignored (never a retransmission: RFC 1123 4.2.3.1, no Sorcerer's
+Apprentice); an ACK for a block inside the current window (RFC 7440: the client saw a gap)
+restarts the window after it; an ACK from the future is ignored.  With no valid ACK for
+``timeout`` seconds the unacknowledged window (or the OACK) is sent again; after ``retries``
+retransmissions without progress the session ends, so a peer that never answers holds a
+session for at most ``timeout * (retries + 1)`` seconds.
+
+Caps (``TftpLimits``, ``hcboot serve --tftp-*``; docs/limits.md): at most ``max_sessions``
+transfers at once and ``max_per_client`` per client address.  At a cap the oldest *half-open*
+session (OACK or DATA 1 sent, never acknowledged: what a spoofed request leaves behind) of that
+scope is evicted to make room (at the per-client cap only one half-open for HALF_OPEN_GRACE
+seconds, so a client's own burst does not evict itself); if there is none the request is
+refused with error 0 and a message.  The request socket is drained at most ``REQUESTS_PER_ROUND``
+requests per poll round, so a flood cannot starve running transfers or evict a new session
+before its first ACK is read.  Cap events are logged, at most once a second with a count.
 
 The resolver ``resolver(path, client_ip)`` gets the normalised name and may return ``bytes``
 (served as is), a ``Path`` (a relative one is confined to the root like a request; an absolute
@@ -43,6 +68,7 @@ the root).  It runs on the server thread: keep it fast.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -52,21 +78,13 @@ import struct
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import tftpy
-from tftpy.TftpContexts import TftpContextServer
-from tftpy.TftpPacketFactory import TftpPacketFactory
-from tftpy.TftpPacketTypes import TftpPacketRRQ, TftpPacketWRQ
-from tftpy.TftpShared import TftpException, TftpTimeout, TftpTimeoutExpectACK
-from tftpy.TftpStates import TftpState, TftpStateExpectACK
+from typing import IO
 
 log = logging.getLogger("bootserver.tftp")
-# tftpy logs every transfer's progress at INFO; ours names client and file instead.
-if logging.getLogger("tftpy").level == logging.NOTSET:
-    logging.getLogger("tftpy").setLevel(logging.WARNING)
 
 Resolver = Callable[[str, str], bytes | Path | None]
 
@@ -75,17 +93,30 @@ MAX_BLKSIZE = 65464  # RFC 2348
 DEFAULT_BLKSIZE = 512
 MAX_NAME = 1024  # longest accepted file name (DHCP's file field is 128 bytes)
 MAX_REQUEST = 2048  # RFC 2347 limits a request to 512 octets; be lenient but bounded
-SESSION_TIMEOUT = 2.0  # seconds before a DATA is resent (clients may ask 1..255 via "timeout")
-SESSION_RETRIES = 5
+SESSION_TIMEOUT = 2.0  # default seconds before an unacknowledged window is resent
+SESSION_RETRIES = 5  # retransmissions without progress before a session ends
+MAX_TIMEOUT = 10  # largest "timeout" option honoured (RFC 2349 allows 1..255)
+MAX_WINDOWSIZE = 32  # largest RFC 7440 windowsize granted (a client may ask up to 65535)
+WINDOW_BYTES = 128 * 1024  # a window never holds more data than this (socket send buffer)
+MAX_SESSIONS = 256  # transfers at once
+MAX_PER_CLIENT = 8  # transfers at once from one client address
+REQUESTS_PER_ROUND = 64  # requests read from the request port per poll round
+CACHE_BYTES = 256 << 20  # file contents held in memory for running transfers, at most
+CACHE_FILE_MAX = 64 << 20  # larger files are always read with preadv
+HALF_OPEN_GRACE = 0.5  # seconds a half-open session is safe from eviction at a per-client cap
 
-# TFTP error codes (RFC 1350, RFC 2347)
+# TFTP opcodes and error codes (RFC 1350, RFC 2347)
+OP_RRQ, OP_WRQ, OP_DATA, OP_ACK, OP_ERROR, OP_OACK = 1, 2, 3, 4, 5, 6
 ERR_UNDEFINED = 0
 ERR_NOT_FOUND = 1
 ERR_ACCESS = 2
 ERR_ILLEGAL = 4
+ERR_UNKNOWN_TID = 5
 ERR_OPTIONS = 8
-
-OP_RRQ, OP_WRQ = 1, 2
+# send/recv errors on a connected session socket that mean the client is not there (an ICMP
+# port or host unreachable came back)
+_PEER_GONE = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                        errno.EHOSTDOWN))
 
 
 class TftpPathError(ValueError):
@@ -155,20 +186,140 @@ def _regular_or_close(fd: int, what: str) -> int:
     return fd
 
 
-def negotiate_options(requested: Mapping[str, str]) -> dict[str, int]:
+# -- codec ---------------------------------------------------------------------------------------
+
+class TftpPacketError(ValueError):
+    """A TFTP packet that does not parse; the message names what is wrong and quotes the bytes.
+
+    The parsers below raise nothing else, whatever the input (tests/unit/test_tftp_codec.py)."""
+
+
+@dataclass(frozen=True)
+class TftpRequest:
+    """An RRQ or WRQ as sent.  Strings are the packet's bytes decoded as latin-1 (every byte
+    maps to one character, so ``encode_request`` gives the same bytes back); ``options`` keeps
+    the order and spelling of the packet."""
+
+    opcode: int
+    filename: str
+    mode: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option_map(self) -> dict[str, str]:
+        """Options by lower-cased name; the first of repeated names wins (RFC 2347: names are
+        case-insensitive)."""
+        out: dict[str, str] = {}
+        for k, v in self.options:
+            out.setdefault(k.lower(), v)
+        return out
+
+
+def _quote(buf: bytes) -> str:
+    return repr(buf[:40]) + ("..." if len(buf) > 40 else "")
+
+
+def parse_request(buf: bytes) -> TftpRequest:
+    """Parse an RRQ/WRQ: opcode, then NUL-terminated filename, mode, and option name/value pairs.
+
+    Raises TftpPacketError for anything else: another opcode, more than MAX_REQUEST bytes, a
+    missing terminator, an empty filename or mode, an option without a value or an empty option
+    name.  NULs after the last complete field (padding some ROMs add) are ignored."""
+    if len(buf) < 2:
+        raise TftpPacketError(f"request of {len(buf)} bytes has no opcode: {_quote(buf)}")
+    if len(buf) > MAX_REQUEST:
+        raise TftpPacketError(f"request of {len(buf)} bytes exceeds {MAX_REQUEST}")
+    opcode = (buf[0] << 8) | buf[1]
+    if opcode not in (OP_RRQ, OP_WRQ):
+        raise TftpPacketError(f"opcode {opcode} is not a request: {_quote(buf)}")
+    body = buf[2:]
+    if not body.endswith(b"\0"):
+        raise TftpPacketError(f"request does not end in NUL: {_quote(buf)}")
+    fields = body[:-1].split(b"\0")
+    # trailing padding NULs; an option's empty value ("name\0\0") is kept
+    while len(fields) > 2 and fields[-1] == b"" and (len(fields) % 2 or fields[-2] == b""):
+        fields.pop()
+    if len(fields) < 2:
+        raise TftpPacketError(f"request without a mode: {_quote(buf)}")
+    if not fields[0]:
+        raise TftpPacketError(f"request with an empty file name: {_quote(buf)}")
+    if not fields[1]:
+        raise TftpPacketError(f"request with an empty mode: {_quote(buf)}")
+    rest = fields[2:]
+    if len(rest) % 2:
+        raise TftpPacketError(f"option {rest[-1][:40]!r} without a value: {_quote(buf)}")
+    options = []
+    for i in range(0, len(rest), 2):
+        if not rest[i]:
+            raise TftpPacketError(f"empty option name: {_quote(buf)}")
+        options.append((rest[i].decode("latin-1"), rest[i + 1].decode("latin-1")))
+    return TftpRequest(opcode, fields[0].decode("latin-1"), fields[1].decode("latin-1"),
+                       tuple(options))
+
+
+def encode_request(req: TftpRequest) -> bytes:
+    """The packet for ``req`` (the inverse of parse_request for what it accepts)."""
+    parts = [req.filename, req.mode, *(s for kv in req.options for s in kv)]
+    return struct.pack("!H", req.opcode) + b"".join(p.encode("latin-1") + b"\0" for p in parts)
+
+
+def encode_oack(options: Mapping[str, int | str]) -> bytes:
+    return struct.pack("!H", OP_OACK) + b"".join(
+        f"{k}\0{v}\0".encode("latin-1") for k, v in options.items())
+
+
+def parse_oack(buf: bytes) -> dict[str, str]:
+    """Options of an OACK (RFC 2347), names as sent.  Raises TftpPacketError."""
+    if len(buf) < 2 or (buf[0] << 8 | buf[1]) != OP_OACK:
+        raise TftpPacketError(f"not an OACK: {_quote(buf)}")
+    if len(buf) == 2:
+        return {}
+    if not buf.endswith(b"\0"):
+        raise TftpPacketError(f"OACK does not end in NUL: {_quote(buf)}")
+    fields = buf[2:-1].split(b"\0")
+    if len(fields) % 2:
+        raise TftpPacketError(f"OACK option without a value: {_quote(buf)}")
+    return {fields[i].decode("latin-1"): fields[i + 1].decode("latin-1")
+            for i in range(0, len(fields), 2)}
+
+
+def encode_error(code: int, message: str) -> bytes:
+    """An ERROR packet (RFC 1350); the message is made ASCII and cut at 200 characters."""
+    text = message.encode("ascii", "replace")[:200].replace(b"\0", b"?")
+    return struct.pack("!HH", OP_ERROR, code & 0xFFFF) + text + b"\0"
+
+
+def parse_error(buf: bytes) -> tuple[int, str]:
+    """(code, message) of an ERROR packet; a missing final NUL is tolerated (some clients send
+    none).  Raises TftpPacketError."""
+    if len(buf) < 4 or (buf[0] << 8 | buf[1]) != OP_ERROR:
+        raise TftpPacketError(f"not an ERROR packet: {_quote(buf)}")
+    return (buf[2] << 8) | buf[3], buf[4:].split(b"\0", 1)[0].decode("latin-1")
+
+
+_error_packet = encode_error  # the name the rest of the module used before the codec existed
+
+
+def negotiate_options(requested: Mapping[str, str], *, max_timeout: int = MAX_TIMEOUT,
+                      max_windowsize: int = MAX_WINDOWSIZE) -> dict[str, int]:
     """The options to acknowledge for an RRQ's options (names case-insensitive, RFC 2347).
 
-    blksize: clamped down to 65464; below 8 or not a number it is ignored (the transfer uses
-    512).  tsize: acknowledged (the caller fills in the real size).  timeout: 1..255 accepted,
-    else ignored.  Anything else (windowsize, ...) is ignored and never appears in the OACK."""
+    blksize (RFC 2348): lowered to 65464; below 8 or not a number it is declined (the transfer
+    uses 512).  tsize (RFC 2349): acknowledged (the caller fills in the real size).  timeout
+    (RFC 2349): 1..max_timeout echoed as asked, anything else declined (the OACK may not carry
+    another value, so the server's own timeout applies).  windowsize (RFC 7440): 1..65535,
+    lowered to max_windowsize and to WINDOW_BYTES / blksize (at least 1); declined outside
+    1..65535.  Any other option is declined and never appears in the OACK."""
     out: dict[str, int] = {}
     for key, value in requested.items():
         name = key.lower()
-        try:
-            num = int(value.strip())
-        except ValueError:
-            log.info("ignoring option %s=%r: not a number", key, value)
+        if name not in ("blksize", "tsize", "timeout", "windowsize"):
+            log.debug("ignoring unsupported option %r", key)
             continue
+        v = value.strip()
+        if not (v.isascii() and v.isdigit()) or len(v) > 20:
+            log.info("ignoring option %s=%r: not a decimal number", key, value[:40])
+            continue
+        num = int(v)
         if name == "blksize":
             if num < MIN_BLKSIZE:
                 log.info("ignoring blksize %d < %d", num, MIN_BLKSIZE)
@@ -177,18 +328,51 @@ def negotiate_options(requested: Mapping[str, str]) -> dict[str, int]:
         elif name == "tsize":
             out["tsize"] = 0
         elif name == "timeout":
-            if 1 <= num <= 255:
+            if 1 <= num <= max_timeout:
                 out["timeout"] = num
-        else:
-            log.debug("ignoring unsupported option %s", key)
+            else:
+                log.info("declining timeout %d (honoured: 1..%d)", num, max_timeout)
+        elif 1 <= num <= 65535:
+            out["windowsize"] = num
+    if "windowsize" in out:
+        blksize = out.get("blksize", DEFAULT_BLKSIZE)
+        out["windowsize"] = max(1, min(out["windowsize"], max_windowsize,
+                                       WINDOW_BYTES // blksize))
     return out
 
 
-def _error_packet(code: int, message: str) -> bytes:
-    return struct.pack("!HH", 5, code) + message.encode("ascii", "replace")[:200] + b"\0"
+@dataclass(frozen=True)
+class TftpLimits:
+    """Caps and timers of a TftpServer (docs/limits.md, ``hcboot serve --tftp-*``)."""
+
+    max_sessions: int = MAX_SESSIONS
+    max_per_client: int = MAX_PER_CLIENT
+    timeout: float = SESSION_TIMEOUT
+    max_timeout: int = MAX_TIMEOUT
+    retries: int = SESSION_RETRIES
+    max_windowsize: int = MAX_WINDOWSIZE
+
+    def __post_init__(self) -> None:
+        for name in ("max_sessions", "max_per_client", "max_timeout", "max_windowsize"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TftpLimits.{name} must be >= 1, not {getattr(self, name)}")
+        if self.retries < 0:
+            raise ValueError(f"TftpLimits.retries must be >= 0, not {self.retries}")
+        if not 0 < self.timeout <= 255:
+            raise ValueError(f"TftpLimits.timeout must be in (0, 255], not {self.timeout}")
+        if self.max_timeout > 255:
+            raise ValueError(f"TftpLimits.max_timeout must be <= 255, not {self.max_timeout}")
+        if self.max_windowsize > 65535:
+            raise ValueError(f"TftpLimits.max_windowsize must be <= 65535, "
+                             f"not {self.max_windowsize}")
+
+    @property
+    def idle_life(self) -> float:
+        """Longest a session lives without a valid ACK (with the largest timeout honoured)."""
+        return max(self.timeout, self.max_timeout) * (self.retries + 1)
 
 
-def _refuse_upload(path: str, context: object) -> None:
+def _refuse_upload(path: str, context: object) -> None:  # kept for callers of the old API
     log.warning("upload of %s refused (read-only server)", path)
     return None
 
@@ -199,87 +383,132 @@ class _Refused(Exception):
         self.code = code
 
 
-class _Context(TftpContextServer):
-    """tftpy's server context bound to our address, no flock, our request state."""
-
-    def __init__(self, server: TftpServer, host: str, port: int) -> None:
-        super().__init__(host, port, SESSION_TIMEOUT, str(server.root),
-                         upload_open=_refuse_upload, retries=SESSION_RETRIES, flock=False)
-        if server.bind_ip not in ("", "0.0.0.0"):
-            self.sock.bind((server.bind_ip, 0))
-        self.sock.setblocking(False)
-        self.server = server
-        self.state = _RequestState(self)
-        self.finished_ok = False
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port} {self.file_to_transfer!r}"
-
-
-class _RequestState(TftpState):
-    """The first packet of a session: answer an RRQ (OACK or DATA 1) or refuse."""
-
-    context: _Context
-
-    def _send_error(self, code: int, message: str) -> None:
-        ctx = self.context
-        ctx.sock.sendto(_error_packet(code, message), (ctx.host, ctx.tidport))
-
-    def handle(self, pkt: Any, raddress: str, rport: int) -> Any:
-        ctx = self.context
-        ctx.tidport = rport
-        ctx.file_to_transfer = getattr(pkt, "filename", None)
-        try:
-            if isinstance(pkt, TftpPacketWRQ):
-                raise _Refused(ERR_ACCESS, "read-only server: uploads refused")
-            if not isinstance(pkt, TftpPacketRRQ):
-                raise _Refused(ERR_ILLEGAL, "expected RRQ")
-            if pkt.mode not in ("octet", "netascii"):
-                raise _Refused(ERR_ILLEGAL, f"unsupported mode {pkt.mode[:32]!r}")
-            fileobj = ctx.server.open_for(pkt.filename, raddress)
-        except _Refused as e:
-            self._send_error(e.code, str(e))
-            raise TftpException(f"refused {ctx.file_to_transfer!r}: {e}") from None
-        ctx.fileobj = fileobj
-        accepted = negotiate_options(pkt.options)
-        if "tsize" in accepted:
-            fileobj.seek(0, os.SEEK_END)
-            accepted["tsize"] = fileobj.tell()
-            fileobj.seek(0)
-        if "timeout" in accepted:
-            ctx.timeout = accepted["timeout"]
-        ctx.options = accepted  # getBlocksize() falls back to 512 without blksize
-        if accepted:
-            oack = struct.pack("!H", 6) + b"".join(
-                f"{k}\0{v}\0".encode("ascii") for k, v in accepted.items())
-            ctx.sock.sendto(oack, (ctx.host, ctx.tidport))
-            ctx.last_pkt = _RawPacket(oack)
-            ctx.next_block = 0
-        else:
-            ctx.next_block = 1
-            ctx.pending_complete = self.sendDAT()
-        return TftpStateExpectACK(ctx)
-
-
-class _RawPacket:
-    """Something ``resendLast`` can resend (it calls ``.encode().buffer`` and ``str``)."""
-
-    def __init__(self, buffer: bytes) -> None:
-        self.buffer = buffer
-
-    def encode(self) -> _RawPacket:
-        return self
-
-    def __str__(self) -> str:
-        return f"raw packet {self.buffer[:16]!r}"
-
-
 def _bytes_file(data: bytes) -> IO[bytes]:
-    # A real file, not io.BytesIO (FIELD-NOTES: tftpy reads .name of what it serves).
-    f = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the transfer, closed by its end()
+    # A real file (read with preadv like any other): bytes from the resolver are usually small
+    # pxelinux configs; a file keeps every session's source the same kind of object.
+    f = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the session, closed by _end()
     f.write(data)
     f.seek(0)
     return f
+
+
+class _Session:
+    """One download.  Blocks are counted absolutely from 1 (block 0 is the OACK); the wire
+    carries them modulo 2**16."""
+
+    __slots__ = ("acked", "blksize", "buf", "cache_key", "data", "deadline", "done", "dup_acks",
+                 "established", "fd",
+                 "filefd", "fileobj", "host", "last_block", "name", "oack", "payload", "peer",
+                 "retransmits", "sent", "size", "sock", "started", "timeout", "tries", "view",
+                 "window")
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int], name: str,
+                 fileobj: IO[bytes], size: int, blksize: int, window: int, timeout: float,
+                 oack: bytes | None, now: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.host = peer[0]
+        self.name = name
+        self.fileobj = fileobj
+        self.filefd = fileobj.fileno()
+        self.data: memoryview | None = None  # the file's bytes when cached (_FileCache)
+        self.cache_key: tuple[int, ...] | None = None
+        self.size = size
+        self.blksize = blksize
+        self.window = window
+        self.timeout = timeout
+        self.last_block = size // blksize + 1  # the short (maybe empty) final block
+        self.oack = oack
+        self.acked = -1 if oack is not None else 0  # highest block acknowledged
+        self.sent = 0  # highest block sent
+        self.deadline = now + timeout
+        self.tries = 0
+        self.buf = bytearray(4 + blksize)
+        self.buf[1] = OP_DATA  # bytes 2-3: the block number, set per packet
+        self.view = memoryview(self.buf)
+        self.payload = [self.view[4:]]
+        self.started = now
+        self.established = False
+        self.retransmits = 0
+        self.dup_acks = 0
+        self.done = False
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.peer[1]} {self.name!r}"
+
+
+class _FileCache:
+    """File contents shared by the transfers that are sending them (a rack booting fetches the
+    same kernel a hundred times at once): one read per file instead of a ``preadv`` per block.
+
+    An entry lives only while a session holds it, and a session holds its file open, so the
+    inode of a key (device, inode, size, mtime, ctime) cannot be reused meanwhile; a file
+    changed in place gets a new key, and running transfers keep the bytes they started with."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES, max_file: int = CACHE_FILE_MAX) -> None:
+        self.max_bytes = max_bytes
+        self.max_file = max_file
+        self.total = 0
+        self._entries: dict[tuple[int, ...], _CacheEntry] = {}
+
+    def acquire(self, fd: int) -> tuple[tuple[int, ...], memoryview] | None:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.users += 1
+            return key, entry.data
+        if st.st_size > self.max_file or self.total + st.st_size > self.max_bytes:
+            return None
+        buf = bytearray(st.st_size)
+        view = memoryview(buf)
+        got = 0
+        while got < st.st_size:
+            n = os.preadv(fd, [view[got:]], got)
+            if n == 0:
+                return None  # shrank while being read: serve it with preadv
+            got += n
+        entry = self._entries[key] = _CacheEntry(view.toreadonly())
+        self.total += st.st_size
+        return key, entry.data
+
+    def release(self, key: tuple[int, ...]) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.users -= 1
+        if entry.users <= 0:
+            del self._entries[key]
+            self.total -= len(entry.data)
+
+
+class _CacheEntry:
+    __slots__ = ("data", "users")
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.users = 1
+
+
+class _RateLog:
+    """Log a recurring event at most once per ``every`` seconds, with the count in between."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self.last: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+
+    def __call__(self, key: str, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        n = self.count.get(key, 0) + 1
+        if now - self.last.get(key, -1e9) >= self.every:
+            suffix = f" ({n} such events since the last report)" if n > 1 else ""
+            log.log(level, msg + suffix, *args)
+            self.last[key] = now
+            self.count[key] = 0
+        else:
+            self.count[key] = n
 
 
 class TftpServer:
@@ -288,23 +517,30 @@ class TftpServer:
     ``port=0`` picks a free port (read ``.port`` after ``start()``)."""
 
     def __init__(self, root: Path, bind_ip: str, port: int = 69,
-                 resolver: Resolver | None = None) -> None:
+                 resolver: Resolver | None = None, limits: TftpLimits | None = None) -> None:
         self.root = Path(os.path.realpath(root))
         if not self.root.is_dir():
             raise NotADirectoryError(f"TFTP root {str(root)!r} is not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise PermissionError(f"TFTP root {str(root)!r} is not readable")
         self.bind_ip = bind_ip
         self.port = port
         self.resolver = resolver
-        # tftpy's server object is kept for its root checks (exists, directory, readable) and
-        # as the documented owner of upload_open; its listen() loop is replaced by _loop().
-        self._tftpy = tftpy.TftpServer(str(self.root), upload_open=_refuse_upload)
-        self._sessions: dict[tuple[str, int], _Context] = {}
-        self._by_fd: dict[int, _Context] = {}
-        self._poller = select.poll()
+        self.limits = limits or TftpLimits()
+        self._sessions: dict[tuple[str, int], _Session] = {}
+        self._by_fd: dict[int, _Session] = {}
+        self._per_client: dict[str, int] = {}
+        self._half_open: OrderedDict[tuple[str, int], _Session] = OrderedDict()
+        self._epoll: select.epoll | None = None
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._factory = TftpPacketFactory()
+        self._ratelog = _RateLog()
+        self._cache = _FileCache()
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("requests", "sessions", "completed", "failed", "expired", "evicted",
+             "refused_busy", "refused_client", "retransmits", "dup_acks", "peak_sessions",
+             "peak_per_client"), 0)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -321,7 +557,11 @@ class TftpServer:
         self._thread = threading.Thread(target=self._run, name=f"tftp-{self.bind_ip}:{self.port}",
                                         daemon=True)
         self._thread.start()
-        log.info("TFTP serving %s on %s:%d", self.root, self.bind_ip, self.port)
+        lim = self.limits
+        log.info("TFTP serving %s on %s:%d (at most %d sessions, %d per client; timeout %g s, "
+                 "up to %d s if asked, %d retries; windowsize up to %d)", self.root, self.bind_ip,
+                 self.port, lim.max_sessions, lim.max_per_client, lim.timeout, lim.max_timeout,
+                 lim.retries, lim.max_windowsize)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -332,6 +572,10 @@ class TftpServer:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
 
     def __enter__(self) -> TftpServer:
         self.start()
@@ -394,153 +638,395 @@ class TftpServer:
             log.exception("TFTP server loop died")
             raise
         finally:
-            for ctx in list(self._sessions.values()):
-                self._end(ctx, "server stopping")
-            self._sessions.clear()
-            self._by_fd.clear()
+            for s in list(self._sessions.values()):
+                self._end(s, "server stopping")
+            if self._epoll is not None:
+                self._epoll.close()
+                self._epoll = None
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+            c = self.counters
+            log.info("TFTP stopped: %d requests, %d sessions (%d completed, %d failed, %d expired "
+                     "without an ACK, %d evicted), %d refused at the caps, peak %d sessions",
+                     c["requests"], c["sessions"], c["completed"], c["failed"], c["expired"],
+                     c["evicted"], c["refused_busy"] + c["refused_client"], c["peak_sessions"])
 
     def _loop(self) -> None:
         assert self._sock is not None
         main = self._sock.fileno()
-        self._poller = select.poll()
-        self._poller.register(main, select.POLLIN)
+        ep = self._epoll = select.epoll()
+        ep.register(main, select.EPOLLIN)
+        by_fd = self._by_fd
+        on_session = self._on_session
         next_check = 0.0
         while not self._stop.is_set():
-            for fd, _ev in self._poller.poll(200):
-                if fd == main:
-                    self._on_main()
-                else:
-                    ctx = self._by_fd.get(fd)
-                    if ctx is not None:  # None: ended earlier in this round
-                        self._on_session(ctx)
+            events = ep.poll(0.05)
             now = time.monotonic()
-            if now >= next_check:  # timeouts have a 1 s granularity at best: check 10x/s
-                self._check_timeouts()
-                next_check = now + 0.1
+            for fd, _ev in events:
+                if fd == main:
+                    self._on_main(now)
+                else:
+                    s = by_fd.get(fd)
+                    if s is not None:  # None: ended earlier in this round
+                        on_session(s, now)
+            if now >= next_check:
+                self._check_timeouts(now)
+                next_check = now + 0.05
 
-    def _on_main(self) -> None:
+    # -- requests ----------------------------------------------------------------------------
+    def _on_main(self, now: float) -> None:
         assert self._sock is not None
-        try:
-            buf, (host, port) = self._sock.recvfrom(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            log.warning("TFTP recvfrom: %s", e)
-            return
-        key = (host, port)
-        if key in self._sessions:
-            log.debug("TFTP %s:%d: retransmitted request ignored", host, port)
-            return
-        opcode = struct.unpack("!H", buf[:2])[0] if len(buf) >= 2 else -1
-        if opcode not in (OP_RRQ, OP_WRQ):
-            log.warning("TFTP %s:%d: dropped %d-byte packet with opcode %d on the request port",
-                        host, port, len(buf), opcode)
-            return
-        try:
-            if len(buf) > MAX_REQUEST:
-                raise ValueError(f"request of {len(buf)} bytes exceeds {MAX_REQUEST}")
-            pkt = self._factory.parse(buf)
-        except Exception as e:
-            log.warning("TFTP %s:%d: malformed request (%d bytes, %r...): %s",
-                        host, port, len(buf), buf[:24], e)
-            self._reply_error(host, port, ERR_ILLEGAL, "malformed request")
-            return
-        try:
-            ctx = _Context(self, host, port)
-        except OSError as e:
-            log.error("TFTP %s:%d: cannot create a session socket: %s", host, port, e)
-            return
-        self._sessions[key] = ctx
-        self._by_fd[ctx.sock.fileno()] = ctx
-        self._poller.register(ctx.sock.fileno(), select.POLLIN)
-        ctx.metrics.start_time = ctx.last_update = time.time()
-        self._step(ctx, lambda: ctx.state.handle(pkt, host, port))
+        for _ in range(REQUESTS_PER_ROUND):
+            try:
+                buf, (host, port) = self._sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("TFTP recvfrom: %s", e)
+                return
+            try:
+                self._on_request(buf, host, port, now)
+            except Exception:  # one bad request never takes the loop down
+                log.exception("TFTP %s:%d: unexpected error handling a request", host, port)
 
     def _reply_error(self, host: str, port: int, code: int, message: str) -> None:
         assert self._sock is not None
         try:
-            self._sock.sendto(_error_packet(code, message), (host, port))
+            self._sock.sendto(encode_error(code, message), (host, port))
         except OSError as e:
             log.debug("TFTP %s:%d: error reply not sent: %s", host, port, e)
 
-    def _on_session(self, ctx: _Context) -> None:
-        def cycle() -> Any:
-            try:
-                buf, (host, port) = ctx.sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return ctx.state
-            if host != ctx.address or port != ctx.tidport:
-                log.warning("TFTP %s: packet from unknown TID %s:%d dropped", ctx, host, port)
+    def _on_request(self, buf: bytes, host: str, port: int, now: float) -> None:
+        key = (host, port)
+        if key in self._sessions:
+            log.debug("TFTP %s:%d: retransmitted request ignored", host, port)
+            return
+        opcode = (buf[0] << 8 | buf[1]) if len(buf) >= 2 else -1
+        if opcode not in (OP_RRQ, OP_WRQ):
+            self._ratelog("stray", logging.WARNING,
+                          "TFTP %s:%d: dropped %d-byte packet with opcode %d on the request port",
+                          host, port, len(buf), opcode)
+            return
+        self.counters["requests"] += 1
+        try:
+            req = parse_request(buf)
+        except TftpPacketError as e:
+            self._ratelog("malformed", logging.WARNING, "TFTP %s:%d: malformed request: %s",
+                          host, port, e)
+            self._reply_error(host, port, ERR_ILLEGAL, "malformed request")
+            return
+        if req.opcode == OP_WRQ:
+            log.warning("TFTP %s: upload of %r refused (read-only server)", host, req.filename)
+            self._reply_error(host, port, ERR_ACCESS, "read-only server: uploads refused")
+            return
+        if req.mode.lower() not in ("octet", "netascii"):
+            log.warning("TFTP %s: RRQ %r with unsupported mode %r", host, req.filename[:80],
+                        req.mode[:32])
+            self._reply_error(host, port, ERR_ILLEGAL, f"unsupported mode {req.mode[:32]!r}")
+            return
+        victim = self._make_room(host, port)
+        if victim is False:
+            return
+        try:
+            fileobj = self.open_for(req.filename, host)
+        except _Refused as e:
+            self._reply_error(host, port, e.code, str(e))
+            return
+        try:
+            self._open_session(req, fileobj, host, port, victim, now)
+        except BaseException:
+            fileobj.close()
+            raise
+
+    def _make_room(self, host: str, port: int) -> _Session | bool | None:
+        """The half-open session to evict for a new one (None: there is room), or False when
+        the request was refused at a cap (an error has been sent)."""
+        lim = self.limits
+        if self._per_client.get(host, 0) >= lim.max_per_client:
+            # only a session half-open for a while: a client's own requests in one burst (or
+            # behind one NAT) must not evict each other before their first ACK is read
+            young = time.monotonic() - HALF_OPEN_GRACE
+            victim = next((s for s in self._half_open.values()
+                           if s.host == host and s.started <= young), None)
+            if victim is None:
+                self.counters["refused_client"] += 1
+                self._ratelog("refused_client", logging.WARNING,
+                              "TFTP %s:%d: per-client cap reached (%d transfers from %s, none "
+                              "half-open for %g s): request refused", host, port,
+                              lim.max_per_client, host, HALF_OPEN_GRACE)
+                self._reply_error(host, port, ERR_UNDEFINED,
+                                  f"too many transfers from {host} (max {lim.max_per_client})")
+                return False
+            self._ratelog("evict_client", logging.WARNING,
+                          "TFTP %s:%d: per-client cap reached (%d transfers from %s): evicting "
+                          "the oldest unacknowledged one, %s", host, port, lim.max_per_client,
+                          host, victim)
+            return victim
+        if len(self._sessions) >= lim.max_sessions:
+            victim = next(iter(self._half_open.values()), None)
+            if victim is None:
+                self.counters["refused_busy"] += 1
+                self._ratelog("refused_busy", logging.WARNING,
+                              "TFTP %s:%d: session cap reached (%d transfers, all "
+                              "acknowledged): request refused", host, port, lim.max_sessions)
+                self._reply_error(host, port, ERR_UNDEFINED,
+                                  f"server busy ({lim.max_sessions} transfers), retry later")
+                return False
+            self._ratelog("evict_busy", logging.WARNING,
+                          "TFTP %s:%d: session cap reached (%d transfers): evicting the oldest "
+                          "unacknowledged one, %s", host, port, lim.max_sessions, victim)
+            return victim
+        return None
+
+    def _open_session(self, req: TftpRequest, fileobj: IO[bytes], host: str, port: int,
+                      victim: _Session | bool | None, now: float) -> None:
+        lim = self.limits
+        size = os.fstat(fileobj.fileno()).st_size
+        accepted = negotiate_options(req.option_map(), max_timeout=lim.max_timeout,
+                                     max_windowsize=lim.max_windowsize)
+        if "tsize" in accepted:
+            accepted["tsize"] = size
+        if isinstance(victim, _Session):
+            self.counters["evicted"] += 1
+            self._send_quiet(victim, encode_error(ERR_UNDEFINED, "server at its session cap"))
+            self._end(victim, "evicted at the session cap", quiet=True)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as e:  # EMFILE/ENFILE: out of descriptors
+            self.counters["refused_busy"] += 1
+            log.error("TFTP %s:%d: cannot create a session socket: %s", host, port, e)
+            self._reply_error(host, port, ERR_UNDEFINED, "server busy, retry later")
+            fileobj.close()
+            return
+        try:
+            sock.bind((self.bind_ip if self.bind_ip not in ("", "0.0.0.0") else "", 0))
+            sock.connect((host, port))
+            sock.setblocking(False)
+            window = accepted.get("windowsize", 1)
+            blksize = accepted.get("blksize", DEFAULT_BLKSIZE)
+            if window > 1:
                 with contextlib.suppress(OSError):
-                    ctx.sock.sendto(_error_packet(5, "unknown transfer ID"), (host, port))
-                return ctx.state
-            ctx.last_update = time.time()
-            ctx.timeout_expectACK = False
-            try:
-                pkt = self._factory.parse(buf)
-            except Exception as e:
-                log.warning("TFTP %s: malformed packet dropped: %s", ctx, e)
-                return ctx.state
-            state = ctx.state.handle(pkt, host, port)
-            ctx.retry_count = 0
-            return state
-
-        self._step(ctx, cycle)
-
-    def _step(self, ctx: _Context, fn: Callable[[], Any]) -> None:
-        """Run one state transition; end the session on completion or any error."""
-        try:
-            ctx.state = fn()
-        except TftpTimeoutExpectACK:
-            ctx.timeout_expectACK = True
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                    2 * window * (blksize + 64))
+        except OSError as e:
+            sock.close()
+            log.error("TFTP %s:%d: cannot set up a session socket: %s", host, port, e)
+            self._reply_error(host, port, ERR_UNDEFINED, "server error")
+            fileobj.close()
             return
-        except TftpException as e:
-            self._end(ctx, str(e))
-            return
-        except Exception as e:
-            log.exception("TFTP %s: unexpected error", ctx)
-            self._end(ctx, f"internal error {e!r}")
-            return
-        if ctx.state is None:
-            ctx.finished_ok = True
-            self._end(ctx, "")
-
-    def _check_timeouts(self) -> None:
-        now = time.time()
-        for ctx in list(self._sessions.values()):
-            try:
-                ctx.checkTimeout(now)
-            except TftpTimeout:
-                ctx.retry_count += 1
-                if ctx.retry_count >= ctx.retries:
-                    self._end(ctx, f"no answer after {ctx.retry_count} retries")
-                    continue
-                try:
-                    ctx.timeout_expectACK = False
-                    ctx.last_update = now
-                    ctx.state.resendLast()
-                except Exception as e:
-                    self._end(ctx, f"resend failed: {e}")
-
-    def _end(self, ctx: _Context, reason: str) -> None:
-        self._sessions.pop((ctx.host, ctx.port), None)
-        fd = ctx.sock.fileno()
-        if fd >= 0 and self._by_fd.get(fd) is ctx:
-            del self._by_fd[fd]
-            with contextlib.suppress(KeyError, ValueError):
-                self._poller.unregister(fd)
-        try:
-            ctx.end()
-        except Exception as e:  # never let cleanup take the loop down
-            log.warning("TFTP %s: cleanup: %s", ctx, e)
-        m = ctx.metrics
-        if ctx.finished_ok:
-            log.info("TFTP %s: sent %s (%d bytes, blksize %d) in %.3f s", ctx.host,
-                     ctx.file_to_transfer, m.bytes, ctx.getBlocksize(),
-                     m.end_time - m.start_time)
+        oack = encode_oack(accepted) if accepted else None
+        timeout = float(accepted.get("timeout", lim.timeout))
+        s = _Session(sock, (host, port), req.filename, fileobj, size, blksize, window, timeout,
+                     oack, now)
+        with contextlib.suppress(OSError):
+            cached = self._cache.acquire(s.filefd)
+            if cached is not None:
+                s.cache_key, s.data = cached
+        key = (host, port)
+        self._sessions[key] = s
+        self._by_fd[s.fd] = s
+        self._half_open[key] = s
+        n = self._per_client[host] = self._per_client.get(host, 0) + 1
+        c = self.counters
+        c["sessions"] += 1
+        c["peak_sessions"] = max(c["peak_sessions"], len(self._sessions))
+        c["peak_per_client"] = max(c["peak_per_client"], n)
+        assert self._epoll is not None
+        self._epoll.register(s.fd, select.EPOLLIN)
+        if accepted:
+            log.debug("TFTP %s: OACK %s", s, accepted)
+            self._send_quiet(s, oack)  # type: ignore[arg-type]
         else:
-            log.warning("TFTP %s: transfer of %r ended: %s", ctx.host, ctx.file_to_transfer,
-                        reason)
+            self._send_window(s, now)
+
+    # -- transfers ---------------------------------------------------------------------------
+    def _send_quiet(self, s: _Session, pkt: bytes) -> None:
+        try:
+            s.sock.send(pkt)
+        except OSError as e:  # a lost packet: the retransmission timer covers it
+            log.debug("TFTP %s: send failed: %s", s, e)
+
+    def _send_window(self, s: _Session, now: float) -> None:
+        """Send the blocks after the last acknowledged one, up to the window (or the end)."""
+        first = s.acked + 1
+        last = min(s.acked + s.window, s.last_block)
+        blksize, buf, view, payload = s.blksize, s.buf, s.view, s.payload
+        send, filefd, data = s.sock.send, s.filefd, s.data
+        for block in range(first, last + 1):
+            if data is not None:
+                chunk = data[(block - 1) * blksize:block * blksize]
+                n = len(chunk)
+                buf[4:4 + n] = chunk
+            else:
+                try:
+                    n = os.preadv(filefd, payload, (block - 1) * blksize)
+                except OSError as e:
+                    self._fail(s, ERR_UNDEFINED, "read error",
+                               f"read error at block {block}: {e}")
+                    return
+            buf[2] = (block >> 8) & 0xFF
+            buf[3] = block & 0xFF
+            try:
+                send(view[:4 + n])
+            except OSError as e:
+                if e.errno in _PEER_GONE:
+                    self._end(s, f"client gone ({e.strerror})")
+                    return
+                log.debug("TFTP %s: send of block %d failed: %s", s, block, e)
+                break  # lost (EAGAIN, ENOBUFS...): resent when the timer runs out
+        s.sent = max(s.sent, last)
+        s.deadline = now + s.timeout
+
+    def _on_session(self, s: _Session, now: float) -> None:
+        # One datagram per readiness event: in lock-step (and per window) the next ACK is not
+        # there yet, and epoll is level-triggered.  The socket is connected to the client's
+        # address and port, so the kernel delivers nothing from any other TID (RFC 1350: the
+        # error for a foreign TID "can be done only if the TFTP in fact receives" the packet;
+        # tftp-hpa does the same) and reports an ICMP unreachable as ECONNREFUSED.
+        try:
+            buf = s.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in _PEER_GONE:
+                self._end(s, f"client gone ({e.strerror})", expired=not s.established)
+            else:
+                log.debug("TFTP %s: recv: %s", s, e)
+            return
+        if len(buf) >= 4 and buf[1] == OP_ACK and buf[0] == 0:
+            number = (buf[2] << 8) | buf[3]
+            sent = s.sent
+            if s.window == 1 and number == (sent & 0xFFFF) and sent > s.acked > 0:
+                # the lock-step fast path: the ACK of the one block in flight
+                s.acked = sent
+                s.tries = 0
+                if sent >= s.last_block:
+                    self._end(s, "")
+                    return
+                block = sent + 1
+                b = s.buf
+                data = s.data
+                if data is not None:
+                    bs = s.blksize
+                    chunk = data[sent * bs:block * bs]
+                    n = len(chunk)
+                    b[4:4 + n] = chunk
+                else:
+                    try:
+                        n = os.preadv(s.filefd, s.payload, sent * s.blksize)
+                    except OSError as e:
+                        self._fail(s, ERR_UNDEFINED, "read error",
+                                   f"read error at block {block}: {e}")
+                        return
+                b[2] = (block >> 8) & 0xFF
+                b[3] = block & 0xFF
+                s.sent = block
+                s.deadline = now + s.timeout
+                try:
+                    s.sock.send(s.view[:4 + n])
+                except OSError as e:
+                    if e.errno in _PEER_GONE:
+                        self._end(s, f"client gone ({e.strerror})")
+                return
+            self._on_ack(s, number, now)
+        elif len(buf) >= 4 and buf[1] == OP_ERROR and buf[0] == 0:
+            code, msg = parse_error(buf)
+            self._end(s, f"client sent error {code} {msg[:80]!r}",
+                      aborted=s.acked < 0)  # after an OACK: a tsize probe (pxelinux)
+        else:
+            self._ratelog("junk", logging.WARNING,
+                          "TFTP %s: dropped %d-byte packet %r (expected ACK or ERROR)",
+                          s, len(buf), buf[:8])
+
+    def _on_ack(self, s: _Session, number: int, now: float) -> None:
+        block = s.acked + ((number - s.acked) & 0xFFFF)  # the absolute block it names
+        if block == s.acked or block > s.sent:
+            if block == s.acked:
+                s.dup_acks += 1  # RFC 1123 4.2.3.1: never answer a duplicate ACK
+            else:
+                log.debug("TFTP %s: ACK %d for a block not sent yet ignored", s, number)
+            return
+        if not s.established:
+            s.established = True
+            self._half_open.pop(s.peer, None)
+        s.acked = block
+        s.tries = 0
+        if block >= s.last_block:
+            self._end(s, "")
+            return
+        self._send_window(s, now)
+
+    def _check_timeouts(self, now: float) -> None:
+        retries = self.limits.retries
+        for s in list(self._sessions.values()):
+            if now < s.deadline:
+                continue
+            if s.tries >= retries:
+                what = "the OACK" if s.acked < 0 else f"block {s.acked + 1}"
+                self._end(s, f"no ACK for {what} after {s.tries} retransmissions "
+                          f"({s.timeout:g} s apart)", expired=True)
+                continue
+            s.tries += 1
+            s.retransmits += 1
+            self.counters["retransmits"] += 1
+            if s.acked < 0:
+                assert s.oack is not None
+                self._send_quiet(s, s.oack)
+                s.deadline = now + s.timeout
+            else:
+                self._send_window(s, now)
+
+    def _fail(self, s: _Session, code: int, message: str, reason: str) -> None:
+        self._send_quiet(s, encode_error(code, message))
+        self._end(s, reason)
+
+    def _end(self, s: _Session, reason: str, *, quiet: bool = False, aborted: bool = False,
+             expired: bool = False) -> None:
+        """Close a session; ``reason`` empty means it completed."""
+        if s.done:
+            return
+        s.done = True
+        key = s.peer
+        self._sessions.pop(key, None)
+        self._half_open.pop(key, None)
+        n = self._per_client.get(s.host, 0) - 1
+        if n > 0:
+            self._per_client[s.host] = n
+        else:
+            self._per_client.pop(s.host, None)
+        if self._by_fd.get(s.fd) is s:
+            del self._by_fd[s.fd]
+            if self._epoll is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(s.fd)
+        if s.cache_key is not None:
+            self._cache.release(s.cache_key)
+            s.data = None
+        for closer in (s.sock.close, s.fileobj.close):
+            try:
+                closer()
+            except Exception as e:  # never let cleanup take the loop down
+                log.warning("TFTP %s: cleanup: %s", s, e)
+        c = self.counters
+        took = time.monotonic() - s.started
+        if not reason:
+            c["completed"] += 1
+            c["dup_acks"] += s.dup_acks
+            log.info("TFTP %s: sent %s (%d bytes, blksize %d%s) in %.3f s%s", s.host, s.name,
+                     s.size, s.blksize, f", windowsize {s.window}" if s.window > 1 else "",
+                     took, f", {s.retransmits} retransmissions" if s.retransmits else "")
+            return
+        if quiet:
+            return
+        if aborted:
+            log.info("TFTP %s: %s ended after the OACK: %s", s.host, s.name, reason)
+            return
+        if expired and not s.established:
+            c["expired"] += 1
+            self._ratelog("expired", logging.WARNING,
+                          "TFTP %s: transfer of %r never acknowledged, session ended: %s",
+                          s.host, s.name, reason)
+            return
+        c["failed"] += 1
+        log.warning("TFTP %s: transfer of %r ended: %s", s.host, s.name, reason)

@@ -29,7 +29,7 @@ from bootserver.http import App, HttpLimits, HttpServer, Response
 from bootserver.machine import Machine
 from bootserver.policy import EFI_BINARIES, Policy, PolicyConfig
 from bootserver.ra import RaResponder
-from bootserver.tftp import TftpServer
+from bootserver.tftp import TftpLimits, TftpServer
 from homecloud.control.http import ControlApp
 from homecloud.control.identity import ClientIdentity, load_admin_token
 from homecloud.control.seen import SeenStore
@@ -117,6 +117,7 @@ class ServeOptions:
     bind_http: str | None = None  # default: the server address
     ipv6_ra: bool = True  # answer router solicitations (saves iPXE ~13 s), see bootserver/ra.py
     http_limits: HttpLimits = field(default_factory=HttpLimits)  # caps, timeouts: docs/security.md
+    tftp_limits: TftpLimits = field(default_factory=TftpLimits)  # docs/limits.md
 
 
 class BootServer:
@@ -167,7 +168,7 @@ class BootServer:
             pools=pools, lease_time=opts.lease_time, lease_file=state / "leases.jsonl",
             router=opts.router, dns=opts.dns, domain=opts.domain), self.policy)
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
-                               resolver=self.app.tftp_resolve)
+                               resolver=self.app.tftp_resolve, limits=opts.tftp_limits)
         self.http = HttpServer(opts.bind_http or server_ip, opts.http_port,
                                Routes(self.app, self.control), limits=opts.http_limits)
         self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
@@ -246,6 +247,21 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.option("--lease-time", default=3600, show_default=True, type=click.IntRange(60))
 @click.option("--http-port", default=80, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--tftp-port", default=69, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--tftp-max-sessions", default=TftpLimits.max_sessions, show_default=True,
+              type=click.IntRange(1, 65535), help="TFTP transfers at once (docs/limits.md).")
+@click.option("--tftp-max-per-client", default=TftpLimits.max_per_client, show_default=True,
+              type=click.IntRange(1, 65535), help="TFTP transfers at once from one address.")
+@click.option("--tftp-timeout", default=TftpLimits.timeout, show_default=True,
+              type=click.FloatRange(0.1, 255), help="Seconds before an unacknowledged TFTP "
+              "block is resent (when the client asks for no timeout, or one over the maximum).")
+@click.option("--tftp-max-timeout", default=TftpLimits.max_timeout, show_default=True,
+              type=click.IntRange(1, 255), help="Largest RFC 2349 timeout honoured; larger "
+              "requests are declined.")
+@click.option("--tftp-retries", default=TftpLimits.retries, show_default=True,
+              type=click.IntRange(0, 100), help="TFTP retransmissions without progress before "
+              "a transfer is dropped.")
+@click.option("--tftp-max-windowsize", default=TftpLimits.max_windowsize, show_default=True,
+              type=click.IntRange(1, 65535), help="Largest RFC 7440 windowsize granted.")
 @click.option("--efi-binary", type=click.Choice(list(EFI_BINARIES)), default="ipxe.efi",
               show_default=True, help="First stage for UEFI x64 clients.")
 @click.option("--ipv6-ra/--no-ipv6-ra", default=True, show_default=True,
@@ -269,7 +285,9 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.pass_obj
 def serve(c: object, interface: str, mode: str, address: str | None, range_: str | None,
           router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
-          http_port: int, tftp_port: int, efi_binary: str, ipv6_ra: bool,
+          http_port: int, tftp_port: int, tftp_max_sessions: int, tftp_max_per_client: int,
+          tftp_timeout: float, tftp_max_timeout: int, tftp_retries: int,
+          tftp_max_windowsize: int, efi_binary: str, ipv6_ra: bool,
           http_max_connections: int, http_max_per_client: int, http_head_timeout: float,
           http_idle_timeout: float, http_io_timeout: float) -> None:
     """Serve DHCP/ProxyDHCP, TFTP and HTTP boot on INTERFACE until SIGTERM."""
@@ -281,7 +299,11 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
                         tftp_port=tftp_port, efi_binary=efi_binary, ipv6_ra=ipv6_ra,
                         http_limits=HttpLimits(http_max_connections, http_max_per_client,
                                                http_head_timeout, http_idle_timeout,
-                                               http_io_timeout))
+                                               http_io_timeout),
+                        tftp_limits=TftpLimits(
+                            max_sessions=tftp_max_sessions, max_per_client=tftp_max_per_client,
+                            timeout=tftp_timeout, max_timeout=tftp_max_timeout,
+                            retries=tftp_retries, max_windowsize=tftp_max_windowsize))
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
         srv = BootServer(opts, known_roles(images))

@@ -271,8 +271,9 @@ def test_option_negotiation_raw(env: Env) -> None:
     assert oack_options(r[0]) == {"tsize": str(size), "blksize": "1468"}
     assert oack_options(r[1]) == {"blksize": "65464"}  # RFC 2348 maximum
     assert oack_options(r[2]) == {"blksize": "1024", "tsize": str(size)}
+    assert oack_options(r[3]) == {"windowsize": "8"}  # RFC 7440 (test_tftp_limits.py has more)
     # options we do not honour are not echoed: no OACK at all, DATA 1 of 512 bytes
-    for p in r[3:8]:
+    for p in r[4:8]:
         assert p is not None and p[:4] == b"\x00\x03\x00\x01" and len(p) == 4 + 512, p[:8]
     assert oack_options(r[8]) == {"tsize": "0"}
     assert_alive_and_serving(env)

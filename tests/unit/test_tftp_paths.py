@@ -128,7 +128,14 @@ def test_root_itself_a_symlink(tree: Path, tmp_path: Path) -> None:
     ({"timeout": "5"}, {"timeout": 5}),
     ({"timeout": "0"}, {}),
     ({"timeout": "256"}, {}),
-    ({"windowsize": "8"}, {}),  # RFC 7440 unsupported: never echoed
+    ({"windowsize": "8"}, {"windowsize": 8}),  # RFC 7440
+    ({"windowsize": "1000"}, {"windowsize": tftp.MAX_WINDOWSIZE}),  # lowered to the maximum
+    ({"windowsize": "64", "blksize": "65464"}, {"windowsize": 2, "blksize": 65464}),  # bytes
+    ({"windowsize": "0"}, {}),
+    ({"windowsize": "65536"}, {}),
+    ({"timeout": "255"}, {}),  # RFC 2349: not honoured -> declined, never another value
+    ({"timeout": str(tftp.MAX_TIMEOUT)}, {"timeout": tftp.MAX_TIMEOUT}),
+    ({"blksize": "\u0661\u0662\u0663"}, {}),  # int() takes Arabic-Indic digits; RFC: ASCII
     ({"multicast": ""}, {}),
 ])
 def test_negotiate_options(requested: dict[str, str], want: dict[str, int]) -> None:
