@@ -16,13 +16,13 @@ import errno
 import fcntl
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import LockBusyError, StoreError
 from builder.manifest import CURRENT, MANIFEST_NAME, ManifestError, load_manifest
+from builder.run import run
 
 LOCK_NAME = ".lock"
 TMP_PREFIX = ".tmp-"
@@ -70,7 +70,7 @@ def unmount_below(path: Path, name_prefix: str = "") -> list[Path]:
     chroot bind mounts, hcbuild's scratch tmpfs)."""
     mps = mounts_below(path, name_prefix)
     for mp in mps:
-        subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+        run(["umount", "-l", str(mp)], what=f"unmount {mp}", check=False)
     return mps
 
 
