@@ -208,10 +208,11 @@ def _run(
             stdout=PIPE if capture else stdout,
             stderr=STDOUT if merge_stderr else PIPE,
         )
-    except CommandError as exc:
-        if check or exc.returncode != 127:
+    except CommandError as exc:  # it did not start: 127 not found, 126 cannot be run
+        if check:
             raise
-        return Completed(exc.cmd, what, 127, empty, empty)
+        said = str(exc) if text else str(exc).encode()
+        return Completed(exc.cmd, what, exc.returncode, empty, said)
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = input
     while True:

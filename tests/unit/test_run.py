@@ -49,7 +49,7 @@ def test_not_found_is_127_in_words(tmp_path: Path) -> None:
     assert str(ei.value) == "try: exit code 127: hc-no-such-command not found: " \
                             "hc-no-such-command --flag"
     r = run(["hc-no-such-command"], what="try", check=False)
-    assert r.returncode == 127 and not r.ok
+    assert r.returncode == 127 and not r.ok and "hc-no-such-command not found" in r.stderr
     with pytest.raises(CommandError, match=f"cannot start in {tmp_path / 'gone'}") as ei:
         run(["true"], what="try", cwd=tmp_path / "gone")
     assert ei.value.returncode == 126
