@@ -132,3 +132,15 @@ def test_spawn_and_stop() -> None:
     assert p.stop() == -signal.SIGTERM  # already ended: nothing more to do
     e = p.error()
     assert str(e) == "sleeper: killed by SIGTERM: sleep 30"
+
+
+def test_builder_runs_commands_only_through_the_funnel() -> None:
+    import builder
+
+    pkg = Path(builder.__file__).resolve().parent
+    spawners = ("subprocess", "os.system", "os.popen", "os.exec", "os.spawn", "pty.spawn")
+    offenders = [f"{p.relative_to(pkg)}:{n}: {line.strip()}"
+                 for p in sorted(pkg.rglob("*.py")) if p.name != "run.py"
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if any(s in line for s in spawners)]
+    assert offenders == []
