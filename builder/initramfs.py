@@ -284,7 +284,8 @@ _PARAM_KEY = re.compile(r"[a-z0-9_]+")
 
 
 def _env(modes_dir: Path | None = None) -> jinja2.Environment:
-    dirs = [str(INIT_DIR)] if modes_dir is None else [str(modes_dir), str(INIT_DIR)]
+    # the product's templates first: a mode of one's own cannot shadow init.sh.j2
+    dirs = [str(INIT_DIR)] if modes_dir is None else [str(INIT_DIR), str(modes_dir)]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(dirs),
         undefined=jinja2.StrictUndefined,
@@ -303,7 +304,7 @@ def render_init(mode: str, params: Mapping[str, str] | None = None,
 
     A mode of the caller's own is ``<modes_dir>/<mode>.sh.j2``: a template that extends
     ``init.sh.j2`` and fills its block ``mode`` (what follows the common start)."""
-    own = modes_dir / f"{mode}.sh.j2" if modes_dir is not None else None
+    own = modes_dir / f"{mode}.sh.j2" if modes_dir is not None and mode != "init" else None
     if mode not in INIT_MODES and (own is None or not own.is_file()):
         known = ", ".join(INIT_MODES)
         where = f" and no {own}" if own is not None else ""
