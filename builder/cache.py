@@ -10,7 +10,6 @@ checkpoint, the kernel) is made of; the layer lives in ``<cache>/layers/<base ke
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
@@ -26,6 +25,7 @@ import builder
 from builder.elements import TREE_OUTPUT, Element
 from builder.mirrors import Mirrors
 from builder.store import safe_rmtree
+from homecloud.core.files import LockBusy, fsync_path, locked
 
 _PKG_DIR = Path(builder.__file__).resolve().parent
 # the builder files the base layer depends on: how DIB is run (the rest post-processes)
@@ -213,18 +213,13 @@ class LayerCache:
     def lock(self, key: str, shared: bool = False, wait: bool = True) -> Iterator[bool]:
         """The layer's lock: exclusive to save or remove it, shared while a build reads it.
         Yields False when ``wait`` is False and the lock is taken."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-                            | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
+                stack.enter_context(locked(self.root / f"{key}.lock", shared=shared, wait=wait))
+            except LockBusy:
                 yield False
                 return
             yield True
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def use(self, key: str) -> Iterator[Path | None]:
@@ -280,8 +275,7 @@ class LayerCache:
             except OSError:  # another filesystem
                 shutil.copyfile(tar, tmp)
                 tar.unlink()
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_path(tmp)
             os.replace(tmp, dest)
             (entry / ".complete").write_text(key + "\n")
             return dest

@@ -180,7 +180,7 @@ def list_cmd(profiles_dir: Path | None, store: Path | None) -> None:
 @profiles_opt
 def show(role: str, fmt: str, profiles_dir: Path | None) -> None:
     """The fully resolved profile of ROLE (defaults, element closure, boot parameters)."""
-    from builder.pipeline import resolved_profile
+    from builder.plan import resolved_profile
     from builder.profile import load_profile
 
     lib = _lib(profiles_dir)

@@ -1,19 +1,16 @@
 """The one module that runs diskimage-builder (``disk-image-create``).
 
 A run is described by ``DibRun`` (elements, packages, environment, output); ``DibProcess``
-runs it, writes DIB's whole output to a log file and, on failure, raises ``DibError`` naming
-the failing script and element (parsed from the log), the command and the last lines of the
-log.
+runs it through the command funnel (``builder.run.spawn``), writes DIB's whole output to a log
+file and, on failure, raises ``DibError`` naming the failing script and element (parsed from
+the log), the command and the last lines of the log.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +19,7 @@ from pathlib import Path
 from builder.elements import Element
 from builder.errors import BuildError, DibError
 from builder.mirrors import Mirrors
+from builder.run import DEVNULL, STDOUT, log_tail, spawn
 
 TAIL_LINES = 30
 _RUNNING_RE = re.compile(r"dib-run-parts Running (\S+)/([a-z-]+\.d)/([0-9]{2}-\S+)\s*$")
@@ -84,13 +82,6 @@ class DibRun:
         return self.result.is_dir() if self.tree_out is not None else self.result.is_file()
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
-    """DIB dies (and runs its cleanup traps) when hcbuild dies, even by SIGKILL."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def failing_script(lines: Sequence[str]) -> tuple[str | None, str | None]:
     """(phase, script) of the last script DIB started and did not finish, else (None, None)."""
     running: list[tuple[str, str]] = []
@@ -116,15 +107,7 @@ def element_of(script: str, phase: str | None, elements: Sequence[Element]) -> s
 
 
 def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 256 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return []
-    return text.splitlines()[-n:]
+    return log_tail(path, n)
 
 
 DONE_LINE = "Build completed successfully"  # DIB's last line; a `sleep 1` and its exit follow
@@ -148,14 +131,16 @@ class DibProcess:
             log.write(f"# hcbuild: {' '.join(self.argv)}\n".encode())
             log.flush()
             self.offset = log.tell()  # this run's lines start here
-            self.proc = subprocess.Popen(
+            # DIB dies (and runs its cleanup traps) when hcbuild dies, even by SIGKILL
+            self.proc = spawn(
                 self.argv,
-                stdin=subprocess.DEVNULL,
+                what="diskimage-builder",
+                stdin=DEVNULL,
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=STDOUT,
                 env=run.environ(),
                 cwd=run.output.parent,
-                preexec_fn=_set_pdeathsig,
+                die_with_parent=True,
             )
 
     def _done_logged(self, carry: bytes) -> tuple[bool, bytes]:
@@ -210,11 +195,5 @@ class DibProcess:
         return run.result
 
     def abort(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # DIB's traps unmount and remove its build directory
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        # SIGTERM: DIB's traps unmount and remove its build directory; SIGKILL after 60 s
+        self.proc.stop(grace=60)

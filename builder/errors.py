@@ -65,7 +65,8 @@ class LockBusyError(StoreError):
 
 
 class CommandError(BuildError):
-    """An external command failed.  ``cmd`` is the argv, shown with shlex.join."""
+    """An external command failed (raised by the funnel, builder.run).  ``cmd`` is the argv,
+    shown with shlex.join; ``tail`` the last lines of its output or log."""
 
     exit_code = 4
 

@@ -1,8 +1,9 @@
-"""The small busybox initramfs: marker (tests), aoe-root (hnode), ram-root (snode).
+"""The small busybox initramfs: aoe-root (hnode), ram-root (snode).
 
 Contents: the static busybox with its applet symlinks, the dependency closure of the requested
 kernel modules (from modules.dep; compressed modules are decompressed, busybox insmod may not
-read them), an ``/init`` rendered from ``builder/init/init.sh.j2``, busybox udhcpc's event script
+read them), an ``/init`` rendered from ``builder/init/init.sh.j2`` (or from a template that
+extends it, for a mode of the caller's own), busybox udhcpc's event script
 and any extra files.  The archive is a newc cpio written here, deterministically: sorted entries,
 fixed mtime (0 or ``SOURCE_DATE_EPOCH``), uid/gid 0, inode numbers in order, gzip mtime 0.
 """
@@ -17,7 +18,6 @@ import os
 import re
 import shlex
 import stat
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,8 @@ import jinja2
 
 from builder.errors import BuildError
 from builder.kernel import KernelTree
+from builder.run import run, run_bytes
+from homecloud.core.files import atomic_write
 
 __all__ = [
     "INIT_MODES",
@@ -42,7 +44,7 @@ __all__ = [
     "write_newc",
 ]
 
-INIT_MODES = ("marker", "aoe-root", "ram-root")
+INIT_MODES = ("aoe-root", "ram-root")
 INIT_DIR = Path(__file__).resolve().parent / "init"
 Compression = Literal["gzip", "zstd", "none"]
 _MOD_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
@@ -183,10 +185,7 @@ def _module_bytes(modules_dir: Path, ref: ModuleRef) -> bytes:
     if ref.relpath.endswith(".ko.gz"):
         return gzip.decompress(data)
     if ref.relpath.endswith(".ko.zst"):
-        r = subprocess.run(["zstd", "-d", "-q", "-c"], input=data, capture_output=True)
-        if r.returncode != 0:
-            raise InitramfsError(f"zstd -d {src}: {r.stderr.decode(errors='replace').strip()}")
-        return r.stdout
+        return run_bytes(["zstd", "-d", "-q", "-c"], what=f"decompress {src}", input=data).stdout
     return data
 
 
@@ -286,9 +285,11 @@ def read_newc(data: bytes) -> list[CpioEntry]:
 _PARAM_KEY = re.compile(r"[a-z0-9_]+")
 
 
-def _env() -> jinja2.Environment:
+def _env(modes_dir: Path | None = None) -> jinja2.Environment:
+    # the product's templates first: a mode of one's own cannot shadow init.sh.j2
+    dirs = [str(INIT_DIR)] if modes_dir is None else [str(INIT_DIR), str(modes_dir)]
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(INIT_DIR)),
+        loader=jinja2.FileSystemLoader(dirs),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -299,10 +300,17 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def render_init(mode: str, params: Mapping[str, str] | None = None) -> str:
-    """The /init script for ``mode``; ``params`` become built-in defaults of ``hc.KEY``."""
-    if mode not in INIT_MODES:
-        raise InitramfsError(f"unknown init mode {mode!r} (known: {', '.join(INIT_MODES)})")
+def render_init(mode: str, params: Mapping[str, str] | None = None,
+                modes_dir: Path | None = None) -> str:
+    """The /init script for ``mode``; ``params`` become built-in defaults of ``hc.KEY``.
+
+    A mode of the caller's own is ``<modes_dir>/<mode>.sh.j2``: a template that extends
+    ``init.sh.j2`` and fills its block ``mode`` (what follows the common start)."""
+    own = modes_dir / f"{mode}.sh.j2" if modes_dir is not None and mode != "init" else None
+    if mode not in INIT_MODES and (own is None or not own.is_file()):
+        known = ", ".join(INIT_MODES)
+        where = f" and no {own}" if own is not None else ""
+        raise InitramfsError(f"unknown init mode {mode!r} (known: {known}{where})")
     items = []
     for k, v in sorted((params or {}).items()):
         if not _PARAM_KEY.fullmatch(k):
@@ -311,7 +319,8 @@ def render_init(mode: str, params: Mapping[str, str] | None = None) -> str:
         if "\n" in v or "\0" in v:
             raise InitramfsError(f"init parameter {k}: value must be one line")
         items.append((k, v))
-    return _env().get_template("init.sh.j2").render(mode=mode, params=items)
+    template = f"{mode}.sh.j2" if own is not None and own.is_file() else "init.sh.j2"
+    return _env(modes_dir).get_template(template).render(mode=mode, params=items)
 
 
 # ---------------------------------------------------------------- build
@@ -330,9 +339,7 @@ class InitramfsResult:
 def _busybox_entries(busybox: Path) -> list[CpioEntry]:
     if not busybox.is_file():
         raise InitramfsError(f"{busybox}: no such file (install busybox-static)")
-    r = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise InitramfsError(f"{busybox} --list-full exited {r.returncode}: {r.stderr.strip()}")
+    r = run([str(busybox), "--list-full"], what=f"list the applets of {busybox}")
     entries = [CpioEntry("bin/busybox", "file", 0o755, busybox.read_bytes())]
     for applet in sorted(set(r.stdout.split())):
         p = _norm(applet)
@@ -363,14 +370,8 @@ def _compress(raw: bytes, compression: str) -> bytes:
         # level 6: 0.5 s for 12 MB of cpio; level 9 takes 4.5 s for 0.9 % less (measured)
         return gzip.compress(raw, compresslevel=6, mtime=0)
     if compression == "zstd":
-        cmd = ["zstd", "-q", "-19", "-c", "--no-progress"]
-        try:
-            r = subprocess.run(cmd, input=raw, capture_output=True)
-        except FileNotFoundError as e:
-            raise InitramfsError("zstd not installed") from e
-        if r.returncode != 0:
-            raise InitramfsError(f"{shlex.join(cmd)}: {r.stderr.decode(errors='replace')}")
-        return r.stdout
+        return run_bytes(["zstd", "-q", "-19", "-c", "--no-progress"],
+                         what="compress the initramfs", input=raw).stdout
     raise InitramfsError(f"unknown compression {compression!r} (gzip, zstd, none)")
 
 
@@ -385,13 +386,15 @@ def build_initramfs(
     extra_files: Mapping[str, Path | bytes | str] | None = None,
     compression: str = "gzip",
     busybox: Path = Path("/bin/busybox"),
+    modes_dir: Path | None = None,
 ) -> InitramfsResult:
-    """Build the initramfs of ``mode`` at ``out`` (written atomically).
+    """Build the initramfs of ``mode`` at ``out`` (written atomically); ``modes_dir``: where a
+    mode of the caller's own is (``render_init``).
 
     ``modules`` are loaded by the init at boot, in dependency order.  Those also named in
     ``autoload`` (NIC drivers), and the dependencies only they need, are shipped but loaded
     only for a PCI device that one of them drives (``etc/hc/pci-drivers``)."""
-    init = render_init(mode, params)
+    init = render_init(mode, params, modes_dir)
     if modules and kernel is None:
         raise InitramfsError("modules requested but no kernel tree given")
     entries: list[CpioEntry] = [
@@ -438,9 +441,6 @@ def build_initramfs(
     write_newc(entries, buf, mtime=mtime)
     blob = _compress(buf.getvalue(), compression)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_bytes(blob)
-    os.replace(tmp, out)
+    atomic_write(out, blob)
     return InitramfsResult(out, mode, len(blob), hashlib.sha256(blob).hexdigest(),
                            tuple(r.name for r in refs), compression)

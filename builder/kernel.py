@@ -1,27 +1,17 @@
-"""Kernel and Xen specs (``kernels/*.yaml``) and fetching them as Debian packages.
+"""Kernel and Xen specs (``kernels/*.yaml``) and the kernel of a built root tree.
 
 A spec is declarative: which package, which module sets the small initramfs needs, the default
-command lines.  ``fetch_kernel``/``fetch_xen`` turn a spec into files on disk, cached by package
-version under ``<cache>/kernel/`` and ``<cache>/xen/``; ``kernel_tree_from_root`` takes the kernel
-from an already-built root tree instead (diskimage-builder output).
+command lines.  ``kernel_tree_from_root`` takes the kernel from a root tree that
+diskimage-builder built (the test VMs fetch Debian's packages instead: tests/support/kernels.py).
 
-Every failure is a typed exception: ``SpecError`` (file + key), ``FetchError`` (command, exit
-code, stderr tail), ``KernelError`` (anything else about a tree).
+Every failure is a typed exception: ``SpecError`` (file + key), ``KernelError`` (anything else
+about a tree); a failed command (depmod) raises builder.run's ``CommandError``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import fnmatch
-import gzip
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,25 +20,19 @@ import yaml
 
 from builder import paths
 from builder.errors import BuildError
+from builder.run import run
 
 __all__ = [
-    "FetchError",
     "KernelError",
     "KernelSpec",
     "KernelTree",
     "SpecError",
     "XenSpec",
-    "XenTree",
-    "fetch_kernel",
-    "fetch_xen",
     "kernel_tree_from_root",
     "load_kernel_spec",
     "load_spec",
     "load_xen_spec",
 ]
-
-STAMP = ".complete"
-
 
 # ---------------------------------------------------------------- errors
 
@@ -64,16 +48,6 @@ class SpecError(KernelError):
         self.message = message
         where = f"{self.path}: {key}" if key else str(self.path)
         super().__init__(f"{where}: {message}")
-
-
-class FetchError(KernelError):
-    def __init__(self, cmd: Sequence[str], returncode: int, stderr: str) -> None:
-        self.cmd = list(cmd)
-        self.returncode = returncode
-        self.stderr_tail = "\n".join(stderr.strip().splitlines()[-15:])
-        super().__init__(
-            f"`{shlex.join(self.cmd)}` exited {returncode}: {self.stderr_tail or '(no stderr)'}"
-        )
 
 
 # ---------------------------------------------------------------- specs
@@ -103,7 +77,7 @@ class KernelSpec:
         return tuple(out)
 
     def modules_for(self, mode: str) -> tuple[str, ...]:
-        """Module names the initramfs of ``mode`` (marker, aoe-root, ram-root) needs."""
+        """Module names the initramfs of ``mode`` (aoe-root, ram-root) needs."""
         if mode not in self.initramfs:
             raise SpecError(self.source or self.name, f"initramfs.{mode}", "no such initramfs mode")
         return self.modules_in(*self.initramfs[mode])
@@ -281,87 +255,6 @@ class KernelTree:
     package_version: str = ""
 
 
-@dataclass(frozen=True)
-class XenTree:
-    xen_elf: Path
-    version: str
-    package: str = ""
-
-
-def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
-    try:
-        r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise FetchError(cmd, 127, f"{cmd[0]}: not found") from e
-    if r.returncode != 0:
-        raise FetchError(cmd, r.returncode, r.stderr or r.stdout)
-    return r.stdout
-
-
-def _apt_show(package: str, version: str | None = None) -> dict[str, str]:
-    """Fields of the candidate (or the pinned ``version``) of ``package`` from apt's metadata."""
-    cmd = ["apt-cache", "show", "--no-all-versions", package] if version is None else [
-        "apt-cache", "show", f"{package}={version}"]
-    out = _run(cmd)
-    fields: dict[str, str] = {}
-    for line in out.split("\n\n")[0].splitlines():
-        m = re.match(r"^([A-Za-z0-9-]+):\s?(.*)$", line)
-        if m:
-            fields[m.group(1)] = m.group(2)
-    if "Version" not in fields:
-        raise FetchError(cmd, 0, f"no Version field for {package}")
-    return fields
-
-
-def _resolve_package(package: str, image_glob: str, version: str | None) -> tuple[str, str]:
-    """(image package, version): follow ``package``'s Depends to the one matching ``image_glob``."""
-    if fnmatch.fnmatchcase(package, image_glob):
-        return package, _apt_show(package, version)["Version"]
-    meta = _apt_show(package)
-    for dep in meta.get("Depends", "").split(","):
-        name = dep.split("|")[0].strip().split(" ")[0].split(":")[0]
-        if fnmatch.fnmatchcase(name, image_glob):
-            return name, _apt_show(name, version)["Version"]
-    raise KernelError(f"{package}: no dependency matches {image_glob!r} "
-                      f"(Depends: {meta.get('Depends', '')})")
-
-
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+_-]", "_", s)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _download_and_extract(entry: Path, package: str, version: str) -> Path:
-    """Fill ``entry`` with the .deb and ``root/``; returns root.  Caller holds the lock."""
-    if entry.exists():
-        shutil.rmtree(entry)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    tmp.chmod(0o755)
-    try:
-        _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-              f"{package}={version}"], cwd=tmp)
-        debs = sorted(tmp.glob("*.deb"))
-        if len(debs) != 1:
-            raise KernelError(f"apt-get download {package}={version}: expected one .deb in {tmp}, "
-                              f"found {[d.name for d in debs]}")
-        _run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "root")])
-        tmp.rename(entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return entry / "root"
-
-
 def _modules_dir(root: Path, version: str) -> Path | None:
     for base in ("lib/modules", "usr/lib/modules"):
         if (root / base / version).is_dir():
@@ -375,71 +268,9 @@ def _depmod(root: Path, version: str) -> None:
     if mods is None:
         raise KernelError(f"{root}: no lib/modules/{version}")
     base = mods.parent.parent.parent  # BASEDIR of BASEDIR/lib/modules/VERSION
-    _run(["busybox", "depmod", "-b", str(base), version])
+    run(["busybox", "depmod", "-b", str(base), version], what=f"depmod of {mods}")
     if not (mods / "modules.dep").is_file():
         raise KernelError(f"depmod wrote no modules.dep under {mods}")
-
-
-def _resolve_or_cached(kind: str, cache_dir: Path, package: str, image_glob: str,
-                       version: str | None) -> tuple[str, str]:
-    """``_resolve_package``, or, when apt's metadata is unusable (no lists, offline), the newest
-    complete cache entry whose package matches ``image_glob`` (and ``version`` when pinned)."""
-    try:
-        return _resolve_package(package, image_glob, version)
-    except FetchError:
-        found: list[tuple[str, str]] = []
-        for stamp in (Path(cache_dir) / kind).glob(f"*/{STAMP}"):
-            pkg, _, ver = stamp.read_text().strip().partition("=")
-            if fnmatch.fnmatchcase(pkg, image_glob) and version in (None, ver):
-                found.append((pkg, ver))
-        if not found:
-            raise
-        return max(found, key=lambda pv: (_version_key(pv[1]), pv[0]))
-
-
-def fetch_kernel(spec: KernelSpec, cache_dir: Path) -> KernelTree:
-    """Download and unpack the kernel package of ``spec`` (cached by package version).
-
-    Without usable apt metadata, a complete cache entry matching the spec is used."""
-    package, version = _resolve_or_cached("kernel", cache_dir, spec.package, spec.image_package,
-                                          spec.version)
-    entry = Path(cache_dir) / "kernel" / _safe(f"{package}_{version}")
-    with _locked(entry.with_name(entry.name + ".lock")):
-        if not (entry / STAMP).is_file():
-            root = _download_and_extract(entry, package, version)
-            vers = _kernel_versions(root)
-            if len(vers) != 1:
-                raise KernelError(f"{package}={version}: expected one kernel, found {vers}")
-            _depmod(root, vers[0])
-            (entry / STAMP).write_text(f"{package}={version}\n")
-        tree = kernel_tree_from_root(entry / "root")
-    return KernelTree(tree.vmlinuz, tree.modules_dir, tree.version, package, version)
-
-
-def fetch_xen(spec: XenSpec, cache_dir: Path) -> XenTree:
-    """Download the hypervisor package of ``spec``; returns the gunzipped ELF (cached)."""
-    package, version = _resolve_or_cached("xen", cache_dir, spec.package, spec.package,
-                                          spec.version)
-    entry = Path(cache_dir) / "xen" / _safe(f"{package}_{version}")
-    elf = entry / "xen.elf"
-    with _locked(entry.with_name(entry.name + ".lock")):
-        if not (entry / STAMP).is_file():
-            root = _download_and_extract(entry, package, version)
-            src = root / spec.hypervisor
-            if not src.is_file():
-                raise KernelError(f"{package}={version}: no {spec.hypervisor} in the package "
-                                  f"(spec {spec.source})")
-            tmp = elf.with_suffix(".tmp")
-            if src.suffix == ".gz":
-                with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
-                    shutil.copyfileobj(fi, fo)
-            else:
-                shutil.copyfile(src, tmp)
-            if tmp.read_bytes()[:4] != b"\x7fELF":
-                raise KernelError(f"{src}: not an ELF after decompression")
-            os.replace(tmp, elf)
-            (entry / STAMP).write_text(f"{package}={version}\n")
-    return XenTree(elf, version, package)
 
 
 def _version_key(v: str) -> list[tuple[int, int | str]]:

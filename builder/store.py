@@ -12,39 +12,19 @@ role's lock (flock on ``<role>/.lock``) while it does so.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import LockBusyError, StoreError
+from builder.run import run
+from homecloud.core.files import LockBusy, fsync_path, fsync_tree, locked
 from homecloud.core.manifest import CURRENT, MANIFEST_NAME, ManifestError, load_manifest
 
 LOCK_NAME = ".lock"
 TMP_PREFIX = ".tmp-"
 LINK_PREFIX = ".current-"
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every regular file and directory below ``root`` (bottom-up), then ``root``."""
-    for dirpath, _dirs, files in os.walk(root, topdown=False):
-        for f in files:
-            p = Path(dirpath) / f
-            if p.is_file() and not p.is_symlink():
-                fsync_path(p)
-        fsync_path(Path(dirpath))
 
 
 def mounts_below(path: Path, name_prefix: str = "") -> list[Path]:
@@ -70,7 +50,7 @@ def unmount_below(path: Path, name_prefix: str = "") -> list[Path]:
     chroot bind mounts, hcbuild's scratch tmpfs)."""
     mps = mounts_below(path, name_prefix)
     for mp in mps:
-        subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+        run(["umount", "-l", str(mp)], what=f"unmount {mp}", check=False)
     return mps
 
 
@@ -101,30 +81,17 @@ class RoleStore:
     @contextlib.contextmanager
     def lock(self, wait: float = 0.0) -> Iterator[None]:
         """Exclusive lock of the role; ``LockBusyError`` after ``wait`` seconds."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(self.dir, f"cannot create lock: {exc.strerror}") from exc
-        try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise LockBusyError(
-                            self.dir / LOCK_NAME, "another hcbuild is building this role"
-                        ) from exc
-                    time.sleep(0.2)
+        with contextlib.ExitStack() as stack:
+            try:
+                fd = stack.enter_context(locked(self.dir / LOCK_NAME, wait=wait))
+            except LockBusy as exc:
+                raise LockBusyError(self.dir / LOCK_NAME,
+                                    "another hcbuild is building this role") from exc
+            except OSError as exc:
+                raise StoreError(self.dir, f"cannot create lock: {exc.strerror}") from exc
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
     # ------------------------------------------------------------- leftovers
     def clean_leftovers(self) -> list[Path]:

@@ -21,7 +21,6 @@ Offers are kept in memory only: they are tentative (RFC 2131 §4.3.1) and expire
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -31,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from homecloud.core.files import atomic_write, write_all
 
 log = logging.getLogger("bootserver.dhcp")
 
@@ -209,17 +210,6 @@ class LeaseTable:
         else:
             raise ValueError(f"unknown event {event!r}")
 
-    def _write_all(self, fd: int, data: bytes) -> None:
-        """Write all of ``data`` or raise: a short write is retried, a write of 0 bytes is
-        ENOSPC (what a full file system does on the retry)."""
-        view = memoryview(data)
-        while view:
-            n = self._write(fd, view)
-            if n <= 0:
-                raise OSError(errno.ENOSPC, f"short write: {len(data) - len(view)} of"
-                              f" {len(data)} bytes written")
-            view = view[n:]
-
     def _compact(self) -> None:
         """Rewrite the journal from the in-memory state: temporary file, fsync, rename, fsync
         of the directory.  On failure the temporary file is removed (it may be what fills the
@@ -230,25 +220,10 @@ class LeaseTable:
                  "hostname": ls.hostname} for ls in self.by_mac.values() if ls.expires > now]
         recs += [{"event": EVENT_DECLINED, "mac": "", "ip": ip, "expires": until}
                  for ip, until in self.declined.items() if until > now]
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs).encode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                self._write_all(fd, data)
-                self._fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                self._fsync(dfd)
-            finally:
-                os.close(dfd)
+            atomic_write(self.path, data, write=self._write, fsync=self._fsync)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise _error(self.path, f"cannot rewrite ({len(recs)} records)", e) from e
 
     def _rewrite(self) -> None:
@@ -280,7 +255,7 @@ class LeaseTable:
         fd = self._require_fh()
         line = (json.dumps(rec, sort_keys=True) + "\n").encode()
         try:
-            self._write_all(fd, line)
+            write_all(fd, line, self._write)
         except OSError as e:
             self._cut_back(fd)
             raise _error(self.path, f"cannot append a {len(line)}-byte record", e) from e

@@ -8,8 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from builder.pipeline import chroot_processes, stop_chroot_processes
 from builder.progress import Progress
+from builder.tree import chroot_processes, stop_chroot_processes
 
 
 def _chrooted_sleeper(tree: Path, ignore_term: bool) -> int:

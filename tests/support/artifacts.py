@@ -1,9 +1,9 @@
 """Cached boot artifacts for e2e tests: the Debian kernel, Xen, small initramfs images, tiny roots.
 
 Everything lives under ``$HC_TEST_CACHE`` (default ``/var/cache/homecloud/test``) and is reused by
-later test runs: the kernel and Xen are cached by package version (builder.kernel), initramfs
-images and root images by a hash of everything that goes into them.  Functions are memoised per
-process, so they can be called from any fixture or test.
+later test runs: the kernel and Xen are cached by package version (tests/support/kernels.py),
+initramfs images and root images by a hash of everything that goes into them.  Functions are
+memoised per process, so they can be called from any fixture or test.
 """
 
 from __future__ import annotations
@@ -20,16 +20,8 @@ from pathlib import Path
 
 from builder import initramfs as initramfs_mod
 from builder.initramfs import INIT_DIR, build_initramfs
-from builder.kernel import (
-    KernelSpec,
-    KernelTree,
-    XenSpec,
-    XenTree,
-    fetch_kernel,
-    fetch_xen,
-    load_kernel_spec,
-    load_xen_spec,
-)
+from builder.kernel import KernelSpec, KernelTree, XenSpec, load_kernel_spec, load_xen_spec
+from tests.support.kernels import XenTree, fetch_kernel, fetch_xen
 
 BUSYBOX = Path("/bin/busybox")
 KERNEL_SPEC = "debian-6.1"
@@ -75,8 +67,13 @@ def _digest(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
+# the test initramfs modes (marker): templates that extend builder/init/init.sh.j2
+MODES_DIR = Path(__file__).resolve().parent / "init"
+
+
 def _initramfs_inputs() -> list[Path]:
-    return [Path(initramfs_mod.__file__), *sorted(INIT_DIR.iterdir()), BUSYBOX]
+    return [Path(initramfs_mod.__file__), *sorted(INIT_DIR.iterdir()),
+            *sorted(MODES_DIR.iterdir()), BUSYBOX]
 
 
 @functools.cache
@@ -90,7 +87,8 @@ def _initramfs(mode: str, params_json: str, with_kernel: bool, compression: str)
     out = cache_dir() / "initramfs" / f"{mode}-{key}.img"
     if not out.is_file():
         build_initramfs(out, mode=mode, kernel=kernel, modules=modules, autoload=autoload,
-                        params=params, compression=compression, busybox=BUSYBOX)
+                        params=params, compression=compression, busybox=BUSYBOX,
+                        modes_dir=MODES_DIR)
     return out
 
 

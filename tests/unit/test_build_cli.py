@@ -15,7 +15,8 @@ from builder.dib import DibRun, element_of, failing_script, tail
 from builder.elements import ElementLibrary
 from builder.errors import DibError, ProfileError
 from builder.mirrors import Mirrors
-from builder.pipeline import Options, Result, dpkg_packages
+from builder.pipeline import Options, Result
+from builder.tree import dpkg_packages
 
 LOG = """\
 2026-11-24 04:04:52.821 | dib-run-parts Running /tmp/dib_build.X/hooks/root.d/08-debootstrap

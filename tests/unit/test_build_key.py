@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from builder import cache, paths
+from builder.context import Options
 from builder.mirrors import Mirrors
-from builder.pipeline import Build, Options, step_plan
-from builder.progress import Progress
+from builder.plan import make_plan
 
 MIRRORS = ("http://mirror.invalid/debian", "http://mirror.invalid/debian-security")
 
@@ -27,9 +27,8 @@ def data(tmp_path: Path) -> Path:
 def keys(data: Path, role: str = "hnode", mirrors: tuple[str, str] = MIRRORS) -> tuple[str, str]:
     opts = Options(store=data / "store", cache_dir=data / "cache", profiles_dir=data / "profiles",
                    mirror=mirrors[0], security_mirror=mirrors[1])
-    b = Build(role=role, opts=opts, progress=Progress(quiet=True))
-    step_plan(b)
-    return b.base_key, b.key
+    plan = make_plan(role, opts)
+    return plan.base_key, plan.key
 
 
 def _append(rel: str, text: str) -> Callable[[Path], None]:
@@ -135,7 +134,8 @@ def test_roles_share_the_base_layer(data: Path) -> None:
 
 def test_code_version_covers_builder_files() -> None:
     files = {p.name for p in cache.code_files()}
-    assert {"pipeline.py", "dib.py", "cache.py", "profile.py"} <= files
+    assert {"pipeline.py", "plan.py", "context.py", "tree.py", "pack.py", "artifacts.py",
+            "run.py", "dib.py", "cache.py", "profile.py"} <= files
     assert cache.code_version() == cache.code_version()
     assert os.path.basename(cache.LayerCache.stand_in_name("bookworm", "amd64")) == (
         "debootstrap-debian-bookworm-amd64.tar.gz"

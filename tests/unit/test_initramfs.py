@@ -24,6 +24,7 @@ from builder.initramfs import (
     write_newc,
 )
 from builder.kernel import KernelTree
+from tests.support.artifacts import MODES_DIR
 
 VERSION = "6.1.0-99-amd64"
 
@@ -170,9 +171,10 @@ def test_newc_rejects_duplicates_and_file_parents() -> None:
 # ---------------------------------------------------------------- /init
 
 
-@pytest.mark.parametrize("mode", INIT_MODES)
+@pytest.mark.parametrize("mode", [*INIT_MODES, "marker"])
 def test_init_renders_and_parses(mode: str, tmp_path: Path) -> None:
-    text = render_init(mode, {"marker": "it's a \"marker\" $HOME", "aoe_wait": "7"})
+    # marker: the test mode of tests/support/init, a template that extends init.sh.j2
+    text = render_init(mode, {"marker": "it's a \"marker\" $HOME", "aoe_wait": "7"}, MODES_DIR)
     assert text.startswith("#!/bin/sh\n")
     assert f"HC_MODE={mode}" in text
     assert "hc_aoe_wait=7\n" in text
@@ -187,7 +189,7 @@ def test_init_renders_and_parses(mode: str, tmp_path: Path) -> None:
 
 def test_init_param_values_are_shell_quoted(tmp_path: Path) -> None:
     value = "it's a \"marker\" $HOME `x`"
-    text = render_init("marker", {"marker": value})
+    text = render_init("marker", {"marker": value}, MODES_DIR)
     line = next(ln for ln in text.splitlines() if ln.startswith("hc_marker="))
     r = subprocess.run(["sh", "-c", f'{line}\nprintf %s "$hc_marker"'], capture_output=True,
                        text=True)
@@ -202,17 +204,32 @@ def test_init_modes_carry_their_contract() -> None:
     assert "exec switch_root /newroot" in aoe
     ram = render_init("ram-root", {})
     assert "udhcpc" in ram and "sha256sum" in ram and "wget" in ram
-    marker = render_init("marker", {}).split("# " + "-" * 64 + " marker")[1]
+    marker = render_init("marker", {}, MODES_DIR).split("# " + "-" * 64 + " marker")[1]
     assert "poweroff -f" in marker and "exec switch_root" not in marker
 
 
 def test_init_rejects_bad_params() -> None:
     with pytest.raises(InitramfsError, match="keys"):
-        render_init("marker", {"Bad-Key": "x"})
+        render_init("marker", {"Bad-Key": "x"}, MODES_DIR)
     with pytest.raises(InitramfsError, match="one line"):
-        render_init("marker", {"marker": "a\nb"})
+        render_init("marker", {"marker": "a\nb"}, MODES_DIR)
     with pytest.raises(InitramfsError, match="unknown init mode"):
         render_init("nfs-root", {})
+
+
+def test_marker_is_a_test_mode_of_tests_support(tmp_path: Path) -> None:
+    assert "marker" not in INIT_MODES
+    with pytest.raises(InitramfsError, match="unknown init mode 'marker'"):
+        render_init("marker", {})
+    with pytest.raises(InitramfsError, match=r"and no .*/nfs-root\.sh\.j2"):
+        render_init("nfs-root", {}, MODES_DIR)
+    # a mode of one's own: the common start of init.sh.j2, then its block "mode"
+    (tmp_path / "hello.sh.j2").write_text(
+        '{% extends "init.sh.j2" %}\n{% block mode %}\necho "hello {{ mode }}"\n{% endblock %}\n')
+    text = render_init("hello", {"x": "1"}, tmp_path)
+    assert text.startswith("#!/bin/sh\n") and "HC_MODE=hello\nhc_x=1\n" in text
+    assert text.endswith('echo "hello hello"\n') and "switch_root /newroot" in text
+    assert "load_modules aoe" not in text and "wget" not in text  # no product mode
 
 
 # ---------------------------------------------------------------- build
@@ -306,7 +323,7 @@ def _headers(data: bytes) -> list[bytes]:
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
 def test_gnu_cpio_reads_it(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) -> None:
-    res = build_initramfs(tmp_path / "i.img", mode="marker", busybox=busybox, compression="none")
+    res = build_initramfs(tmp_path / "i.img", mode="ram-root", busybox=busybox, compression="none")
     r = subprocess.run(["cpio", "-t", "--quiet"], input=res.path.read_bytes(),
                        capture_output=True)
     assert r.returncode == 0, r.stderr
@@ -317,7 +334,7 @@ def test_gnu_cpio_reads_it(kernel_tree: KernelTree, busybox: Path, tmp_path: Pat
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd not installed")
 def test_zstd_compression(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) -> None:
-    res = build_initramfs(tmp_path / "i.zst", mode="marker", busybox=busybox,
+    res = build_initramfs(tmp_path / "i.zst", mode="ram-root", busybox=busybox,
                           compression="zstd")
     assert res.path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
 
@@ -326,10 +343,10 @@ def test_build_errors(kernel_tree: KernelTree, busybox: Path, tmp_path: Path) ->
     with pytest.raises(InitramfsError, match="no kernel tree"):
         build_initramfs(tmp_path / "x", mode="aoe-root", modules=["aoe"], busybox=busybox)
     with pytest.raises(InitramfsError, match="busybox-static"):
-        build_initramfs(tmp_path / "x", mode="marker", busybox=tmp_path / "nope")
+        build_initramfs(tmp_path / "x", mode="ram-root", busybox=tmp_path / "nope")
     with pytest.raises(InitramfsError, match="compression"):
-        build_initramfs(tmp_path / "x", mode="marker", busybox=busybox, compression="lz4")
+        build_initramfs(tmp_path / "x", mode="ram-root", busybox=busybox, compression="lz4")
     with pytest.raises(InitramfsError, match="twice"):
-        build_initramfs(tmp_path / "x", mode="marker", busybox=busybox,
+        build_initramfs(tmp_path / "x", mode="ram-root", busybox=busybox,
                         extra_files={"init": b"#!/bin/sh\n"})
     assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import pipeline
+from builder import pack
 from builder.errors import BuildError, CommandError
 
 
@@ -43,22 +43,22 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_tree_usage_counts_hard_links_once(tree: Path) -> None:
-    used, inodes = pipeline.tree_usage(tree)
+    used, inodes = pack.tree_usage(tree)
     assert 3 * 2**20 <= used < 3 * 2**20 + 400 * 8192
     # etc, hostname, usr, usr/bin, tool (+alias once), bin, var, var/empty, 300 files
     assert inodes == 308
 
 
 def test_geometry_grows_with_the_tree_and_free_space() -> None:
-    s0, n0 = pipeline.ext4_geometry(800 * 2**20, 20000, 0)
-    s1, n1 = pipeline.ext4_geometry(800 * 2**20, 20000, 256)
+    s0, n0 = pack.ext4_geometry(800 * 2**20, 20000, 0)
+    s1, n1 = pack.ext4_geometry(800 * 2**20, 20000, 256)
     assert s0 % 4096 == 0 and 800 * 2**20 < s0 < 900 * 2**20 and n0 >= 25000
     assert s1 - s0 >= 256 * 2**20 and n1 > n0
 
 
 def test_pack_keeps_content_links_modes_and_label(tree: Path, tmp_path: Path) -> None:
     img = tmp_path / "rootfs"
-    pipeline.pack_ext4(tree, img, "hc-root", free_mb=8)
+    pack.pack_ext4(tree, img, "hc-root", free_mb=8)
     sb = superblock(img)
     assert sb["Filesystem volume name"] == "hc-root"
     assert sb["Reserved block count"] == "0"
@@ -78,9 +78,9 @@ def test_pack_keeps_content_links_modes_and_label(tree: Path, tmp_path: Path) ->
 
 def test_pack_retries_when_the_estimate_is_too_tight(tree: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "ext4_geometry", lambda u, i, f: (20 * 2**20, 400))
+    monkeypatch.setattr(pack, "ext4_geometry", lambda u, i, f: (20 * 2**20, 400))
     img = tmp_path / "rootfs"
-    pipeline.pack_ext4(tree, img, "hc-root")  # 20 MiB cannot hold 3 MiB + the 16 MiB journal
+    pack.pack_ext4(tree, img, "hc-root")  # 20 MiB cannot hold 3 MiB + the 16 MiB journal
     assert img.stat().st_size > 20 * 2**20
     assert debugfs(img, "cat /etc/hostname") == "node\n"
 
@@ -88,10 +88,10 @@ def test_pack_retries_when_the_estimate_is_too_tight(tree: Path, tmp_path: Path,
 def test_pack_errors_name_the_tree_or_the_command(tree: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BuildError, match="missing: no root tree"):
-        pipeline.pack_ext4(tmp_path / "missing", tmp_path / "rootfs", "hc-root")
+        pack.pack_ext4(tmp_path / "missing", tmp_path / "rootfs", "hc-root")
     with monkeypatch.context() as m:  # a failure that more room does not fix is not retried
-        m.setattr(pipeline, "JOURNAL_MB", 1)  # real mke2fs: a 1 MiB journal is refused
+        m.setattr(pack, "JOURNAL_MB", 1)  # real mke2fs: a 1 MiB journal is refused
         with pytest.raises(CommandError, match="mke2fs") as ei:
-            pipeline.pack_ext4(tree, tmp_path / "rootfs", "hc-root")
+            pack.pack_ext4(tree, tmp_path / "rootfs", "hc-root")
     assert ei.value.returncode != 0
     assert any("journal size" in line for line in ei.value.tail), ei.value.tail
