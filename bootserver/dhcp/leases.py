@@ -49,8 +49,9 @@ class LeaseFileError(OSError):
 
 
 def _error(path: Path, what: str, e: OSError) -> LeaseFileError:
-    code = errno.errorcode.get(e.errno or 0, str(e.errno))
-    err = LeaseFileError(f"lease file {path}: {what}: {code} ({e.strerror or e})")
+    name = errno.errorcode.get(e.errno or 0, "?")
+    err = LeaseFileError(f"lease file {path}: {what}: [Errno {e.errno}] {name}:"
+                         f" {e.strerror or e}")
     err.errno = e.errno
     return err
 
