@@ -166,8 +166,15 @@ class LeaseTable:
     def _open_append(self) -> None:
         assert self.path is not None
         try:
+            created = not self.path.exists()
             self._fh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._good = os.fstat(self._fh).st_size
+            if created:  # the new name must survive a crash too
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    self._fsync(dfd)
+                finally:
+                    os.close(dfd)
         except OSError as e:
             raise _error(self.path, "cannot open for append", e) from e
 
