@@ -24,7 +24,7 @@ from bootserver.dhcp.codec import DhcpPacket
 from bootserver.dhcp.options import MessageType as MT
 from tests.unit.test_dhcp_server import CLIENT, make
 
-SETTINGS = settings(max_examples=300, deadline=None, database=None, derandomize=True,
+SETTINGS = settings(max_examples=200, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 ips = st.builds(lambda n: socket.inet_ntoa(struct.pack("!I", n)), st.integers(0, 2**32 - 1))
