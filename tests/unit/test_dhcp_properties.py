@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from pathlib import Path
 
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -171,3 +172,28 @@ def test_server_never_raises_on_mutated_datagrams(muts: list[tuple[int, int]], c
     reply = srv.handle(_mutate(muts, cut), CLIENT, port)
     if reply is not None:
         assert len(reply.data) <= codec.MAX_PACKET_SIZE
+
+
+# --- the regression corpus (tests/corpus/serve.txt), replayed without sockets -------------------
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "serve.txt"
+
+
+def test_corpus_dhcp_inputs_are_answered_or_dropped_cleanly() -> None:
+    lines = [ln.split(" ", 1) for ln in CORPUS.read_text().splitlines()
+             if ln.startswith("dhcp ")]
+    assert len(lines) >= 3
+    srv, pol = make()
+    prx, _ = make(mode="proxy")
+    replies = []
+    for _, hexdata in lines:
+        data = bytes.fromhex(hexdata)
+        replies.append(srv.handle(data, CLIENT, 67))
+        prx.handle(data, CLIENT, 67)
+        prx.handle(data, CLIENT, 4011)
+    first = replies[0]  # the 254-byte client identifier: answered, identifier echoed
+    assert first is not None and len(first.data) <= 548
+    assert codec.decode(first.data).options[o.CLIENT_ID] == b"\x00" + bytes(range(1, 254))
+    assert replies[1] is not None
+    assert [m.arch for m in pol.seen if m.vendor_class and "00007" in m.vendor_class] == [7]
+    assert srv.stats.errors == 0
