@@ -50,8 +50,9 @@ class LeaseFileError(OSError):
 
 
 def _error(path: Path, what: str, e: OSError) -> LeaseFileError:
-    code = errno.errorcode.get(e.errno or 0, str(e.errno))
-    err = LeaseFileError(f"lease file {path}: {what}: {code} ({e.strerror or e})")
+    name = errno.errorcode.get(e.errno or 0, "?")
+    err = LeaseFileError(f"lease file {path}: {what}: [Errno {e.errno}] {name}:"
+                         f" {e.strerror or e}")
     err.errno = e.errno
     return err
 
@@ -166,8 +167,15 @@ class LeaseTable:
     def _open_append(self) -> None:
         assert self.path is not None
         try:
+            created = not self.path.exists()
             self._fh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._good = os.fstat(self._fh).st_size
+            if created:  # the new name must survive a crash too
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    self._fsync(dfd)
+                finally:
+                    os.close(dfd)
         except OSError as e:
             raise _error(self.path, "cannot open for append", e) from e
 

@@ -38,6 +38,19 @@ Choices worth knowing
   * Log levels: OFFERs are DEBUG (bursts), ACK/NAK/INFORM/RELEASE/DECLINE and ProxyDHCP answers
     are INFO, malformed packets and pool exhaustion WARNING; every line names the MAC.
   * Replies to relays leave through the bound interface: relays must be reachable through it.
+  * No ACK for a lease that is not on disk: the lease record is written whole and synced (one
+    fsync per batch of packets) before the batch's ACKs leave.  When the journal cannot be
+    written (disk full, EIO) the REQUEST gets no answer, not a NAK: a NAK tells the client its
+    address is wrong (RFC 2131 §4.3.2), so a RENEWING client would give up a valid address and
+    restart from INIT, while silence makes it retransmit (§4.1) and keep its address until
+    T2/expiry; the retransmission succeeds once the journal heals (leases.py).  The error is
+    logged with the file, the errno and the MAC.  OFFERs (memory only) still go out.
+  * A reply larger than the client accepts (option 57, at least 576 and at most one Ethernet
+    frame) is not lost: the codec overloads ``file`` then ``sname`` (option 52) when they are
+    unused, then optional options are dropped (``drop_order``), the echoed option 61 last; a
+    reply that cannot fit even then is logged and not sent.
+  * The client architecture is option 93, or when that is missing or malformed the
+    ``Arch:NNNNN`` of option 60 (UEFI firmwares that send only "PXEClient:Arch:00007:...").
   * Leases are keyed by the hardware address, not by the client identifier (option 61): a PXE
     ROM (no option 61), iPXE and the booted OS (systemd-networkd sends a DUID-based one) are the
     same machine and keep one address, as the inventory assigns roles by MAC.  Option 61 is

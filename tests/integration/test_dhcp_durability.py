@@ -193,21 +193,18 @@ def test_full_disk_means_no_ack_then_heals(rig: Rig, tmp_path: Path) -> None:
             assert first.message_type == MT.ACK
             filler = fill(fs)
             macs = [f"52:54:00:88:01:{i:02x}" for i in range(60)]
-            offers: dict[str, str] = {}
-            acked_full: dict[str, str] = {}
-            silent = []
             for i, mac in enumerate(macs):
-                off = c.exchange(req(MT.DISCOVER, mac, 0x2000 + 2 * i, pxe=False), 0x2000 + 2 * i)
-                assert off.message_type == MT.OFFER  # offers are in memory: still answered
-                offers[mac] = off.yiaddr
-                c.send(selecting(mac, 0x2001 + 2 * i, SRV, off.yiaddr, pxe=False))
-                try:
-                    ack, _ = c.recv(0x2001 + 2 * i, timeout=1.0)
-                except TimeoutError:
-                    silent.append(mac)
-                    continue
-                assert ack.message_type == MT.ACK, ack  # silence, never a NAK
-                acked_full[mac] = ack.yiaddr
+                c.send(req(MT.DISCOVER, mac, 0x2000 + i, pxe=False))
+            offers = {p.mac: p.yiaddr for p in c.drain(1.0)}
+            # offers are in memory: still answered on a full disk
+            assert sorted(offers) == macs  # type: ignore[type-var]
+            for i, mac in enumerate(macs):
+                c.send(selecting(mac, 0x3000 + i, SRV, offers[mac], pxe=False))
+            replies = c.drain(2.0)
+            assert all(p.message_type == MT.ACK for p in replies), replies  # silence, not NAK
+            acked_full = {str(p.mac): p.yiaddr for p in replies}
+            assert all(offers[m] == ip for m, ip in acked_full.items())
+            silent = [m for m in macs if m not in acked_full]
             print(f"disk full: {len(acked_full)} ACKed (room left in the journal's last page),"
                   f" {len(silent)} not acknowledged")
             assert silent, "the disk never filled up for the journal"
@@ -219,8 +216,8 @@ def test_full_disk_means_no_ack_then_heals(rig: Rig, tmp_path: Path) -> None:
             assert "NOT acknowledging" in log and silent[0] in log
             filler.unlink()  # room again: the clients' retransmissions are acknowledged
             for i, mac in enumerate(silent):
-                ack = c.exchange(selecting(mac, 0x3000 + i, SRV, offers[mac], pxe=False),
-                                 0x3000 + i)
+                ack = c.exchange(selecting(mac, 0x4000 + i, SRV, offers[mac], pxe=False),
+                                 0x4000 + i)
                 assert ack.message_type == MT.ACK and ack.yiaddr == offers[mac]
             rig.kill9()
             rig.start()

@@ -40,6 +40,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "serve.txt"
 FUNCTIONAL_TIMEOUT = 60.0  # the server may first work off a backlog of fuzz packets
 TFTP_FILES = ("undionly.kpxe", "pxelinux.0", "ldlinux.c32",
               f"pxelinux.cfg/01-{MAC.replace(':', '-')}")
+SECRET = b"root:x:0:0:"  # /etc/passwd, where the traversal inputs aim
 HTTP_PATHS = ("/healthz", f"/boot/{MAC}.ipxe", "/images/pxetest/current/kernel",
               "/firststage/ipxe.efi", "/nodes.json", f"/plan/{MAC}.json")
 
@@ -99,7 +100,8 @@ def fuzz_dhcp(cli: Netns, rng: random.Random) -> int:
 
 def fuzz_tftp(cli: Netns, rng: random.Random) -> int:
     """From 200 source ports in turn; every DATA/OACK a session sends back is answered with an
-    ERROR, so sessions end at once instead of retransmitting until they time out."""
+    ERROR, so sessions end at once instead of retransmitting until they time out.  No DATA may
+    carry /etc/passwd."""
     socks = [udp_socket(cli) for _ in range(200)]
     stop = struct.pack("!HH", 5, 0) + b"fuzz done\0"
     sent = 0
@@ -108,9 +110,10 @@ def fuzz_tftp(cli: Netns, rng: random.Random) -> int:
         for s in socks:
             for _ in range(64):
                 try:
-                    _, (host, port) = s.recvfrom(65536)
+                    data, (host, port) = s.recvfrom(65536)
                 except (BlockingIOError, OSError):
                     break
+                assert SECRET not in data, f"TFTP served /etc/passwd: {data[:200]!r}"
                 if port != 69:
                     with contextlib.suppress(OSError):
                         s.sendto(stop, (host, port))
@@ -157,7 +160,8 @@ def fuzz_http(cli: Netns, rng: random.Random) -> dict[str, int]:
     inputs = corpus("http") + list(mutate.http_mutations(rng, N_HTTP, HTTP_PATHS, SRV))
     statuses: dict[str, int] = {}
     with ThreadPoolExecutor(16) as pool:
-        for got in pool.map(lambda d: http_one(cli, d), inputs):
+        for data, got in zip(inputs, pool.map(lambda d: http_one(cli, d), inputs), strict=True):
+            assert SECRET not in got, f"HTTP served /etc/passwd for {data[:200]!r}"
             line = got.split(b"\r\n", 1)[0][:12].decode(errors="replace") or "(closed)"
             statuses[line] = statuses.get(line, 0) + 1
     return statuses
