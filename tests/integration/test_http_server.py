@@ -546,3 +546,34 @@ def test_cap_with_every_connection_busy_answers_503() -> None:
         again.close()
     finally:
         srv.stop()
+
+
+def test_slow_bodies_have_a_deadline_and_give_way_to_newcomers() -> None:
+    """A POST body trickled in is ended at the body deadline; over the per-client cap a
+    newcomer takes the place of the oldest connection still waiting for its body."""
+    srv, _ = _loopback_server(max_per_client=2, io_timeout=2.0)
+    try:
+        port = srv.port
+        head = b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab"
+        old = socket.create_connection(("127.0.0.1", port), timeout=5)
+        old.sendall(head)
+        time.sleep(0.2)  # ordering only
+        new = socket.create_connection(("127.0.0.1", port), timeout=5)
+        new.sendall(head)
+        time.sleep(0.2)
+        real = socket.create_connection(("127.0.0.1", port), timeout=5)
+        real.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_all(real).startswith(b"HTTP/1.1 200 ")
+        assert _read_all(old) == b""  # replaced by the newcomer
+        for _ in range(100):  # trickle: one byte per 0.2 s, at most 20 s (functional limit)
+            try:
+                new.sendall(b"c")
+            except OSError:
+                break
+            if select.select([new], [], [], 0.2)[0]:
+                break
+        assert _read_all(new) == b""  # the body deadline closed it, nothing was dispatched
+        for s in (old, new, real):
+            s.close()
+    finally:
+        srv.stop()
