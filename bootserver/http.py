@@ -28,8 +28,9 @@ Limits (``HttpLimits``; docs/security.md has the defaults and hcboot's flags): a
 ``max_connections`` connections at once and ``max_per_client`` from one client address; the
 whole request head (request line and headers) must arrive within ``head_timeout`` of the
 connection's start or of the next request's first byte (a deadline, not a per-recv timeout),
-else 408 and close; a kept-alive connection waits ``idle_timeout`` for its next request; a body
-read or a response send that makes no progress for ``io_timeout`` ends the connection.  A new
+else 408 and close; a kept-alive connection waits ``idle_timeout`` for its next request; the
+whole request body must arrive within ``io_timeout``, and a response send that makes no progress
+for ``io_timeout`` ends the connection.  A new
 connection over a cap takes the place of the connection of that client (per-client cap) or of
 any client (overall cap) that has waited longest for a request head, then for a request body,
 then of the longest idle keep-alive connection; only when every connection is busy handling a
