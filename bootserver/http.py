@@ -28,11 +28,13 @@ Limits (``HttpLimits``; docs/security.md has the defaults and hcboot's flags): a
 ``max_connections`` connections at once and ``max_per_client`` from one client address; the
 whole request head (request line and headers) must arrive within ``head_timeout`` of the
 connection's start or of the next request's first byte (a deadline, not a per-recv timeout),
-else 408 and close; a kept-alive connection waits ``idle_timeout`` for its next request; a body
-read or a response send that makes no progress for ``io_timeout`` ends the connection.  A new
+else 408 and close; a kept-alive connection waits ``idle_timeout`` for its next request; the
+whole request body must arrive within ``io_timeout``, and a response send that makes no progress
+for ``io_timeout`` ends the connection.  A new
 connection over a cap takes the place of the connection of that client (per-client cap) or of
-any client (overall cap) that has waited longest for a request head, then of the longest idle
-keep-alive connection; only when every connection is busy with a request is it answered 503.
+any client (overall cap) that has waited longest for a request head, then for a request body,
+then of the longest idle keep-alive connection; only when every connection is busy handling a
+request or sending its reply is it answered 503.
 So slow clients that never finish a head cannot lock out a client that sends one promptly.
 """
 
@@ -232,8 +234,9 @@ class _DeadlineReader(io.RawIOBase):
             raise TimeoutError(f"{self.phase} not complete within {self.limit:g} s") from None
 
 
-# connection states: waiting for / reading a request head, handling a request, kept alive idle
-HEAD, BUSY, IDLE = "head", "busy", "idle"
+# connection states: waiting for / reading a request head, reading a request body, handling a
+# request (and sending the reply), kept alive idle
+HEAD, BODY, BUSY, IDLE = "head", "body", "busy", "idle"
 
 
 @dataclass(eq=False)
@@ -401,7 +404,9 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if not length:
             return b""
+        self.server.set_state(self.connection, BODY)
         body = self.rfile.read(length)
+        self.server.set_state(self.connection, BUSY)
         if len(body) != length:
             self.close_connection = True
             return None
@@ -552,8 +557,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     @staticmethod
     def _victim(conns: list[_Conn]) -> _Conn | None:
         """The connection a newcomer replaces: the one that has waited longest for a request
-        head, else the longest idle keep-alive one; never one busy with a request."""
-        for state in (HEAD, IDLE):
+        head, else for a request body, else the longest idle keep-alive one; never one busy
+        handling a request or sending its reply."""
+        for state in (HEAD, BODY, IDLE):
             waiting = [c for c in conns if c.state == state]
             if waiting:
                 return min(waiting, key=lambda c: c.since)

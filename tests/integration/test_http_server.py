@@ -11,15 +11,19 @@ import base64
 import hashlib
 import os
 import random
+import select
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bootserver.http import HttpLimits, HttpServer, Response
 from tests.support.netns import Lab, Netns, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -413,3 +417,163 @@ def test_start_stop_in_process_with_idle_keepalive() -> None:
     c.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
+
+
+# ---------------------------------------------------------------- limits, in process on loopback
+
+class _Blocking:
+    """/block waits until ``release`` is set (a request that keeps its connection busy)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def handle(self, method: str, path: str, client_ip: str, headers: object,
+               body: bytes) -> Response | None:
+        if path == "/block":
+            self.entered.release()
+            self.release.wait(30)
+        return Response(body=b"one\n") if path in ("/one", "/block") else None
+
+
+def _loopback_server(**limits: float) -> tuple[HttpServer, _Blocking]:
+    app = _Blocking()
+    srv = HttpServer("127.0.0.1", 0, app, limits=HttpLimits(**limits))  # type: ignore[arg-type]
+    srv.start()
+    return srv, app
+
+
+def _read_all(c: socket.socket, limit: float = 20) -> bytes:
+    """Everything until the server closes (functional limit: ``limit`` s)."""
+    c.settimeout(limit)
+    got = b""
+    try:
+        while d := c.recv(65536):
+            got += d
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def test_request_head_deadline_is_not_per_recv() -> None:
+    """A head trickled one byte per 0.2 s never trips a per-recv timeout, but the 1 s deadline
+    for the whole head ends it with 408; a silent connection gets the same."""
+    srv, _ = _loopback_server(head_timeout=1.0)
+    try:
+        port = srv.port
+        silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        c.sendall(b"GET /one HTTP/1.1\r\n")
+        closed = False
+        for byte in b"X-Slow: " + b"a" * 200:  # 40 s of trickle at most (functional limit)
+            try:
+                c.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            ready = select.select([c], [], [], 0.2)[0]
+            if ready:
+                break
+        got = _read_all(c)
+        assert closed or got.startswith(b"HTTP/1.1 408 "), got[:100]
+        assert _read_all(silent).startswith(b"HTTP/1.1 408 ")
+        c.close()
+        silent.close()
+    finally:
+        srv.stop()
+
+
+def test_keep_alive_idle_timeout_and_pipelining() -> None:
+    srv, _ = _loopback_server(idle_timeout=1.0)
+    try:
+        c = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        req = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+        c.sendall(req + req)  # pipelined: both answered on the kept-alive connection
+        got = _read_all(c)  # then the idle connection is closed by the server
+        assert got.count(b"HTTP/1.1 200 ") == 2 and got.endswith(b"one\n"), got
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_cap_replaces_the_longest_waiting_head_reader() -> None:
+    """Per-client cap 2: two connections that never finish a head are held; a third client
+    with a real request takes the place of the older one (closed without a reply) and is
+    served; the newer slow one is still open."""
+    srv, _ = _loopback_server(max_per_client=2, head_timeout=30.0)
+    try:
+        port = srv.port
+        old = socket.create_connection(("127.0.0.1", port), timeout=5)
+        old.sendall(b"GET /one HTTP/1.1\r\n")
+        time.sleep(0.2)  # ordering only: "old" is the older head reader
+        new = socket.create_connection(("127.0.0.1", port), timeout=5)
+        new.sendall(b"GET /one HTTP/1.1\r\n")
+        time.sleep(0.2)
+        real = socket.create_connection(("127.0.0.1", port), timeout=5)
+        real.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_all(real).startswith(b"HTTP/1.1 200 ")
+        assert _read_all(old) == b""  # dropped for the newcomer, no reply
+        new.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            new.recv(1)  # still open, still waiting
+        for s in (old, new, real):
+            s.close()
+    finally:
+        srv.stop()
+
+
+def test_cap_with_every_connection_busy_answers_503() -> None:
+    srv, app = _loopback_server(max_connections=2)
+    try:
+        port = srv.port
+        busy = []
+        for _ in range(2):
+            b = socket.create_connection(("127.0.0.1", port), timeout=5)
+            b.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            busy.append(b)
+        for _ in range(2):
+            assert app.entered.acquire(timeout=10)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert _read_all(extra).startswith(b"HTTP/1.1 503 ")
+        app.release.set()
+        for b in busy:
+            assert _read_all(b).startswith(b"HTTP/1.1 200 ")
+            b.close()
+        extra.close()
+        again = socket.create_connection(("127.0.0.1", port), timeout=5)
+        again.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_all(again).startswith(b"HTTP/1.1 200 ")  # the slots were freed
+        again.close()
+    finally:
+        srv.stop()
+
+
+def test_slow_bodies_have_a_deadline_and_give_way_to_newcomers() -> None:
+    """A POST body trickled in is ended at the body deadline; over the per-client cap a
+    newcomer takes the place of the oldest connection still waiting for its body."""
+    srv, _ = _loopback_server(max_per_client=2, io_timeout=2.0)
+    try:
+        port = srv.port
+        head = b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab"
+        old = socket.create_connection(("127.0.0.1", port), timeout=5)
+        old.sendall(head)
+        time.sleep(0.2)  # ordering only
+        new = socket.create_connection(("127.0.0.1", port), timeout=5)
+        new.sendall(head)
+        time.sleep(0.2)
+        real = socket.create_connection(("127.0.0.1", port), timeout=5)
+        real.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_all(real).startswith(b"HTTP/1.1 200 ")
+        assert _read_all(old) == b""  # replaced by the newcomer
+        for _ in range(100):  # trickle: one byte per 0.2 s, at most 20 s (functional limit)
+            try:
+                new.sendall(b"c")
+            except OSError:
+                break
+            if select.select([new], [], [], 0.2)[0]:
+                break
+        assert _read_all(new) == b""  # the body deadline closed it, nothing was dispatched
+        for s in (old, new, real):
+            s.close()
+    finally:
+        srv.stop()

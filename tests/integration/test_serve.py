@@ -48,7 +48,8 @@ def _curl(ns: Netns, *args: str) -> tuple[int, str]:
 
 
 def _get(s: Served, path: str) -> tuple[int, bytes]:
-    r = s.ns.run("curl", "-s", "-o", "/dev/stdout", "-w", "\n%{http_code}",
+    # --path-as-is: curl would otherwise squash "/../" itself and the server would never see it
+    r = s.ns.run("curl", "-s", "--path-as-is", "-o", "/dev/stdout", "-w", "\n%{http_code}",
                  f"http://{SERVER}{path}", check=False)
     body, _, code = r.stdout.rpartition("\n")
     return int(code or 0), body.encode()
@@ -77,8 +78,10 @@ def test_artifacts_scripts_and_404s(served: Served) -> None:
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(b"I" * 8192).hexdigest()
     for bad in ("/images/pxetest/current/../../state/inventory.yaml", "/images/nope/current/kernel",
                 "/images/pxetest/current/manifest2.json", "/boot/notamac.ipxe", "/etc/passwd",
-                "/plan/52:54:00:00:00:01.json"):
-        assert _get(served, bad)[0] in (400, 404), bad
+                "/plan/52:54:00:00:00:01.json", "/images/pxetest/current/%2e%2e/initrd",
+                "/images/pxetest/%252e%252e/pxetest/current/initrd"):
+        code, body = _get(served, bad)
+        assert code in (400, 404) and b"I" * 64 not in body, bad
 
 
 def test_reports_are_recorded(served: Served) -> None:
