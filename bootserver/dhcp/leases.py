@@ -33,7 +33,7 @@ from pathlib import Path
 
 from homecloud.core.files import atomic_write, write_all
 
-log = logging.getLogger("bootserver.dhcp")
+log = logging.getLogger("homecloud.dhcp")
 
 EVENT_BOUND = "bound"
 EVENT_RELEASED = "released"

@@ -8,6 +8,7 @@ bare numbers.  Value helpers convert between option payload bytes and Python val
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from collections.abc import Iterable, Mapping
@@ -102,6 +103,15 @@ def ips_bytes(addrs: Iterable[str]) -> bytes:
 
 def u32_bytes(value: int) -> bytes:
     return struct.pack("!I", value)
+
+
+@functools.lru_cache(maxsize=64)
+def lease_time_options(lease_time: int) -> dict[int, bytes]:
+    """Options 51, 58 and 59 for a lease of ``lease_time`` seconds (a shared dict: do not
+    modify it)."""
+    return {LEASE_TIME: u32_bytes(lease_time),
+            RENEWAL_TIME: u32_bytes(lease_time // 2),  # RFC 2131 §4.4.5 T1
+            REBINDING_TIME: u32_bytes(lease_time * 7 // 8)}  # T2
 
 
 def u16_bytes(value: int) -> bytes:

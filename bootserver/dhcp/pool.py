@@ -8,6 +8,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bootserver.dhcp import options as o
+
 
 class PoolConfigError(ValueError):
     """A pool whose range, network or options do not fit together (names the pool)."""
@@ -16,7 +18,7 @@ class PoolConfigError(ValueError):
 @dataclass(frozen=True)
 class PoolConfig:
     """One subnet served by the DHCP server.  ``router``/``dns``/``domain``/``lease_time`` left
-    unset fall back to the server-wide values in :class:`~bootserver.dhcp.server.DhcpConfig`."""
+    unset fall back to the server-wide values in :class:`~bootserver.dhcp.config.DhcpConfig`."""
 
     network: str  # "192.0.2.0/24"
     start: str  # first dynamic address
@@ -61,6 +63,15 @@ class Pool:
         self._mask = int(self.network.netmask)
         self._bcast = int(self.network.broadcast_address)
         self._cursor = self.start
+        # the subnet's options, the same in every OFFER/ACK/INFORM answer from this pool
+        self.options: dict[int, bytes] = {o.SUBNET_MASK: o.ip_bytes(self.netmask),
+                                          o.BROADCAST_ADDRESS: o.ip_bytes(self.broadcast)}
+        if cfg.router:
+            self.options[o.ROUTER] = o.ip_bytes(cfg.router)
+        if cfg.dns:
+            self.options[o.DNS_SERVERS] = o.ips_bytes(cfg.dns)
+        if cfg.domain:
+            self.options[o.DOMAIN_NAME] = cfg.domain.encode()
 
     def __repr__(self) -> str:
         return f"Pool({self.cfg.network} {self.cfg.start}-{self.cfg.end})"

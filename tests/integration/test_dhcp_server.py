@@ -208,7 +208,7 @@ def test_busybox_udhcpc_uefi_with_254_byte_client_identifier(
     script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > {out}\nexit 0\n')
     script.chmod(0o755)
     cid = "00" + bytes(range(1, 254)).hex()
-    caplog.set_level(logging.INFO, logger="bootserver.dhcp")
+    caplog.set_level(logging.INFO, logger="homecloud.dhcp")
     pair.cli.run("busybox", "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-t", "3", "-T", "2",
                  "-s", str(script), "-V", "PXEClient:Arch:00007:UNDI:003016",
                  "-x", f"0x3d:{cid}", timeout=30)
@@ -242,7 +242,7 @@ def test_busybox_udhcpc_renews_by_unicast_then_releases(pair: Running,
                  timeout=20, what="udhcpc bound")
         ip = events.read_text().split("bound ", 1)[1].split()[0]
         proc.send_signal(signal.SIGUSR1)  # renew now
-        caplog.set_level(logging.INFO, logger="bootserver.dhcp")
+        caplog.set_level(logging.INFO, logger="homecloud.dhcp")
         wait_for(lambda: f"renew {ip}" in events.read_text(), timeout=20, what="udhcpc renew")
         assert f"REQUEST from {mac}" in caplog.text and f"ACK {ip}" in caplog.text
         assert f"to {ip}:68" in caplog.text  # unicast to the client's address
@@ -314,7 +314,7 @@ def test_malformed_barrage_then_valid_discover(pair: Running,
     cli = UdpClient(pair.cli)
     try:
         bad = _malformed()
-        with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+        with caplog.at_level(logging.WARNING, "homecloud.dhcp"):
             for _, data in bad:
                 cli.send(data)
             # a PXE client whose policy call raises: logged, loop goes on

@@ -152,7 +152,7 @@ def test_failed_compaction_keeps_the_journal_open(tmp_path: Path, monkeypatch: p
     path, disk = tmp_path / "leases.jsonl", Disk()
     lt = table(path, disk)
     disk.mode = "tmp-enospc"
-    with caplog.at_level(logging.ERROR, "bootserver.dhcp"):
+    with caplog.at_level(logging.ERROR, "homecloud.dhcp"):
         for i in range(20):  # renewals: the journal grows, the live state does not
             lt.bind(MAC1 if i % 2 else MAC2, "192.0.2.11" if i % 2 else "192.0.2.12", 600 + i)
     assert "compaction postponed" in caplog.text and str(path) in caplog.text
@@ -187,7 +187,7 @@ def test_torn_bytes_glued_to_a_record_do_not_cost_it(tmp_path: Path,
                     + '{"event": "bound", "expires": 4e9, "hos' + json.dumps(rec) + "\n"
                     + '{"event": "bound", "mac": "52:54:00:00:00:03", "ip": "192.0.2.1')
     lt = LeaseTable(path)
-    with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+    with caplog.at_level(logging.WARNING, "homecloud.dhcp"):
         lt.open()
     assert lt.lease_of(MAC1) is not None and lt.lease_of(MAC2) is not None
     assert lt.lease_of(MAC3) is None
@@ -218,7 +218,7 @@ def test_no_ack_while_the_journal_cannot_be_written(tmp_path: Path, fault: str,
     srv = server(tmp_path, disk)
     offer = parse(srv.handle(request(MT.DISCOVER, MAC1), CLIENT, 67))
     disk.mode = fault
-    with caplog.at_level(logging.ERROR, "bootserver.dhcp"):
+    with caplog.at_level(logging.ERROR, "homecloud.dhcp"):
         assert srv.handle(_request(MAC1, offer.yiaddr, 1), CLIENT, 67) is None
     assert "NOT acknowledging" in caplog.text and MAC1 in caplog.text
     assert str(tmp_path / "leases.jsonl") in caplog.text
@@ -239,7 +239,7 @@ def test_release_that_cannot_be_written_keeps_the_lease(tmp_path: Path,
     offer = parse(srv.handle(request(MT.DISCOVER, MAC1), CLIENT, 67))
     assert parse(srv.handle(_request(MAC1, offer.yiaddr, 1), CLIENT, 67)).message_type == MT.ACK
     disk.mode = "enospc"
-    with caplog.at_level(logging.ERROR, "bootserver.dhcp"):
+    with caplog.at_level(logging.ERROR, "homecloud.dhcp"):
         srv.handle(request(MT.RELEASE, MAC1, ciaddr=offer.yiaddr), CLIENT, 67)
     assert "RELEASE" in caplog.text and "not recorded" in caplog.text
     assert srv.leases.lease_of(MAC1) is not None

@@ -46,7 +46,7 @@ def test_torn_last_line_is_skipped_and_logged(tmp_path: Path,
     good = {"event": "bound", "mac": MAC1, "ip": "192.0.2.10", "expires": 2e6, "hostname": None}
     path.write_text(json.dumps(good) + "\n" + '{"event": "bound", "mac": "52:54:00:00:00:02", "i')
     lt = LeaseTable(path, clock=Clock())
-    with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+    with caplog.at_level(logging.WARNING, "homecloud.dhcp"):
         lt.open()
     assert "torn last line 2" in caplog.text and str(path) in caplog.text
     assert lt.skipped_lines == [2]
@@ -63,7 +63,7 @@ def test_bad_middle_line_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     rec = {"event": "bound", "mac": MAC1, "ip": "192.0.2.10", "expires": 2e6}
     path.write_text("garbage\n" + json.dumps(rec) + "\n")
     lt = LeaseTable(path, clock=Clock())
-    with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+    with caplog.at_level(logging.WARNING, "homecloud.dhcp"):
         lt.open()
     assert "bad line 1" in caplog.text
     assert lt.lease_of(MAC1) is not None

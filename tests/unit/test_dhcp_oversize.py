@@ -12,8 +12,8 @@ import pytest
 from bootserver.dhcp import codec
 from bootserver.dhcp import options as o
 from bootserver.dhcp.codec import DhcpPacket
+from bootserver.dhcp.fit import drop_order
 from bootserver.dhcp.options import MessageType as MT
-from bootserver.dhcp.server import drop_order
 from bootserver.machine import arch_from_vendor_class
 from tests.unit.test_dhcp_server import CLIENT, MAC, SERVER, make, parse, request
 
@@ -76,7 +76,7 @@ def test_optional_options_go_before_the_client_identifier(
     it is the one dropped, the boot information stays, and the log says so."""
     srv, _ = make()
     cid = bytes(600)
-    with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+    with caplog.at_level(logging.WARNING, "homecloud.dhcp"):
         reply = srv.handle(request(MT.DISCOVER, options={o.CLIENT_ID: cid,
                                                          o.PARAMETER_REQUEST_LIST: PRL}),
                            CLIENT, 67)
@@ -94,7 +94,7 @@ def test_client_identifier_is_the_last_option_given_up(caplog: pytest.LogCapture
     cid = bytes(range(250))
     prl = bytes([1, 3, 6, 15, 28, 12, 43, 60, 66, 67])
     agent = b"\x01\x3a" + bytes(58)
-    with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+    with caplog.at_level(logging.WARNING, "homecloud.dhcp"):
         reply = srv.handle(request(MT.DISCOVER, options={
             o.CLIENT_ID: cid, o.PARAMETER_REQUEST_LIST: prl, o.RELAY_AGENT_INFO: agent},
             giaddr="192.0.2.254"), CLIENT, 67)
@@ -111,7 +111,7 @@ def test_reply_that_cannot_fit_is_logged_not_raised(caplog: pytest.LogCaptureFix
     an error that names the MAC, and the server goes on."""
     srv, _ = make()
     agent = b"\x01\xff" + bytes(255) + b"\x02\xff" + bytes(255) + b"\x09\xff" + bytes(255)
-    with caplog.at_level(logging.ERROR, "bootserver.dhcp"):
+    with caplog.at_level(logging.ERROR, "homecloud.dhcp"):
         reply = srv.handle(request(MT.DISCOVER, options={o.RELAY_AGENT_INFO: agent},
                                    giaddr="192.0.2.254"), CLIENT, 67)
     assert reply is None

@@ -1,4 +1,5 @@
-"""DhcpServer.handle(): the RFC 2131 / PXE state machine, without sockets."""
+"""DhcpProtocol.handle(): the RFC 2131 / PXE state machine, without sockets (and DhcpServer.handle,
+its socket-free entry that also syncs the lease journal)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import pytest
 from bootserver.dhcp import codec
 from bootserver.dhcp import options as o
 from bootserver.dhcp.codec import DhcpPacket
+from bootserver.dhcp.config import DhcpConfig, DhcpConfigError
+from bootserver.dhcp.leases import LeaseTable
 from bootserver.dhcp.options import MessageType as MT
 from bootserver.dhcp.pool import PoolConfig
-from bootserver.dhcp.server import DhcpConfig, DhcpConfigError, DhcpServer, Reply
+from bootserver.dhcp.protocol import DhcpProtocol, Reply
+from bootserver.dhcp.server import DhcpServer
 from bootserver.machine import BootFile, Machine
 
 SERVER = "192.0.2.1"
@@ -47,14 +51,14 @@ POOLS = (PoolConfig("192.0.2.0/24", "192.0.2.100", "192.0.2.103", router="192.0.
 
 
 def make(tmp_path: Path | None = None, mode: Any = "full", policy: Policy | None = None,
-         **kw: Any) -> tuple[DhcpServer, Policy]:
+         **kw: Any) -> tuple[DhcpProtocol, Policy]:
     pol = policy or Policy()
     cfg = DhcpConfig(interface="veth0", server_ip=SERVER, mode=mode,
                      pools=POOLS if mode == "full" else (),
                      lease_file=tmp_path / "leases.jsonl" if tmp_path else None, **kw)
-    srv = DhcpServer(cfg, pol)
-    srv.load()
-    return srv, pol
+    leases = LeaseTable(cfg.lease_file, offer_time=cfg.offer_time)
+    leases.open()
+    return DhcpProtocol(cfg, pol, leases), pol
 
 
 def request(mt: MT, mac: str = MAC, pxe: bool = True, xid: int = 0x1000,
@@ -75,7 +79,7 @@ def parse(reply: Reply | None) -> DhcpPacket:
     return codec.decode(reply.data)
 
 
-def dora(srv: DhcpServer, mac: str = MAC, **kw: Any) -> DhcpPacket:
+def dora(srv: DhcpProtocol, mac: str = MAC, **kw: Any) -> DhcpPacket:
     offer = parse(srv.handle(request(MT.DISCOVER, mac, **kw), CLIENT, 67))
     ack = parse(srv.handle(request(MT.REQUEST, mac, options={
         o.SERVER_ID: o.ip_bytes(SERVER), o.REQUESTED_IP: o.ip_bytes(offer.yiaddr)}, **kw),
@@ -282,7 +286,7 @@ def test_malformed_is_logged_with_mac_and_hex(caplog: pytest.LogCaptureFixture) 
     srv, _ = make()
     bad = bytearray(request(MT.DISCOVER))
     bad[236] = 0  # magic cookie
-    with caplog.at_level(logging.WARNING, "bootserver.dhcp"):
+    with caplog.at_level(logging.WARNING, "homecloud.dhcp"):
         assert srv.handle(bytes(bad), CLIENT, 67) is None
     assert MAC in caplog.text and "magic cookie" in caplog.text
     assert bytes(bad[:16]).hex() in caplog.text
@@ -357,7 +361,7 @@ def test_record_seen_failure_does_not_block_boot(caplog: pytest.LogCaptureFixtur
             raise OSError("seen store full")
 
     srv, _ = make(policy=Broken())
-    with caplog.at_level(logging.ERROR, "bootserver.dhcp"):
+    with caplog.at_level(logging.ERROR, "homecloud.dhcp"):
         p = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
     assert p.options[o.BOOTFILE_NAME] == b"undionly.kpxe"
     assert "record_seen failed for " + MAC in caplog.text
@@ -412,7 +416,7 @@ def test_server_router_and_dns_addresses_are_never_handed_out() -> None:
     pool = PoolConfig("192.0.2.0/24", "192.0.2.1", "192.0.2.4", router="192.0.2.2",
                       dns=("192.0.2.3",))
     cfg = DhcpConfig(interface="veth0", server_ip=SERVER, pools=(pool,))
-    srv = DhcpServer(cfg, Policy())
+    srv = DhcpProtocol(cfg, Policy(), LeaseTable())
     got = [parse(srv.handle(request(MT.DISCOVER, f"52:54:00:00:03:{i:02x}"), CLIENT, 67)).yiaddr
            for i in range(2)]
     assert got == ["192.0.2.4", "192.0.2.4"]  # the second reclaims the only free one
@@ -422,7 +426,10 @@ def test_server_router_and_dns_addresses_are_never_handed_out() -> None:
 
 
 def test_handle_outside_loop_syncs_journal_before_returning_ack(tmp_path: Path) -> None:
-    srv, _ = make(tmp_path)
+    cfg = DhcpConfig(interface="veth0", server_ip=SERVER, pools=POOLS,
+                     lease_file=tmp_path / "leases.jsonl")
+    srv = DhcpServer(cfg, Policy())
+    srv.load()
     srv.leases.deferred_sync = True  # as in the serving loop; handle() must still sync
     offer = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
     r = srv.handle(request(MT.REQUEST, options={o.SERVER_ID: o.ip_bytes(SERVER),
@@ -458,3 +465,20 @@ def test_client_identifier_echoed_in_replies(mt: MT) -> None:
     assert nak.message_type == MT.NAK and nak.options[o.CLIENT_ID] == cid
     plain = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
     assert o.CLIENT_ID not in plain.options
+
+
+def test_protocol_leaves_the_journal_sync_to_its_caller(tmp_path: Path) -> None:
+    """With deferred sync (the serving loop's batching) the state machine appends the lease
+    record, marks the ACK durable and leaves the fsync to the socket loop."""
+    srv, _ = make(tmp_path)
+    srv.leases.deferred_sync = True
+    offer = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
+    r = srv.handle(request(MT.REQUEST, options={o.SERVER_ID: o.ip_bytes(SERVER),
+                                                o.REQUESTED_IP: o.ip_bytes(offer.yiaddr)}),
+                   CLIENT, 67)
+    assert r is not None and r.durable and srv.leases.dirty
+    srv.leases.sync()
+    assert not srv.leases.dirty and MAC in (tmp_path / "leases.jsonl").read_text()
+    # an OFFER is memory only: never durable
+    again = srv.handle(request(MT.DISCOVER, "52:54:00:00:09:01"), CLIENT, 67)
+    assert again is not None and not again.durable

@@ -1,0 +1,85 @@
+"""What the DHCP server is told: its configuration and the policy protocol it asks.
+
+Shared by the state machine (:mod:`bootserver.dhcp.protocol`) and the socket loop
+(:mod:`bootserver.dhcp.server`); ``bootserver.policy`` implements :class:`DhcpPolicy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from bootserver.dhcp.pool import PoolConfig
+from bootserver.machine import BootFile, Machine
+
+BROADCAST = "255.255.255.255"
+SERVER_PORT = 67
+CLIENT_PORT = 68
+PXE_PORT = 4011
+MAX_HOPS = 16  # RFC 1542 §4.1.1: relays discard above 16; so do we
+
+Mode = Literal["full", "proxy"]
+
+
+class DhcpConfigError(ValueError):
+    """An invalid DHCP server configuration (names the setting)."""
+
+
+class DhcpPolicy(Protocol):
+    """What the DHCP server asks the rest of hcboot (implemented in ``bootserver.policy``)."""
+
+    def static_address(self, mac: str) -> tuple[str, str | None] | None:
+        """``(ip, hostname)`` for a MAC assigned a fixed address, else None."""
+        ...
+
+    def boot_file(self, machine: Machine) -> BootFile | None:
+        """Boot info for a PXE client; None = none (full mode still gives it an address)."""
+        ...
+
+    def record_seen(self, machine: Machine) -> None:
+        """Called for every PXE DISCOVER/REQUEST/INFORM."""
+        ...
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    interface: str  # SO_BINDTODEVICE: the one link served
+    server_ip: str  # this server's address on that link (option 54, default next-server)
+    mode: Mode = "full"
+    pools: tuple[PoolConfig, ...] = ()
+    lease_time: int = 3600
+    lease_file: Path | None = None  # None = leases in memory only
+    router: str | None = None  # defaults for pools that set none
+    dns: tuple[str, ...] = ()
+    domain: str | None = None
+    offer_time: float = 60.0  # how long an OFFER reserves its address
+    decline_time: float = 600.0  # how long a DECLINEd address stays out of use
+    rcvbuf: int = 8 * 1024 * 1024  # bursts of 1000 DISCOVERs must fit
+    server_port: int = SERVER_PORT
+    client_port: int = CLIENT_PORT
+    pxe_port: int = PXE_PORT  # proxy mode only
+    max_hops: int = MAX_HOPS
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "proxy"):
+            raise DhcpConfigError(f"dhcp mode: {self.mode!r} is not 'full' or 'proxy'")
+        if not self.interface:
+            raise DhcpConfigError("dhcp interface: must be set")
+        try:
+            ipaddress.IPv4Address(self.server_ip)
+        except ValueError as e:
+            raise DhcpConfigError(f"dhcp server_ip: {e}") from e
+        if self.mode == "full" and not self.pools:
+            raise DhcpConfigError("dhcp pools: full mode needs at least one pool")
+        if self.lease_time <= 0:
+            raise DhcpConfigError(f"dhcp lease_time: must be positive, got {self.lease_time}")
+
+    def pool_configs(self) -> tuple[PoolConfig, ...]:
+        """The pools with the server-wide router, DNS servers and domain filled in where a
+        pool sets none."""
+        return tuple(dataclasses.replace(
+            p, router=p.router if p.router is not None else self.router, dns=p.dns or self.dns,
+            domain=p.domain if p.domain is not None else self.domain) for p in self.pools)
