@@ -31,7 +31,8 @@ SERVER_CODE = """
 import logging, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from bootserver.http import HttpServer, StaticApp
+from bootserver.http import HttpServer
+from tests.support.staticapp import StaticApp
 logging.basicConfig(level=logging.WARNING)
 s = HttpServer("127.0.0.1", {port}, StaticApp(Path({root!r})))
 s.start()

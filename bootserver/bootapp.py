@@ -21,13 +21,14 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from bootserver.clientlog import for_mac
 from bootserver.firststage import SOURCES
 from bootserver.http import Response
 from bootserver.machine import BadMac, Machine, normalize_mac
 from bootserver.policy import Policy, RenderError
 from homecloud.core.manifest import CURRENT, ManifestError
 
-log = logging.getLogger("hcboot.app")
+log = logging.getLogger("homecloud.boot")
 
 _BOOT = re.compile(r"^/boot/([^/]+)\.(ipxe|pxelinux)$")
 _IMAGE = re.compile(r"^/?images/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)$")
@@ -88,12 +89,12 @@ class BootApp:
                         self.policy.record_seen(Machine(mac=mac, user_class="iPXE",
                                                         ip=client_ip))
                     script = self.policy.ipxe_script(mac)
-                    log.info("%s: iPXE script served to %s", mac, client_ip)
+                    for_mac(log, mac).info("iPXE script served to %s", client_ip)
                     return _text(script)
                 cfg = self.policy.pxelinux_config(mac)
                 return _text(cfg) if cfg is not None else None
             except RenderError as exc:
-                log.error("%s: cannot render boot script: %s", mac, exc)
+                for_mac(log, mac).error("cannot render boot script: %s", exc)
                 return _text(f"#!ipxe\necho homecloud: {exc}\nsleep 30\nreboot\n", status=500)
         m = _FIRST.match(path)
         if m and m.group(1) in SOURCES:
@@ -119,7 +120,7 @@ class BootApp:
                 return None
             cfg = self.policy.pxelinux_config(mac)
             if cfg is not None:
-                log.info("%s: pxelinux config served to %s", mac, client_ip)
+                for_mac(log, mac).info("pxelinux config served to %s", client_ip)
             return cfg.encode() if cfg is not None else None
         m = _IMAGE.match(path)
         if m:

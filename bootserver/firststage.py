@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-log = logging.getLogger("hcboot.firststage")
+log = logging.getLogger("homecloud.boot")
 
 # file name in the TFTP root -> candidate locations (Debian packages ipxe, pxelinux,
 # syslinux-common)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jinja2
 
+from bootserver.clientlog import for_mac
 from bootserver.machine import (
     ARCH_BIOS,
     ARCH_EFI_BC,
@@ -35,7 +36,7 @@ from homecloud.core.manifest import ImageStore, Manifest, ManifestError
 from homecloud.core.model import Export, ImageExport, Inventory, Nic, Node, default_node_name
 from homecloud.inventory.protocol import InventoryStore
 
-log = logging.getLogger("hcboot.policy")
+log = logging.getLogger("homecloud.boot")
 
 FIRST_STAGE_BIOS = "undionly.kpxe"
 FIRST_STAGE_PXELINUX = "pxelinux.0"
@@ -122,11 +123,12 @@ class Policy:
         try:
             manifest = self.store.manifest(node.role)
         except ManifestError as exc:
-            log.error("%s: role %s: image store manifest unreadable: %s", mac, node.role, exc)
+            for_mac(log, mac).error("role %s: image store manifest unreadable: %s", node.role,
+                                   exc)
             return None
         if manifest is None:
-            log.warning("%s: role %s has no published image in %s (run hcbuild image %s)",
-                        mac, node.role, self.store.root, node.role)
+            for_mac(log, mac).warning("role %s has no published image in %s (run hcbuild image"
+                                      " %s)", node.role, self.store.root, node.role)
             return None
         return Resolved(node, manifest, node.loader or manifest.boot.loader)
 
@@ -159,13 +161,14 @@ class Policy:
             return BootFile(f"{self.http_base}/firststage/{self.config.efi_binary}", role)
         if arch in _EFI_X64:
             if r.loader == "pxelinux":
-                log.info("%s: pxelinux is BIOS-only; EFI client gets %s", machine.mac,
-                         self.config.efi_binary)
+                for_mac(log, machine.mac).info("pxelinux is BIOS-only; EFI client gets %s",
+                                               self.config.efi_binary)
             if r.manifest.boot.kind == "xen":
-                log.warning("%s: Xen via iPXE needs multiboot (BIOS); EFI boot of role %s will "
-                            "fail in iPXE", machine.mac, role)
+                for_mac(log, machine.mac).warning("Xen via iPXE needs multiboot (BIOS); EFI boot"
+                                                  " of role %s will fail in iPXE", role)
             return BootFile(self.config.efi_binary, role)
-        log.warning("%s: client architecture %s (option 93) is not supported", machine.mac, arch)
+        for_mac(log, machine.mac).warning("client architecture %s (option 93) is not"
+                                          " supported", arch)
         return None
 
     # ------------------------------------------------------------------ scripts
@@ -178,8 +181,8 @@ class Policy:
         if r.manifest.boot.root == "aoe":
             exp = self.root_export(r.node)
             if exp is None:
-                log.error("%s: role %s boots from AoE but no export of its image lists it as a "
-                          "consumer (hcboot exports)", mac, r.node.role)
+                for_mac(log, mac).error("role %s boots from AoE but no export of its image lists"
+                                        " it as a consumer (hcboot exports)", r.node.role)
             else:
                 extra.append(f"hc.aoe={exp.target}")
         if "rootfs" in r.manifest.artifacts and r.manifest.boot.root == "ram":

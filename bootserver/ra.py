@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 
-log = logging.getLogger("hcboot.ra")
+log = logging.getLogger("homecloud.boot")
 
 ICMPV6_RS = 133
 ICMPV6_RA = 134

@@ -22,6 +22,7 @@ from types import FrameType
 import click
 
 from bootserver.bootapp import BootApp
+from bootserver.clientlog import UNKNOWN_MAC
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
 from bootserver.firststage import populate
@@ -38,7 +39,8 @@ from homecloud.core.errors import HomecloudError
 from homecloud.core.manifest import ImageStore
 from homecloud.inventory.yamlfile import YamlFileStore
 
-log = logging.getLogger("hcboot.serve")
+log = logging.getLogger("homecloud.serve")
+TFTP_LOGGER = "bootserver.tftp"  # homecloud.tftp once tftp.py adopts bootserver.clientlog
 
 
 class ServeError(HomecloudError):
@@ -82,9 +84,11 @@ def default_range(iface: ipaddress.IPv4Interface) -> tuple[str, str]:
     return str(half[0]), str(half[-1])
 
 
-class ClientMacFilter(logging.Filter):
-    """Prefix HTTP/TFTP log lines ("HTTP <ip>: ...") with the client's MAC, found from the DHCP
-    leases or the inventory's static addresses, so every line names the machine."""
+class _TftpMacShim(logging.Filter):
+    """TRANSITIONAL, until ``bootserver/tftp.py`` takes ``mac_of`` (it is being finished
+    elsewhere): puts the client's MAC before the TFTP server's "TFTP <ip>: ..." lines, as
+    :mod:`bootserver.clientlog` does for HTTP and DHCP.  Delete this class and its two uses
+    once ``TftpServer(..., mac_of=...)`` exists and is passed below."""
 
     def __init__(self, mac_of: Callable[[str], str | None]) -> None:
         super().__init__()
@@ -93,9 +97,8 @@ class ClientMacFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and args and isinstance(args[0], str) and \
-                isinstance(record.msg, str) and record.msg.startswith(("HTTP %s", "TFTP %s")):
-            mac = self.mac_of(args[0])
-            record.msg = f"{mac or 'unknown-mac'}: " + record.msg
+                isinstance(record.msg, str) and record.msg.startswith("TFTP %s"):
+            record.msg = f"{self.mac_of(args[0]) or UNKNOWN_MAC}: " + record.msg
         return True
 
 
@@ -170,13 +173,13 @@ class BootServer:
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
                                resolver=self.app.tftp_resolve, limits=opts.tftp_limits)
         self.http = HttpServer(opts.bind_http or server_ip, opts.http_port,
-                               Routes(self.app, self.control), limits=opts.http_limits)
+                               Routes(self.app, self.control), limits=opts.http_limits,
+                               mac_of=self.identity.mac_of)
         self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
         self._stopped = threading.Event()
         self._done = threading.Event()
-        self._filter = ClientMacFilter(self.mac_of)
-        for name in ("bootserver.http", "bootserver.tftp"):
-            logging.getLogger(name).addFilter(self._filter)
+        self._tftp_shim = _TftpMacShim(self.mac_of)
+        logging.getLogger(TFTP_LOGGER).addFilter(self._tftp_shim)
 
     def _record_seen(self, m: Machine) -> None:
         self.seen.record(m.mac, m.arch, m.vendor_class, m.user_class)
@@ -205,8 +208,7 @@ class BootServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for name in ("bootserver.http", "bootserver.tftp"):
-            logging.getLogger(name).removeFilter(self._filter)
+        logging.getLogger(TFTP_LOGGER).removeFilter(self._tftp_shim)
         if self.ra is not None:
             self.ra.stop()
         for name, fn in (("dhcp", self.dhcp.stop), ("tftp", self.tftp.stop),

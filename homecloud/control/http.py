@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from bootserver.clientlog import for_mac
 from bootserver.http import Response
 from homecloud.control.exports import plan_for, plan_text
 from homecloud.control.reports import Reports, read_reports
@@ -30,7 +31,7 @@ from homecloud.core.ids import BadMac, normalize_mac
 from homecloud.core.manifest import ImageStore
 from homecloud.inventory.protocol import InventoryStore
 
-log = logging.getLogger("homecloud.control.http")
+log = logging.getLogger("homecloud.control")
 
 _PLAN = re.compile(r"^/plan/([^/]+)\.(json|txt)$")
 _REPORT = re.compile(r"^/report/([^/]+)$")
@@ -68,7 +69,7 @@ class ControlApp:
             return None
         why = (f"{client_ip} is {holder}, not {mac}" if holder else
                f"{client_ip} holds no lease or static address of {mac}")
-        log.warning("%s: %s refused: %s", mac, what, why)
+        for_mac(log, mac).warning("%s refused: %s", what, why)
         return _text(f"forbidden: {what} for {mac}: {why}\n", status=403)
 
     def handle(self, method: str, path: str, client_ip: str, headers: Mapping[str, str],
@@ -100,7 +101,7 @@ class ControlApp:
             return refused
         plan = plan_for(mac, self.inventory.snapshot().inventory, self.store, self.http_base())
         if plan is None:
-            log.warning("%s: asked for a storage plan but is not a storage node", mac)
+            for_mac(log, mac).warning("asked for a storage plan but is not a storage node")
             return None
         if kind == "txt":
             return _text(plan_text(plan))
@@ -122,10 +123,11 @@ class ControlApp:
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
         except ValueError as exc:
-            log.warning("%s: malformed report from %s: %s", mac, client_ip, exc)
+            for_mac(log, mac).warning("malformed report from %s: %s", client_ip, exc)
             return _text(f"bad report: {exc}\n", status=400)
         self.reports.put(mac, doc)
-        log.info("%s: reports state %s (%s)", mac, doc.get("state"), doc.get("detail") or "")
+        for_mac(log, mac).info("reports state %s (%s)", doc.get("state"),
+                                doc.get("detail") or "")
         return _text("ok\n")
 
     def nodes_doc(self) -> dict[str, object]:

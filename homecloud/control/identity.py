@@ -23,7 +23,7 @@ from pathlib import Path
 from homecloud.core.files import atomic_write
 from homecloud.core.model import Inventory
 
-log = logging.getLogger("homecloud.identity")
+log = logging.getLogger("homecloud.control")
 ADMIN_TOKEN_NAME = "admin.token"
 ARP_TABLE = Path("/proc/net/arp")
 _ATF_COM = 0x2  # a completed entry (the MAC is known)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from homecloud.core.files import atomic_write, locked
 
-log = logging.getLogger("homecloud.seen")
+log = logging.getLogger("homecloud.control")
 SEEN_NAME = "seen.json"
 DEFAULT_MAX_MACHINES = 1024
 

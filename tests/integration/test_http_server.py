@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import random
 import select
@@ -34,7 +35,8 @@ RUNNER = r"""
 import logging, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from bootserver.http import HttpServer, Response, StaticApp
+from bootserver.http import HttpServer, Response
+from tests.support.staticapp import StaticApp
 logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                     format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -417,6 +419,47 @@ def test_start_stop_in_process_with_idle_keepalive() -> None:
     c.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
+
+
+def test_log_lines_start_with_the_client_mac(caplog: pytest.LogCaptureFixture) -> None:
+    """With ``mac_of`` every line about a client starts with its MAC (looked up once per
+    connection), ``unknown-mac`` when the lookup has no answer (loopback of the test process)."""
+    import socket
+
+    from bootserver.http import HttpServer, Response
+
+    class One:
+        def handle(self, method: str, path: str, client_ip: str, headers: object,
+                   body: bytes) -> Response | None:
+            return Response(body=b"one\n") if path == "/one" else None
+
+    asked: list[str] = []
+    known = {"127.0.0.1": "52:54:00:aa:bb:cc"}
+
+    def mac_of(ip: str) -> str | None:
+        asked.append(ip)
+        return known.get(ip)
+
+    srv = HttpServer("127.0.0.1", 0, One(), mac_of=mac_of)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="homecloud.http")
+    srv.start()
+    try:
+        for path, want in ((b"/one", b"one\n"), (b"/two", b"not found\n")):
+            c = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            c.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while d := c.recv(4096):
+                got += d
+            c.close()
+            assert got.count(want) == 2, got
+            known.clear()  # the second connection's client is unknown
+    finally:
+        srv.stop()
+    text = caplog.text
+    assert text.count("52:54:00:aa:bb:cc: HTTP 127.0.0.1: GET /one -> 200 4 bytes") == 2, text
+    assert text.count("unknown-mac: HTTP 127.0.0.1: GET /two -> 404") == 2, text
+    assert asked == ["127.0.0.1", "127.0.0.1"]  # once per connection, not per line
 
 
 # ---------------------------------------------------------------- limits, in process on loopback

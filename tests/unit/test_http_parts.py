@@ -13,10 +13,10 @@ from bootserver.http import (
     BadRequestPath,
     Headers,
     Response,
-    StaticApp,
     clean_request_path,
     parse_range,
 )
+from tests.support.staticapp import StaticApp
 
 
 @pytest.mark.parametrize(("target", "want"), [
