@@ -251,6 +251,19 @@ def peek_mac(data: bytes) -> str | None:
     return normalize_mac(data[28:34].hex())  # always valid: 12 hex digits
 
 
+def safe_mac(data: bytes) -> str:
+    """:func:`peek_mac` that never fails: "unknown" when there is none."""
+    try:
+        return peek_mac(data) or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def hex_preview(data: bytes, n: int = 64) -> str:
+    """The first ``n`` bytes in hex (for log lines about bad packets)."""
+    return data[:n].hex() + ("..." if len(data) > n else "")
+
+
 # --- encode ---
 
 _NOT_ORDERED = frozenset((o.PAD, o.END, o.OPTION_OVERLOAD, o.MESSAGE_TYPE, o.SERVER_ID,

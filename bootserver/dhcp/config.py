@@ -22,6 +22,13 @@ PXE_PORT = 4011
 MAX_HOPS = 16  # RFC 1542 §4.1.1: relays discard above 16; so do we
 
 Mode = Literal["full", "proxy"]
+"""``full``  hands out addresses from one or more pools (chosen by ``giaddr``'s subnet for
+          relayed requests, by ``server_ip``'s subnet otherwise), plus the policy's static
+          addresses, and puts boot info in the replies to PXE clients.
+``proxy`` ProxyDHCP (PXE 2.1 §2.2.4, RFC 4578): another server hands out addresses; this one
+          answers PXE DISCOVERs with an OFFER that has no ``yiaddr`` but the boot file, and
+          REQUESTs on port 4011 with an ACK carrying the boot file.  It never hands out
+          addresses."""
 
 
 class DhcpConfigError(ValueError):

@@ -7,14 +7,8 @@ returns a :class:`Reply` for the socket loop (:mod:`bootserver.dhcp.server`) to 
 reply is marked ``durable``: its lease record was appended to the journal, and it must not leave
 before the journal is synced (the loop syncs once per batch of packets).
 
-Modes
-  ``full``   hands out addresses from one or more pools (chosen by ``giaddr``'s subnet for relayed
-             requests, by ``server_ip``'s subnet otherwise), plus the policy's static addresses,
-             and puts boot info in the replies to PXE clients.
-  ``proxy``  ProxyDHCP (PXE 2.1 §2.2.4, RFC 4578): another server hands out addresses; this one
-             answers PXE DISCOVERs with an OFFER that has no ``yiaddr`` but the boot file, and
-             REQUESTs on port 4011 with an ACK carrying the boot file.  It never hands out
-             addresses.
+Modes (``full``: addresses and boot info; ``proxy``: ProxyDHCP, boot info only) are described
+at :data:`~bootserver.dhcp.config.Mode`.
 
 Reply destinations (RFC 2131 §4.1): relayed requests (``giaddr`` set) are answered by unicast to
 ``giaddr`` port 67; clients with an address (``ciaddr``) by unicast to it; everything else is
@@ -107,18 +101,6 @@ class Stats:
     errors: int = 0
 
 
-def hex_preview(data: bytes, n: int = 64) -> str:
-    return data[:n].hex() + ("..." if len(data) > n else "")
-
-
-def safe_mac(data: bytes) -> str:
-    """The MAC of a datagram that may not decode, or "unknown"."""
-    try:
-        return codec.peek_mac(data) or "unknown"
-    except Exception:
-        return "unknown"
-
-
 @dataclass
 class _Ctx:
     """Facts about one request, computed once."""
@@ -160,10 +142,10 @@ class DhcpProtocol:
             pkt = codec.decode(data)
         except codec.DecodeError as e:
             self.stats.malformed += 1
-            who = safe_mac(data)
+            who = codec.safe_mac(data)
             clientlog.for_mac(log, who).warning(
                 "dhcp: dropping malformed packet from %s:%d (mac %s): %s; packet %s",
-                src[0], src[1], who, e, hex_preview(data))
+                src[0], src[1], who, e, codec.hex_preview(data))
             return None
         if pkt.op != codec.BOOTREQUEST:
             return self._ignore(pkt, "a BOOTREPLY")

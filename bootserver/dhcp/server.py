@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from bootserver import clientlog
+from bootserver.dhcp.codec import hex_preview, safe_mac
 from bootserver.dhcp.config import (
     BROADCAST,
     CLIENT_PORT,
@@ -44,7 +45,7 @@ from bootserver.dhcp.config import (
 from bootserver.dhcp.fit import drop_order
 from bootserver.dhcp.leases import LeaseFileError, LeaseTable
 from bootserver.dhcp.pool import Pool
-from bootserver.dhcp.protocol import DhcpProtocol, Reply, Stats, hex_preview, safe_mac
+from bootserver.dhcp.protocol import DhcpProtocol, Reply, Stats
 
 __all__ = ["BROADCAST", "CLIENT_PORT", "MAX_HOPS", "PXE_PORT", "SERVER_PORT", "DhcpConfig",
            "DhcpConfigError", "DhcpPolicy", "DhcpProtocol", "DhcpServer", "Mode", "Reply",
@@ -88,7 +89,6 @@ class DhcpServer:
     def pools(self) -> list[Pool]:
         return self.protocol.pools
 
-    # --- life cycle -------------------------------------------------------------------------------
     # --- life cycle -------------------------------------------------------------------------------
     def load(self) -> None:
         """Replay the lease journal (full mode); :meth:`open` does it too."""

@@ -15,7 +15,7 @@ import pytest
 from homecloud.core.manifest import BootInfo
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
-from tests.support.netns import Lab, Netns
+from tests.support.netns import Lab, Netns, wait_for
 
 SERVER = "192.0.2.1"
 MAC = "52:54:00:5e:00:01"
@@ -170,3 +170,18 @@ def test_only_a_machine_itself_is_recorded_as_seen(served: Served) -> None:
         time.sleep(0.2)
     assert host_mac in seen()
     assert not {"52:54:00:66:00:01", "52:54:00:66:00:02", planter_mac} & set(seen())
+
+
+def test_log_lines_about_a_client_start_with_its_mac(served: Served) -> None:
+    """HTTP (clientlog + the injected mac_of) and TFTP lines about a client start with its MAC,
+    resolved from its address (here the neighbour table: no lease, no static address)."""
+    node, node_mac = _client(served, "node", "192.0.2.33")
+    code, _ = _curl(node, f"http://{SERVER}/images/pxetest/current/kernel")
+    assert code == 200
+    out = node.run("curl", "-s", "-o", "/dev/null", "-w", "%{size_download}",
+                   f"tftp://{SERVER}/undionly.kpxe")
+    assert int(out.stdout) > 0
+    http_line = f"{node_mac}: HTTP 192.0.2.33: GET /images/pxetest/current/kernel -> 200"
+    tftp_line = f"{node_mac}: TFTP 192.0.2.33: RRQ undionly.kpxe"
+    wait_for(lambda: http_line in served.log_text() and tftp_line in served.log_text(), 10,
+             what=f"{http_line!r} and {tftp_line!r} in the hcboot log")
