@@ -102,7 +102,8 @@ MAX_SESSIONS = 256  # transfers at once
 MAX_PER_CLIENT = 8  # transfers at once from one client address
 REQUESTS_PER_ROUND = 64  # requests read from the request port per poll round
 CACHE_BYTES = 256 << 20  # file contents held in memory for running transfers, at most
-CACHE_FILE_MAX = 64 << 20  # larger files are always read with preadv
+CACHE_FILE_MAX = 32 << 20  # larger files are read with preadv per block: a cache fill reads
+# the whole file on the server thread, which must not stall every other transfer for long
 HALF_OPEN_GRACE = 0.5  # seconds a half-open session is safe from eviction at a per-client cap
 
 # TFTP opcodes and error codes (RFC 1350, RFC 2347)
@@ -537,6 +538,8 @@ class TftpServer:
         self._stop = threading.Event()
         self._ratelog = _RateLog()
         self._cache = _FileCache()
+        self._rbuf = bytearray(2048)  # a session's packets: ACK (4), ERROR (<= 516); longer
+        # datagrams are cut, which changes nothing for the first 4 bytes read from them
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "sessions", "completed", "failed", "expired", "evicted",
              "refused_busy", "refused_client", "retransmits", "dup_acks", "peak_sessions",
@@ -884,8 +887,9 @@ class TftpServer:
         # address and port, so the kernel delivers nothing from any other TID (RFC 1350: the
         # error for a foreign TID "can be done only if the TFTP in fact receives" the packet;
         # tftp-hpa does the same) and reports an ICMP unreachable as ECONNREFUSED.
+        buf = self._rbuf  # recv_into a buffer kept for it: no allocation per ACK
         try:
-            buf = s.sock.recv(65536)
+            got = s.sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -894,7 +898,7 @@ class TftpServer:
             else:
                 log.debug("TFTP %s: recv: %s", s, e)
             return
-        if len(buf) >= 4 and buf[1] == OP_ACK and buf[0] == 0:
+        if got >= 4 and buf[1] == OP_ACK and buf[0] == 0:
             number = (buf[2] << 8) | buf[3]
             sent = s.sent
             if s.window == 1 and number == (sent & 0xFFFF) and sent > s.acked > 0:
@@ -930,14 +934,14 @@ class TftpServer:
                         self._end(s, f"client gone ({e.strerror})")
                 return
             self._on_ack(s, number, now)
-        elif len(buf) >= 4 and buf[1] == OP_ERROR and buf[0] == 0:
-            code, msg = parse_error(buf)
+        elif got >= 4 and buf[1] == OP_ERROR and buf[0] == 0:
+            code, msg = parse_error(bytes(buf[:got]))
             self._end(s, f"client sent error {code} {msg[:80]!r}",
                       aborted=s.acked < 0)  # after an OACK: a tsize probe (pxelinux)
         else:
             self._ratelog("junk", logging.WARNING,
                           "TFTP %s: dropped %d-byte packet %r (expected ACK or ERROR)",
-                          s, len(buf), buf[:8])
+                          s, got, bytes(buf[:min(got, 8)]))
 
     def _on_ack(self, s: _Session, number: int, now: float) -> None:
         block = s.acked + ((number - s.acked) & 0xFFFF)  # the absolute block it names
