@@ -397,11 +397,10 @@ class _Session:
     """One download.  Blocks are counted absolutely from 1 (block 0 is the OACK); the wire
     carries them modulo 2**16."""
 
-    __slots__ = ("acked", "blksize", "buf", "cache_key", "data", "deadline", "done", "dup_acks",
-                 "established", "fd",
-                 "filefd", "fileobj", "host", "last_block", "name", "oack", "payload", "peer",
-                 "retransmits", "sent", "size", "sock", "started", "timeout", "tries", "view",
-                 "window")
+    __slots__ = ("acked", "blksize", "buf", "cache_key", "deadline", "done", "dup_acks",
+                 "established", "fd", "filefd", "fileobj", "host", "last_block", "name", "oack",
+                 "payload", "peer", "pkts", "retransmits", "sent", "size", "sock", "started",
+                 "timeout", "tries", "view", "window")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], name: str,
                  fileobj: IO[bytes], size: int, blksize: int, window: int, timeout: float,
@@ -413,7 +412,7 @@ class _Session:
         self.name = name
         self.fileobj = fileobj
         self.filefd = fileobj.fileno()
-        self.data: memoryview | None = None  # the file's bytes when cached (_FileCache)
+        self.pkts: list[bytes] | None = None  # ready DATA packets when cached (_FileCache)
         self.cache_key: tuple[int, ...] | None = None
         self.size = size
         self.blksize = blksize
@@ -440,12 +439,15 @@ class _Session:
 
 
 class _FileCache:
-    """File contents shared by the transfers that are sending them (a rack booting fetches the
-    same kernel a hundred times at once): one read per file instead of a ``preadv`` per block.
+    """DATA packets shared by the transfers that are sending them (a rack booting fetches the
+    same kernel a hundred times at once, with the same blksize): the file is read once and cut
+    into ready packets once per blksize, so a block costs one ``send`` and no copy.
 
     An entry lives only while a session holds it, and a session holds its file open, so the
     inode of a key (device, inode, size, mtime, ctime) cannot be reused meanwhile; a file
     changed in place gets a new key, and running transfers keep the bytes they started with."""
+
+    PACKET_OVERHEAD = 40  # bytes a small bytes object costs beyond its data (accounting only)
 
     def __init__(self, max_bytes: int = CACHE_BYTES, max_file: int = CACHE_FILE_MAX) -> None:
         self.max_bytes = max_bytes
@@ -453,26 +455,42 @@ class _FileCache:
         self.total = 0
         self._entries: dict[tuple[int, ...], _CacheEntry] = {}
 
-    def acquire(self, fd: int) -> tuple[tuple[int, ...], memoryview] | None:
+    def acquire(self, fd: int, blksize: int) -> tuple[tuple[int, ...], list[bytes]] | None:
+        """(key, packets) where packets[i] is DATA block i + 1 of the file, or None when the
+        file does not fit (the caller then reads it per block)."""
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         entry = self._entries.get(key)
-        if entry is not None:
-            entry.users += 1
-            return key, entry.data
-        if st.st_size > self.max_file or self.total + st.st_size > self.max_bytes:
-            return None
-        buf = bytearray(st.st_size)
-        view = memoryview(buf)
-        got = 0
-        while got < st.st_size:
-            n = os.preadv(fd, [view[got:]], got)
-            if n == 0:
-                return None  # shrank while being read: serve it with preadv
-            got += n
-        entry = self._entries[key] = _CacheEntry(view.toreadonly())
-        self.total += st.st_size
-        return key, entry.data
+        if entry is None:
+            if st.st_size > self.max_file or self.total + st.st_size > self.max_bytes:
+                return None
+            buf = bytearray(st.st_size)
+            view = memoryview(buf)
+            got = 0
+            while got < st.st_size:
+                n = os.preadv(fd, [view[got:]], got)
+                if n == 0:
+                    return None  # shrank while being read: serve it per block
+                got += n
+            entry = self._entries[key] = _CacheEntry(bytes(buf))
+            self.total += entry.cost
+        packets = entry.packets.get(blksize)
+        if packets is None:
+            blocks = len(entry.data) // blksize + 1
+            cost = len(entry.data) + blocks * (4 + self.PACKET_OVERHEAD)
+            if self.total + cost > self.max_bytes:
+                if entry.users == 0:
+                    del self._entries[key]
+                    self.total -= entry.cost
+                return None
+            data = entry.data
+            packets = [struct.pack("!HH", OP_DATA, (i + 1) & 0xFFFF)
+                       + data[i * blksize:(i + 1) * blksize] for i in range(blocks)]
+            entry.packets[blksize] = packets
+            entry.cost += cost
+            self.total += cost
+        entry.users += 1
+        return key, packets
 
     def release(self, key: tuple[int, ...]) -> None:
         entry = self._entries.get(key)
@@ -481,15 +499,17 @@ class _FileCache:
         entry.users -= 1
         if entry.users <= 0:
             del self._entries[key]
-            self.total -= len(entry.data)
+            self.total -= entry.cost
 
 
 class _CacheEntry:
-    __slots__ = ("data", "users")
+    __slots__ = ("cost", "data", "packets", "users")
 
-    def __init__(self, data: memoryview) -> None:
+    def __init__(self, data: bytes) -> None:
         self.data = data
-        self.users = 1
+        self.packets: dict[int, list[bytes]] = {}
+        self.users = 0
+        self.cost = len(data)
 
 
 class _RateLog:
@@ -823,9 +843,9 @@ class TftpServer:
         s = _Session(sock, (host, port), req.filename, fileobj, size, blksize, window, timeout,
                      oack, now)
         with contextlib.suppress(OSError):
-            cached = self._cache.acquire(s.filefd)
+            cached = self._cache.acquire(s.filefd, blksize)
             if cached is not None:
-                s.cache_key, s.data = cached
+                s.cache_key, s.pkts = cached
         key = (host, port)
         self._sessions[key] = s
         self._by_fd[s.fd] = s
@@ -855,12 +875,10 @@ class TftpServer:
         first = s.acked + 1
         last = min(s.acked + s.window, s.last_block)
         blksize, buf, view, payload = s.blksize, s.buf, s.view, s.payload
-        send, filefd, data = s.sock.send, s.filefd, s.data
+        send, filefd, pkts = s.sock.send, s.filefd, s.pkts
         for block in range(first, last + 1):
-            if data is not None:
-                chunk = data[(block - 1) * blksize:block * blksize]
-                n = len(chunk)
-                buf[4:4 + n] = chunk
+            if pkts is not None:
+                pkt: bytes | memoryview = pkts[block - 1]
             else:
                 try:
                     n = os.preadv(filefd, payload, (block - 1) * blksize)
@@ -868,10 +886,11 @@ class TftpServer:
                     self._fail(s, ERR_UNDEFINED, "read error",
                                f"read error at block {block}: {e}")
                     return
-            buf[2] = (block >> 8) & 0xFF
-            buf[3] = block & 0xFF
+                buf[2] = (block >> 8) & 0xFF
+                buf[3] = block & 0xFF
+                pkt = view[:4 + n]
             try:
-                send(view[:4 + n])
+                send(pkt)
             except OSError as e:
                 if e.errno in _PEER_GONE:
                     self._end(s, f"client gone ({e.strerror})")
@@ -909,13 +928,9 @@ class TftpServer:
                     self._end(s, "")
                     return
                 block = sent + 1
-                b = s.buf
-                data = s.data
-                if data is not None:
-                    bs = s.blksize
-                    chunk = data[sent * bs:block * bs]
-                    n = len(chunk)
-                    b[4:4 + n] = chunk
+                pkts = s.pkts
+                if pkts is not None:
+                    pkt: bytes | memoryview = pkts[sent]  # DATA block sent + 1, ready
                 else:
                     try:
                         n = os.preadv(s.filefd, s.payload, sent * s.blksize)
@@ -923,12 +938,14 @@ class TftpServer:
                         self._fail(s, ERR_UNDEFINED, "read error",
                                    f"read error at block {block}: {e}")
                         return
-                b[2] = (block >> 8) & 0xFF
-                b[3] = block & 0xFF
+                    b = s.buf
+                    b[2] = (block >> 8) & 0xFF
+                    b[3] = block & 0xFF
+                    pkt = s.view[:4 + n]
                 s.sent = block
                 s.deadline = now + s.timeout
                 try:
-                    s.sock.send(s.view[:4 + n])
+                    s.sock.send(pkt)
                 except OSError as e:
                     if e.errno in _PEER_GONE:
                         self._end(s, f"client gone ({e.strerror})")
@@ -1006,7 +1023,7 @@ class TftpServer:
                     self._epoll.unregister(s.fd)
         if s.cache_key is not None:
             self._cache.release(s.cache_key)
-            s.data = None
+            s.pkts = None
         for closer in (s.sock.close, s.fileobj.close):
             try:
                 closer()
