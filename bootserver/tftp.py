@@ -828,10 +828,11 @@ class TftpServer:
             sock.setblocking(False)
             window = accepted.get("windowsize", 1)
             blksize = accepted.get("blksize", DEFAULT_BLKSIZE)
-            if window > 1:
+            if window > 1:  # room for a whole window (skb overhead ~1 KiB per datagram)
+                need = window * (blksize + 1024)
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                    2 * window * (blksize + 64))
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < need:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, need)
         except OSError as e:
             sock.close()
             log.error("TFTP %s:%d: cannot set up a session socket: %s", host, port, e)
