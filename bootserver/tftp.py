@@ -681,18 +681,47 @@ class TftpServer:
         ep = self._epoll = select.epoll()
         ep.register(main, select.EPOLLIN)
         by_fd = self._by_fd
-        on_session = self._on_session
+        on_session, on_packet = self._on_session, self._on_packet
+        rbuf = self._rbuf
+        poll, monotonic, stopped = ep.poll, time.monotonic, self._stop.is_set
         next_check = 0.0
-        while not self._stop.is_set():
-            events = ep.poll(0.05)
-            now = time.monotonic()
+        while not stopped():
+            events = poll(0.05)
+            now = monotonic()
             for fd, _ev in events:
-                if fd == main:
-                    self._on_main(now)
-                else:
-                    s = by_fd.get(fd)
-                    if s is not None:  # None: ended earlier in this round
-                        on_session(s, now)
+                s = by_fd.get(fd)
+                if s is None:  # the request port, or a session ended earlier in this round
+                    if fd == main:
+                        self._on_main(now)
+                    continue
+                pkts = s.pkts
+                if pkts is None or s.window != 1:
+                    on_session(s, now)
+                    continue
+                # The storm's hot path, inline: a cached file in lock-step, the ACK of the
+                # block in flight that is not the last one -> send the next ready packet.
+                try:
+                    got = s.sock.recv_into(rbuf)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    self._recv_failed(s, e)
+                    continue
+                sent = s.sent
+                if (got >= 4 and rbuf[1] == OP_ACK and rbuf[0] == 0
+                        and (rbuf[2] << 8 | rbuf[3]) == sent & 0xFFFF
+                        and s.last_block > sent > s.acked > 0):
+                    s.acked = sent
+                    s.tries = 0
+                    s.sent = sent + 1
+                    s.deadline = now + s.timeout
+                    try:
+                        s.sock.send(pkts[sent])
+                    except OSError as e:
+                        if e.errno in _PEER_GONE:
+                            self._end(s, f"client gone ({e.strerror})")
+                    continue
+                on_packet(s, got, now)
             if now >= next_check:
                 self._check_timeouts(now)
                 next_check = now + 0.05
@@ -907,17 +936,24 @@ class TftpServer:
         # address and port, so the kernel delivers nothing from any other TID (RFC 1350: the
         # error for a foreign TID "can be done only if the TFTP in fact receives" the packet;
         # tftp-hpa does the same) and reports an ICMP unreachable as ECONNREFUSED.
-        buf = self._rbuf  # recv_into a buffer kept for it: no allocation per ACK
         try:
-            got = s.sock.recv_into(buf)
+            got = s.sock.recv_into(self._rbuf)  # a kept buffer: no allocation per ACK
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            if e.errno in _PEER_GONE:
-                self._end(s, f"client gone ({e.strerror})", expired=not s.established)
-            else:
-                log.debug("TFTP %s: recv: %s", s, e)
+            self._recv_failed(s, e)
             return
+        self._on_packet(s, got, now)
+
+    def _recv_failed(self, s: _Session, e: OSError) -> None:
+        if e.errno in _PEER_GONE:
+            self._end(s, f"client gone ({e.strerror})", expired=not s.established)
+        else:
+            log.debug("TFTP %s: recv: %s", s, e)
+
+    def _on_packet(self, s: _Session, got: int, now: float) -> None:
+        """A datagram of ``got`` bytes from the client, in ``self._rbuf``."""
+        buf = self._rbuf
         if got >= 4 and buf[1] == OP_ACK and buf[0] == 0:
             number = (buf[2] << 8) | buf[3]
             sent = s.sent
