@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import select
 import shutil
 import socket
@@ -376,6 +377,7 @@ class Round:
     client_median_s: float
     server_cpu_s: float
     idle_pct: float  # of the whole machine during the fetch
+    client_cpu_s: float  # all curl processes of the round (reaped children of this script)
 
 
 def one_round(world: World, variant: str, index: int, t: Templates, n: int, sizes: list[int],
@@ -385,16 +387,19 @@ def one_round(world: World, variant: str, index: int, t: Templates, n: int, size
     rdir.mkdir(parents=True)
     cpu0 = cpu_seconds(world.server_pid)
     idle0 = machine_idle()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     tftp = variant.endswith("tftp")
     f = fetch_swarm(world.client, "eth0", d.leases, world.urls[variant], sizes, tftp=tftp,
                     workdir=rdir, timeout=tftp_timeout if tftp else HTTP_TIMEOUT_S)
     cpu = cpu_seconds(world.server_pid) - cpu0
     idle1 = machine_idle()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
     idle = 100.0 * (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
     failures = [f"client {i}: no DHCP ACK after {TRIES} tries" for i in d.failed] + f.failures
     return Round(variant, index, d.seconds, len(d.failed), d.retransmits, f.seconds,
                  f.bytes_ok / f.seconds / 1e6 if f.seconds > 0 else 0.0, failures,
-                 median(f.per_client_s), cpu, idle)
+                 median(f.per_client_s), cpu, idle, client_cpu)
 
 
 def main() -> int:
@@ -441,6 +446,7 @@ def main() -> int:
                               f"fetch {rd.fetch_s:6.2f} s = {rd.mbps:6.1f} MB/s aggregate, "
                               f"client median {rd.client_median_s:5.2f} s, "
                               f"server CPU {rd.server_cpu_s:5.2f} s, "
+                              f"clients' CPU {rd.client_cpu_s:5.1f} s, "
                               f"machine idle {rd.idle_pct:4.1f}%, "
                               f"failures {len(rd.failures)}", flush=True)
                         for msg in rd.failures[:5]:
@@ -461,6 +467,7 @@ def main() -> int:
             "failure_samples": [m for x in rs for m in x.failures][:10],
             "server_cpu_s_per_gb": median([x.server_cpu_s / (total_bytes / 1e9) for x in rs]),
             "machine_idle_pct": [round(x.idle_pct, 1) for x in rs],
+            "client_cpu_s": [round(x.client_cpu_s, 1) for x in rs],
         }
     dmb = summary["dnsmasq-tftp"]["mbps_median"]
     # each hcboot variant against dnsmasq's TFTP in the same run: 0 failures and >= its MB/s

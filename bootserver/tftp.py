@@ -102,7 +102,8 @@ MAX_SESSIONS = 256  # transfers at once
 MAX_PER_CLIENT = 8  # transfers at once from one client address
 REQUESTS_PER_ROUND = 64  # requests read from the request port per poll round
 CACHE_BYTES = 256 << 20  # file contents held in memory for running transfers, at most
-CACHE_FILE_MAX = 64 << 20  # larger files are always read with preadv
+CACHE_FILE_MAX = 32 << 20  # larger files are read with preadv per block: a cache fill reads
+# the whole file on the server thread, which must not stall every other transfer for long
 HALF_OPEN_GRACE = 0.5  # seconds a half-open session is safe from eviction at a per-client cap
 
 # TFTP opcodes and error codes (RFC 1350, RFC 2347)
@@ -396,11 +397,10 @@ class _Session:
     """One download.  Blocks are counted absolutely from 1 (block 0 is the OACK); the wire
     carries them modulo 2**16."""
 
-    __slots__ = ("acked", "blksize", "buf", "cache_key", "data", "deadline", "done", "dup_acks",
-                 "established", "fd",
-                 "filefd", "fileobj", "host", "last_block", "name", "oack", "payload", "peer",
-                 "retransmits", "sent", "size", "sock", "started", "timeout", "tries", "view",
-                 "window")
+    __slots__ = ("acked", "blksize", "buf", "cache_key", "deadline", "done", "dup_acks",
+                 "established", "fd", "filefd", "fileobj", "host", "last_block", "name", "oack",
+                 "payload", "peer", "pkts", "retransmits", "sent", "size", "sock", "started",
+                 "timeout", "tries", "view", "window")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], name: str,
                  fileobj: IO[bytes], size: int, blksize: int, window: int, timeout: float,
@@ -412,7 +412,7 @@ class _Session:
         self.name = name
         self.fileobj = fileobj
         self.filefd = fileobj.fileno()
-        self.data: memoryview | None = None  # the file's bytes when cached (_FileCache)
+        self.pkts: list[bytes] | None = None  # ready DATA packets when cached (_FileCache)
         self.cache_key: tuple[int, ...] | None = None
         self.size = size
         self.blksize = blksize
@@ -439,12 +439,15 @@ class _Session:
 
 
 class _FileCache:
-    """File contents shared by the transfers that are sending them (a rack booting fetches the
-    same kernel a hundred times at once): one read per file instead of a ``preadv`` per block.
+    """DATA packets shared by the transfers that are sending them (a rack booting fetches the
+    same kernel a hundred times at once, with the same blksize): the file is read once and cut
+    into ready packets once per blksize, so a block costs one ``send`` and no copy.
 
     An entry lives only while a session holds it, and a session holds its file open, so the
     inode of a key (device, inode, size, mtime, ctime) cannot be reused meanwhile; a file
     changed in place gets a new key, and running transfers keep the bytes they started with."""
+
+    PACKET_OVERHEAD = 40  # bytes a small bytes object costs beyond its data (accounting only)
 
     def __init__(self, max_bytes: int = CACHE_BYTES, max_file: int = CACHE_FILE_MAX) -> None:
         self.max_bytes = max_bytes
@@ -452,26 +455,42 @@ class _FileCache:
         self.total = 0
         self._entries: dict[tuple[int, ...], _CacheEntry] = {}
 
-    def acquire(self, fd: int) -> tuple[tuple[int, ...], memoryview] | None:
+    def acquire(self, fd: int, blksize: int) -> tuple[tuple[int, ...], list[bytes]] | None:
+        """(key, packets) where packets[i] is DATA block i + 1 of the file, or None when the
+        file does not fit (the caller then reads it per block)."""
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         entry = self._entries.get(key)
-        if entry is not None:
-            entry.users += 1
-            return key, entry.data
-        if st.st_size > self.max_file or self.total + st.st_size > self.max_bytes:
-            return None
-        buf = bytearray(st.st_size)
-        view = memoryview(buf)
-        got = 0
-        while got < st.st_size:
-            n = os.preadv(fd, [view[got:]], got)
-            if n == 0:
-                return None  # shrank while being read: serve it with preadv
-            got += n
-        entry = self._entries[key] = _CacheEntry(view.toreadonly())
-        self.total += st.st_size
-        return key, entry.data
+        if entry is None:
+            if st.st_size > self.max_file or self.total + st.st_size > self.max_bytes:
+                return None
+            buf = bytearray(st.st_size)
+            view = memoryview(buf)
+            got = 0
+            while got < st.st_size:
+                n = os.preadv(fd, [view[got:]], got)
+                if n == 0:
+                    return None  # shrank while being read: serve it per block
+                got += n
+            entry = self._entries[key] = _CacheEntry(bytes(buf))
+            self.total += entry.cost
+        packets = entry.packets.get(blksize)
+        if packets is None:
+            blocks = len(entry.data) // blksize + 1
+            cost = len(entry.data) + blocks * (4 + self.PACKET_OVERHEAD)
+            if self.total + cost > self.max_bytes:
+                if entry.users == 0:
+                    del self._entries[key]
+                    self.total -= entry.cost
+                return None
+            data = entry.data
+            packets = [struct.pack("!HH", OP_DATA, (i + 1) & 0xFFFF)
+                       + data[i * blksize:(i + 1) * blksize] for i in range(blocks)]
+            entry.packets[blksize] = packets
+            entry.cost += cost
+            self.total += cost
+        entry.users += 1
+        return key, packets
 
     def release(self, key: tuple[int, ...]) -> None:
         entry = self._entries.get(key)
@@ -480,15 +499,17 @@ class _FileCache:
         entry.users -= 1
         if entry.users <= 0:
             del self._entries[key]
-            self.total -= len(entry.data)
+            self.total -= entry.cost
 
 
 class _CacheEntry:
-    __slots__ = ("data", "users")
+    __slots__ = ("cost", "data", "packets", "users")
 
-    def __init__(self, data: memoryview) -> None:
+    def __init__(self, data: bytes) -> None:
         self.data = data
-        self.users = 1
+        self.packets: dict[int, list[bytes]] = {}
+        self.users = 0
+        self.cost = len(data)
 
 
 class _RateLog:
@@ -537,6 +558,8 @@ class TftpServer:
         self._stop = threading.Event()
         self._ratelog = _RateLog()
         self._cache = _FileCache()
+        self._rbuf = bytearray(2048)  # a session's packets: ACK (4), ERROR (<= 516); longer
+        # datagrams are cut, which changes nothing for the first 4 bytes read from them
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "sessions", "completed", "failed", "expired", "evicted",
              "refused_busy", "refused_client", "retransmits", "dup_acks", "peak_sessions",
@@ -658,18 +681,47 @@ class TftpServer:
         ep = self._epoll = select.epoll()
         ep.register(main, select.EPOLLIN)
         by_fd = self._by_fd
-        on_session = self._on_session
+        on_session, on_packet = self._on_session, self._on_packet
+        rbuf = self._rbuf
+        poll, monotonic, stopped = ep.poll, time.monotonic, self._stop.is_set
         next_check = 0.0
-        while not self._stop.is_set():
-            events = ep.poll(0.05)
-            now = time.monotonic()
+        while not stopped():
+            events = poll(0.05)
+            now = monotonic()
             for fd, _ev in events:
-                if fd == main:
-                    self._on_main(now)
-                else:
-                    s = by_fd.get(fd)
-                    if s is not None:  # None: ended earlier in this round
-                        on_session(s, now)
+                s = by_fd.get(fd)
+                if s is None:  # the request port, or a session ended earlier in this round
+                    if fd == main:
+                        self._on_main(now)
+                    continue
+                pkts = s.pkts
+                if pkts is None or s.window != 1:
+                    on_session(s, now)
+                    continue
+                # The storm's hot path, inline: a cached file in lock-step, the ACK of the
+                # block in flight that is not the last one -> send the next ready packet.
+                try:
+                    got = s.sock.recv_into(rbuf)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    self._recv_failed(s, e)
+                    continue
+                sent = s.sent
+                if (got >= 4 and rbuf[1] == OP_ACK and rbuf[0] == 0
+                        and (rbuf[2] << 8 | rbuf[3]) == sent & 0xFFFF
+                        and s.last_block > sent > s.acked > 0):
+                    s.acked = sent
+                    s.tries = 0
+                    s.sent = sent + 1
+                    s.deadline = now + s.timeout
+                    try:
+                        s.sock.send(pkts[sent])
+                    except OSError as e:
+                        if e.errno in _PEER_GONE:
+                            self._end(s, f"client gone ({e.strerror})")
+                    continue
+                on_packet(s, got, now)
             if now >= next_check:
                 self._check_timeouts(now)
                 next_check = now + 0.05
@@ -805,10 +857,11 @@ class TftpServer:
             sock.setblocking(False)
             window = accepted.get("windowsize", 1)
             blksize = accepted.get("blksize", DEFAULT_BLKSIZE)
-            if window > 1:
+            if window > 1:  # room for a whole window (skb overhead ~1 KiB per datagram)
+                need = window * (blksize + 1024)
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                    2 * window * (blksize + 64))
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < need:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, need)
         except OSError as e:
             sock.close()
             log.error("TFTP %s:%d: cannot set up a session socket: %s", host, port, e)
@@ -820,9 +873,9 @@ class TftpServer:
         s = _Session(sock, (host, port), req.filename, fileobj, size, blksize, window, timeout,
                      oack, now)
         with contextlib.suppress(OSError):
-            cached = self._cache.acquire(s.filefd)
+            cached = self._cache.acquire(s.filefd, blksize)
             if cached is not None:
-                s.cache_key, s.data = cached
+                s.cache_key, s.pkts = cached
         key = (host, port)
         self._sessions[key] = s
         self._by_fd[s.fd] = s
@@ -852,12 +905,10 @@ class TftpServer:
         first = s.acked + 1
         last = min(s.acked + s.window, s.last_block)
         blksize, buf, view, payload = s.blksize, s.buf, s.view, s.payload
-        send, filefd, data = s.sock.send, s.filefd, s.data
+        send, filefd, pkts = s.sock.send, s.filefd, s.pkts
         for block in range(first, last + 1):
-            if data is not None:
-                chunk = data[(block - 1) * blksize:block * blksize]
-                n = len(chunk)
-                buf[4:4 + n] = chunk
+            if pkts is not None:
+                pkt: bytes | memoryview = pkts[block - 1]
             else:
                 try:
                     n = os.preadv(filefd, payload, (block - 1) * blksize)
@@ -865,10 +916,11 @@ class TftpServer:
                     self._fail(s, ERR_UNDEFINED, "read error",
                                f"read error at block {block}: {e}")
                     return
-            buf[2] = (block >> 8) & 0xFF
-            buf[3] = block & 0xFF
+                buf[2] = (block >> 8) & 0xFF
+                buf[3] = block & 0xFF
+                pkt = view[:4 + n]
             try:
-                send(view[:4 + n])
+                send(pkt)
             except OSError as e:
                 if e.errno in _PEER_GONE:
                     self._end(s, f"client gone ({e.strerror})")
@@ -885,16 +937,24 @@ class TftpServer:
         # error for a foreign TID "can be done only if the TFTP in fact receives" the packet;
         # tftp-hpa does the same) and reports an ICMP unreachable as ECONNREFUSED.
         try:
-            buf = s.sock.recv(65536)
+            got = s.sock.recv_into(self._rbuf)  # a kept buffer: no allocation per ACK
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            if e.errno in _PEER_GONE:
-                self._end(s, f"client gone ({e.strerror})", expired=not s.established)
-            else:
-                log.debug("TFTP %s: recv: %s", s, e)
+            self._recv_failed(s, e)
             return
-        if len(buf) >= 4 and buf[1] == OP_ACK and buf[0] == 0:
+        self._on_packet(s, got, now)
+
+    def _recv_failed(self, s: _Session, e: OSError) -> None:
+        if e.errno in _PEER_GONE:
+            self._end(s, f"client gone ({e.strerror})", expired=not s.established)
+        else:
+            log.debug("TFTP %s: recv: %s", s, e)
+
+    def _on_packet(self, s: _Session, got: int, now: float) -> None:
+        """A datagram of ``got`` bytes from the client, in ``self._rbuf``."""
+        buf = self._rbuf
+        if got >= 4 and buf[1] == OP_ACK and buf[0] == 0:
             number = (buf[2] << 8) | buf[3]
             sent = s.sent
             if s.window == 1 and number == (sent & 0xFFFF) and sent > s.acked > 0:
@@ -905,13 +965,9 @@ class TftpServer:
                     self._end(s, "")
                     return
                 block = sent + 1
-                b = s.buf
-                data = s.data
-                if data is not None:
-                    bs = s.blksize
-                    chunk = data[sent * bs:block * bs]
-                    n = len(chunk)
-                    b[4:4 + n] = chunk
+                pkts = s.pkts
+                if pkts is not None:
+                    pkt: bytes | memoryview = pkts[sent]  # DATA block sent + 1, ready
                 else:
                     try:
                         n = os.preadv(s.filefd, s.payload, sent * s.blksize)
@@ -919,25 +975,27 @@ class TftpServer:
                         self._fail(s, ERR_UNDEFINED, "read error",
                                    f"read error at block {block}: {e}")
                         return
-                b[2] = (block >> 8) & 0xFF
-                b[3] = block & 0xFF
+                    b = s.buf
+                    b[2] = (block >> 8) & 0xFF
+                    b[3] = block & 0xFF
+                    pkt = s.view[:4 + n]
                 s.sent = block
                 s.deadline = now + s.timeout
                 try:
-                    s.sock.send(s.view[:4 + n])
+                    s.sock.send(pkt)
                 except OSError as e:
                     if e.errno in _PEER_GONE:
                         self._end(s, f"client gone ({e.strerror})")
                 return
             self._on_ack(s, number, now)
-        elif len(buf) >= 4 and buf[1] == OP_ERROR and buf[0] == 0:
-            code, msg = parse_error(buf)
+        elif got >= 4 and buf[1] == OP_ERROR and buf[0] == 0:
+            code, msg = parse_error(bytes(buf[:got]))
             self._end(s, f"client sent error {code} {msg[:80]!r}",
                       aborted=s.acked < 0)  # after an OACK: a tsize probe (pxelinux)
         else:
             self._ratelog("junk", logging.WARNING,
                           "TFTP %s: dropped %d-byte packet %r (expected ACK or ERROR)",
-                          s, len(buf), buf[:8])
+                          s, got, bytes(buf[:min(got, 8)]))
 
     def _on_ack(self, s: _Session, number: int, now: float) -> None:
         block = s.acked + ((number - s.acked) & 0xFFFF)  # the absolute block it names
@@ -1002,7 +1060,7 @@ class TftpServer:
                     self._epoll.unregister(s.fd)
         if s.cache_key is not None:
             self._cache.release(s.cache_key)
-            s.data = None
+            s.pkts = None
         for closer in (s.sock.close, s.fileobj.close):
             try:
                 closer()

@@ -475,3 +475,15 @@ def test_hcboot_serve_tftp_flags(tmp_path: Path) -> None:
                 "print(s.recvfrom(2048)[0].hex())")
         r = cli.run(sys.executable, "-c", code, raw.hex(), SRV_IP)
         assert parse_oack(bytes.fromhex(r.stdout.strip())) == {"windowsize": "6"}
+
+
+def test_rollover_from_the_packet_cache(env: Env) -> None:
+    # bootserver.tftp keeps ready DATA packets of files up to 32 MiB: the block numbers of a
+    # cached file wrap too (70,000 blocks of 8 bytes; test_tftp_server covers the read path)
+    path = env.root / "small-rollover.bin"
+    path.write_bytes(random.Random(8).randbytes(70_000 * 8 + 3))
+    out = env.work / "small-rollover.out"
+    r = env.good.run("curl", "-sS", "--max-time", "120", "--tftp-blksize", "8",
+                     f"tftp://{SRV_IP}/small-rollover.bin", "-o", str(out), check=False)
+    assert r.returncode == 0, r.stderr
+    assert sha(out.read_bytes()) == sha(path.read_bytes())

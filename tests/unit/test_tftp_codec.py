@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -177,3 +178,27 @@ def test_request_fields_keep_their_bytes() -> None:
     assert req.option_map() == {"blksize": "1468"}  # names fold case; the first one wins
     with pytest.raises(TftpPathError):
         normalize_tftp_path(req.filename)  # non-ASCII names are refused by the path rule
+
+
+def test_packet_cache_numbers_blocks_modulo_65536(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    data = bytes(range(256)) * 2100  # 537,600 bytes: 67,200 blocks of 8, then an empty one
+    f.write_bytes(data)
+    cache = tftp._FileCache(max_bytes=64 << 20)
+    with f.open("rb") as fh:
+        got = cache.acquire(fh.fileno(), 8)
+        assert got is not None
+        key, pkts = got
+        assert len(pkts) == len(data) // 8 + 1 and pkts[-1] == b"\x00\x03" + struct.pack(
+            "!H", len(pkts) & 0xFFFF)
+        for i in (0, 1, 65534, 65535, 65536, len(pkts) - 2):
+            assert pkts[i][:2] == b"\x00\x03"
+            assert struct.unpack("!H", pkts[i][2:4])[0] == (i + 1) % 65536
+            assert pkts[i][4:] == data[i * 8:(i + 1) * 8]
+        assert cache.acquire(fh.fileno(), 8) == (key, pkts)  # shared, not rebuilt
+        cache.release(key)
+        cache.release(key)
+        assert cache.total == 0  # dropped with its last user
+    small = tftp._FileCache(max_bytes=1000)
+    with f.open("rb") as fh:
+        assert small.acquire(fh.fileno(), 512) is None  # does not fit: read per block
