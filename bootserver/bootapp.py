@@ -4,8 +4,8 @@ Routes (HTTP):
     GET  /boot/<mac>.ipxe                   per-node iPXE script (unassigned: wait-and-retry)
     GET  /boot/<mac>.pxelinux               the pxelinux config the node would get (debugging)
     GET  /images/<role>/<build-id>/<file>   an artifact from the image store ("current" allowed)
-    GET  /plan/<mac>.json|.txt              a storage node's export plan (txt: for shell agents)
-    POST /report/<mac>                      a node reports its state (JSON {"state": ...})
+    GET  /plan/<mac>.json                   a storage node's export plan (homecloud.agents.protocol)
+    POST /report/<mac>                      a node reports its state (a protocol report document)
     GET  /nodes.json                        assigned nodes, seen machines and reports
     GET  /firststage/<name>                 first-stage binary (ipxe.efi for UEFI HTTP boot)
     GET  /healthz                           "ok"
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
-from bootserver.exports import plan_for, plan_text
+from bootserver.exports import plan_for
 from bootserver.firststage import SOURCES
 from bootserver.http import Response
 from bootserver.machine import BadMac, Machine, normalize_mac
@@ -31,13 +31,14 @@ from bootserver.policy import Policy, RenderError
 from bootserver.reports import Reports, read_reports
 from bootserver.seen import read_seen
 from builder.manifest import CURRENT, ManifestError
+from homecloud.agents.protocol import ProtocolError, parse_report, plan_json, report_doc
 
 log = logging.getLogger("hcboot.app")
 
 _BOOT = re.compile(r"^/boot/([^/]+)\.(ipxe|pxelinux)$")
 _IMAGE = re.compile(r"^/?images/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)$")
 _FIRST = re.compile(r"^/firststage/([A-Za-z0-9._-]+)$")
-_PLAN = re.compile(r"^/plan/([^/]+)\.(json|txt)$")
+_PLAN = re.compile(r"^/plan/([^/]+)\.json$")
 _REPORT = re.compile(r"^/report/([^/]+)$")
 _PXECFG = re.compile(r"^/?pxelinux\.cfg/01-([0-9a-fA-F-]{17})$")
 MAX_REPORT = 64 * 1024
@@ -122,9 +123,7 @@ class BootApp:
             if plan is None:
                 log.warning("%s: asked for a storage plan but is not a storage node", mac)
                 return None
-            if m.group(2) == "txt":
-                return _text(plan_text(plan))
-            return _text(json.dumps(plan, indent=1) + "\n", "application/json")
+            return _text(plan_json(plan), "application/json")
         if path == "/nodes.json":
             return _text(json.dumps(self.nodes_doc(), indent=1) + "\n", "application/json")
         return None
@@ -137,14 +136,14 @@ class BootApp:
         if len(body) > MAX_REPORT:
             return _text("report too large\n", status=413)
         try:
-            doc = json.loads(body or b"{}")
-            if not isinstance(doc, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
+            rep = parse_report(body)
+            if rep.node != mac:
+                raise ProtocolError("report.node", f"{rep.node} is not the MAC of the URL ({mac})")
+        except ProtocolError as exc:
             log.warning("%s: malformed report from %s: %s", mac, client_ip, exc)
             return _text(f"bad report: {exc}\n", status=400)
-        self.reports.put(mac, doc)
-        log.info("%s: reports state %s (%s)", mac, doc.get("state"), doc.get("detail") or "")
+        self.reports.put(mac, report_doc(rep))
+        log.info("%s: reports state %s (%s)", mac, rep.state, rep.detail)
         return _text("ok\n")
 
     def nodes_doc(self) -> dict[str, object]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from builder import cache, paths
+from builder import cache, paths, pysrc
 from builder.dib import DibProcess, DibRun
 from builder.elements import Element, ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import BuildError, CommandError, ElementError
@@ -154,8 +154,14 @@ def step_plan(b: Build) -> None:
             mirrors=b.mirrors,
             arch=p.arch,
             base_key=b.base_key,
+            python=pysrc.digests() if _wants_python(b.closure) else None,
         )
     )
+
+
+def _wants_python(closure: Sequence[Element]) -> bool:
+    """The image installs the Python agents (element hc-agents-python): hcbuild stages them."""
+    return any(el.name == pysrc.ELEMENT for el in closure)
 
 
 def resolved_profile(p: Profile, closure: Sequence[Element] = ()) -> dict[str, object]:
@@ -245,11 +251,16 @@ def _run_dib(b: Build, p: Profile, ks: KernelSpec, lc: cache.LayerCache) -> None
         # DIB's tree and everything it writes in hcbuild's tmpfs; the tree is handed over
         # by a rename and never written to disk
         env["DIB_NO_TMPFS"] = "1"
+    elements_path, staged = [b.library.root], []
+    if _wants_python(b.closure):
+        elements_path.append(pysrc.stage(b.work / "py-element"))
+        staged.append(pysrc.STAGED)
     dr = DibRun(
-        elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements, *cache.BUILD_ELEMENTS],
+        elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements, *staged,
+                  *cache.BUILD_ELEMENTS],
         output=dib_dir / "image",
         log_path=log,
-        elements_path=[b.library.root],
+        elements_path=elements_path,
         mirrors=b.mirrors,
         release=p.release,
         arch=p.arch,
