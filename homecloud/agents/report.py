@@ -10,7 +10,9 @@ version, total and free memory, running domains); if ``xl info`` never works it 
 The report (homecloud.agents.protocol) goes to ``<hc.server>/report/<hc.mac>``, both from the
 kernel command line, retried every 2 s because DHCP may still be in progress.  Settings:
 ``HC_NODE_REPORT_XL_WAIT`` (seconds, 180), ``HC_NODE_REPORT_POST_TRIES`` (30),
-``HC_CMDLINE`` (/proc/cmdline), ``HC_CONSOLE`` (/dev/console or none).
+``HC_CMDLINE`` (/proc/cmdline), ``HC_CONSOLE`` (/dev/console or none), ``HC_XL`` (the xl
+binary; default the newest /usr/lib/xen-*/bin/xl, else xl on PATH), ``HC_XEN_CAPS``
+(/proc/xen/capabilities).
 """
 
 from __future__ import annotations
@@ -95,18 +97,22 @@ def is_dom0(caps: str = XEN_CAPS) -> bool:
         return False
 
 
-def find_xl() -> str:
+def find_xl(override: str = "") -> str:
+    """``override`` (HC_XL), else the newest /usr/lib/xen-*/bin/xl, else xl on PATH."""
+    if override:
+        return override
     for x in [*sorted(glob.glob("/usr/lib/xen-*/bin/xl"), reverse=True), "/usr/sbin/xl"]:
         if os.access(x, os.X_OK):
             return x
     return shutil.which("xl") or ""
 
 
-def wait_xl_info(wait: int, out: Output, sleep: Callable[[float], None] = time.sleep) -> str:
+def wait_xl_info(wait: int, out: Output, xl_override: str = "",
+                 sleep: Callable[[float], None] = time.sleep) -> str:
     """The output of ``xl info`` once it works, "" if it never did within ``wait`` seconds."""
     last = ""
     for _ in range(max(1, wait)):
-        xl = find_xl()
+        xl = find_xl(xl_override)
         if xl:
             try:
                 return run([xl, "info"], timeout=30)
@@ -156,14 +162,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
     rc = 0
     if is_dom0(env.get("HC_XEN_CAPS") or XEN_CAPS):
-        info_text = wait_xl_info(xl_wait, out)
+        info_text = wait_xl_info(xl_wait, out, env.get("HC_XL", ""))
         if not info_text:
             say(f"HC-ERROR: hc-node: xl info failed after {xl_wait}s (xenstored, xen-init-dom0?)")
             state, detail, facts, rc = "failed", f"xl info failed after {xl_wait}s", {}, 1
         else:
             info = parse_xl_info(info_text)
             try:
-                domains = parse_xl_list(run([find_xl(), "list"], timeout=30))
+                domains = parse_xl_list(run([find_xl(env.get("HC_XL", "")), "list"], timeout=30))
             except AgentError as exc:
                 out.log(str(exc))
                 domains = []
