@@ -36,6 +36,7 @@ from homecloud.agents.common import (
 from homecloud.agents.protocol import Fact, ProtocolError, Report, make_report
 
 XEN_CAPS = "/proc/xen/capabilities"
+XL_LIST_TIMEOUT = 5
 
 
 def parse_xl_info(text: str) -> dict[str, str]:
@@ -168,15 +169,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             state, detail, facts, rc = "failed", f"xl info failed after {xl_wait}s", {}, 1
         else:
             info = parse_xl_info(info_text)
-            try:
-                domains = parse_xl_list(run([find_xl(env.get("HC_XL", "")), "list"], timeout=30))
+            ver = dom0_facts(info, []).get("xen_version", "?")
+            free = info.get("free_memory", "?")
+            say(f"hc-node: dom0 up (xen {ver}, {free} MB free)")   # first: the lab waits for it
+            say(f"hc-node: {role} ready")
+            try:   # xl list needs xenstored (xl info does not): a short wait, then without
+                domains = parse_xl_list(run([find_xl(env.get("HC_XL", "")), "list"],
+                                            timeout=XL_LIST_TIMEOUT))
             except AgentError as exc:
                 out.log(str(exc))
                 domains = []
             facts = dom0_facts(info, domains)
-            ver, free = facts.get("xen_version", "?"), info.get("free_memory", "?")
-            say(f"hc-node: dom0 up (xen {ver}, {free} MB free)")
-            say(f"hc-node: {role} ready")
             state, detail = "dom0-up", f"xen {ver}, {free} MB free"
     else:
         say(f"hc-node: {role} ready")

@@ -9,20 +9,19 @@ per export (restarted with backoff when it exits).  Then it prints ``hc-storage:
 e1.0,...`` on the console, POSTs an ``exports-ready`` report, and re-polls the plan: new exports
 start, removed ones stop (by PID), changed ones restart, without a reboot.
 
-The decisions are homecloud.agents.reconcile (pure); this module carries them out.  Exit: 0 on
+The decisions are homecloud.agents.reconcile (pure); this module carries them out, with the
+export files in homecloud.agents.files and the local store in homecloud.agents.disks.  Exit: 0 on
 SIGTERM after stopping every vblade it started, 2 on bad configuration.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +41,10 @@ from homecloud.agents.common import (
     run,
 )
 from homecloud.agents.disks import Store, setup_store
+from homecloud.agents.files import Files
 from homecloud.agents.protocol import (
     Export,
     ExportStatus,
-    ImageExport,
     Plan,
     ProtocolError,
     make_report,
@@ -268,120 +267,6 @@ def stale_cleanup(exports_dir: Path) -> None:
         f.unlink(missing_ok=True)
 
 
-# ------------------------------------------------------------------- images and volumes
-
-
-class Files:
-    """The export files in the store: images (downloaded, sha256-checked) and volumes."""
-
-    def __init__(self, cfg: Config, out: Output) -> None:
-        self.cfg, self.out = cfg, out
-        self.images = Path(cfg.store) / "images"
-        self.volumes = Path(cfg.store) / "volumes"
-        self.verified = Path(cfg.run) / "verified"
-
-    def prepare(self, e: Export) -> str:
-        if isinstance(e, ImageExport):
-            return str(self.image(e))
-        return str(self.volume(e.name, e.size))
-
-    def image(self, e: ImageExport) -> Path:
-        self.images.mkdir(parents=True, exist_ok=True)
-        path = self.images / f"{e.sha256}.img"
-        mark = self.verified / e.sha256
-        if path.is_file():
-            if mark.exists():
-                return path
-            if path.stat().st_size == e.size and _sha256(path) == e.sha256:
-                self.out.log(f"image {e.sha256}: present, sha256 ok (not downloaded)")
-                mark.touch()
-                return path
-            self.out.log(f"image {e.sha256}: present but damaged: downloading it again")
-            path.unlink()
-        part = self.images / f".{e.sha256}.part"
-        t0 = time.monotonic()
-        self.out.log(f"image {e.sha256}: downloading {e.url} ({e.size} bytes)")
-        try:
-            got, n = self._download(e.url, part)
-            if got != e.sha256:
-                raise AgentError(f"sha256 mismatch for {e.url}: got {got}, plan says {e.sha256}")
-            if n != e.size:
-                raise AgentError(f"size mismatch for {e.url}: got {n} bytes, plan says {e.size}")
-            os.replace(part, path)
-        finally:
-            part.unlink(missing_ok=True)
-        _fsync_dir(self.images)   # a power cut right after "exports ready" must not lose it
-        mark.touch()
-        if e.size % 512:
-            self.out.log(f"image {e.sha256}: warning: size {e.size} is not a multiple of 512")
-        self.out.log(f"image {e.sha256}: downloaded and verified in "
-                     f"{time.monotonic() - t0:.0f}s")
-        return path
-
-    def _download(self, url: str, part: Path) -> tuple[str, int]:
-        h, n = hashlib.sha256(), 0
-        deadline = time.monotonic() + self.cfg.dl_timeout
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
-                while chunk := r.read(1 << 20):
-                    h.update(chunk)
-                    f.write(chunk)
-                    n += len(chunk)
-                    if time.monotonic() > deadline:
-                        raise AgentError(f"download of {url} took over {self.cfg.dl_timeout}s")
-                f.flush()
-                os.fsync(f.fileno())
-        except (OSError, ValueError) as exc:
-            raise AgentError(f"download of {url} failed: {exc}") from None
-        return h.hexdigest(), n
-
-    def volume(self, name: str, size: int) -> Path:
-        self.volumes.mkdir(parents=True, exist_ok=True)
-        path = self.volumes / f"{name}.vol"
-        try:
-            if not path.is_file():
-                with open(path, "wb") as f:
-                    f.truncate(size)
-                self.out.log(f"volume {name}: created ({size} bytes, sparse)")
-            else:
-                cur = path.stat().st_size
-                if cur < size:
-                    os.truncate(path, size)
-                    self.out.log(f"volume {name}: grown from {cur} to {size} bytes")
-                elif cur > size:
-                    self.out.log(f"volume {name}: warning: is {cur} bytes, plan says {size}:"
-                                 " never shrunk")
-        except OSError as exc:
-            raise AgentError(f"volume {name}: {path}: {exc.strerror or exc}") from None
-        return path
-
-    def collect(self, keep: set[str]) -> None:
-        """Delete downloaded images no running export uses."""
-        if not self.images.is_dir():
-            return
-        for f in sorted(self.images.glob("*.img")):
-            if f.stem not in keep:
-                self.out.log(f"image {f.stem}: no longer exported: deleted")
-                f.unlink(missing_ok=True)
-                (self.verified / f.stem).unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ------------------------------------------------------------------------------- the agent
 
 
@@ -389,7 +274,7 @@ class Agent:
     def __init__(self, cfg: Config, out: Output, iface: str, mac: str) -> None:
         self.cfg, self.out, self.iface, self.mac = cfg, out, iface, mac
         self.sup = Supervisor(Path(cfg.run) / "exports", out, cfg.backoff_max)
-        self.files = Files(cfg, out)
+        self.files = Files(cfg.store, cfg.run, cfg.dl_timeout, out)
         self.errors: dict[Target, str] = {}
         self.failed_at = 0.0
         self.reported: list[Target] | None = None

@@ -84,3 +84,15 @@ def test_not_a_dom0(tmp_path: Path) -> None:
     assert r.returncode == 0
     assert r.stdout.splitlines()[0] == "hc-node: hnode ready"
     assert os.uname().release  # the detail it reports
+
+
+def test_dom0_lines_come_before_a_hanging_xl_list(tmp_path: Path) -> None:
+    """``xl list`` needs xenstored, ``xl info`` does not: the console lines (which the lab
+    waits for) do not wait for it, and the domains fact is left empty."""
+    xl = ("#!/bin/sh\ncase \"$1\" in info) cat <<'E'\n" + XL_INFO + "E\n;; list) exec sleep 60"
+          "\n;; esac\n")
+    r = _run(tmp_path, "control_d\n", xl)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["hc-node: dom0 up (xen 4.17, 3012 MB free)", "hc-node: hnode ready"]
+    assert "xl list: exit code -1: " in lines[2] and "timed out after 5s" in r.stdout
