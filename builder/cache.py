@@ -130,8 +130,11 @@ def role_inputs(
     mirrors: Mirrors,
     arch: str,
     base_key: str,
+    python: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``python``: the digests of the agents' Python sources (builder.pysrc) when the image
+    installs them, else nothing (the key of an image without them does not change)."""
+    doc: dict[str, Any] = {
         "what": "homecloud role image",
         "profile": dict(profile),
         "elements": element_files(elements),
@@ -143,6 +146,9 @@ def role_inputs(
         "base": base_key,
         "code": code_version(),
     }
+    if python:
+        doc["python"] = dict(sorted(python.items()))
+    return doc
 
 
 LAYER_ELEMENT = "hc-build-layers"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from builder import cache, paths
+from builder import cache, paths, pysrc
 from builder.context import Options, Plan, Resolved
 from builder.elements import Element, ElementLibrary, lint_element, lint_image, lint_layers
 from builder.errors import ElementError
@@ -77,6 +77,7 @@ def make_plan(role: str, o: Options) -> Plan:
             mirrors=mirrors,
             arch=p.arch,
             base_key=base_key,
+            python=pysrc.digests() if any(el.name == pysrc.ELEMENT for el in closure) else None,
         )
     )
     return Plan(role=role, resolved=resolved, library=library, base_closure=base_closure,

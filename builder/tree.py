@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from builder import cache
+from builder import cache, pysrc
 from builder.context import DISTRO_ELEMENT, ROOTFS_LABEL, Build
 from builder.dib import DibProcess, DibRun
 from builder.errors import BuildError
@@ -70,11 +70,17 @@ def _run_dib(b: Build, lc: cache.LayerCache, layer_from: Path | None) -> None:
         # DIB's tree and everything it writes in hcbuild's tmpfs; the tree is handed over
         # by a rename and never written to disk
         env["DIB_NO_TMPFS"] = "1"
+    # the Python agents' sources, staged as a generated element (builder/pysrc.py)
+    elements_path, staged = [b.plan.library.root], []
+    if b.plan.has(pysrc.ELEMENT):
+        elements_path.append(pysrc.stage(b.work / "py-element"))
+        staged.append(pysrc.STAGED)
     dr = DibRun(
-        elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements, *cache.BUILD_ELEMENTS],
+        elements=[DISTRO_ELEMENT, *p.base_elements, *p.elements, *staged,
+                  *cache.BUILD_ELEMENTS],
         output=b.dib_dir / "image",
         log_path=b.log,
-        elements_path=[b.plan.library.root],
+        elements_path=elements_path,
         mirrors=b.plan.mirrors,
         release=p.release,
         arch=p.arch,

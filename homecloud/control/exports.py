@@ -1,16 +1,16 @@
 """AoE export plans: which storage node serves what, at which shelf.slot, to whom.
 
 The inventory's ``exports`` say what is exported; this module resolves them against the assigned
-nodes and the image store into one plan per storage node (served to it as JSON over HTTP at
-``/plan/<mac>.json``, and shown by ``hcboot exports``).
+nodes and the image store into one plan per storage node (a ``homecloud.agents.protocol`` plan
+document, served to it over HTTP at ``/plan/<mac>.json``; ``hcboot exports`` shows them all).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from homecloud.agents import protocol as P
 from homecloud.core.manifest import ImageStore, ManifestError
 from homecloud.core.model import STORAGE_ROLE, Export, ImageExport, Inventory, Node
 
@@ -65,37 +65,28 @@ def plan_all(inv: Inventory, store: ImageStore, http_base: str) -> list[PlannedE
     return out
 
 
-def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str) -> dict[str, Any] | None:
-    """The plan of one storage node, or None if ``mac`` is not a storage node."""
+def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str,
+             poll: int = P.DEFAULT_POLL) -> P.Plan | None:
+    """The plan of one storage node (homecloud.agents.protocol), or None if ``mac`` is not a
+    storage node.  Exports that cannot be served yet (no image published) are ``pending``."""
     node = inv.node(mac)
     if node is None or node.role != STORAGE_ROLE:
         return None
-    exports = [p.to_doc() for p in plan_all(inv, store, http_base) if mac in p.snode_macs]
-    return {"format": 1, "snode": mac, "hostname": node.name, "generated": time.time(),
-            "exports": exports}
-
-
-def plan_text(plan: dict[str, Any]) -> str:
-    """The same plan as whitespace-separated lines, for a busybox shell agent::
-
-        # homecloud plan 1 <snode-mac>
-        <target> <shelf> <slot> <ro|rw> <image|volume> <size> <sha256|-> <url|name> <allow|->
-
-    ``allow`` is a comma-separated MAC list; ``-`` means no consumer is assigned yet (the agent
-    must not export it: vblade without -m would serve everyone).  Exports with a problem (no
-    image published yet) are left out, with a comment line saying why.
-    """
-    lines = [f"# homecloud plan 1 {plan['snode']}"]
-    for e in plan["exports"]:
-        src = e["source"]
-        if e.get("problem"):
-            lines.append(f"# {e['target']} not served: {e['problem']}")
+    exports: list[P.Export] = []
+    pending: list[P.Pending] = []
+    for p in plan_all(inv, store, http_base):
+        if mac not in p.snode_macs:
             continue
-        allow = ",".join(e["allow"]) or "-"
-        if src["kind"] == "image":
-            lines.append(f"{e['target']} {e['shelf']} {e['slot']} {e['mode']} image "
-                         f"{src['size']} {src['sha256']} {src['url']} {allow}")
+        e, src = p.export, p.source
+        mode: P.Mode = "rw" if e.mode == "rw" else "ro"
+        if p.problem:
+            pending.append(P.Pending(e.target, p.problem))
+        elif src["kind"] == "image":
+            exports.append(P.ImageExport(target=e.target, mode=mode, allow=p.allow,
+                                         role=src["role"], build=src["build_id"],
+                                         size=src["size"], sha256=src["sha256"], url=src["url"]))
         else:
-            lines.append(f"{e['target']} {e['shelf']} {e['slot']} {e['mode']} volume "
-                         f"{src['size']} - {src['name']} {allow}")
-    return "\n".join(lines) + "\n"
+            exports.append(P.VolumeExport(target=e.target, mode=mode, allow=p.allow,
+                                          name=src["name"], size=src["size"]))
+    return P.Plan(node=mac, exports=tuple(exports), poll=poll, hostname=node.name,
+                  pending=tuple(pending))

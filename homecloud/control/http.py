@@ -2,7 +2,7 @@
 ``bootserver.bootapp``; ``hcboot serve`` chains both apps on one server).
 
 Routes, and who may use them (nobody is trusted by default):
-    GET  /plan/<mac>.json|.txt   a storage node's export plan: only to the node that holds <mac>
+    GET  /plan/<mac>.json        a storage node's export plan: only to the node that holds <mac>
                                  (its lease, static address or the neighbour table says the
                                  requesting address is <mac>'s) and to the admin
     POST /report/<mac>           a node reports its state: accepted only from the address <mac>
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from bootserver.clientlog import for_mac
 from bootserver.http import Response
-from homecloud.control.exports import plan_for, plan_text
+from homecloud.agents.protocol import ProtocolError, parse_report, plan_json, report_doc
+from homecloud.control.exports import plan_for
 from homecloud.control.reports import Reports, read_reports
 from homecloud.control.seen import read_seen
 from homecloud.core.ids import BadMac, normalize_mac
@@ -33,7 +34,7 @@ from homecloud.inventory.protocol import InventoryStore
 
 log = logging.getLogger("homecloud.control")
 
-_PLAN = re.compile(r"^/plan/([^/]+)\.(json|txt)$")
+_PLAN = re.compile(r"^/plan/([^/]+)\.json$")
 _REPORT = re.compile(r"^/report/([^/]+)$")
 MAX_REPORT = 64 * 1024
 
@@ -78,7 +79,7 @@ class ControlApp:
         if method in ("GET", "HEAD"):
             m = _PLAN.match(path)
             if m:
-                return self._plan(m.group(1), m.group(2), client_ip, headers)
+                return self._plan(m.group(1), client_ip, headers)
             if path == "/nodes.json":
                 if not self.is_admin(client_ip, headers):
                     log.warning("/nodes.json refused to %s (admin only)", client_ip)
@@ -90,7 +91,7 @@ class ControlApp:
                 return self._report(m.group(1), body, client_ip, headers)
         return None
 
-    def _plan(self, raw_mac: str, kind: str, client_ip: str,
+    def _plan(self, raw_mac: str, client_ip: str,
               headers: Mapping[str, str]) -> Response | None:
         try:
             mac = normalize_mac(raw_mac)
@@ -103,9 +104,7 @@ class ControlApp:
         if plan is None:
             for_mac(log, mac).warning("asked for a storage plan but is not a storage node")
             return None
-        if kind == "txt":
-            return _text(plan_text(plan))
-        return _text(json.dumps(plan, indent=1) + "\n", "application/json")
+        return _text(plan_json(plan), "application/json")
 
     def _report(self, raw_mac: str, body: bytes, client_ip: str,
                 headers: Mapping[str, str]) -> Response | None:
@@ -119,15 +118,14 @@ class ControlApp:
         if len(body) > MAX_REPORT:
             return _text("report too large\n", status=413)
         try:
-            doc = json.loads(body or b"{}")
-            if not isinstance(doc, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
+            rep = parse_report(body)
+            if rep.node != mac:
+                raise ProtocolError("report.node", f"{rep.node} is not the MAC of the URL ({mac})")
+        except ProtocolError as exc:
             for_mac(log, mac).warning("malformed report from %s: %s", client_ip, exc)
             return _text(f"bad report: {exc}\n", status=400)
-        self.reports.put(mac, doc)
-        for_mac(log, mac).info("reports state %s (%s)", doc.get("state"),
-                                doc.get("detail") or "")
+        self.reports.put(mac, report_doc(rep))
+        for_mac(log, mac).info("reports state %s (%s)", rep.state, rep.detail)
         return _text("ok\n")
 
     def nodes_doc(self) -> dict[str, object]:

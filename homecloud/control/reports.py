@@ -22,6 +22,7 @@ class Reports:
         self._lock = threading.Lock()
 
     def put(self, mac: str, doc: dict[str, Any]) -> None:
+        """Record ``doc`` (a ``homecloud.agents.protocol`` report document) for ``mac``."""
         state, now = str(doc.get("state", "unknown"))[:64], time.time()
         with self._lock, locked(self.lock_path):
             cur = read_reports(self.path.parent)
@@ -36,6 +37,9 @@ class Reports:
                 hist = dict(sorted(hist.items(), key=lambda kv: kv[1])[-16:])
             cur[mac] = {"state": state, "time": now, "detail": doc.get("detail"),
                         "states": hist}
+            for key in ("facts", "exports"):
+                if doc.get(key):
+                    cur[mac][key] = doc[key]
             atomic_write(self.path, json.dumps(cur, indent=1, sort_keys=True) + "\n")
 
 

@@ -12,7 +12,7 @@ failed read, wrong checksum or kernel I/O error fails the test.
     moves to the other path after about aoe_deadsecs with no I/O error.
 (b) the same through ``hcboot serve``: the VM PXE-boots with QEMU's iPXE ROM, gets the kernel,
     the aoe-root initramfs and ``hc.aoe=`` from the inventory's export over HTTP; the two
-    exports are served by the real storage agent (elements/hc-aoe-target) running in two
+    exports are served by the real storage agent (homecloud.agents.storage) running in two
     namespaces as two snodes, which download the image from hcboot and run vblade with the
     hnode's MAC as allow-list.  One agent is stopped (by PID) while the VM works.
 (b') Xen: the same PXE path with a ``kind: xen`` manifest (Xen + dom0 kernel + aoe-root
@@ -35,12 +35,13 @@ from pathlib import Path
 
 import pytest
 
-from bootserver.agent import READY_PREFIX, agent_script
 from builder.kernel import KernelTree
+from homecloud.agents.storage import READY_PREFIX
 from homecloud.core.ids import Target
 from homecloud.core.manifest import BootInfo
 from homecloud.core.model import ImageExport
 from tests.support import artifacts
+from tests.support.agents import ROOT, STORAGE_LAUNCHER, agent_env, storage_agent_argv
 from tests.support.builds import ensure_built_all
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
@@ -252,9 +253,10 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, kernel: KernelTree,
             store = tmp / f"store-sn{i}"
             store.mkdir()
             agents[sn.name] = lab.popen(
-                ["sh", str(agent_script())], ns=sn, log=tmp / f"agent-sn{i}.log",
-                env={"HC_CMDLINE": str(cmdline), "HC_DISKS": "none", "HC_STORE": str(store),
-                     "HC_RUN": str(tmp / f"run-sn{i}"), "HC_POLL": "1", "HC_CONSOLE": "none"})
+                storage_agent_argv(), ns=sn, log=tmp / f"agent-sn{i}.log",
+                env={**agent_env(), "HC_CMDLINE": str(cmdline), "HC_DISKS": "none",
+                     "HC_STORE": str(store), "HC_RUN": str(tmp / f"run-sn{i}"), "HC_POLL": "1",
+                     "HC_CONSOLE": "none"})
             snodes.append(sn)
         yield Cloud(lab, srv, snodes, agents, tmp)
 
@@ -357,15 +359,49 @@ def _copy_with_libs(binary: str, root: Path) -> None:
         shutil.copy2(f, dst)   # follows symlinks: the real file under the name used
 
 
+HOST_PYTHON = "/usr/bin/python3.11"   # Debian's, the interpreter the snode image has
+
+
+def _copy_python_for_the_agent(root: Path) -> None:
+    """The host's Debian python3 with the standard-library modules the storage agent imports
+    (asked from that interpreter), and the agent's package where the image has it."""
+    import importlib.util
+
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import homecloud.agents.storage, "
+             "encodings.idna; print('\\n'.join(sorted(m.__file__ for m in "
+             "list(sys.modules.values()) if getattr(m, '__file__', None))))")
+    files = subprocess.run([HOST_PYTHON, "-I", "-c", probe, str(ROOT)], capture_output=True,
+                           text=True, check=True).stdout.split()
+    _copy_with_libs(HOST_PYTHON, root)
+    (root / "usr" / "bin" / "python3").symlink_to("python3.11")
+    for f in (Path(x) for x in files):
+        if not str(f).startswith("/usr/lib/python3"):
+            continue                                     # homecloud itself: below
+        if f.suffix == ".so":
+            _copy_with_libs(str(f), root)   # its libraries (libssl for _ssl, ...)
+        for src in (f, Path(importlib.util.cache_from_source(str(f)))):
+            if src.is_file():
+                dst = root / str(src).lstrip("/")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+    lib = root / "usr" / "local" / "lib" / "homecloud" / "homecloud"
+    for sub in ("core", "agents"):
+        shutil.copytree(ROOT / "homecloud" / sub, lib / sub,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "homecloud" / "__init__.py", lib / "__init__.py")
+
+
 def snode_root_tar(dest: Path) -> Path:
-    """A RAM root for a storage node: busybox, the agent, vblade, mdadm, mkfs.ext4 (tar)."""
+    """A RAM root for a storage node: busybox, python3 and the agent, vblade, mdadm,
+    mkfs.ext4 (tar)."""
     import tarfile
 
     root = artifacts.busybox_root(dest / "snode-root", "unused")
     (root / "sbin" / "init").write_text(SNODE_INIT)
     agent = root / "usr" / "local" / "sbin" / "hc-storage-agent"
     agent.parent.mkdir(parents=True)
-    shutil.copy2(agent_script(), agent)
+    shutil.copy2(STORAGE_LAUNCHER, agent)
+    _copy_python_for_the_agent(root)
     for b in ("vblade", "mdadm", "mkfs.ext4"):
         _copy_with_libs(b, root)
     if Path("/etc/mke2fs.conf").is_file():
@@ -519,10 +555,16 @@ def test_real_snode_image_exports_the_hnode_root(kernel: KernelTree, root_image:
                     workdir=tmp_path)
             vms.append(sn)
             sn.start()
+            sn.wait_for(r"Run /init as init process", timeout=900)
+            t_init = sn.elapsed()
+            sn.wait_for(r"Started \S*hc-storage-agent", timeout=900)
+            t_agent = sn.elapsed()
             sn.wait_for(r"hc-storage: store /dev/md\S+ \(new\) at /srv/hc", timeout=900)
             sn.wait_for(r"hc-storage: exports ready e1\.0", timeout=300)
             print(f"\n[boot time] real snode image (PXE, systemd in RAM, RAID1, download): "
-                  f"exports ready after {sn.elapsed():.1f}s wall")
+                  f"exports ready after {sn.elapsed():.1f}s wall (/init at {t_init:.1f}s, "
+                  f"agent unit started at {t_agent:.1f}s: {sn.elapsed() - t_agent:.1f}s to "
+                  "exports ready)")
             hn = Vm(VmConfig(memory_mb=512, nics=[Nic("virtio", tap=lab.tap(ns, "br0"),
                                                       mac=HNODE_MAC)],
                              boot="n", netns=ns.name, name="hnode"), workdir=tmp_path)

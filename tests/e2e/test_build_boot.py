@@ -2,7 +2,8 @@
 role's tools work, printing a marker on the serial console.
 
 - hnode: Xen (gunzipped ELF, multiboot) + dom0 kernel + the busybox initramfs, with the rootfs
-  attached as a local disk (``hc.root=/dev/vda``); ``xl info`` works in dom0.
+  attached as a local disk (``hc.root=/dev/vda``); ``xl info`` works in dom0, and so does the
+  node-report agent (``hc-node: dom0 up (xen 4.17, N MB free)``).
 - snode: kernel + the RAM-root initrd (the whole system); vblade and mdadm are there, aoe loads.
 - domu: kernel + initrd + rootfs as a plain VM (disk vda, console ttyS0).
 
@@ -54,7 +55,11 @@ def test_hnode_boots_xen_dom0_with_local_root(images: tuple[Path, ImageStore],
     check = run_check(
         f"while ! {xl} info >/dev/null 2>&1; do sleep 2; done; "
         f"{xl} info | grep -E ^xen_version >/dev/console; "
-        "uname -r | sed s/^/HC-XL-INFO-OK-/ >/dev/console"
+        "uname -r | sed s/^/HC-XL-INFO-OK-/ >/dev/console; "
+        # the node-report agent (Python) on a real dom0; no hc.server here: console only.
+        # systemd.run's target does not pull in the xenfs mount unit: mounted here
+        "grep -q control_d /proc/xen/capabilities || mount -t xenfs xenfs /proc/xen; "
+        "HC_CONSOLE=none /usr/local/sbin/hc-node-report >/dev/console 2>&1"
     )
     dom0 = f"{cmdline} hc.root=/dev/vda {check}"
     cfg = VmConfig(
@@ -66,6 +71,8 @@ def test_hnode_boots_xen_dom0_with_local_root(images: tuple[Path, ImageStore],
         vm.start()
         vm.wait_for(r"xen_version\s*:\s*4\.17", timeout=BOOT_TIMEOUT)
         vm.wait_for(r"HC-XL-INFO-OK-\d", timeout=60)
+        vm.wait_for(r"hc-node: dom0 up \(xen 4\.17, \d+ MB free\)", timeout=120)
+        vm.wait_for(r"hc-node: node ready", timeout=30)
 
 
 def test_snode_boots_into_ram_with_storage_tools(images: tuple[Path, ImageStore],

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from homecloud.core.manifest import BootInfo
+from tests.support.agents import agent_env
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab, Netns, wait_for
@@ -84,16 +87,43 @@ def test_artifacts_scripts_and_404s(served: Served) -> None:
         assert code in (400, 404) and b"I" * 64 not in body, bad
 
 
-def test_reports_are_recorded(served: Served) -> None:
+def test_reports_are_recorded(served: Served, tmp_path: Path) -> None:
     served.cli("assign", MAC, "pxetest")
-    r = served.ns.run("curl", "-s", "-X", "POST", "-d", '{"state": "dom0-up"}',
+    doc = {"version": 1, "node": MAC, "state": "dom0-up", "detail": "xen 4.17, 3012 MB free",
+           "facts": {"xen_version": "4.17", "free_memory_mb": 3012}}
+    r = served.ns.run("curl", "-s", "-X", "POST", "-d", json.dumps(doc),
                       f"http://{SERVER}/report/{MAC}")
     assert "ok" in r.stdout
     nodes = json.loads(served.cli("nodes", "--json"))
     assert nodes[0]["report"]["state"] == "dom0-up"
-    bad = served.ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
-                        "-d", "not json", f"http://{SERVER}/report/{MAC}")
-    assert bad.stdout == "400"
+    assert nodes[0]["report"]["facts"] == {"xen_version": "4.17", "free_memory_mb": 3012}
+
+    def post(body: str, mac: str = MAC) -> tuple[str, str]:
+        out = served.ns.run("curl", "-s", "-w", "\n%{http_code}", "-X", "POST", "-d", body,
+                            f"http://{SERVER}/report/{mac}").stdout
+        text, _, code = out.rpartition("\n")
+        return code, text.strip()
+
+    assert post("not json") == ("400", "bad report: report: not valid JSON: Expecting value: "
+                                       "line 1 column 1 (char 0)")
+    assert post('{"state": "dom0-up"}') == ("400", "bad report: report.version: missing")
+    code, text = post(json.dumps({**doc, "facts": {"free_memory_mb": [1]}}))
+    assert code == "400" and "report.facts.free_memory_mb: must be a string" in text
+    code, text = post(json.dumps(doc), mac="52:54:00:5e:00:02")
+    assert code == "400" and "report.node: 52:54:00:5e:00:01 is not the MAC of the URL" in text
+
+    # the real node-report agent (not a dom0 here) posts "ready" with its facts
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"hc.role=pxetest hc.mac={MAC} hc.server=http://{SERVER}\n")
+    env = {**agent_env(), "HC_CMDLINE": str(cmdline), "HC_CONSOLE": "none",
+           "HC_XEN_CAPS": str(tmp_path / "none")}
+    agent = served.ns.run("env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m",
+                          "homecloud.agents.report")
+    assert agent.stdout.splitlines() == ["hc-node: pxetest ready"]
+    rep = json.loads(served.cli("nodes", "--json"))[0]["report"]
+    assert rep["state"] == "ready" and rep["detail"] == os.uname().release
+    assert rep["facts"]["kernel"] == os.uname().release and rep["facts"]["role"] == "pxetest"
+    assert rep["facts"]["total_memory_mb"] > 0
 
 
 def test_first_stages_over_tftp(served: Served, tmp_path: Path) -> None:

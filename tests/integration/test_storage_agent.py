@@ -1,4 +1,5 @@
-"""The storage-node agent (elements/hc-aoe-target) against the real ``hcboot serve`` and real
+"""The storage-node agent (homecloud.agents.storage, run by its launcher from
+elements/hc-aoe-target) against the real ``hcboot serve`` and real
 vblade, checked with real AoE (homecloud.aoe), all inside namespaces made here.
 
 Topology (one Lab per module)::
@@ -29,13 +30,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bootserver.agent import READY_PREFIX, agent_script
+from homecloud.agents.protocol import parse_plan
+from homecloud.agents.storage import READY_PREFIX
 from homecloud.aoe.cli import aoe
 from homecloud.aoe.io import AoESocket
 from homecloud.aoe.scan import ScanTarget, scan
 from homecloud.core.ids import Target
 from homecloud.core.manifest import BootInfo
 from homecloud.core.model import Export, ImageExport, VolumeExport
+from tests.support.agents import agent_env, storage_agent_argv
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab, Netns, sh
@@ -77,9 +80,10 @@ class Env:
         store = self.tmp / f"store-{tag}"
         store.mkdir(exist_ok=True)
         self.agent = self.lab.popen(
-            ["sh", str(agent_script())], ns=self.sn, log=self.agent_log,
-            env={"HC_CMDLINE": str(cmdline), "HC_DISKS": disks, "HC_STORE": str(store),
-                 "HC_RUN": str(self.run), "HC_POLL": "1", "HC_CONSOLE": "none", **env})
+            storage_agent_argv(), ns=self.sn, log=self.agent_log,
+            env={**agent_env(), "HC_CMDLINE": str(cmdline), "HC_DISKS": disks,
+                 "HC_STORE": str(store), "HC_RUN": str(self.run), "HC_POLL": "1",
+                 "HC_CONSOLE": "none", **env})
 
     def stop_agent(self) -> None:
         if self.agent is not None:
@@ -147,10 +151,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             e = Env(lab, srv, sn, c, d, mac_sn, c.mac("c0"), d.mac("d0"), tmp, image, sha,
                     loops)
             e.set_exports(E10)
-            plan_url = f"http://{SERVER}/plan/{mac_sn}.txt"
-            e.wait(lambda: "\ne1.0 1 0 ro image" in sn.run("curl", "-sf", plan_url,
-                                                             check=False).stdout,
-                   "the export in the served plan")
+            plan_url = f"http://{SERVER}/plan/{mac_sn}.json"
+
+            def planned() -> bool:
+                r = sn.run("curl", "-sf", plan_url, check=False)
+                return r.returncode == 0 and [
+                    (str(x.target), x.mode, x.kind, x.size)
+                    for x in parse_plan(r.stdout).exports] == [("e1.0", "ro", "image",
+                                                                IMAGE_MIB << 20)]
+
+            e.wait(planned, "the export in the served plan")
             yield e
             e.stop_agent()
         finally:

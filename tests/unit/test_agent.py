@@ -1,7 +1,9 @@
-"""The storage-node agent script (elements/hc-aoe-target): syntax, anatomy, and its plan logic.
+"""The storage agent (homecloud.agents.storage): its decisions without processes (reconcile,
+local store choice, vblade command lines), its element, and the real agent process end to end
+without root or network.
 
-The behaviour tests run the real script without root and without a network: the boot server is
-a ``file://`` tree (curl reads plans and images from it), ``vblade`` is a stand-in that records
+The process tests run the real agent (its launcher, this interpreter): the boot server is a
+``file://`` tree (urllib reads plans and images from it), ``vblade`` is a stand-in that records
 its arguments and sleeps (the real one needs raw sockets: tests/integration/test_storage_agent.py
 runs it), and the store is a plain directory (``HC_DISKS=none``).
 """
@@ -9,6 +11,7 @@ runs it), and the store is a plain directory (``HC_DISKS=none``).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -17,123 +20,198 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bootserver.agent import (
-    PLAN_FIELDS,
-    READY_PREFIX,
-    SCRIPT_IN_IMAGE,
-    agent_script,
-    element_dir,
-    unit_file,
-)
 from builder.elements import ElementLibrary, lint_element
-from homecloud.control.exports import plan_text
-from tests.support.ci_skips import in_ci
+from homecloud.agents import disks as D
+from homecloud.agents import reconcile as R
+from homecloud.agents.common import Backoff, CommandError, cmdline_args, run
+from homecloud.agents.protocol import ImageExport, Plan, VolumeExport, plan_json
+from homecloud.agents.storage import READY_PREFIX, USAGE, Config
+from homecloud.core.ids import Target
+from tests.support.agents import STORAGE_LAUNCHER, agent_env, storage_agent_argv
 
-SCRIPT = agent_script()
 MAC = "52:54:00:5a:00:01"
 HNODE = "52:54:00:4b:00:01"
 HNODE2 = "52:54:00:4b:00:02"
+SHA = "ab" * 32
 
 
-# ---------------------------------------------------------------- syntax and anatomy
+def img(t: str, sha: str = SHA, allow: tuple[str, ...] = (HNODE,), mode: str = "ro",
+        url: str = "http://192.0.2.1/images/hnode/b1/rootfs", size: int = 4096) -> ImageExport:
+    return ImageExport(target=Target.parse(t), mode=mode,  # type: ignore[arg-type]
+                       allow=allow, role="hnode", build="b1", size=size, sha256=sha, url=url)
 
 
-@pytest.mark.parametrize("shell", ["sh", "bash", "busybox", "dash"])
-def test_script_parses(shell: str) -> None:
-    exe = shutil.which(shell)
-    if exe is None:
-        pytest.skip(f"{shell} not installed")
-    argv = [exe, "sh", "-n", str(SCRIPT)] if shell == "busybox" else [exe, "-n", str(SCRIPT)]
-    r = subprocess.run(argv, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+def vol(t: str, name: str = "inst1", allow: tuple[str, ...] = (HNODE,),
+        size: int = 8 << 20) -> VolumeExport:
+    return VolumeExport(target=Target.parse(t), mode="rw", allow=allow, name=name, size=size)
 
 
-def test_shellcheck_clean() -> None:
-    if shutil.which("shellcheck") is None:
-        if in_ci():
-            pytest.fail("shellcheck not installed (.ci/run installs it)")
-        pytest.skip("shellcheck not installed")
-    r = subprocess.run(["shellcheck", "-s", "sh", str(SCRIPT)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout
+# ---------------------------------------------------------------- the reconciler (pure)
 
 
-def test_script_anatomy() -> None:
-    text = SCRIPT.read_text()
-    lines = text.splitlines()
-    assert lines[0] == "#!/bin/sh"
-    assert SCRIPT.stat().st_mode & 0o111
-    assert "set -u" in lines[:40]
-    assert "\t" not in text
-    assert max(len(x) for x in lines) <= 100
-    # POSIX sh only: no bashisms that dash / busybox ash reject
-    code = "\n".join(x for x in lines if not x.lstrip().startswith("#"))
-    for bad in (r"\[\[", r"^\s*function ", r"^\s*local ", r"\$'", r"<<<", r"\$\{!",
-                r"^\s*source ", r"\becho -e\b", r"&>"):
-        assert not re.search(bad, code, re.M), bad
-    # every setting read from the environment is documented in --help and in the README
-    settings = sorted(set(re.findall(r"^(HC_[A-Z_]+)=\$\{\1:-", text, re.M)))
-    assert "HC_DISKS" in settings and "HC_POLL" in settings and "HC_SERVER" in settings
-    helptext = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True,
-                              check=True).stdout
-    readme = (element_dir() / "README.md").read_text()
+def test_reconcile_starts_keeps_replaces_and_stops() -> None:
+    e10, e11, e20 = img("e1.0"), img("e1.1", allow=()), vol("e2.0")
+    assert R.reconcile(Plan(MAC, (e10, e11, e20)), {}) == [
+        R.Start(e10), R.Unassigned(e11.target), R.Start(e20)]
+    running = {e10.target: e10, e20.target: e20}
+    assert R.reconcile(Plan(MAC, (e10, e11, e20)), running) == [
+        R.Keep(e10), R.Unassigned(e11.target), R.Keep(e20)]
+    # a new allow-list, a new image build: that export is replaced, the other kept
+    e10b = img("e1.0", allow=(HNODE, HNODE2))
+    e20b = vol("e2.0", size=16 << 20)
+    assert R.reconcile(Plan(MAC, (e10b, e20)), running) == [R.Replace(e10, e10b), R.Keep(e20)]
+    assert R.reconcile(Plan(MAC, (e10, e20b)), running) == [R.Keep(e10), R.Replace(e20, e20b)]
+    # removed, or left without a consumer: stopped
+    assert R.reconcile(Plan(MAC, (e10,)), running) == [
+        R.Keep(e10), R.Stop(e20.target, "no longer in the plan")]
+    assert R.reconcile(Plan(MAC, (img("e1.0", allow=()),)), {e10.target: e10}) == [
+        R.Unassigned(e10.target), R.Stop(e10.target, "no longer in the plan")]
+    assert R.reconcile(Plan(MAC), running) == [
+        R.Stop(e10.target, "no longer in the plan"), R.Stop(e20.target, "no longer in the plan")]
+
+
+def test_vblade_argv_read_only_and_durable_writes() -> None:
+    assert R.vblade_argv("vblade", img("e1.0", allow=(HNODE, HNODE2)), "eth0", "/srv/x.img") == [
+        "vblade", "-r", "-m", f"{HNODE},{HNODE2}", "1", "0", "eth0", "/srv/x.img"]
+    # rw: O_SYNC, so an acknowledged write is on disk (vblade ignores FLUSH otherwise)
+    assert R.vblade_argv("/usr/sbin/vblade", vol("e2.3"), "eth1", "/v") == [
+        "/usr/sbin/vblade", "-s", "-m", HNODE, "2", "3", "eth1", "/v"]
+
+
+def test_images_in_use_and_served_order() -> None:
+    assert R.images_in_use([img("e1.0"), img("e1.1", sha="cd" * 32), vol("e2.0")]) == {
+        SHA, "cd" * 32}
+    plan = Plan(MAC, (img("e1.1"), img("e1.0")))
+    assert R.served_list(plan, [Target(1, 0), Target(1, 1), Target(9, 9)]) == [
+        Target(1, 1), Target(1, 0), Target(9, 9)]
+
+
+def test_backoff_doubles_to_the_cap_and_resets_after_a_long_run() -> None:
+    b = Backoff(cap=30)
+    assert [b.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    b.ran_for(29)
+    assert b.next() == 30
+    b.ran_for(30)
+    assert b.next() == 1
+
+
+# ---------------------------------------------------------------- the local store (pure)
+
+
+def test_store_choice() -> None:
+    L = "hc-store"
+    a, b, c = "/dev/vdb", "/dev/vdc", "/dev/vdd"
+    assert D.choose([D.Disk(a, empty=True), D.Disk(b, empty=True)], L, True) == \
+        D.Choice("raid1", members=(a, b))
+    one = D.choose([D.Disk(a, empty=True), D.Disk(b, empty=True)], L, False)
+    assert one.how == "single" and one.dev == a and "no mdadm: single disk /dev/vdb" in one.skipped
+    assert D.choose([D.Disk(a, holder_md="/dev/md127", in_use=True), D.Disk(b)], L, True) == \
+        D.Choice("reuse", dev="/dev/md127")
+    assert D.choose([D.Disk(a, md_member=True), D.Disk(b, md_member=True)], L, True) == \
+        D.Choice("assemble", members=(a, b))
+    assert D.choose([D.Disk(a, label="other"), D.Disk(b, label=L)], L, True) == \
+        D.Choice("reuse", dev=b)
+    # data is never touched; a disk in use is skipped
+    c1 = D.choose([D.Disk(a, label="data"), D.Disk(b, in_use=True, empty=True),
+                   D.Disk(c, empty=True)], L, True)
+    assert c1.how == "single" and c1.dev == c
+    assert c1.skipped == ("/dev/vdb not empty: skipped", "/dev/vdc is in use: skipped")
+    fail = D.choose([D.Disk(a, label="data")], L, True)
+    assert fail.how == "fail" and "never touched" in fail.reason
+    assert D.choose([], L, True).how == "fail"
+
+
+def test_store_looks_at_what_a_disk_holds(tmp_path: Path) -> None:
+    """Real file systems made by mkfs.ext4 (on plain files: no root needed)."""
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("mkfs.ext4 not installed")
+    empty = tmp_path / "empty"
+    empty.write_bytes(bytes(1 << 20))
+    fs = tmp_path / "fs"
+    fs.write_bytes(bytes(8 << 20))
+    run(["mkfs.ext4", "-q", "-F", "-L", "hc-store", str(fs)])
+    md = tmp_path / "md"
+    md.write_bytes(bytes(D.MD_MAGIC_OFF) + D.MD_MAGIC + bytes(1 << 16))
+    assert D.look(str(empty)).empty and D.look(str(empty)).label == ""
+    got = D.look(str(fs))
+    assert got.label == "hc-store" and not got.empty and not got.md_member
+    assert D.look(str(md)).md_member
+    assert not D.look(str(tmp_path / "absent")).readable
+
+
+def test_command_failure_names_the_command_exit_code_and_tail() -> None:
+    with pytest.raises(CommandError) as ei:
+        run(["sh", "-c", "echo one; echo two >&2; exit 3", "x y"])
+    msg = str(ei.value)
+    assert msg.startswith("sh -c 'echo one; echo two >&2; exit 3' 'x y': exit code 3: ")
+    assert "one | two" in msg and ei.value.code == 3
+    with pytest.raises(CommandError, match="no-such-tool-here --x: exit code 127: "):
+        run(["no-such-tool-here", "--x"])
+
+
+def test_config_from_the_command_line_and_the_environment(tmp_path: Path) -> None:
+    cl = tmp_path / "cmdline"
+    cl.write_text("console=ttyS0 BOOTIF=01-52-54-00-5a-00-01 hc.server=http://192.0.2.1/ "
+                  "hc.mac=52:54:00:5a:00:01 hc.iface=eth1 hc.server=http://ignored\n")
+    assert cmdline_args(cl)["hc.server"] == "http://192.0.2.1/"
+    c = Config.from_env({"HC_CMDLINE": str(cl)})
+    assert (c.server, c.mac, c.iface, c.bootif) == (
+        "http://192.0.2.1", MAC, "eth1", "01-52-54-00-5a-00-01")
+    assert (c.disks, c.store, c.poll, c.run, c.backoff_max) == (
+        "auto", "/srv/hc", None, "/run/hc-storage", 30)
+    c = Config.from_env({"HC_CMDLINE": str(cl), "HC_SERVER": "http://198.51.100.7:8080",
+                         "HC_POLL": "2", "HC_DISKS": "/dev/vdb,/dev/vdc"})
+    assert (c.server, c.poll, D.disk_list(c.disks)) == (
+        "http://198.51.100.7:8080", 2, ["/dev/vdb", "/dev/vdc"])
+
+
+def test_help_documents_every_setting() -> None:
+    text = (Path(__file__).parents[2] / "homecloud" / "agents" / "storage.py").read_text()
+    readme = (ElementLibrary().get("hc-aoe-target").path / "README.md").read_text()
+    settings = sorted(set(re.findall(r'"(HC_[A-Z_]+)"', text)))
+    assert {"HC_DISKS", "HC_POLL", "HC_SERVER", "HC_CMDLINE", "HC_DL_TIMEOUT"} <= set(settings)
     for var in settings:
-        assert var in helptext, var
+        assert var in USAGE, var
         assert var in readme, var
+    r = subprocess.run([*storage_agent_argv(), "--help"], capture_output=True, text=True,
+                       env={**os.environ, **agent_env()}, timeout=30)
+    assert r.returncode == 0 and r.stdout == USAGE
+    r = subprocess.run([*storage_agent_argv(), "--bogus"], capture_output=True, text=True,
+                       env={**os.environ, **agent_env()}, timeout=30)
+    assert r.returncode == 2
 
 
-def test_plan_contract_matches_plan_text() -> None:
-    """The agent reads plan_text's nine fields in PLAN_FIELDS order."""
-    text = SCRIPT.read_text()
-    m = re.search(r"while read -r (_t .*?) _rest; do", text)
-    assert m is not None
-    assert len(m.group(1).split()) == len(PLAN_FIELDS)
-    line = plan_text(_plan([_image_export("e1.0", "ab" * 32, 1024, "http://x/r", [HNODE])]))
-    fields = line.splitlines()[1].split()
-    assert dict(zip(PLAN_FIELDS, fields, strict=True))["allow"] == HNODE
+def test_elements_install_the_python_agents() -> None:
+    lib = ElementLibrary()
+    for name in ("hc-agents-python", "hc-aoe-target", "hc-node-report"):
+        assert lint_element(lib.get(name)) == [], name
+    py = lib.get("hc-agents-python")
+    assert {"python3-minimal", "libpython3-stdlib"} <= set(py.packages)
+    aoe = lib.get("hc-aoe-target")
+    assert "hc-agents-python" in aoe.deps and "hc-agents-python" in lib.get("hc-node-report").deps
+    assert {"vblade", "mdadm", "e2fsprogs"} <= set(aoe.packages)
+    launcher = STORAGE_LAUNCHER.read_text()
+    assert launcher.startswith("#!/usr/bin/python3 -I\n")
+    assert "from homecloud.agents.storage import main" in launcher
+    unit = (aoe.path / "static/etc/systemd/system/hc-storage-agent.service").read_text()
+    assert "ExecStart=/usr/local/sbin/hc-storage-agent" in unit
+    assert "Restart=always" in unit and "RestartPreventExitStatus=2" in unit
+    report = (lib.get("hc-node-report").path / "install.d" / "60-hc-node-report").read_text()
+    assert "from homecloud.agents.report import main" in report
 
 
-def test_element_and_unit() -> None:
-    el = ElementLibrary().get("hc-aoe-target")
-    assert lint_element(el) == []
-    assert {"vblade", "mdadm", "aoetools", "curl"} <= set(el.packages)
-    unit = unit_file().read_text()
-    assert f"ExecStart={SCRIPT_IN_IMAGE}" in unit
-    assert "Restart=always" in unit and "WantedBy=multi-user.target" in unit
-    install = (element_dir() / "install.d" / "60-hc-aoe-target").read_text()
-    assert "systemctl enable hc-storage-agent.service" in install
+# ---------------------------------------------------------------- the agent process
 
-
-# ---------------------------------------------------------------- behaviour
 
 FAKE_VBLADE = """#!/bin/sh
-# stand-in for vblade: records its pid and arguments, then serves nothing until killed
+# stand-in for vblade (the real one needs raw sockets): records its pid and arguments
 echo "$$ $*" >> "{log}"
 if [ -e "{crash}" ]; then rm -f "{crash}"; exit 3; fi
 exec sleep 1000
 """
-
-
-def _plan(exports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"snode": MAC, "exports": exports}
-
-
-def _image_export(target: str, sha: str, size: int, url: str, allow: list[str],
-                  mode: str = "ro") -> dict[str, Any]:
-    shelf, slot = target[1:].split(".")
-    return {"target": target, "shelf": int(shelf), "slot": int(slot), "mode": mode,
-            "allow": allow, "problem": None,
-            "source": {"kind": "image", "sha256": sha, "size": size, "url": url}}
-
-
-def _volume_export(target: str, name: str, size: int, allow: list[str]) -> dict[str, Any]:
-    shelf, slot = target[1:].split(".")
-    return {"target": target, "shelf": int(shelf), "slot": int(slot), "mode": "rw",
-            "allow": allow, "problem": None,
-            "source": {"kind": "volume", "name": name, "size": size}}
 
 
 class Agent:
@@ -160,19 +238,19 @@ class Agent:
         p.write_bytes(data)
         return hashlib.sha256(data).hexdigest(), len(data), f"file://{p}"
 
-    def plan(self, exports: list[dict[str, Any]]) -> None:
+    def plan(self, *exports: ImageExport | VolumeExport) -> None:
         tmp = self.server / "plan" / ".new"
-        tmp.write_text(plan_text(_plan(exports)))
-        os.replace(tmp, self.server / "plan" / f"{MAC}.txt")
+        tmp.write_text(plan_json(Plan(MAC, tuple(exports))))
+        os.replace(tmp, self.server / "plan" / f"{MAC}.json")
 
     def start(self, **env: str) -> None:
-        e = {"PATH": f"{self.tmp}:{os.environ['PATH']}", "HC_CMDLINE": str(self.cmdline),
-             "HC_IFACE": "lo", "HC_DISKS": "none", "HC_STORE": str(self.store),
-             "HC_RUN": str(self.run), "HC_POLL": "1", "HC_CONSOLE": "none",
-             "HC_BACKOFF_MAX": "1", **env}
+        e = {**os.environ, **agent_env(), "PATH": f"{self.tmp}:{os.environ['PATH']}",
+             "HC_CMDLINE": str(self.cmdline), "HC_IFACE": "lo", "HC_DISKS": "none",
+             "HC_STORE": str(self.store), "HC_RUN": str(self.run), "HC_POLL": "1",
+             "HC_CONSOLE": "none", "HC_BACKOFF_MAX": "1", **env}
         with open(self.out, "ab") as f:
-            self.proc = subprocess.Popen([str(SCRIPT)], stdout=f, stderr=subprocess.STDOUT,
-                                         env=e, start_new_session=True)
+            self.proc = subprocess.Popen(storage_agent_argv(), stdout=f,
+                                         stderr=subprocess.STDOUT, env=e, start_new_session=True)
 
     def log(self) -> str:
         return self.out.read_text(errors="replace")
@@ -188,13 +266,9 @@ class Agent:
 
     def running(self) -> dict[str, str]:
         """target -> vblade args, for the stand-ins alive now."""
-        live = {}
-        for pid, args in self.calls():
-            if _alive(pid):
-                live[_target(args)] = args
-        return live
+        return {_target(args): args for pid, args in self.calls() if _alive(pid)}
 
-    def wait(self, pred: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    def wait(self, pred: Callable[[], bool], what: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pred():
@@ -210,7 +284,7 @@ class Agent:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
@@ -231,7 +305,7 @@ class Agent:
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
+            return f.read().rpartition(") ")[2][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
 
@@ -243,57 +317,59 @@ def _target(args: str) -> str:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
-    if shutil.which("curl") is None:
-        pytest.skip("curl not installed")
     a = Agent(tmp_path)
     yield a
     a.kill_group()
 
 
+def _img(agent: Agent, t: str, data_name: str, allow: tuple[str, ...] = (HNODE,),
+         data: bytes | None = None) -> ImageExport:
+    p = agent.server / "images" / data_name
+    if data is not None or not p.exists():
+        agent.image(data_name, data if data is not None else os.urandom(4096))
+    sha, size, url = hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size, f"file://{p}"
+    return img(t, sha=sha, allow=allow, url=url, size=size)
+
+
 def test_agent_serves_applies_changes_and_stops(agent: Agent) -> None:
-    sha, size, url = agent.image("rootfs", os.urandom(4096))
-    missing = _image_export("e3.0", "cd" * 32, 1, "file:///nonexistent", [HNODE])
-    missing["problem"] = "no published image for role hnodexen"
-    agent.plan([_image_export("e1.0", sha, size, url, [HNODE]),
-                _image_export("e1.1", sha, size, url, []),           # no consumer: not served
-                missing])                                            # a comment line only
+    e10 = _img(agent, "e1.0", "rootfs")
+    agent.plan(e10, _img(agent, "e1.1", "rootfs", allow=()))    # no consumer: not served
     agent.start()
     agent.wait(lambda: READY_PREFIX + "e1.0" in agent.log(), "exports ready e1.0")
-    img = agent.store / "images" / f"{sha}.img"
-    assert img.read_bytes() == (agent.server / "images" / "rootfs").read_bytes()
+    image = agent.store / "images" / f"{e10.sha256}.img"
+    assert image.read_bytes() == (agent.server / "images" / "rootfs").read_bytes()
+    # the stand-in vblade records its arguments once it runs: a moment after the agent spawned it
+    agent.wait(lambda: list(agent.running()) == ["e1.0"], "the vblade stand-in of e1.0")
     running = agent.running()
-    assert list(running) == ["e1.0"]
-    assert running["e1.0"] == f"-r -m {HNODE} 1 0 lo {img}"
+    assert running["e1.0"] == f"-r -m {HNODE} 1 0 lo {image}"
     assert "e1.1: no consumer assigned yet: not served" in agent.log()
-    assert "e3.0" not in agent.log() and "errors" not in agent.log()
+    assert "errors" not in agent.log()
     first_pid = next(p for p, a in agent.calls() if _target(a) == "e1.0")
 
-    # a new rw volume and a second consumer for e1.1: started without touching e1.0
-    agent.plan([_image_export("e1.0", sha, size, url, [HNODE]),
-                _image_export("e1.1", sha, size, url, [HNODE2]),
-                _volume_export("e2.0", "inst1", 8 << 20, [HNODE, HNODE2])])
+    # a new rw volume and a consumer for e1.1: started without touching e1.0
+    agent.plan(e10, _img(agent, "e1.1", "rootfs", allow=(HNODE2,)),
+               vol("e2.0", allow=(HNODE, HNODE2)))
     agent.wait(lambda: READY_PREFIX + "e1.0,e1.1,e2.0" in agent.log(), "three exports")
     running = agent.running()
-    vol = agent.store / "volumes" / "inst1.vol"
-    assert running["e2.0"] == f"-s -m {HNODE},{HNODE2} 2 0 lo {vol}"
-    assert vol.stat().st_size == 8 << 20 and vol.stat().st_blocks == 0  # sparse
+    volume = agent.store / "volumes" / "inst1.vol"
+    assert running["e2.0"] == f"-s -m {HNODE},{HNODE2} 2 0 lo {volume}"
+    assert volume.stat().st_size == 8 << 20 and volume.stat().st_blocks == 0  # sparse
     assert _alive(first_pid)
-    assert agent.log().count(f"image {sha}: downloading") == 1  # shared, downloaded once
+    assert agent.log().count(f"image {e10.sha256}: downloading") == 1  # shared, once
 
     # allow-list change restarts that export only; a removed export is stopped by PID
-    agent.plan([_image_export("e1.0", sha, size, url, [HNODE, HNODE2]),
-                _volume_export("e2.0", "inst1", 8 << 20, [HNODE, HNODE2])])
+    agent.plan(_img(agent, "e1.0", "rootfs", allow=(HNODE, HNODE2)),
+               vol("e2.0", allow=(HNODE, HNODE2)))
     agent.wait(lambda: set(agent.running()) == {"e1.0", "e2.0"}
                and HNODE2 in agent.running()["e1.0"], "e1.1 stopped, e1.0 restarted")
     assert not _alive(first_pid)
     assert "export e1.1: no longer in the plan" in agent.log()
 
     # a new image build for e1.0: downloaded, served, the old file collected
-    sha2, size2, url2 = agent.image("rootfs2", os.urandom(8192))
-    agent.plan([_image_export("e1.0", sha2, size2, url2, [HNODE, HNODE2]),
-                _volume_export("e2.0", "inst1", 8 << 20, [HNODE, HNODE2])])
-    agent.wait(lambda: sha2 in agent.running().get("e1.0", ""), "e1.0 on the new image")
-    agent.wait(lambda: not img.exists(), "old image deleted")
+    e10b = _img(agent, "e1.0", "rootfs2", allow=(HNODE, HNODE2), data=os.urandom(8192))
+    agent.plan(e10b, vol("e2.0", allow=(HNODE, HNODE2)))
+    agent.wait(lambda: e10b.sha256 in agent.running().get("e1.0", ""), "e1.0 on the new image")
+    agent.wait(lambda: not image.exists(), "old image deleted")
 
     vblades = [p for p, _ in agent.calls() if _alive(p)]
     assert agent.stop() == 0
@@ -302,58 +378,69 @@ def test_agent_serves_applies_changes_and_stops(agent: Agent) -> None:
 
 
 def test_agent_restarts_a_vblade_that_exits(agent: Agent) -> None:
-    sha, size, url = agent.image("rootfs", os.urandom(2048))
-    agent.plan([_image_export("e1.0", sha, size, url, [HNODE])])
+    agent.plan(_img(agent, "e1.0", "rootfs"))
     agent.crash.write_text("once")        # the first vblade exits at once with status 3
     agent.start()
     agent.wait(lambda: "exited with status 3: restart in 1s" in agent.log(), "the exit seen")
     agent.wait(lambda: len(agent.calls()) == 2 and "e1.0" in agent.running(), "restarted")
-    # killing the running one (by PID) is survived as well
-    pid = agent.calls()[-1][0]
+    pid = agent.calls()[-1][0]            # killing the running one (by PID) is survived too
     os.kill(pid, signal.SIGKILL)
     agent.wait(lambda: len(agent.calls()) == 3 and "e1.0" in agent.running(), "restarted")
+    assert "exited with status 137 (signal 9)" in agent.log()
     assert agent.stop() == 0
 
 
 def test_agent_refuses_an_image_with_the_wrong_sha256(agent: Agent) -> None:
-    _, size, url = agent.image("rootfs", os.urandom(1024))
-    agent.plan([_image_export("e1.0", "0" * 64, size, url, [HNODE])])
+    good = _img(agent, "e1.0", "rootfs")
+    agent.plan(ImageExport(good.target, "ro", good.allow, "hnode", "b1", good.size, "0" * 64,
+                           good.url))
     agent.start()
     agent.wait(lambda: "errors: e1.0: sha256 mismatch" in agent.log(), "sha256 mismatch")
+    assert f"got {good.sha256}, plan says {'0' * 64}" in agent.log()
     assert agent.running() == {}
     assert READY_PREFIX + "none" in agent.log()
-    assert not list((agent.store / "images").glob("*.img"))
+    assert not list((agent.store / "images").iterdir())    # no .part left, nothing used
     assert agent.stop() == 0
 
 
 def test_agent_reuses_an_intact_image_and_retries_the_plan(agent: Agent) -> None:
-    sha, size, url = agent.image("rootfs", os.urandom(4096))
+    e10 = _img(agent, "e1.0", "rootfs")
     agent.start()                          # no plan yet: retried with backoff
     agent.wait(lambda: "retry in 1s" in agent.log(), "plan retry")
-    agent.plan([_image_export("e1.0", sha, size, url, [HNODE])])
+    agent.plan(e10)
     agent.wait(lambda: READY_PREFIX + "e1.0" in agent.log(), "exports ready")
     assert agent.stop() == 0
     shutil.rmtree(agent.run)               # /run is a tmpfs: empty after a reboot
     agent.start()                          # "reboot": the image is checked, not downloaded
     agent.wait(lambda: agent.log().count(READY_PREFIX + "e1.0") == 2, "ready again")
-    assert f"image {sha}: present, sha256 ok (not downloaded)" in agent.log()
-    assert agent.log().count(f"image {sha}: downloading") == 1
-    # a damaged copy is downloaded again
+    assert f"image {e10.sha256}: present, sha256 ok (not downloaded)" in agent.log()
+    assert agent.log().count(f"image {e10.sha256}: downloading") == 1
     assert agent.stop() == 0
-    img = agent.store / "images" / f"{sha}.img"
-    img.write_bytes(b"x" * size)
-    shutil.rmtree(agent.run)               # /run is a tmpfs: empty after a reboot
+    image = agent.store / "images" / f"{e10.sha256}.img"
+    image.write_bytes(b"x" * e10.size)     # a damaged copy is downloaded again
+    shutil.rmtree(agent.run)
     agent.start()
     agent.wait(lambda: agent.log().count(READY_PREFIX + "e1.0") == 3, "ready a third time")
     assert "present but damaged: downloading it again" in agent.log()
-    assert img.read_bytes() == (agent.server / "images" / "rootfs").read_bytes()
+    assert image.read_bytes() == (agent.server / "images" / "rootfs").read_bytes()
+    assert agent.stop() == 0
+
+
+def test_agent_names_the_field_of_a_bad_plan(agent: Agent) -> None:
+    doc = {"version": 1, "node": MAC, "exports": [
+        {"kind": "volume", "target": "e1.0", "mode": "rw", "allow": [], "name": "v", "size": 1,
+         "colour": "red"}]}
+    (agent.server / "plan" / f"{MAC}.json").write_text(json.dumps(doc))
+    agent.start()
+    agent.wait(lambda: "plan.exports[0].colour: unknown key" in agent.log(), "the bad field")
     assert agent.stop() == 0
 
 
 def test_agent_without_server_is_a_configuration_error(tmp_path: Path) -> None:
     (tmp_path / "cmdline").write_text("console=ttyS0\n")
-    r = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=20,
-                       env={"PATH": os.environ["PATH"], "HC_CMDLINE": str(tmp_path / "cmdline"),
+    r = subprocess.run(storage_agent_argv(), capture_output=True, text=True, timeout=30,
+                       env={"PATH": os.environ["PATH"], **agent_env(),
+                            "HC_CMDLINE": str(tmp_path / "cmdline"),
                             "HC_RUN": str(tmp_path / "run"), "HC_CONSOLE": "none"})
     assert r.returncode == 2
     assert "ERROR: no boot server" in r.stdout

@@ -1,0 +1,128 @@
+"""The storage node's export files: images downloaded into ``<store>/images/<sha256>.img``
+(sha256 and size checked while downloading; a partial download is never used; an intact copy
+is reused, a damaged one downloaded again) and sparse volumes ``<store>/volumes/<name>.vol``
+(created, grown, never shrunk).  Standard library only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+from homecloud.agents.common import AgentError, Output
+from homecloud.agents.protocol import Export, ImageExport
+
+
+class Files:
+    """The export files in the store: images (downloaded, sha256-checked) and volumes."""
+
+    def __init__(self, store: str, run: str, dl_timeout: int, out: Output) -> None:
+        """``run``: the agent's state directory (``verified/<sha256>`` marks checked images);
+        ``dl_timeout``: the longest download, seconds."""
+        self.out, self.dl_timeout = out, dl_timeout
+        self.images = Path(store) / "images"
+        self.volumes = Path(store) / "volumes"
+        self.verified = Path(run) / "verified"
+
+    def prepare(self, e: Export) -> str:
+        if isinstance(e, ImageExport):
+            return str(self.image(e))
+        return str(self.volume(e.name, e.size))
+
+    def image(self, e: ImageExport) -> Path:
+        self.images.mkdir(parents=True, exist_ok=True)
+        path = self.images / f"{e.sha256}.img"
+        mark = self.verified / e.sha256
+        if path.is_file():
+            if mark.exists():
+                return path
+            if path.stat().st_size == e.size and _sha256(path) == e.sha256:
+                self.out.log(f"image {e.sha256}: present, sha256 ok (not downloaded)")
+                mark.touch()
+                return path
+            self.out.log(f"image {e.sha256}: present but damaged: downloading it again")
+            path.unlink()
+        part = self.images / f".{e.sha256}.part"
+        t0 = time.monotonic()
+        self.out.log(f"image {e.sha256}: downloading {e.url} ({e.size} bytes)")
+        try:
+            got, n = self._download(e.url, part)
+            if got != e.sha256:
+                raise AgentError(f"sha256 mismatch for {e.url}: got {got}, plan says {e.sha256}")
+            if n != e.size:
+                raise AgentError(f"size mismatch for {e.url}: got {n} bytes, plan says {e.size}")
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
+        _fsync_dir(self.images)   # a power cut right after "exports ready" must not lose it
+        mark.touch()
+        if e.size % 512:
+            self.out.log(f"image {e.sha256}: warning: size {e.size} is not a multiple of 512")
+        self.out.log(f"image {e.sha256}: downloaded and verified in "
+                     f"{time.monotonic() - t0:.0f}s")
+        return path
+
+    def _download(self, url: str, part: Path) -> tuple[str, int]:
+        h, n = hashlib.sha256(), 0
+        deadline = time.monotonic() + self.dl_timeout
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+                while chunk := r.read(1 << 20):
+                    h.update(chunk)
+                    f.write(chunk)
+                    n += len(chunk)
+                    if time.monotonic() > deadline:
+                        raise AgentError(f"download of {url} took over {self.dl_timeout}s")
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, ValueError) as exc:
+            raise AgentError(f"download of {url} failed: {exc}") from None
+        return h.hexdigest(), n
+
+    def volume(self, name: str, size: int) -> Path:
+        self.volumes.mkdir(parents=True, exist_ok=True)
+        path = self.volumes / f"{name}.vol"
+        try:
+            if not path.is_file():
+                with open(path, "wb") as f:
+                    f.truncate(size)
+                self.out.log(f"volume {name}: created ({size} bytes, sparse)")
+            else:
+                cur = path.stat().st_size
+                if cur < size:
+                    os.truncate(path, size)
+                    self.out.log(f"volume {name}: grown from {cur} to {size} bytes")
+                elif cur > size:
+                    self.out.log(f"volume {name}: warning: is {cur} bytes, plan says {size}:"
+                                 " never shrunk")
+        except OSError as exc:
+            raise AgentError(f"volume {name}: {path}: {exc.strerror or exc}") from None
+        return path
+
+    def collect(self, keep: set[str]) -> None:
+        """Delete downloaded images no running export uses."""
+        if not self.images.is_dir():
+            return
+        for f in sorted(self.images.glob("*.img")):
+            if f.stem not in keep:
+                self.out.log(f"image {f.stem}: no longer exported: deleted")
+                f.unlink(missing_ok=True)
+                (self.verified / f.stem).unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,466 @@
+"""hc-storage-agent: serve this storage node's AoE exports as the config node's plan says.
+
+At start: find the boot interface, the boot server and this node's MAC (kernel command line
+``hc.server= hc.mac= BOOTIF=``, or environment overrides), set up the local store
+(homecloud.agents.disks), fetch ``$server/plan/$mac.json`` (homecloud.agents.protocol; retried
+with backoff), download every exported image (sha256 checked, skipped when present and intact;
+a partial download is never used), create sparse files for volumes, and run one supervised vblade
+per export (restarted with backoff when it exits).  Then it prints ``hc-storage: exports ready
+e1.0,...`` on the console, POSTs an ``exports-ready`` report, and re-polls the plan: new exports
+start, removed ones stop (by PID), changed ones restart, without a reboot.
+
+The decisions are homecloud.agents.reconcile (pure); this module carries them out, with the
+export files in homecloud.agents.files and the local store in homecloud.agents.disks.  Exit: 0 on
+SIGTERM after stopping every vblade it started, 2 on bad configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from homecloud.agents import reconcile as R
+from homecloud.agents.common import (
+    AgentError,
+    Backoff,
+    Output,
+    cmdline_args,
+    die,
+    env_int,
+    exists_in_path,
+    http_get,
+    post_report,
+    run,
+)
+from homecloud.agents.disks import Store, setup_store
+from homecloud.agents.files import Files
+from homecloud.agents.protocol import (
+    Export,
+    ExportStatus,
+    Plan,
+    ProtocolError,
+    make_report,
+    parse_plan,
+)
+from homecloud.core.ids import BadMac, Target, normalize_mac
+
+PROG = "hc-storage-agent"
+VERSION = 1
+READY_PREFIX = "hc-storage: exports ready "
+RETRY_FAILED = 30.0   # seconds before exports that failed are tried again
+USAGE = """usage: hc-storage-agent [--help | --version]
+
+Environment (kernel command line in brackets; the environment wins):
+  HC_SERVER      boot server base URL            [hc.server=http://IP[:PORT]]
+  HC_MAC         this node's MAC (plan name)     [hc.mac=, else BOOTIF=, else the interface's]
+  HC_IFACE       interface vblade serves on      [hc.iface=, else BOOTIF=, else the default
+                                                  route's, else the first ethernet interface]
+  HC_BOOTIF      boot NIC as 01-aa-bb-cc-dd-ee-ff                   [BOOTIF=]
+  HC_DISKS       auto | none | "/dev/vdb /dev/vdc" (space or comma separated)    [auto]
+  HC_STORE       mount point of the local store                       [/srv/hc]
+  HC_POLL        seconds between plan polls (set: overrides the plan's)   [the plan's, 5]
+  HC_RUN         state directory (pid files, verified images)         [/run/hc-storage]
+  HC_CMDLINE     kernel command line file                             [/proc/cmdline]
+  HC_CONSOLE     where "exports ready" is also written, or none       [/dev/console]
+  HC_VBLADE      vblade binary                                        [vblade]
+  HC_MD          md device to create for RAID1                        [/dev/md/hc-store]
+  HC_FSLABEL     ext4 label that marks the store                      [hc-store]
+  HC_BACKOFF_MAX longest restart/retry delay, seconds                 [30]
+  HC_DL_TIMEOUT  longest image download, seconds                      [3600]
+"""
+
+
+class Shutdown(Exception):
+    """SIGTERM, SIGINT or SIGHUP: stop every vblade and exit 0."""
+
+
+@dataclass(frozen=True)
+class Config:
+    server: str
+    mac: str
+    iface: str
+    bootif: str
+    disks: str = "auto"
+    store: str = "/srv/hc"
+    poll: int | None = None
+    run: str = "/run/hc-storage"
+    console: str = "/dev/console"
+    vblade: str = "vblade"
+    md: str = "/dev/md/hc-store"
+    fslabel: str = "hc-store"
+    backoff_max: int = 30
+    dl_timeout: int = 3600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        cl = cmdline_args(env.get("HC_CMDLINE") or "/proc/cmdline")
+
+        def pick(name: str, key: str) -> str:
+            return env.get(name) or cl.get(key, "")
+
+        poll = env_int(env, "HC_POLL", 0)
+        if "HC_POLL" in env and env["HC_POLL"] != "" and poll <= 0:
+            raise AgentError(f"HC_POLL={env['HC_POLL']}: not seconds")
+        return cls(server=pick("HC_SERVER", "hc.server").rstrip("/"),
+                   mac=pick("HC_MAC", "hc.mac"), iface=pick("HC_IFACE", "hc.iface"),
+                   bootif=pick("HC_BOOTIF", "BOOTIF"), disks=env.get("HC_DISKS") or "auto",
+                   store=env.get("HC_STORE") or "/srv/hc", poll=poll or None,
+                   run=env.get("HC_RUN") or "/run/hc-storage",
+                   console=env.get("HC_CONSOLE") or "/dev/console",
+                   vblade=env.get("HC_VBLADE") or "vblade",
+                   md=env.get("HC_MD") or "/dev/md/hc-store",
+                   fslabel=env.get("HC_FSLABEL") or "hc-store",
+                   backoff_max=env_int(env, "HC_BACKOFF_MAX", 30),
+                   dl_timeout=env_int(env, "HC_DL_TIMEOUT", 3600))
+
+
+# ---------------------------------------------------------------------- interface and MAC
+
+
+def iface_mac(name: str) -> str:
+    try:
+        return Path(f"/sys/class/net/{name}/address").read_text().strip()
+    except OSError:
+        return ""
+
+
+def default_route_iface() -> str:
+    try:
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return ""
+    for line in lines:
+        f = line.split()
+        if len(f) > 2 and f[1] == "00000000":
+            return f[0]
+    return ""
+
+
+def find_iface(cfg: Config) -> str:
+    """HC_IFACE, else BOOTIF's interface, else the default route's, else the first Ethernet."""
+    net = Path("/sys/class/net")
+    if cfg.iface:
+        return cfg.iface if (net / cfg.iface).exists() else ""
+    names = sorted(p.name for p in net.iterdir()) if net.is_dir() else []
+    if cfg.bootif:
+        try:
+            want = normalize_mac(cfg.bootif)
+        except BadMac:
+            return ""
+        return next((n for n in names if iface_mac(n) == want), "")
+    dflt = default_route_iface()
+    if dflt:
+        return dflt
+    for n in names:
+        try:
+            ether = (net / n / "type").read_text().strip() == "1"
+        except OSError:
+            continue
+        if n != "lo" and ether and not (net / n / "bridge").exists():
+            return n
+    return ""
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+class Child:
+    """One export's vblade, restarted with backoff when it exits."""
+
+    def __init__(self, export: Export, argv: list[str], cap: float) -> None:
+        self.export, self.argv = export, argv
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.backoff = Backoff(cap)
+        self.restart_at: float | None = None
+
+
+class Supervisor:
+    def __init__(self, exports_dir: Path, out: Output, cap: float) -> None:
+        self.dir, self.out, self.cap = exports_dir, out, cap
+        self.children: dict[Target, Child] = {}
+
+    def pidfile(self, t: Target) -> Path:
+        return self.dir / f"{t}.pid"
+
+    def running(self) -> dict[Target, Export]:
+        return {t: c.export for t, c in self.children.items()}
+
+    def _spawn(self, t: Target, c: Child) -> None:
+        try:
+            c.proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            self.out.log(f"vblade {t}: cannot start {c.argv[0]}: {exc}")
+            c.proc, c.restart_at = None, time.monotonic() + c.backoff.next()
+            return
+        c.started, c.restart_at = time.monotonic(), None
+        self.pidfile(t).write_text(f"{c.proc.pid}\n")
+
+    def start(self, e: Export, argv: list[str]) -> None:
+        c = Child(e, argv, self.cap)
+        self.children[e.target] = c
+        self._spawn(e.target, c)
+        pid = c.proc.pid if c.proc else "none"
+        self.out.log(f"export {e.target}: {' '.join(argv)} (pid {pid})")
+
+    def stop(self, t: Target) -> None:
+        c = self.children.pop(t, None)
+        if c is not None and c.proc is not None and c.proc.poll() is None:
+            c.proc.terminate()
+            try:
+                c.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait()
+        self.pidfile(t).unlink(missing_ok=True)
+        self.out.log(f"export {t}: stopped")
+
+    def stop_all(self) -> None:
+        for t in list(self.children):
+            self.stop(t)
+
+    def tick(self) -> None:
+        """Notice vblades that exited; restart those whose delay has passed."""
+        now = time.monotonic()
+        for t, c in self.children.items():
+            if c.proc is not None:
+                rc = c.proc.poll()
+                if rc is None:
+                    continue
+                c.backoff.ran_for(now - c.started)
+                delay = c.backoff.next()
+                status = rc if rc >= 0 else 128 - rc
+                sig = f" (signal {-rc})" if rc < 0 else ""
+                self.out.log(f"vblade {t} (pid {c.proc.pid}) exited with status {status}{sig}:"
+                             f" restart in {delay:g}s")
+                c.proc, c.restart_at = None, now + delay
+            if c.restart_at is not None and now >= c.restart_at:
+                self._spawn(t, c)
+
+
+def stale_cleanup(exports_dir: Path) -> None:
+    """vblades left behind by an earlier run of the agent (same HC_RUN), by PID."""
+    for f in exports_dir.iterdir():
+        try:
+            pid = int(f.read_text().split()[0])
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            cmd = b""
+        if cmd and b"vblade" in cmd and alive(pid):
+            os.kill(pid, signal.SIGTERM)
+        f.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------- the agent
+
+
+class Agent:
+    def __init__(self, cfg: Config, out: Output, iface: str, mac: str) -> None:
+        self.cfg, self.out, self.iface, self.mac = cfg, out, iface, mac
+        self.sup = Supervisor(Path(cfg.run) / "exports", out, cfg.backoff_max)
+        self.files = Files(cfg.store, cfg.run, cfg.dl_timeout, out)
+        self.errors: dict[Target, str] = {}
+        self.failed_at = 0.0
+        self.reported: list[Target] | None = None
+
+    def report(self, state: str, detail: str, statuses: Sequence[ExportStatus] = ()) -> None:
+        try:
+            post_report(self.cfg.server, make_report(self.mac, state, detail[:4000],
+                                                     exports=tuple(statuses)))
+        except (AgentError, ProtocolError, ValueError) as exc:
+            self.out.log(f"warning: report {state}: {exc}")
+
+    def fetch_plan(self) -> Plan:
+        url = f"{self.cfg.server}/plan/{self.mac}.json"
+        try:
+            plan = parse_plan(http_get(url, 20))
+        except ProtocolError as exc:
+            raise AgentError(f"{url}: {exc}") from None
+        if plan.node != self.mac:
+            raise AgentError(f"{url}: plan.node is {plan.node}, not this node")
+        return plan
+
+    def apply(self, plan: Plan) -> None:
+        self.errors = {}
+        serving: list[Target] = []
+        statuses: list[ExportStatus] = []
+        for p in plan.pending:
+            self.out.log(f"export {p.target}: not served yet: {p.reason}")
+        for a in R.reconcile(plan, self.sup.running()):
+            if isinstance(a, R.Unassigned):
+                self.out.log(f"export {a.target}: no consumer assigned yet: not served")
+                statuses.append(ExportStatus(a.target, "unassigned"))
+            elif isinstance(a, R.Keep):
+                serving.append(a.export.target)
+            elif isinstance(a, R.Stop):
+                self.out.log(f"export {a.target}: {a.why}")
+                self.sup.stop(a.target)
+            else:
+                new = a.export if isinstance(a, R.Start) else a.new
+                try:
+                    path = self.files.prepare(new)
+                except AgentError as exc:
+                    self.errors[new.target] = str(exc)
+                    self.out.log(f"export {new.target}: {exc}")
+                    statuses.append(ExportStatus(new.target, "failed", str(exc)[:1000]))
+                    if isinstance(a, R.Replace):   # the old one serves until the new is ready
+                        serving.append(new.target)
+                    continue
+                if isinstance(a, R.Replace):
+                    self.out.log(f"export {new.target}: plan changed: restarting")
+                    self.sup.stop(new.target)
+                self.sup.start(new, R.vblade_argv(self.cfg.vblade, new, self.iface, path))
+                serving.append(new.target)
+        self.files.collect(R.images_in_use(self.sup.running().values()))
+        served = R.served_list(plan, serving)
+        statuses += [ExportStatus(t, "served") for t in served if t not in self.errors]
+        if served != self.reported:
+            self.out.console(f"exports ready {','.join(map(str, served)) or 'none'}")
+            self.report("exports-ready", " ".join(map(str, served)), statuses)
+            self.reported = served
+        if self.errors:
+            self.failed_at = time.monotonic()
+            text = " ".join(f"{t}: {m};" for t, m in self.errors.items())
+            self.out.log(f"errors: {text}")
+            self.report("exports-error", text, statuses)
+
+    def nap(self, seconds: float) -> None:
+        """Sleep, supervising the vblades meanwhile."""
+        end = time.monotonic() + seconds
+        while True:
+            self.sup.tick()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.25))
+
+    def serve(self) -> None:
+        back = Backoff(self.cfg.backoff_max)
+        while True:
+            try:
+                store = setup_store(self.cfg.disks, self.cfg.store, self.cfg.fslabel,
+                                    self.cfg.md, self.out.log)
+                break
+            except AgentError as exc:
+                self.out.log(str(exc))
+                self.report("storage-error", f"no usable local store (HC_DISKS="
+                            f"{self.cfg.disks}): {exc}")
+                d = back.next()
+                self.out.log(f"storage: retrying in {d:g}s")
+                self.nap(d)
+        self._store_line(store)
+        back = Backoff(self.cfg.backoff_max)
+        while True:
+            try:
+                plan = self.fetch_plan()
+                break
+            except AgentError as exc:
+                d = back.next()
+                self.out.log(f"plan: {exc}; retry in {d:g}s")
+                self.nap(d)
+        applied: Plan | None = None
+        fetch_ok = True
+        while True:
+            if plan != applied or (self.errors
+                                   and time.monotonic() - self.failed_at >= RETRY_FAILED):
+                if applied is not None and plan != applied:
+                    self.out.log("plan: changed")
+                self.apply(plan)
+                applied = plan
+            self.nap(self.cfg.poll or plan.poll)
+            try:
+                plan = self.fetch_plan()
+                if not fetch_ok:
+                    self.out.log("plan: server reachable again")
+                fetch_ok = True
+            except AgentError as exc:
+                if fetch_ok:
+                    self.out.log(f"plan: fetch failed ({exc}): keeping the current exports")
+                fetch_ok = False
+
+    def _store_line(self, store: Store) -> None:
+        self.out.console(f"store {store.dev} ({store.how}) at {self.cfg.store}")
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["-h"], ["--help"]):
+        print(USAGE, end="")
+        return 0
+    if args == ["--version"]:
+        print(f"{PROG} {VERSION}")
+        return 0
+    if args:
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    os.umask(0o022)
+    env = os.environ if env is None else env
+    out = Output("hc-storage", env.get("HC_CONSOLE") or "/dev/console")
+    try:
+        cfg = Config.from_env(env)
+    except AgentError as exc:
+        return die(out, str(exc))
+    if not cfg.server:
+        return die(out, "no boot server: hc.server= on the kernel command line or HC_SERVER")
+    if not exists_in_path(cfg.vblade, env):
+        return die(out, f"vblade ({cfg.vblade}) not installed")
+    exports_dir = Path(cfg.run) / "exports"
+    try:
+        exports_dir.mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run) / "verified").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return die(out, f"cannot create {cfg.run}: {exc}")
+    stale_cleanup(exports_dir)
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+    agent: Agent | None = None
+    try:
+        iface = ""
+        for _ in range(31):
+            iface = find_iface(cfg)
+            if iface:
+                break
+            time.sleep(1)
+        if not iface:
+            return die(out, f"no boot interface (HC_IFACE={cfg.iface} BOOTIF={cfg.bootif})")
+        try:
+            mac = normalize_mac(cfg.mac or cfg.bootif or iface_mac(iface))
+        except BadMac as exc:
+            return die(out, f"this node's MAC: {exc}")
+        out.log(f"agent {VERSION}: server {cfg.server}, mac {mac}, interface {iface}, "
+                f"store {cfg.store}")
+        with contextlib.suppress(AgentError):
+            run(["ip", "link", "set", iface, "up"], timeout=10)
+        agent = Agent(cfg, out, iface, mac)
+        agent.serve()
+    except Shutdown as exc:
+        out.log(f"stopping ({exc})")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if agent is not None:
+            agent.sup.stop_all()
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
