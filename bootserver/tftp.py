@@ -580,9 +580,10 @@ class TftpServer:
         self._thread.start()
         lim = self.limits
         log.info("TFTP serving %s on %s:%d (at most %d sessions, %d per client; timeout %g s, "
-                 "up to %d s if asked, %d retries; windowsize up to %d)", self.root, self.bind_ip,
-                 self.port, lim.max_sessions, lim.max_per_client, lim.timeout, lim.max_timeout,
-                 lim.retries, lim.max_windowsize)
+                 "up to %d s if asked, %d retries; windowsize up to %d; a session without ACKs "
+                 "ends within %g s)", self.root, self.bind_ip, self.port, lim.max_sessions,
+                 lim.max_per_client, lim.timeout, lim.max_timeout, lim.retries,
+                 lim.max_windowsize, lim.idle_life)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
