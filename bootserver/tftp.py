@@ -9,8 +9,10 @@ kills its thread).  A profile of 100 clients then showed the per-block path spen
 in tftpy's objects (a packet object per ACK and per DATA, eight ``log.debug`` calls, a second
 ``read`` per block) than in the two system calls a block needs, it had no windowsize, and
 nothing bounded its sessions.  The server below has its own codec (``parse_request`` and
-friends, property-tested) and a per-block path of one ``recv``, one ``preadv`` into a
-preallocated buffer and one ``send``; tftpy is no longer imported.
+friends, property-tested) and a per-block path of one ``recv_into`` and one ``send``: files up
+to CACHE_FILE_MAX are cut once into ready DATA packets shared by the transfers sending them
+(``_FileCache``; the rest is read with one ``preadv`` per block into a preallocated buffer).
+tftpy is no longer imported (bench/README.md, "TFTP storm", has the numbers).
 
 Path rule (``normalize_tftp_path``): the requested name must be printable ASCII without
 backslashes; leading ``/`` are stripped (PXE ROMs often send ``/pxelinux.0``) so *every* name is
@@ -29,8 +31,8 @@ that raised and for a request over a session cap.  Each transfer has its own soc
 the client's address and port: the kernel delivers nothing from another TID (so no error 5 goes
 out; RFC 1350 allows it: the error "can be done only if the TFTP in fact receives a packet with
 an incorrect TID", and tftp-hpa's server does the same), and an ICMP unreachable from a client
-that went away ends its session at once.  Requests over 2048 bytes are
-malformed (RFC 2347 caps them at 512); other opcodes on the request port are dropped and logged.
+that went away ends its session at once.  Requests over 2048 bytes are malformed (RFC 2347 caps
+them at 512); other opcodes on the request port are dropped and logged.
 Every log line names the client IP and the file.
 
 Options (only those asked for are ever acknowledged; an RRQ whose options are all declined gets
@@ -112,7 +114,7 @@ ERR_UNDEFINED = 0
 ERR_NOT_FOUND = 1
 ERR_ACCESS = 2
 ERR_ILLEGAL = 4
-ERR_UNKNOWN_TID = 5
+ERR_UNKNOWN_TID = 5  # never sent: session sockets are connected (see the module doc)
 ERR_OPTIONS = 8
 # send/recv errors on a connected session socket that mean the client is not there (an ICMP
 # port or host unreachable came back)
@@ -297,9 +299,6 @@ def parse_error(buf: bytes) -> tuple[int, str]:
     return (buf[2] << 8) | buf[3], buf[4:].split(b"\0", 1)[0].decode("latin-1")
 
 
-_error_packet = encode_error  # the name the rest of the module used before the codec existed
-
-
 def negotiate_options(requested: Mapping[str, str], *, max_timeout: int = MAX_TIMEOUT,
                       max_windowsize: int = MAX_WINDOWSIZE) -> dict[str, int]:
     """The options to acknowledge for an RRQ's options (names case-insensitive, RFC 2347).
@@ -371,11 +370,6 @@ class TftpLimits:
     def idle_life(self) -> float:
         """Longest a session lives without a valid ACK (with the largest timeout honoured)."""
         return max(self.timeout, self.max_timeout) * (self.retries + 1)
-
-
-def _refuse_upload(path: str, context: object) -> None:  # kept for callers of the old API
-    log.warning("upload of %s refused (read-only server)", path)
-    return None
 
 
 class _Refused(Exception):
@@ -455,10 +449,14 @@ class _FileCache:
         self.total = 0
         self._entries: dict[tuple[int, ...], _CacheEntry] = {}
 
-    def acquire(self, fd: int, blksize: int) -> tuple[tuple[int, ...], list[bytes]] | None:
+    def acquire(self, fd: int, blksize: int,
+                size: int | None = None) -> tuple[tuple[int, ...], list[bytes]] | None:
         """(key, packets) where packets[i] is DATA block i + 1 of the file, or None when the
-        file does not fit (the caller then reads it per block)."""
+        file does not fit or is no longer ``size`` bytes long (the caller then reads it per
+        block)."""
         st = os.fstat(fd)
+        if size is not None and st.st_size != size:
+            return None
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         entry = self._entries.get(key)
         if entry is None:
@@ -582,9 +580,10 @@ class TftpServer:
         self._thread.start()
         lim = self.limits
         log.info("TFTP serving %s on %s:%d (at most %d sessions, %d per client; timeout %g s, "
-                 "up to %d s if asked, %d retries; windowsize up to %d)", self.root, self.bind_ip,
-                 self.port, lim.max_sessions, lim.max_per_client, lim.timeout, lim.max_timeout,
-                 lim.retries, lim.max_windowsize)
+                 "up to %d s if asked, %d retries; windowsize up to %d; a session without ACKs "
+                 "ends within %g s)", self.root, self.bind_ip, self.port, lim.max_sessions,
+                 lim.max_per_client, lim.timeout, lim.max_timeout, lim.retries,
+                 lim.max_windowsize, lim.idle_life)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -694,36 +693,43 @@ class TftpServer:
                     if fd == main:
                         self._on_main(now)
                     continue
-                pkts = s.pkts
-                if pkts is None or s.window != 1:
-                    on_session(s, now)
-                    continue
-                # The storm's hot path, inline: a cached file in lock-step, the ACK of the
-                # block in flight that is not the last one -> send the next ready packet.
                 try:
-                    got = s.sock.recv_into(rbuf)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as e:
-                    self._recv_failed(s, e)
-                    continue
-                sent = s.sent
-                if (got >= 4 and rbuf[1] == OP_ACK and rbuf[0] == 0
-                        and (rbuf[2] << 8 | rbuf[3]) == sent & 0xFFFF
-                        and s.last_block > sent > s.acked > 0):
-                    s.acked = sent
-                    s.tries = 0
-                    s.sent = sent + 1
-                    s.deadline = now + s.timeout
+                    pkts = s.pkts
+                    if pkts is None or s.window != 1:
+                        on_session(s, now)
+                        continue
+                    # The storm's hot path, inline: a cached file in lock-step, the ACK of the
+                    # block in flight that is not the last one -> send the next ready packet.
                     try:
-                        s.sock.send(pkts[sent])
+                        got = s.sock.recv_into(rbuf)
+                    except (BlockingIOError, InterruptedError):
+                        continue
                     except OSError as e:
-                        if e.errno in _PEER_GONE:
-                            self._end(s, f"client gone ({e.strerror})")
-                    continue
-                on_packet(s, got, now)
+                        self._recv_failed(s, e)
+                        continue
+                    sent = s.sent
+                    if (got >= 4 and rbuf[1] == OP_ACK and rbuf[0] == 0
+                            and (rbuf[2] << 8 | rbuf[3]) == sent & 0xFFFF
+                            and s.last_block > sent > s.acked > 0):
+                        s.acked = sent
+                        s.tries = 0
+                        s.sent = sent + 1
+                        s.deadline = now + s.timeout
+                        try:
+                            s.sock.send(pkts[sent])
+                        except OSError as e:
+                            if e.errno in _PEER_GONE:
+                                self._end(s, f"client gone ({e.strerror})")
+                        continue
+                    on_packet(s, got, now)
+                except Exception as e:  # a bug must cost one transfer, never the server
+                    log.exception("TFTP %s: unexpected error", s)
+                    self._end(s, f"internal error {e!r}")
             if now >= next_check:
-                self._check_timeouts(now)
+                try:
+                    self._check_timeouts(now)
+                except Exception:  # pragma: no cover - same rule as above
+                    log.exception("TFTP: unexpected error checking timeouts")
                 next_check = now + 0.05
 
     # -- requests ----------------------------------------------------------------------------
@@ -873,7 +879,7 @@ class TftpServer:
         s = _Session(sock, (host, port), req.filename, fileobj, size, blksize, window, timeout,
                      oack, now)
         with contextlib.suppress(OSError):
-            cached = self._cache.acquire(s.filefd, blksize)
+            cached = self._cache.acquire(s.filefd, blksize, size)
             if cached is not None:
                 s.cache_key, s.pkts = cached
         key = (host, port)
