@@ -14,7 +14,7 @@ import logging
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -22,7 +22,6 @@ from types import FrameType
 import click
 
 from bootserver.bootapp import BootApp
-from bootserver.clientlog import UNKNOWN_MAC
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
 from bootserver.firststage import populate
@@ -40,7 +39,6 @@ from homecloud.core.manifest import ImageStore
 from homecloud.inventory.yamlfile import YamlFileStore
 
 log = logging.getLogger("homecloud.serve")
-TFTP_LOGGER = "bootserver.tftp"  # homecloud.tftp once tftp.py adopts bootserver.clientlog
 
 
 class ServeError(HomecloudError):
@@ -82,24 +80,6 @@ def default_range(iface: ipaddress.IPv4Interface) -> tuple[str, str]:
         raise ServeError(f"subnet {iface.network} too small for a DHCP pool: pass --range")
     half = hosts[len(hosts) // 2:]
     return str(half[0]), str(half[-1])
-
-
-class _TftpMacShim(logging.Filter):
-    """TRANSITIONAL, until ``bootserver/tftp.py`` takes ``mac_of`` (it is being finished
-    elsewhere): puts the client's MAC before the TFTP server's "TFTP <ip>: ..." lines, as
-    :mod:`bootserver.clientlog` does for HTTP and DHCP.  Delete this class and its two uses
-    once ``TftpServer(..., mac_of=...)`` exists and is passed below."""
-
-    def __init__(self, mac_of: Callable[[str], str | None]) -> None:
-        super().__init__()
-        self.mac_of = mac_of
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and args and isinstance(args[0], str) and \
-                isinstance(record.msg, str) and record.msg.startswith("TFTP %s"):
-            record.msg = f"{self.mac_of(args[0]) or UNKNOWN_MAC}: " + record.msg
-        return True
 
 
 @dataclass(frozen=True)
@@ -171,15 +151,14 @@ class BootServer:
             pools=pools, lease_time=opts.lease_time, lease_file=state / "leases.jsonl",
             router=opts.router, dns=opts.dns, domain=opts.domain), self.policy)
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
-                               resolver=self.app.tftp_resolve, limits=opts.tftp_limits)
+                               resolver=self.app.tftp_resolve, limits=opts.tftp_limits,
+                               mac_of=self.identity.mac_of)
         self.http = HttpServer(opts.bind_http or server_ip, opts.http_port,
                                Routes(self.app, self.control), limits=opts.http_limits,
                                mac_of=self.identity.mac_of)
         self.ra = RaResponder(opts.interface) if opts.ipv6_ra else None
         self._stopped = threading.Event()
         self._done = threading.Event()
-        self._tftp_shim = _TftpMacShim(self.mac_of)
-        logging.getLogger(TFTP_LOGGER).addFilter(self._tftp_shim)
 
     def _record_seen(self, m: Machine) -> None:
         self.seen.record(m.mac, m.arch, m.vendor_class, m.user_class)
@@ -208,7 +187,6 @@ class BootServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        logging.getLogger(TFTP_LOGGER).removeFilter(self._tftp_shim)
         if self.ra is not None:
             self.ra.stop()
         for name, fn in (("dhcp", self.dhcp.stop), ("tftp", self.tftp.stop),
