@@ -147,14 +147,14 @@ def test_reports_only_from_the_node_that_holds_the_mac(served: Served) -> None:
     other, _ = _client(served, "evil", "192.0.2.32")
     served.cli("assign", node_mac, "pxetest")
     # a forged report for the node from another host is refused and changes nothing
-    code, body = _curl(other, "-X", "POST", "-d", '{"state": "dom0-up"}',
-                       f"http://{SERVER}/report/{node_mac}")
+    forged = json.dumps({"version": 1, "node": node_mac, "state": "dom0-up"})
+    code, body = _curl(other, "-X", "POST", "-d", forged, f"http://{SERVER}/report/{node_mac}")
     assert code == 403 and "192.0.2.32" in body, body
     assert json.loads(served.cli("nodes", "--json"))[0]["report"] is None
     assert f"{node_mac}: report refused" in served.log_text()
     # the node itself (its MAC resolved from the neighbour table: no lease, no static address)
-    code, body = _curl(node, "-X", "POST", "-d", '{"state": "ready"}',
-                       f"http://{SERVER}/report/{node_mac}")
+    real = json.dumps({"version": 1, "node": node_mac, "state": "ready"})
+    code, body = _curl(node, "-X", "POST", "-d", real, f"http://{SERVER}/report/{node_mac}")
     assert code == 200, body
     assert json.loads(served.cli("nodes", "--json"))[0]["report"]["state"] == "ready"
 
@@ -170,7 +170,7 @@ def test_plans_and_node_list_are_not_for_anyone(served: Served) -> None:
     while code == 404 and time.monotonic() < deadline:
         time.sleep(0.1)
         code, body = _curl(sn, f"http://{SERVER}/plan/{sn_mac}.json")
-    assert code == 200 and json.loads(body)["snode"] == sn_mac
+    assert code == 200 and json.loads(body)["node"] == sn_mac
     assert _curl(other, f"http://{SERVER}/nodes.json")[0] == 403
     assert _curl(sn, f"http://{SERVER}/nodes.json")[0] == 403
     token = (served.state / "admin.token").read_text().strip()
