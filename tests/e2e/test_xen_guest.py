@@ -223,6 +223,13 @@ sleep 3
 t1=$(now)
 timeout 600 $xl shutdown -w @NAME@ > /tmp/xl-shutdown.log 2>&1 || {
     cat /tmp/xl-shutdown.log > /dev/console; fail "xl shutdown -w @NAME@"; }
+# -w returns once the guest has shut down; xl's own monitor (forked by xl create) destroys
+# the domain (on_poweroff) a moment later: a new domain of the same name must wait for that
+n=0
+while $xl list @NAME@ > /dev/null 2>&1; do
+    n=$((n + 1)); [ "$n" -lt 120 ] || fail "@NAME@ still listed 120 s after xl shutdown -w"
+    sleep 1
+done
 log "SHUTDOWN-OK after $(awk "BEGIN{print $(now) - $t1}") s; domains: $(domains)"
 kill $tailpid
 # a paused domain made and destroyed (xl destroy needs /run/xen)
