@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 import pytest
-from builder.manifest import ImageStore, Manifest
 
+from homecloud.core.manifest import ImageStore, Manifest
 from tests.support import builds
 from tests.support.qemu import Disk, Vm, VmConfig, multiboot_initrd
 
