@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from homecloud.core.manifest import BootInfo
+from tests.support.abuse import SLOW_CLIENTS
 from tests.support.hcboot import Served, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab, Netns, wait_for
@@ -65,60 +66,6 @@ for req in json.loads(base64.b64decode(sys.argv[2])):
 print(json.dumps(out))
 """
 
-# argv: comma-separated source addresses, server, count, seconds between bytes, limit seconds.
-# Opens COUNT connections, sends a request line, then one more header byte per connection every
-# INTERVAL s (a head that never ends).  Prints "OPENED n", then a JSON summary when the server
-# has closed all of them or LIMIT s have passed.
-SLOW_CLIENTS = r"""
-import collections, json, select, socket, sys, time
-srcs, dst, n, interval, limit = (sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]),
-                                 float(sys.argv[4]), float(sys.argv[5]))
-t0 = time.monotonic()
-conns = []
-for i in range(n):
-    s = socket.socket()
-    s.bind((srcs[i % len(srcs)], 0))
-    s.settimeout(10)
-    s.connect((dst, 80))
-    s.setblocking(False)
-    try:
-        s.send(b"GET /images/pxetest/current/kernel HTTP/1.1\r\n")
-    except OSError:
-        pass
-    conns.append({"s": s, "got": b"", "closed": None})
-print("OPENED", n, flush=True)
-trickle = b"X-Slow: " + b"a" * 100000
-pos, next_send = 0, time.monotonic() + interval
-while time.monotonic() - t0 < limit:
-    live = [c for c in conns if c["closed"] is None]
-    if not live:
-        break
-    ready, _, _ = select.select([c["s"] for c in live], [], [], 0.2)
-    for c in live:
-        if c["s"] in ready:
-            try:
-                d = c["s"].recv(65536)
-            except OSError:
-                d = b""
-            if d:
-                c["got"] += d
-            else:
-                c["closed"] = time.monotonic() - t0
-                c["s"].close()
-    if time.monotonic() >= next_send:
-        for c in live:
-            if c["closed"] is None:
-                try:
-                    c["s"].send(trickle[pos:pos + 1])
-                except OSError:
-                    pass
-        pos, next_send = pos + 1, next_send + interval
-status = collections.Counter(
-    c["got"].split(b"\r\n", 1)[0].decode("latin-1")[:40] if c["got"] else "closed without reply"
-    for c in conns)
-print(json.dumps({"opened": n, "closed": sum(c["closed"] is not None for c in conns),
-                  "bytes_sent_each": pos, "status": status}), flush=True)
-"""
 
 
 @dataclass

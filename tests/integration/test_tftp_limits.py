@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from bootserver.tftp import TftpLimits, TftpServer, parse_error, parse_oack
+from tests.support.abuse import FLOODER
 from tests.support.netns import Lab, Netns, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,52 +63,6 @@ print("SERVER THREAD DIED", flush=True)
 sys.exit(3)
 """
 
-# 400 RRQs from spoofed sources through a raw socket (IP_HDRINCL, UDP checksum 0 is legal in
-# IPv4), and 100 from real UDP sockets that stay open and never ACK (so no ICMP comes back).
-# Prints the OACK options seen by the real sockets (one read each: reading is not ACKing).
-FLOODER = r"""
-import json, random, socket, struct, sys, time
-server, spoofed, own = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
-
-def rrq(name, **opts):
-    o = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in opts.items())
-    return struct.pack("!H", 1) + name.encode() + b"\0octet\0" + o
-
-def csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-payload = rrq("big.bin", blksize="1468", tsize="0", timeout="255")
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-rnd = random.Random(3)
-for i in range(400):
-    src = spoofed[i % len(spoofed)]
-    udp = struct.pack("!HHHH", rnd.randrange(1024, 65535), 69, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0,
-                     socket.inet_aton(src), socket.inet_aton(server))
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    raw.sendto(ip + udp, (server, 0))
-socks = []
-for i in range(100):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((own, 0))
-    s.sendto(payload, (server, 69))
-    socks.append(s)
-seen = []
-for s in socks:
-    s.settimeout(3)
-    try:
-        data, _ = s.recvfrom(70000)
-        seen.append(data.hex())
-    except socket.timeout:
-        seen.append(None)
-print(json.dumps(seen), flush=True)
-sys.stdin.read()  # keep every socket open (no ICMP unreachable) until told to go
-"""
 
 
 @dataclass
