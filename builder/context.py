@@ -59,13 +59,7 @@ class Resolved:
             "kernel_spec": f"kernels/{p.kernel}.yaml",
             "kernel_package": self.kernel.package,
             "xen_spec": f"kernels/{p.xen}.yaml" if self.xen else "",
-            "boot": {
-                "kind": self.boot.kind,
-                "loader": self.boot.loader,
-                "root": self.boot.root,
-                "cmdline": self.boot.cmdline,
-                "xen_cmdline": self.boot.xen_cmdline,
-            },
+            "boot": self.boot.to_doc(),
             "element_closure": list(self.closure),
             "distro_element": DISTRO_ELEMENT,
         }

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from homecloud.agents.common import AgentError, Output
 from homecloud.agents.protocol import Export, ImageExport
+from homecloud.core.files import fsync_dir
+from homecloud.core.manifest import sha256_file
 
 
 class Files:
@@ -38,7 +40,7 @@ class Files:
         if path.is_file():
             if mark.exists():
                 return path
-            if path.stat().st_size == e.size and _sha256(path) == e.sha256:
+            if path.stat().st_size == e.size and sha256_file(path) == e.sha256:
                 self.out.log(f"image {e.sha256}: present, sha256 ok (not downloaded)")
                 mark.touch()
                 return path
@@ -56,7 +58,7 @@ class Files:
             os.replace(part, path)
         finally:
             part.unlink(missing_ok=True)
-        _fsync_dir(self.images)   # a power cut right after "exports ready" must not lose it
+        fsync_dir(self.images)   # a power cut right after "exports ready" must not lose it
         mark.touch()
         if e.size % 512:
             self.out.log(f"image {e.sha256}: warning: size {e.size} is not a multiple of 512")
@@ -110,19 +112,3 @@ class Files:
                 self.out.log(f"image {f.stem}: no longer exported: deleted")
                 f.unlink(missing_ok=True)
                 (self.verified / f.stem).unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -72,6 +72,10 @@ class BootInfo:
     cmdline: str = ""
     xen_cmdline: str = ""
 
+    def to_doc(self) -> dict[str, str]:
+        return {"kind": self.kind, "loader": self.loader, "root": self.root,
+                "cmdline": self.cmdline, "xen_cmdline": self.xen_cmdline}
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -96,13 +100,7 @@ class Manifest:
                 name: {"file": a.file, "sha256": a.sha256, "size": a.size}
                 for name, a in sorted(self.artifacts.items())
             },
-            "boot": {
-                "kind": self.boot.kind,
-                "loader": self.boot.loader,
-                "root": self.boot.root,
-                "cmdline": self.boot.cmdline,
-                "xen_cmdline": self.boot.xen_cmdline,
-            },
+            "boot": self.boot.to_doc(),
             "versions": dict(sorted(self.versions.items())),
             "packages": list(self.packages),
             "profile": dict(self.profile),
