@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builder import paths  # noqa: E402
+from builder import paths, pysrc  # noqa: E402
 from builder.mirrors import resolve_mirrors  # noqa: E402
 from builder.profile import load_profile  # noqa: E402
 from homecloud.core.manifest import ImageStore  # noqa: E402
@@ -83,11 +83,15 @@ def main() -> None:
         def bare(rw: Path = rw, run: int = run) -> None:
             bare_cache = rw / "bare-cache"
             bare_cache.mkdir()
+            # the agents' Python sources, staged as hcbuild stages them (builder/pysrc.py):
+            # the same inputs for both sides
+            staged = pysrc.stage(rw / "py-element")
             benv = {**env, **m.dib_env(), "DIB_RELEASE": p.release,
-                    "ELEMENTS_PATH": str(data / "elements"), "DIB_IMAGE_CACHE": str(bare_cache)}
+                    "ELEMENTS_PATH": f"{data / 'elements'}:{staged}",
+                    "DIB_IMAGE_CACHE": str(bare_cache)}
             cmd = ["disk-image-create", "-a", p.arch, "-t", "tar", "-o", str(rw / "bare"),
                    "-p", ",".join([ks.package, *p.packages]),
-                   "debian-minimal", *p.base_elements, *p.elements]
+                   "debian-minimal", *p.base_elements, *p.elements, pysrc.STAGED]
             if run == 0:
                 print("bare:", " ".join(cmd), flush=True)
             res["bare"].append(timed(cmd, benv, rw / "bare.log"))
