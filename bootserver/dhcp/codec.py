@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from bootserver.dhcp import options as o
 from bootserver.machine import normalize_mac
+from homecloud.core.errors import HomecloudError
 
 BOOTREQUEST = 1
 BOOTREPLY = 2
@@ -39,7 +40,7 @@ DEFAULT_MAX_MESSAGE = o.MIN_MAX_MESSAGE_SIZE - o.IP_UDP_HEADERS  # 548, RFC 2131
 ZERO_IP = "0.0.0.0"
 
 
-class DecodeError(ValueError):
+class DecodeError(HomecloudError, ValueError):
     """A datagram that is not a well-formed DHCP message."""
 
     def __init__(self, message: str, *, offset: int | None = None, field: str | None = None):
@@ -84,7 +85,7 @@ class BadMessageType(DecodeError):
     """Option 53 is not one byte, or names no DHCP message type."""
 
 
-class EncodeError(ValueError):
+class EncodeError(HomecloudError, ValueError):
     """A packet that cannot be serialised."""
 
 

@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.machine import BootFile, Machine
+from homecloud.core.errors import HomecloudError
 
 BROADCAST = "255.255.255.255"
 SERVER_PORT = 67
@@ -31,7 +32,7 @@ Mode = Literal["full", "proxy"]
           addresses."""
 
 
-class DhcpConfigError(ValueError):
+class DhcpConfigError(HomecloudError, ValueError):
     """An invalid DHCP server configuration (names the setting)."""
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from homecloud.core.errors import HomecloudError
 from homecloud.core.files import atomic_write, write_all
 
 log = logging.getLogger("homecloud.dhcp")
@@ -45,7 +46,7 @@ COMPACT_MIN = 10_000  # journal records appended before a rewrite is considered
 _RECORD_START = b'{"'
 
 
-class LeaseFileError(OSError):
+class LeaseFileError(HomecloudError, OSError):
     """The lease journal cannot be read or written (names the file and the errno)."""
 
 

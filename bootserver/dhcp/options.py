@@ -13,6 +13,8 @@ import ipaddress
 import struct
 from collections.abc import Iterable, Mapping
 
+from homecloud.core.errors import HomecloudError
+
 # --- RFC 2132 §3 / §9: framing and the DHCP extensions -----------------------------------------
 PAD = 0
 END = 255
@@ -82,7 +84,7 @@ class MessageType(enum.IntEnum):
     INFORM = 8
 
 
-class OptionValueError(ValueError):
+class OptionValueError(HomecloudError, ValueError):
     """An option payload has the wrong shape for its code."""
 
     def __init__(self, code: int, value: bytes, why: str) -> None:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bootserver.dhcp import options as o
+from homecloud.core.errors import HomecloudError
 
 
-class PoolConfigError(ValueError):
+class PoolConfigError(HomecloudError, ValueError):
     """A pool whose range, network or options do not fit together (names the pool)."""
 
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from homecloud.core.errors import HomecloudError
+
 ALLOWED_METHODS = ("GET", "HEAD", "POST")
 DEFAULT_MAX_BODY = 1 << 20
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
-class BadRequestPath(ValueError):
+class BadRequestPath(HomecloudError, ValueError):
     """A request target refused at the protocol layer (names the target)."""
 
 

@@ -8,6 +8,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from homecloud.core.errors import HomecloudError
+
 log = logging.getLogger("homecloud.tftp")
 
 MIN_BLKSIZE = 8  # RFC 2348
@@ -38,7 +40,7 @@ ERR_UNKNOWN_TID = 5  # never sent: session sockets are connected (see the module
 ERR_OPTIONS = 8
 
 
-class TftpPacketError(ValueError):
+class TftpPacketError(HomecloudError, ValueError):
     """A TFTP packet that does not parse; the message names what is wrong and quotes the bytes.
 
     The parsers below raise nothing else, whatever the input (tests/unit/test_tftp_codec.py)."""

@@ -8,13 +8,14 @@ import stat
 from pathlib import Path
 
 from bootserver.tftp.codec import MAX_NAME
+from homecloud.core.errors import HomecloudError
 
 
-class TftpPathError(ValueError):
+class TftpPathError(HomecloudError, ValueError):
     """A requested TFTP name that is refused (traversal, bad characters); names the path."""
 
 
-class TftpNotFound(FileNotFoundError):
+class TftpNotFound(HomecloudError, FileNotFoundError):
     """The requested name maps to nothing servable."""
 
 

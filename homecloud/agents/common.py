@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from homecloud.agents.protocol import Report, report_json
+from homecloud.core.errors import HomecloudError
 
 TAIL_LINES = 5
 
 
-class AgentError(Exception):
+class AgentError(HomecloudError):
     """Something the agent cannot do, with what is at fault in the message."""
 
 

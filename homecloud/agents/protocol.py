@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias, cast
 
+from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import BadMac, BadTarget, Target, normalize_mac
 
 VERSION = 1
@@ -72,7 +73,7 @@ ExportState: TypeAlias = Literal["served", "unassigned", "failed"]
 Fact: TypeAlias = "str | int | float | bool"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(HomecloudError, ValueError):
     """A plan or report that is not valid; ``field`` is the path of the value at fault."""
 
     def __init__(self, field: str, message: str) -> None:
