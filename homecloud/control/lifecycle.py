@@ -37,15 +37,18 @@ class StateError(InstanceError):
 class Action:
     name: str
     from_states: tuple[str, ...]
-    busy: str  # recorded while the action runs
+    busy: str  # recorded while the action runs ("" = nothing recorded: it only reads/repairs)
     done: str  # recorded when it succeeds ("" = the record is removed)
     failed: str  # recorded when it fails
+    also: tuple[str, ...] = ()  # other states a success may record (cleanup: what it finds)
 
     def __post_init__(self) -> None:
-        for s in (*self.from_states, self.busy, self.failed, *((self.done,) if self.done
-                                                               else ())):
-            if s not in INSTANCE_STATES:
+        for s in (*self.from_states, self.busy, self.done, self.failed, *self.also):
+            if s and s not in INSTANCE_STATES:
                 raise ValueError(f"action {self.name}: unknown state {s!r}")
+
+    def ends(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.done, *self.also, self.failed) if s)
 
 
 _ANY = INSTANCE_STATES
@@ -59,17 +62,19 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            "stopped", "error"),
     Action("reboot", ("running",), "rebooting", "running", "error"),
     Action("migrate", ("running",), "migrating", "running", "error"),
-    # the copy's source must be stopped: a running guest's disk is not consistent
-    Action("copy", ("stopped",), "stopped", "stopped", "stopped"),
+    # the copy's source must be stopped: a running guest's disk is not consistent; the source
+    # stays as it is (the new instance goes through create's states)
+    Action("copy", ("stopped",), "", "stopped", "stopped"),
     Action("destroy", _ANY, "destroying", "", "error"),
     # migrate --cleanup: asks every hnode where the domain is and records what it finds
-    Action("cleanup", _ANY, "migrating", "stopped", "error"),
+    Action("cleanup", _ANY, "", "running", "error", also=("stopped",)),
 )}
 
 #: every (from, to) pair some action can record, derived from ACTIONS (for show and tests)
 TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
     pair for a in ACTIONS.values() for f in a.from_states
-    for pair in ((f, a.busy), (a.busy, a.failed), *(((a.busy, a.done),) if a.done else ()))
+    for pair in (((f, a.busy), *((a.busy, e) for e in a.ends())) if a.busy
+                 else tuple((f, e) for e in a.ends()))
     if pair[0] != pair[1])
 
 

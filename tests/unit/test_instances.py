@@ -92,22 +92,22 @@ def test_create_refuses_bad_names(w: World, name: str, why: str) -> None:
 
 def test_create_refusals(w: World) -> None:
     w.svc.create("web1", "domu", 256)
-    with pytest.raises(InstanceError, match="web1 already exists"):
+    with pytest.raises(InstanceError, match=r"web1 already exists"):
         w.svc.create("web1", "domu")
-    with pytest.raises(InstanceError, match="no template 'centos'.*domu-2026"):
+    with pytest.raises(InstanceError, match=r"no template 'centos'.*domu-2026"):
         w.svc.create("web2", "centos")
-    with pytest.raises(InstanceError, match="smaller than template"):
+    with pytest.raises(InstanceError, match=r"smaller than template"):
         w.svc.create("web2", "domu", disk_size=1 << 20)
-    with pytest.raises(InstanceError, match="not an SSH public key"):
+    with pytest.raises(InstanceError, match=r"not an SSH public key"):
         w.svc.create("web2", "domu", ssh_keys=["garbage"])
-    with pytest.raises(InstanceError, match="sn1: snode, not an hnode"):
+    with pytest.raises(InstanceError, match=r"sn1: snode, not an hnode"):
         w.svc.create("web2", "domu", on="sn1")
     assert [i.name for i in w.svc.instances()] == ["web1"]
 
 
 def test_create_volume_failure_is_recorded(w: World) -> None:
     w.volumes.fail["create"] = "x"
-    with pytest.raises(InstanceError, match="create failed: sn1: volume .*lvcreate failed"):
+    with pytest.raises(InstanceError, match=r"create failed: sn1: volume .*lvcreate failed"):
         w.svc.create("web1", "domu")
     inst = w.svc.get("web1")
     assert inst.state == "error"
@@ -131,7 +131,7 @@ def test_nothing_fits_names_what_is_short(w: World) -> None:
 def test_start_failure_then_stop_force_then_start(w: World) -> None:
     w.svc.create("web1", "domu", 256, start=False)
     w.hosts.fail["start"] = "x"
-    with pytest.raises(InstanceError, match="start failed: hnode2: xl create"):
+    with pytest.raises(InstanceError, match=r"start failed: hnode2: xl create"):
         w.svc.start("web1")
     inst = w.svc.get("web1")
     assert (inst.state, inst.host) == ("error", "hnode2")
@@ -143,7 +143,7 @@ def test_start_failure_then_stop_force_then_start(w: World) -> None:
 def test_start_refused_while_a_host_still_has_the_domain(w: World) -> None:
     w.svc.create("web1", "domu", 256)
     w.svc.set_state("web1", "error", error="test: lost track")
-    with pytest.raises(InstanceError, match="hnode2 still has domain web1.*--cleanup"):
+    with pytest.raises(InstanceError, match=r"hnode2 still has domain web1.*--cleanup"):
         w.svc.start("web1")
 
 
@@ -154,7 +154,7 @@ def test_stop_start_reboot_console(w: World) -> None:
     inst = w.svc.stop("web1", progress=w.step)
     assert (inst.state, inst.host) == ("stopped", "hnode2")  # host: where it last ran
     assert "web1" not in w.h2.domains and "web1" in w.h2.cleaned
-    with pytest.raises(InstanceError, match="no console while stopped"):
+    with pytest.raises(InstanceError, match=r"no console while stopped"):
         w.svc.console("web1")
     assert w.svc.start("web1", on="hnode1").host == "hnode1"
     assert w.svc.stop("web1", force=True).state == "stopped"
@@ -164,7 +164,7 @@ def test_stop_start_reboot_console(w: World) -> None:
 def test_clean_stop_timeout_keeps_it_running(w: World) -> None:
     w.svc.create("web1", "domu", 256)
     w.hosts.fail["shutdown"] = "x"
-    with pytest.raises(InstanceError, match="still running after 120 s.*state now running"):
+    with pytest.raises(InstanceError, match=r"still running after 120 s.*state now running"):
         w.svc.stop("web1")
     inst = w.svc.get("web1")
     assert inst.state == "running" and "xl shutdown" in inst.last_error
@@ -188,7 +188,7 @@ def test_state_machine_refuses(w: World, state: str, action: str) -> None:
 
 def test_copy_refuses_a_running_source_and_copies_a_stopped_one(w: World) -> None:
     src = w.svc.create("web1", "domu", 300, ssh_keys=[KEY], user_data="#!/bin/sh\ntrue\n")
-    with pytest.raises(StateError, match="cannot copy while running"):
+    with pytest.raises(StateError, match=r"cannot copy while running"):
         w.svc.copy("web1", "web2")
     w.svc.stop("web1")
     new = w.svc.copy("web1", "web2", on="hnode1")
@@ -198,7 +198,7 @@ def test_copy_refuses_a_running_source_and_copies_a_stopped_one(w: World) -> Non
         300, src.ssh_keys, src.user_data, src.disk_size)
     assert new.mac != src.mac and new.ip != src.ip and new.uuid != src.uuid
     assert new.volume != src.volume
-    with pytest.raises(InstanceError, match="web2 already exists"):
+    with pytest.raises(InstanceError, match=r"web2 already exists"):
         w.svc.copy("web1", "web2")
 
 
@@ -218,7 +218,7 @@ def test_destroy_frees_everything_and_allocation_reuses_it(w: World) -> None:
 def test_destroy_refused_while_its_host_does_not_answer(w: World) -> None:
     inst = w.svc.create("web1", "domu", 256)
     w.h2.up = False
-    with pytest.raises(InstanceError, match="hnode2 did not answer.*may still run there"):
+    with pytest.raises(InstanceError, match=r"hnode2 did not answer.*may still run there"):
         w.svc.destroy("web1")
     assert w.svc.get("web1").state == "error"
     assert inst.volume in w.volumes.exports  # the disk under a live domain is kept
@@ -232,13 +232,13 @@ def test_address_and_mac_exhaustion(tmp_path: Path) -> None:
     w = World(MemoryStore(MemoryBacking(), ROLES), Settings(network=net))
     for i in range(5):
         w.svc.create(f"vm{i}", "domu", 64, start=False)
-    with pytest.raises(AllocationError, match="no free address left on the instance network "
-                       "203.0.113.0/29: all 5"):
+    with pytest.raises(AllocationError, match=r"no free address left on the instance network "
+                       r"203.0.113.0/29: all 5"):
         w.svc.create("vm5", "domu", 64, start=False)
     w2 = World(MemoryStore(MemoryBacking(), ROLES), Settings(mac_pool_size=3))
     w2.svc.create("a1", "domu", 64, start=False)
     w2.svc.create("a2", "domu", 64, start=False)
-    with pytest.raises(AllocationError, match="no free instance MAC left"):
+    with pytest.raises(AllocationError, match=r"no free instance MAC left"):
         w2.svc.create("a3", "domu", 64, start=False)
     assert [i.name for i in w2.svc.instances()] == ["a1", "a2"]  # nothing half-made
 
@@ -301,5 +301,5 @@ def test_concurrent_creates_through_the_yaml_file(tmp_path: Path) -> None:
 def test_two_actions_cannot_begin_at_once(w: World) -> None:
     w.svc.create("web1", "domu", 256)
     w.svc.begin("web1", "reboot")  # as if another hcboot were rebooting it
-    with pytest.raises(StateError, match="cannot stop while rebooting.*--cleanup"):
+    with pytest.raises(StateError, match=r"cannot stop while rebooting.*--cleanup"):
         w.svc.stop("web1")

@@ -110,15 +110,15 @@ def test_precheck_same_host_unknown_host_and_not_running(w: World) -> None:
 def test_precheck_single_hnode_refuses_clearly() -> None:
     w = World(hnodes=1)
     w.run("web1", "hnode1")
-    with pytest.raises(PlacementError, match="no hnode in the inventory"):
+    with pytest.raises(PlacementError, match=r"no hnode in the inventory"):
         w.svc.migrate("web1")
 
 
 def test_migrate_refused_by_the_stream_keeps_the_source_and_says_cleanup(w: World) -> None:
     w.run("web1", "hnode1")
     w.hosts.fail["migrate"] = "refused"
-    with pytest.raises(InstanceError, match="migrate failed: hnode1: xl migrate web1 hnode2: "
-                       "ssh: Host key verification failed.*state now error"):
+    with pytest.raises(InstanceError, match=r"migrate failed: hnode1: xl migrate web1 hnode2: "
+                       r"ssh: Host key verification failed.*state now error"):
         w.svc.migrate("web1")
     inst = w.svc.get("web1")
     assert (inst.state, inst.host) == ("error", "hnode1")  # placement not moved
@@ -130,7 +130,7 @@ def test_migrate_refused_by_the_stream_keeps_the_source_and_says_cleanup(w: Worl
 def test_migrate_target_not_reporting_is_an_error(w: World) -> None:
     w.run("web1", "hnode1")
     w.hosts.fail["migrate"] = "vanished"
-    with pytest.raises(InstanceError, match="hnode2 does not list web1"):
+    with pytest.raises(InstanceError, match=r"hnode2 does not list web1"):
         w.svc.migrate("web1")
     assert w.svc.get("web1").host == "hnode1"  # placement recorded only after the report
 
@@ -183,7 +183,7 @@ def test_cleanup_runs_nowhere_is_stopped(w: World) -> None:
 def test_cleanup_does_not_guess_while_a_host_is_silent(w: World) -> None:
     w.run("web1", "hnode1")
     w.h["hnode1"].up = False
-    with pytest.raises(InstanceError, match="hnode1 .*did not answer: it may run there"):
+    with pytest.raises(InstanceError, match=r"hnode1 .*did not answer: it may run there"):
         w.svc.cleanup("web1")
     assert w.svc.get("web1").state == "error"
     w.h["hnode1"].up = True
@@ -194,7 +194,7 @@ def test_cleanup_refuses_two_writers(w: World) -> None:
     w.run("web1", "hnode1")
     spec = w.h["hnode1"].specs["web1"]
     w.hosts._add(w.h["hnode2"], "web1", spec)
-    with pytest.raises(InstanceError, match="runs on hnode1 and hnode2: two writers"):
+    with pytest.raises(InstanceError, match=r"runs on hnode1 and hnode2: two writers"):
         w.svc.cleanup("web1")
     assert w.svc.get("web1").state == "error"
     assert "web1" in w.h["hnode1"].domains and "web1" in w.h["hnode2"].domains  # untouched
@@ -212,7 +212,7 @@ def test_drain_empties_the_host_and_placement_skips_it() -> None:
     assert w.h["hnode1"].domains == {}
     assert {w.svc.get(n).host for n in ("a1", "a2")} <= {"hnode2", "hnode3"}
     assert w.svc.drained() == ("hnode1",)
-    with pytest.raises(PlacementError, match="on hnode1: drained"):
+    with pytest.raises(PlacementError, match=r"on hnode1: drained"):
         w.svc.start("c1", on="hnode1")
     assert w.svc.start("c1").host != "hnode1"
     w.svc.undrain("hnode1")
@@ -235,9 +235,9 @@ def test_drain_reports_what_it_could_not_move() -> None:
 
 
 def test_drain_refuses_what_is_not_an_hnode(w: World) -> None:
-    with pytest.raises(InstanceError, match="sn1: snode, not an hnode"):
+    with pytest.raises(InstanceError, match=r"sn1: snode, not an hnode"):
         w.svc.drain("sn1")
-    with pytest.raises(InstanceError, match="nope: no node"):
+    with pytest.raises(InstanceError, match=r"nope: no node"):
         w.svc.undrain("nope")
     update(w.store, lambda inv: inv.with_node(Node("hnode7", "hnode",
                                                    (Nic("52:54:00:00:10:77"),))))
