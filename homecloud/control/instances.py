@@ -132,8 +132,7 @@ class InstanceService(MigrationOps):
             raise InstanceError(f"instance {name}: disk size {size} bytes is smaller than "
                                 f"template {tmpl.name} ({tmpl.size} bytes)")
         proto = self._proto(name, tmpl.name, memory_mb, vcpus, size, ssh_keys, user_data)
-        if on is not None:
-            self.hnode(on)
+        self._fits(proto, on, start, progress)
         inst = self._reserve(proto, progress)
         return self._fill(inst, Origin("template", tmpl.name), on, start, progress)
 
@@ -144,11 +143,20 @@ class InstanceService(MigrationOps):
             check("copy", src, s.state)  # the refusal names the state and what allows it
         proto = self._proto(new, s.template, s.memory_mb, s.vcpus, s.disk_size, s.ssh_keys,
                             s.user_data)
-        if on is not None:
-            self.hnode(on)
+        self._fits(proto, on, start, progress)
         inst = self._reserve(proto, progress)
         progress(f"{new}: copying {src}'s volume {s.volume}")
         return self._fill(inst, Origin("volume", s.volume), on, start, progress)
+
+    def _fits(self, proto: Instance, on: str | None, start: bool, progress: Progress) -> None:
+        """Refuse before anything is made when the instance would not fit on any hnode (or on
+        ``on``); the volume is checked again at start, once it exists."""
+        if on is not None:
+            self.hnode(on)
+        if start:
+            place(self.candidates(progress), Need(proto.memory_mb, self.settings.network.bridge,
+                                                  "", self.settings.overhead_mb),
+                  on, what=f"instance {proto.name}")
 
     def _fill(self, inst: Instance, origin: Origin, on: str | None, start: bool,
               progress: Progress) -> Instance:

@@ -29,6 +29,11 @@ INCOMING = "--incoming"
 MIGRATEDAWAY = "--migratedaway"
 
 
+def is_running(d: DomainInfo) -> bool:
+    """Whether xl's flags say the domain runs (not paused, shut down, crashed or dying)."""
+    return not any(flag in d.state for flag in "pscd")
+
+
 class MigrationOps(InstanceBase):
     # ------------------------------------------------------------------ migrate
     def migration_target(self, inst: Instance, to: str | None,
@@ -68,10 +73,11 @@ class MigrationOps(InstanceBase):
             result = self.hosts.migrate(source, name, target.node, progress)
             progress(f"xl migrate finished in {result.seconds:.1f} s; asking "
                      f"{target.node.name}")
-            there = [d.name for d in self.facts(target.node).domains]
-            if name not in there:
+            there = self.facts(target.node).domains
+            if not any(d.name == name and is_running(d) for d in there):
+                seen = ", ".join(f"{d.name} ({d.state})" for d in there) or "none"
                 raise InstanceError(f"after xl migrate, {target.node.name} does not list "
-                                    f"{name} (xl list there: {', '.join(there) or 'none'})")
+                                    f"{name} running (xl list there: {seen})")
         self.set_state(name, act.done, host=target.node.name)
         progress(f"placement recorded: {name} runs on {target.node.name}")
         self._tidy(source, name, progress)

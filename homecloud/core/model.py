@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from homecloud.core.ids import Target
+from homecloud.core.ids import BadMac, Target, normalize_mac
 
 #: the roles homecloud knows: the config node assigns these; images are built for them
 ROLES = ("snode", "hnode", "domu")
@@ -199,6 +199,10 @@ class Inventory:
 
     def instance_by_mac(self, mac: str) -> Instance | None:
         """The instance whose NIC has ``mac`` (the instance network's DHCP asks this)."""
+        try:
+            mac = normalize_mac(mac)
+        except BadMac:
+            return None
         return next((i for i in self.instances if i.mac == mac), None)
 
     def with_instance(self, inst: Instance) -> Inventory:

@@ -124,6 +124,10 @@ class FakeHosts:
             self._add(t, name, spec)
             raise HostError(f"{source.name}: xl migrate: lost the connection after the "
                             "target resumed")
+        if mode == "paused":  # the target has it under its name, but never unpaused
+            del s.domains[name]
+            self._add(t, name, spec, "--p---")
+            return MigrationResult(source.name, target.name, 1.5)
         if mode == "vanished":  # xl says it worked, the target does not list it
             s.domains.pop(name)
             return MigrationResult(source.name, target.name, 1.5)

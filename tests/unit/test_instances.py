@@ -124,8 +124,12 @@ def test_nothing_fits_names_what_is_short(w: World) -> None:
     msg = str(e.value)
     assert "hnode1: free memory 2048 MiB < 3000 MiB needed" in msg
     assert "hnode2: down (hnode2: ssh root@198.51.100.22: connection timed out)" in msg
-    inst = w.svc.get("big")  # the volume exists; start can be retried
-    assert inst.state == "stopped"
+    assert w.svc.instances() == [] and w.volumes.exports == {}  # refused before making any
+    w.svc.create("big", "domu", 3000, start=False)  # the volume alone needs no host
+    with pytest.raises(PlacementError, match="hnode1: free memory 2048 MiB < 3000 MiB"):
+        w.svc.start("big")
+    inst = w.svc.get("big")  # a refused start changes nothing: it can be retried
+    assert (inst.state, inst.last_error) == ("stopped", "")
 
 
 def test_start_failure_then_stop_force_then_start(w: World) -> None:

@@ -130,9 +130,20 @@ def test_migrate_refused_by_the_stream_keeps_the_source_and_says_cleanup(w: Worl
 def test_migrate_target_not_reporting_is_an_error(w: World) -> None:
     w.run("web1", "hnode1")
     w.hosts.fail["migrate"] = "vanished"
-    with pytest.raises(InstanceError, match=r"hnode2 does not list web1"):
+    with pytest.raises(InstanceError, match=r"hnode2 does not list web1 running"):
         w.svc.migrate("web1")
     assert w.svc.get("web1").host == "hnode1"  # placement recorded only after the report
+
+
+def test_migrate_target_paused_is_not_running(w: World) -> None:
+    w.run("web1", "hnode1")
+    w.hosts.fail["migrate"] = "paused"
+    with pytest.raises(InstanceError, match=r"hnode2 does not list web1 running "
+                       r"\(xl list there: web1 \(--p---\)\)"):
+        w.svc.migrate("web1")
+    inst = w.svc.get("web1")
+    assert (inst.state, inst.host) == ("error", "hnode1")
+    assert w.svc.cleanup("web1").host == "hnode2"  # it is there: cleanup records it
 
 
 def test_cleanup_halfway_both_leftovers(w: World) -> None:

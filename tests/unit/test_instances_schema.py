@@ -44,7 +44,9 @@ def test_round_trip_through_the_file_store(tmp_path: Path) -> None:
     again = YamlFileStore(tmp_path, ROLES).snapshot().inventory
     assert again == inventory()
     assert again.instance_by_mac("0a:48:43:00:00:02") == inventory().instance("db1")
+    assert again.instance_by_mac("0A-48-43-00-00-02") == inventory().instance("db1")
     assert again.instance_by_mac("52:54:00:00:10:01") is None
+    assert again.instance_by_mac("not a mac") is None
     assert again.drained == ("hnode1",)
     text = (tmp_path / "inventory.yaml").read_text()
     assert "instances:\n  db1:" in text and "drained:\n- hnode1" in text
