@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from homecloud.control.allocate import InstanceNetwork
 from homecloud.control.contracts import HostDriver, HostError, VolumeApi
 from homecloud.control.instances import DEFAULT_MEMORY_MB, InstanceService, describe
 from homecloud.control.instbase import Settings
+from homecloud.control.reports import read_reports
 from homecloud.control.service import known_roles
 from homecloud.core.errors import HomecloudError
 from homecloud.inventory.schema import parse_size
@@ -45,15 +47,30 @@ def settings_from_env() -> Settings:
 
 
 def default_service(obj: Any) -> InstanceService:
-    """The production wiring: ``homecloud.control.hosts.open_host_driver(state_dir)`` and
-    ``homecloud.control.volumes.open_volume_api(store, state_dir, images)``."""
+    """The production wiring: the YAML inventory; the hnodes' SSH driver
+    (``homecloud.control.hosts``: the config node's key, host keys pinned from the nodes'
+    reports, ``HC_SSH_PREFIX`` as the argv prefix, e.g. the lab's ``ip netns exec NS``); the
+    snodes' volumes (``homecloud.control.volumes.Volumes``).  Imported by name so that this
+    module does not depend on how those are built; a module may instead offer
+    ``open_host_driver(state_dir)`` / ``open_volume_api(store, state_dir, images)``."""
     state_dir, images = Path(obj.state_dir), Path(obj.images)
     store = YamlFileStore(state_dir, known_roles(images))
     try:
-        hosts_mod = importlib.import_module("homecloud.control.hosts")
-        vols_mod = importlib.import_module("homecloud.control.volumes")
-        hosts: HostDriver = hosts_mod.open_host_driver(state_dir)
-        volumes: VolumeApi = vols_mod.open_volume_api(store, state_dir, images)
+        hm = importlib.import_module("homecloud.control.hosts")
+        vm = importlib.import_module("homecloud.control.volumes")
+        hosts: HostDriver
+        if hasattr(hm, "open_host_driver"):
+            hosts = hm.open_host_driver(state_dir)
+        else:
+            def host_key_of(node: Any) -> Any:  # the reports as they are now, not at start
+                return hm.host_key_from_reports(read_reports(state_dir))(node)
+
+            hosts = hm.SshHostDriver(hm.ensure_config_key(state_dir), host_key_of,
+                                     state_dir / "ssh" / "known",
+                                     prefix=shlex.split(os.environ.get("HC_SSH_PREFIX", "")))
+        volumes: VolumeApi = (vm.open_volume_api(store, state_dir, images)
+                              if hasattr(vm, "open_volume_api")
+                              else vm.Volumes(store, state_dir, images))
     except (ImportError, AttributeError) as exc:
         raise click.ClickException(f"this build cannot reach the hnodes or the volumes: {exc}"
                                    ) from None
