@@ -19,7 +19,9 @@ inventory store (``instances:``).  Each action checks the state machine
   surprise); NEW is a new instance (new MAC, address, uuid, so cloud-init gives it a new
   identity) whose volume is a copy of SRC's, with SRC's size, memory, keys and user-data.
 - ``start [--on]``: refused while any hnode still has the domain (or a migration leftover);
-  placement (:mod:`homecloud.control.placement`); the DomainSpec with the NoCloud seed.
+  placement (:mod:`homecloud.control.placement`: up, not drained, the bridge, the memory; the
+  volume is attached by the driver's start, a fresh volume may not be discovered yet); the
+  DomainSpec with the NoCloud seed.
 - ``stop`` (clean, ``xl shutdown``; a timeout leaves it running with the error) / ``--force``
   (``xl destroy``); ``reboot``; ``console``.
 - ``destroy``: the domain on every hnode that has it (or a leftover), the volume, then the
@@ -180,7 +182,9 @@ class InstanceService(MigrationOps):
                 if d.name in (name, name + INCOMING, name + MIGRATEDAWAY):
                     raise InstanceError(f"instance {name}: {c.node.name} still has domain "
                                         f"{d.name}; hcboot instance migrate --cleanup {name}")
-        chosen = place(cands, Need(inst.memory_mb, self.settings.network.bridge, str(disk),
+        # the volume is not required in the host's facts here: a volume made a moment ago may
+        # not be discovered yet, and the driver's start attaches it (and fails naming it)
+        chosen = place(cands, Need(inst.memory_mb, self.settings.network.bridge, "",
                                    self.settings.overhead_mb), on, what=f"instance {name}")
         node = chosen.node
         progress(f"placed {name} on {node.name}"

@@ -307,3 +307,11 @@ def test_two_actions_cannot_begin_at_once(w: World) -> None:
     w.svc.begin("web1", "reboot")  # as if another hcboot were rebooting it
     with pytest.raises(StateError, match=r"cannot stop while rebooting.*--cleanup"):
         w.svc.stop("web1")
+
+
+def test_start_does_not_need_the_volume_discovered_yet(w: World) -> None:
+    inst = w.svc.create("web1", "domu", 256, start=False)
+    target = str(w.volumes.exports[inst.volume].target)
+    w.h1.blind.add(target)
+    w.h2.blind.add(target)  # no host has run aoe-discover since the volume appeared
+    assert w.svc.start("web1").state == "running"  # the driver's start attaches it
