@@ -133,14 +133,14 @@ class Instance:
     last action failed (kept until an action succeeds)."""
 
     name: str
-    template: str
-    memory_mb: int
-    vcpus: int
-    disk_size: int  # bytes
-    mac: str
-    ip: str
-    uuid: str
-    volume: str  # the root volume's name (homecloud.control.contracts.VolumeApi)
+    template: str = ""
+    memory_mb: int = 512
+    vcpus: int = 1
+    disk_size: int = 0  # bytes
+    mac: str = ""  # 0a:48:43:xx:xx:xx, allocated by the control service
+    ip: str = ""  # on the instance network, allocated by the control service
+    uuid: str = ""
+    volume: str = ""  # the root volume's name (homecloud.control.contracts.VolumeApi)
     host: str | None = None
     state: str = "creating"
     ssh_keys: tuple[str, ...] = ()
