@@ -162,7 +162,7 @@ class _Parser:
         exports = self.exports(top.get("exports"), data.get("exports"))
         instances = self.instances(top.get("instances"), data.get("instances"), nodes)
         drained = self.drained(top.get("drained"), data.get("drained"))
-        return Inventory(nodes, default_role, exports, instances, drained)
+        return Inventory(nodes, default_role, exports, instances=instances, drained=drained)
 
     # ------------------------------------------------------------------ nodes
     def nodes(self, seq: yaml.Node | None, data: object) -> tuple[Node, ...]:
