@@ -315,3 +315,28 @@ def test_start_does_not_need_the_volume_discovered_yet(w: World) -> None:
     w.h1.blind.add(target)
     w.h2.blind.add(target)  # no host has run aoe-discover since the volume appeared
     assert w.svc.start("web1").state == "running"  # the driver's start attaches it
+
+
+def _create_in_child(state: str, names: list[str]) -> None:
+    svc = InstanceService(YamlFileStore(Path(state), ROLES), FakeHosts(), FakeVolumes(DOMU))
+    for n in names:
+        svc.create(n, "domu", 64, start=False)
+
+
+def test_concurrent_creates_from_separate_processes(tmp_path: Path) -> None:
+    import multiprocessing
+
+    World(YamlFileStore(tmp_path, ROLES))  # the lab inventory
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_create_in_child,
+                         args=(str(tmp_path), [f"p{i}x{j}" for j in range(3)]))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    insts = YamlFileStore(tmp_path, ROLES).snapshot().inventory.instances
+    assert len(insts) == 12
+    assert len({i.mac for i in insts}) == 12 and len({i.ip for i in insts}) == 12
+    assert {i.state for i in insts} == {"stopped"}
