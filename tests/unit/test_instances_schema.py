@@ -80,6 +80,7 @@ def _broken(old: str, new: str) -> str:
     ("state: error", "state: flying", "state 'flying' not one of creating"),
     ("memory_mb: 384", "memory_mb: big", "memory_mb must be an integer in 64..1048576"),
     ("vcpus: 2", "vcpus: 0", "vcpus must be an integer in 1..128"),
+    ("disk_size: 4294967296", "disk_size: 4G", "disk_size must be an integer"),
     ("    vcpus: 2\n", "    vcpus: 2\n    color: red\n", "unknown key 'color'"),
     ("    template: domu-20261204T101500Z\n", "", "missing key 'template'"),
     ("drained:\n- hnode1", "drained: hnode1", "drained: must be a list of node names"),
