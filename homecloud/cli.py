@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from homecloud.aoe.cli import aoe
+from homecloud.cli_instances import instance, node
 from homecloud.control.service import ControlService
 from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import normalize_mac
@@ -188,6 +189,8 @@ def render(c: Ctx, mac: str, pxelinux: bool, server_ip: str, http_port: int) -> 
 
 main.add_command(aoe)
 main.add_command(serve)
+main.add_command(instance)
+main.add_command(node)
 main.add_command(lab)  # a tool: the composition root is the only module that imports it
 
 if __name__ == "__main__":  # pragma: no cover

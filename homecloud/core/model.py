@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from homecloud.core.ids import Target
+from homecloud.core.ids import BadMac, Target, normalize_mac
 
 #: the roles homecloud knows: the config node assigns these; images are built for them
 ROLES = ("snode", "hnode", "domu")
@@ -114,6 +114,40 @@ class VolumeExport(_ExportBase):
 Export = ImageExport | VolumeExport
 
 
+# ------------------------------------------------------------------------------- instances
+#: an instance's name is its Xen domain name and its host name: the hnode agent's rule
+#: (homecloud.agents.hostproto.NAME_RE), so ``NAME--incoming`` stays a valid xl name
+INSTANCE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+#: locally administered, unicast: "HC"; the control service allocates the last three bytes
+INSTANCE_MAC_PREFIX = "0a:48:43"
+#: the states an instance record can be in (the allowed transitions: homecloud.control.lifecycle)
+INSTANCE_STATES = ("creating", "stopped", "starting", "running", "stopping", "rebooting",
+                   "migrating", "destroying", "error")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A Xen guest made from a template, with its root volume on the storage nodes.
+
+    ``host`` is the hnode it runs on (state running) or last ran on; ``last_error`` is why the
+    last action failed (kept until an action succeeds)."""
+
+    name: str
+    template: str = ""
+    memory_mb: int = 512
+    vcpus: int = 1
+    disk_size: int = 0  # bytes
+    mac: str = ""  # 0a:48:43:xx:xx:xx, allocated by the control service
+    ip: str = ""  # on the instance network, allocated by the control service
+    uuid: str = ""
+    volume: str = ""  # the root volume's name (homecloud.control.contracts.VolumeApi)
+    host: str | None = None
+    state: str = "creating"
+    ssh_keys: tuple[str, ...] = ()
+    user_data: str = ""
+    last_error: str = ""
+
+
 @dataclass(frozen=True)
 class Inventory:
     """Every node by name, the role for unknown MACs, and the AoE exports."""
@@ -121,6 +155,8 @@ class Inventory:
     nodes: tuple[Node, ...] = ()
     default_role: str | None = None
     exports: tuple[Export, ...] = ()
+    instances: tuple[Instance, ...] = ()
+    drained: tuple[str, ...] = ()  # hnodes placement skips (hcboot node drain)
     _by_mac: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
     _by_name: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
 
@@ -156,6 +192,31 @@ class Inventory:
 
     def with_exports(self, exports: tuple[Export, ...]) -> Inventory:
         return replace(self, exports=exports, _by_mac={}, _by_name={})
+
+    # -------------------------------------------------------------------------- instances
+    def instance(self, name: str) -> Instance | None:
+        return next((i for i in self.instances if i.name == name), None)
+
+    def instance_by_mac(self, mac: str) -> Instance | None:
+        """The instance whose NIC has ``mac`` (the instance network's DHCP asks this)."""
+        try:
+            mac = normalize_mac(mac)
+        except BadMac:
+            return None
+        return next((i for i in self.instances if i.mac == mac), None)
+
+    def with_instance(self, inst: Instance) -> Inventory:
+        """This inventory with ``inst`` added, or replacing the instance of the same name."""
+        rest = [i for i in self.instances if i.name != inst.name] + [inst]
+        return replace(self, instances=tuple(sorted(rest, key=lambda i: i.name)),
+                       _by_mac={}, _by_name={})
+
+    def without_instance(self, name: str) -> Inventory:
+        return replace(self, instances=tuple(i for i in self.instances if i.name != name),
+                       _by_mac={}, _by_name={})
+
+    def with_drained(self, drained: tuple[str, ...]) -> Inventory:
+        return replace(self, drained=tuple(sorted(set(drained))), _by_mac={}, _by_name={})
 
     def consumer_macs(self, exp: Export) -> tuple[str, ...]:
         """The provisioning MACs of the nodes an export's consumers name (roles, names, MACs)."""

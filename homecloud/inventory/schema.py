@@ -19,6 +19,11 @@ one writer.
         consumers: [hnode]        # roles, node names or MACs allowed to use it
         snodes: all               # or a list of storage node names/MACs
         mode: ro                  # ro (shared roots) | rw (instance volumes)
+    instances:                    # Xen guests by name (written by hcboot instance ...)
+      web1: {template: domu-20261204T101500Z, memory_mb: 384, vcpus: 1, disk_size: 4294967296,
+             mac: "0a:48:43:00:00:01", ip: 203.0.113.10, uuid: 5f0c..., volume: web1-root,
+             host: hnode1, state: running, ssh_keys: [...], user_data: "", last_error: ""}
+    drained: [hnode2]             # hnodes that get no new instances (hcboot node drain)
 
 The list form of earlier releases (``nodes: [{mac, role, hostname, ip, cmdline, loader}]``) is
 still read; nodes without a host name are named ``<role>-<last 6 hex digits of the MAC>``.  The
@@ -50,9 +55,10 @@ from homecloud.core.model import (
     VolumeExport,
     default_node_name,
 )
+from homecloud.inventory.instances_schema import InstanceParsing, instance_doc
 
 INVENTORY_NAME = "inventory.yaml"
-_TOP_KEYS = ("default_role", "nodes", "exports")
+_TOP_KEYS = ("default_role", "nodes", "exports", "instances", "drained")
 _NODE_KEYS = ("role", "nics", "mac", "ip", "cmdline", "loader")
 _LEGACY_NODE_KEYS = ("mac", "role", "hostname", "ip", "cmdline", "loader")
 _NIC_KEYS = ("mac", "purpose", "ip")
@@ -81,7 +87,7 @@ def _pairs(node: yaml.MappingNode) -> dict[str, yaml.Node]:
     return {_text(k): v for k, v in node.value}
 
 
-class _Parser:
+class _Parser(InstanceParsing):
     def __init__(self, path: Path, roles: Iterable[str] | None) -> None:
         self.path = path
         self.roles = set(roles) if roles is not None else None
@@ -147,7 +153,9 @@ class _Parser:
             default_role = self.role("default_role", default_role, top.get("default_role"))
         nodes = self.nodes(top.get("nodes"), data.get("nodes"))
         exports = self.exports(top.get("exports"), data.get("exports"))
-        return Inventory(nodes, default_role, exports)
+        instances = self.instances(top.get("instances"), data.get("instances"), nodes)
+        drained = self.drained(top.get("drained"), data.get("drained"))
+        return Inventory(nodes, default_role, exports, instances=instances, drained=drained)
 
     # ------------------------------------------------------------------ nodes
     def nodes(self, seq: yaml.Node | None, data: object) -> tuple[Node, ...]:
@@ -375,5 +383,9 @@ def to_yaml(inv: Inventory) -> str:
         "nodes": {n.name: node_doc(n) for n in inv.nodes},
         "exports": [export_doc(e) for e in inv.exports],
     }
+    if inv.instances:
+        doc["instances"] = {i.name: instance_doc(i) for i in inv.instances}
+    if inv.drained:
+        doc["drained"] = list(inv.drained)
     header = "# homecloud inventory: written by hcboot; edits by hand are fine (quote MACs)\n"
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,175 @@
+"""Live migration, its repair, and draining an hnode.
+
+- ``migrate``: prechecks first (nothing is recorded when one refuses): the instance runs where
+  its record says, the target is up and not drained, runs the source's Xen version, has the
+  bridge, sees the volume and has the memory; then ``HostDriver.migrate`` (``xl migrate`` over
+  the hosts' authenticated channel) and the new placement is recorded only once the target's
+  facts list the domain under its own name.  A failure leaves the state ``error`` with the
+  driver's message (node, command, log tail) and points at ``migrate --cleanup``.
+- ``cleanup``: asks every hnode where the domain really is (``NAME``, ``NAME--incoming``,
+  ``NAME--migratedaway``) and repairs the record: the one host running ``NAME`` wins and every
+  leftover elsewhere is destroyed (a ``--migratedaway`` copy must never resume: two writers on
+  one volume); when no host runs ``NAME`` the leftovers are destroyed and the instance is
+  ``stopped`` (its disk is on the snodes; ``start`` boots it again).  It decides nothing while
+  an hnode does not answer (the domain may run there) or when two hosts run ``NAME``.
+- ``drain``: marks the hnode drained (placement skips it) and migrates every running instance
+  off it; ``undrain`` clears the mark.
+"""
+
+from __future__ import annotations
+
+from homecloud.control.contracts import DomainInfo, HostError, MigrationResult, Progress
+from homecloud.control.instbase import InstanceBase, quiet
+from homecloud.control.lifecycle import InstanceError
+from homecloud.control.placement import Candidate, Need, PlacementError, place
+from homecloud.core.model import Instance, Node
+from homecloud.inventory.protocol import update
+
+INCOMING = "--incoming"
+MIGRATEDAWAY = "--migratedaway"
+
+
+def is_running(d: DomainInfo) -> bool:
+    """Whether xl's flags say the domain runs (not paused, shut down, crashed or dying)."""
+    return not any(flag in d.state for flag in "pscd")
+
+
+class MigrationOps(InstanceBase):
+    # ------------------------------------------------------------------ migrate
+    def migration_target(self, inst: Instance, to: str | None,
+                         progress: Progress = quiet) -> tuple[Node, Candidate]:
+        """The prechecks: the source node and the target candidate, or a refusal."""
+        if inst.state != "running" or not inst.host:
+            raise InstanceError(f"instance {inst.name}: cannot migrate while {inst.state} "
+                                "(only a running instance migrates)")
+        source = self.hnode(inst.host)
+        src = self.facts(source)
+        names = [d.name for d in src.domains]
+        if inst.name not in names:
+            raise InstanceError(
+                f"instance {inst.name}: not running on {source.name}, where its record says "
+                f"(xl list there: {', '.join(names) or 'no guests'}); hcboot instance migrate "
+                f"--cleanup {inst.name} finds where it is")
+        if to == source.name:
+            raise InstanceError(f"instance {inst.name}: already runs on {to}")
+        disk = self.volume_target(inst)
+        need = Need(inst.memory_mb, self.settings.network.bridge, str(disk),
+                    self.settings.overhead_mb, xen_version=src.xen_version)
+        others = [c for c in self.candidates(progress) if c.node.name != source.name]
+        try:
+            target = place(others, need, to, what=f"instance {inst.name}")
+        except PlacementError as exc:
+            raise PlacementError(f"cannot migrate: {exc}") from None
+        return source, target
+
+    def migrate(self, name: str, to: str | None = None,
+                progress: Progress = quiet) -> MigrationResult:
+        inst = self.get(name)
+        source, target = self.migration_target(inst, to, progress)
+        progress(f"prechecks passed: {name} {source.name} -> {target.node.name} "
+                 f"({target.facts.free_memory_mb if target.facts else '?'} MiB free there)")
+        _, act = self.begin(name, "migrate")
+        with self.failing(name, act, progress):
+            result = self.hosts.migrate(source, name, target.node, progress)
+            progress(f"xl migrate finished in {result.seconds:.1f} s; asking "
+                     f"{target.node.name}")
+            there = self.facts(target.node).domains
+            if not any(d.name == name and is_running(d) for d in there):
+                seen = ", ".join(f"{d.name} ({d.state})" for d in there) or "none"
+                raise InstanceError(f"after xl migrate, {target.node.name} does not list "
+                                    f"{name} running (xl list there: {seen})")
+        self.set_state(name, act.done, host=target.node.name)
+        progress(f"placement recorded: {name} runs on {target.node.name}")
+        self._tidy(source, name, progress)
+        return result
+
+    def _tidy(self, node: Node, name: str, progress: Progress) -> None:
+        """Remove what the domain left on a host it no longer runs on (seed, xl config); a
+        failure here is reported, not fatal (the instance runs elsewhere)."""
+        try:
+            self.hosts.cleanup(node, name, progress)
+        except HostError as exc:
+            progress(f"warning: cleaning up {name} on {node.name} failed: {exc}")
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self, name: str, progress: Progress = quiet) -> Instance:
+        """Find where ``name`` really is and repair its record (see the module docstring)."""
+        self.get(name)
+        running: list[Node] = []
+        leftovers: list[tuple[Node, DomainInfo]] = []
+        silent: list[str] = []
+        for node in self.hnodes():
+            try:
+                facts = self.hosts.facts(node)
+            except HostError as exc:
+                silent.append(f"{node.name} ({exc})")
+                progress(f"{node.name} did not answer: {exc}")
+                continue
+            for d in facts.domains:
+                if d.name == name:
+                    running.append(node)
+                    progress(f"{node.name} runs {name} ({d.state})")
+                elif d.name in (name + INCOMING, name + MIGRATEDAWAY):
+                    leftovers.append((node, d))
+                    progress(f"{node.name} has {d.name} ({d.state})")
+        if len(running) > 1:
+            msg = (f"cleanup: {name} runs on {' and '.join(n.name for n in running)}: two "
+                   "writers on one volume; stop all but one by hand (xl destroy), then run "
+                   "cleanup again")
+            self.set_state(name, "error", error=msg)
+            raise InstanceError(f"instance {name}: {msg}")
+        if not running and silent:
+            msg = (f"cleanup: {name} runs on no hnode that answered, and "
+                   f"{', '.join(silent)} did not answer: it may run there; nothing changed")
+            self.set_state(name, "error", error=msg)
+            raise InstanceError(f"instance {name}: {msg}")
+        removed = []
+        for node, d in leftovers:
+            self.hosts.destroy(node, d.name, progress)
+            removed.append(f"{d.name} on {node.name}")
+            if node not in running:
+                self._tidy(node, name, progress)
+        if running:
+            inst = self.set_state(name, "running", host=running[0].name)
+            progress(f"recorded: {name} runs on {running[0].name}"
+                     + (f"; removed {', '.join(removed)}" if removed else ""))
+            return inst
+        note = (f"cleanup: {name} ran on no hnode; removed {', '.join(removed)} (its memory "
+                "is lost, its disk is intact); start it again" if removed else "")
+        inst = self.set_state(name, "stopped", error=note)
+        progress(f"recorded: {name} is stopped (runs nowhere)")
+        return inst
+
+    # ------------------------------------------------------------------ drain
+    def drain(self, hnode: str, progress: Progress = quiet) -> list[MigrationResult]:
+        """Mark ``hnode`` drained and live-migrate every running instance off it."""
+        self.hnode(hnode)
+        update(self.store, lambda inv: inv.with_drained((*inv.drained, hnode)))
+        progress(f"{hnode} drained: nothing new is placed there")
+        results: list[MigrationResult] = []
+        failed: list[str] = []
+        for inst in self.instances():
+            if inst.host != hnode or inst.state == "stopped":
+                continue
+            if inst.state != "running":
+                failed.append(f"{inst.name} ({inst.state}: not moved; hcboot instance migrate "
+                              f"--cleanup {inst.name})")
+                continue
+            progress(f"migrating {inst.name} off {hnode}")
+            try:
+                results.append(self.migrate(inst.name, None, progress))
+            except InstanceError as exc:
+                failed.append(f"{inst.name} ({exc})")
+        if failed:
+            raise InstanceError(f"hnode {hnode} is drained but still has {len(failed)} "
+                                f"instance(s): {'; '.join(failed)}")
+        return results
+
+    def undrain(self, hnode: str) -> None:
+        self.hnode(hnode)
+        update(self.store, lambda inv: inv.with_drained(
+            tuple(n for n in inv.drained if n != hnode)))
+
+    def drained(self) -> tuple[str, ...]:
+        return self.inventory().drained
+
