@@ -53,6 +53,7 @@ STATE_DIR = Path("/var/lib/hc/hnode")  # keys, pinned peers (persist for the boo
 RUN_DIR = Path("/run/hc/hnode")  # per-domain xl configs and seed images
 MIGRATION_KEY = "migration_key"  # in STATE_DIR (+ .pub): this host's key for xl migrate -s
 PEERS_KNOWN_HOSTS = "peers_known_hosts"  # in STATE_DIR: the other hnodes' pinned host keys
+XEN_CAPS = Path("/proc/xen/capabilities")  # "control_d" in a dom0
 SEED_SIZE_KB = 1024
 AOE_WAIT = 30.0
 SUFFIXES = ("", "--incoming", "--migratedaway")
@@ -79,6 +80,7 @@ class Config:
     xl: str | None = None  # None: looked up (find_xl)
     node: str = field(default_factory=socket.gethostname)
     aoe_wait: float = AOE_WAIT
+    xen_caps: Path = XEN_CAPS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -86,7 +88,9 @@ class Config:
                    run=Path(env.get("HC_HNODE_RUN", str(RUN_DIR))),
                    etherd=Path(env.get("HC_HNODE_ETHERD", str(xlcfg.ETHERD))),
                    xl=env.get("HC_HNODE_XL") or None,
-                   aoe_wait=float(env.get("HC_HNODE_AOE_WAIT", AOE_WAIT)))
+                   node=env.get("HC_HNODE_NAME") or socket.gethostname(),
+                   aoe_wait=float(env.get("HC_HNODE_AOE_WAIT", AOE_WAIT)),
+                   xen_caps=Path(env.get("HC_HNODE_XEN_CAPS", str(XEN_CAPS))))
 
 
 def find_xl(cfg: Config) -> str:
@@ -102,7 +106,20 @@ def find_xl(cfg: Config) -> str:
     return found[-1]
 
 
+def require_dom0(cfg: Config) -> None:
+    """xl works only in a Xen dom0: say so plainly instead of xl's libxc errors."""
+    try:
+        caps = cfg.xen_caps.read_text()
+    except OSError as exc:
+        raise Failed(f"{cfg.node}: not a Xen dom0: {cfg.xen_caps}: {exc.strerror} (no "
+                     "hypervisor, or xenfs not mounted)") from None
+    if "control_d" not in caps:
+        raise Failed(f"{cfg.node}: not a Xen dom0: {cfg.xen_caps} has no control_d "
+                     f"({caps.strip()!r})")
+
+
 def _xl(cfg: Config, *args: str, timeout: float = 120) -> str:
+    require_dom0(cfg)
     argv = [find_xl(cfg), *args]
     try:
         return run(argv, timeout=timeout)
@@ -317,10 +334,16 @@ def handle(cfg: Config, req: Request) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- SSH modes
 
 
-def agent_mode(original: str | None) -> tuple[str, str]:
+def agent_mode(original: str | None, via_ssh: bool = True) -> tuple[str, str]:
     """What the config node's key asked for: ``("serve", "")`` or ``("console", NAME)``;
-    :class:`Refused` for anything else (a shell, another command)."""
-    words = shlex.split(original) if original else [AGENT_COMMAND]
+    :class:`Refused` for anything else (a shell, another command).  Run by hand on the node
+    (not through SSH) it serves a request from stdin."""
+    if original is None and not via_ssh:
+        return "serve", ""
+    try:
+        words = shlex.split(original or "")
+    except ValueError:
+        words = []
     if words == [AGENT_COMMAND]:
         return "serve", ""
     if len(words) == 3 and words[:2] == [AGENT_COMMAND, "console"] and NAME_RE.match(words[2]):
@@ -411,7 +434,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             os.execv(rcv[0], rcv)
         if mode != "agent":
             raise Refused(f"usage: hc-hnode-agent [agent|migrate-gate], not {mode!r}")
-        what, name = agent_mode(original)
+        what, name = agent_mode(original, via_ssh="SSH_CONNECTION" in env)
         if what == "console":
             xl = find_xl(cfg)
             os.execv(xl, [xl, "console", name])

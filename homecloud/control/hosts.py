@@ -141,8 +141,9 @@ class SshHostDriver:
             raise HostError(f"{node.name}: {req.action}: unreadable answer ({exc}): "
                             f"{_tail(r.stdout + r.stderr)}") from None
         if not ans.ok:
-            extra = f"; command: {ans.command}" if ans.command else ""
-            extra += f"; output: {_tail(ans.tail)}" if ans.tail else ""
+            extra = f"; command: {ans.command}" if ans.command not in ans.error else ""
+            tail = _tail(ans.tail) if ans.tail else ""
+            extra += f"; output: {tail}" if tail and tail not in ans.error else ""
             raise HostError(f"{node.name}: {req.action}: {ans.error}{extra}")
         return dict(ans.result)
 

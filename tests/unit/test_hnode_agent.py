@@ -113,10 +113,11 @@ def test_oversized_request_refused() -> None:
 
 
 def test_agent_mode_decisions() -> None:
-    assert agent_mode(None) == ("serve", "")
+    assert agent_mode(None, via_ssh=False) == ("serve", "")
     assert agent_mode("hc-hnode-agent") == ("serve", "")
     assert agent_mode("hc-hnode-agent console web1") == ("console", "web1")
-    for bad in ("sh", "bash -i", "hc-hnode-agent; sh", "hc-hnode-agent console ../x",
+    for bad in (None, "", "sh", "bash -i", "hc-hnode-agent 'x", "hc-hnode-agent; sh",
+                "hc-hnode-agent console ../x",
                 "hc-hnode-agent console web1 extra", "xl list", "scp -t /root",
                 "hc-hnode-agent migrate-gate"):
         with pytest.raises(Refused, match="runs only 'hc-hnode-agent'"):
@@ -225,16 +226,21 @@ esac
     return xl
 
 
-def _agent(tmp_path: Path, request: object, xl: Path | None, original: str | None = None,
+def _agent(tmp_path: Path, request: object, xl: Path | None,
+           original: str | None = "hc-hnode-agent",
            args: tuple[str, ...] = ()) -> tuple[int, dict[str, object], str]:
     (tmp_path / "etherd").mkdir(exist_ok=True)
+    if not (tmp_path / "caps").exists():
+        (tmp_path / "caps").write_text("control_d\n")  # /proc/xen/capabilities of a dom0
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **agent_env(),
            "HC_HNODE_ETHERD": str(tmp_path / "etherd"), "HC_HNODE_AOE_WAIT": "1",
+           "HC_HNODE_XEN_CAPS": str(tmp_path / "caps"),
            "HC_HNODE_STATE": str(tmp_path / "state"), "HC_HNODE_RUN": str(tmp_path / "run")}
     if xl is not None:
         env["HC_HNODE_XL"] = str(xl)
-    if original is not None:
+    if original is not None:  # as sshd runs a forced command
         env["SSH_ORIGINAL_COMMAND"] = original
+        env["SSH_CONNECTION"] = "198.51.100.1 50000 198.51.100.11 22"
     text = request if isinstance(request, str) else json.dumps(request)
     r = subprocess.run([sys.executable, str(LAUNCHER), *args], input=text, env=env,
                        capture_output=True, text=True, timeout=60)
@@ -261,6 +267,13 @@ def test_facts_without_xl_is_a_clear_answer(tmp_path: Path) -> None:
                           tmp_path / "no-such-xl")
     assert code == 1 and ans["ok"] is False
     assert "xl not executable" in str(ans["error"]) and "no-such-xl" in str(ans["error"])
+
+
+def test_facts_outside_a_dom0_says_so(tmp_path: Path) -> None:
+    (tmp_path / "caps").write_text("")  # a domU's /proc/xen/capabilities
+    code, ans, _ = _agent(tmp_path, {"version": 1, "action": "facts"}, _fake_xl(tmp_path))
+    assert code == 1 and "not a Xen dom0" in str(ans["error"]) and "control_d" in str(ans["error"])
+    assert not (tmp_path / "calls").exists()  # xl was not even run
 
 
 def test_bad_request_and_refused_command(tmp_path: Path) -> None:
