@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from homecloud.agents import hntrust, xlcfg
-from homecloud.agents.common import AgentError, CommandError, run
+from homecloud.agents.common import AgentError, CommandError, cmdline_args, http_get, run
 from homecloud.agents.hostproto import (
     AGENT_COMMAND,
     MAX_REQUEST_BYTES,
@@ -400,21 +400,35 @@ def serve(cfg: Config, stdin: TextIO, stdout: TextIO) -> int:
 AGENT_BIN = "/usr/local/sbin/hc-hnode-agent"
 
 
+def trust_source(args: Sequence[str], env: Mapping[str, str]) -> str:
+    """The trust document's place: the argument (a file or an http URL), else
+    ``<hc.server>/trust/<hc.mac>.json`` from the kernel command line (as the plan's URL)."""
+    if len(args) == 1:
+        return args[0]
+    if args:
+        raise Refused("usage: hc-hnode-agent trust [FILE|URL]")
+    cl = cmdline_args(env.get("HC_CMDLINE") or "/proc/cmdline")
+    server, mac = cl.get("hc.server", "").rstrip("/"), cl.get("hc.mac", "")
+    if not server or not mac:
+        raise Failed("no hc.server/hc.mac on the kernel command line: no trust to fetch")
+    return f"{server}/trust/{mac}.json"
+
+
 def trust(cfg: Config, args: Sequence[str], env: Mapping[str, str]) -> int:
-    """``hc-hnode-agent trust FILE``: install the trust document in FILE (authorized_keys,
-    the peers' known hosts) and make the migration key if there is none; prints its public
-    half (for the node's report)."""
-    if len(args) != 1:
-        raise Refused("usage: hc-hnode-agent trust TRUST.json")
-    path = Path(args[0])
+    """``hc-hnode-agent trust [FILE|URL]``: install the trust document (authorized_keys, the
+    peers' known hosts) and make the migration key if there is none; prints its public half
+    (for the node's report)."""
+    # the migration key first: the node reports it even while the trust cannot be fetched
+    key = hntrust.ensure_migration_key(cfg.state / MIGRATION_KEY)
+    src = trust_source(args, env)
     try:
-        doc = hntrust.parse_trust(path.read_bytes())
-    except (OSError, ProtocolError) as exc:
-        raise Failed(f"trust document {path}: {exc}") from None
+        raw = http_get(src, timeout=20) if src.startswith("http") else Path(src).read_bytes()
+        doc = hntrust.parse_trust(raw)
+    except (OSError, AgentError, ProtocolError) as exc:
+        raise Failed(f"trust document {src}: {exc}") from None
     agent = env.get("HC_HNODE_AGENT", AGENT_BIN)
     auth = Path(env.get("HC_HNODE_AUTHORIZED_KEYS", "/root/.ssh/authorized_keys"))
     hntrust.install(doc, auth, cfg.state / PEERS_KNOWN_HOSTS, agent, f"{agent} migrate-gate")
-    key = hntrust.ensure_migration_key(cfg.state / MIGRATION_KEY)
     print(key.bare)
     return 0
 

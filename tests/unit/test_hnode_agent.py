@@ -328,3 +328,17 @@ def test_answer_reader() -> None:
     assert parse_answer('{"version": 1, "ok": false, "action": "x", "error": "e"}').error == "e"
     with pytest.raises(ProtocolError, match=r"answer\.result"):
         parse_answer('{"version": 1, "ok": true, "action": "x"}')
+
+
+def test_trust_source_from_the_kernel_command_line(tmp_path: Path) -> None:
+    from homecloud.agents.hnode import Failed, trust_source
+    cl = tmp_path / "cmdline"
+    cl.write_text("console=hvc0 hc.server=http://198.51.100.1:8080/ hc.mac=52:54:00:4b:00:01\n")
+    assert trust_source([], {"HC_CMDLINE": str(cl)}) == \
+        "http://198.51.100.1:8080/trust/52:54:00:4b:00:01.json"
+    assert trust_source(["/tmp/t.json"], {}) == "/tmp/t.json"
+    cl.write_text("console=hvc0\n")
+    with pytest.raises(Failed, match=r"no hc\.server/hc\.mac"):
+        trust_source([], {"HC_CMDLINE": str(cl)})
+    with pytest.raises(Refused, match="usage"):
+        trust_source(["a", "b"], {})
