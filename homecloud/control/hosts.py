@@ -77,7 +77,10 @@ class SshHostDriver:
     def __init__(self, key: Path, host_key_of: HostKeyOf, known_dir: Path,
                  prefix: Sequence[str] = (), user: str = "root", port: int = 22,
                  connect_timeout: int = 10, action_timeout: float = 600,
-                 ssh: str = "ssh") -> None:
+                 ssh: str = "ssh",
+                 address_of: Callable[[Node], str | None] | None = None) -> None:
+        """``address_of(node)``: where to reach a node whose inventory entry has no static
+        address (its DHCP lease); default: the provisioning NIC's ``ip``."""
         self.key = Path(key)
         self.host_key_of = host_key_of
         self.known_dir = Path(known_dir)
@@ -86,10 +89,14 @@ class SshHostDriver:
         self.connect_timeout = connect_timeout
         self.action_timeout = action_timeout
         self.ssh = ssh
+        self.address_of = address_of
 
     # ------------------------------------------------------------------ SSH
 
     def _address(self, node: Node) -> str:
+        addr = self.address_of(node) if self.address_of else None
+        if addr:
+            return addr
         if not node.ip:
             raise HostError(f"{node.name}: no address on its provisioning NIC {node.mac}")
         return node.ip

@@ -1,0 +1,111 @@
+"""The hnode agent in the real hnode image, reached by the control's SshHostDriver over SSH.
+
+``hcboot lab up`` with one snode and one hnode from the real images (``HC_LAB_IMAGES``, else
+the session's ``hcbuild image --all``; tests/support/builds.py).  At boot the hnode makes its
+SSH host key and migration key, fetches its trust from hcboot (``GET /trust/<mac>.json``: the
+config node's key, made on that first request) and reports both public keys; the config node
+then pins the reported host key and asks the agent for the host's facts: Xen 4.17, its memory,
+the instance bridge ``xenbr1``.  A session with the config key that asks for anything but the
+agent is refused.  Everything runs inside the lab's network namespace (``ip netns exec``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from homecloud.control.contracts import HostError
+from homecloud.control.hosts import SshHostDriver, host_key_from_reports
+from homecloud.control.reports import read_reports
+from homecloud.core.manifest import ImageStore
+from homecloud.core.model import Nic, Node
+from tests.support.builds import ensure_built_all
+
+
+def hcboot(*args: str, timeout: float = 1800,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "homecloud", *args], capture_output=True,
+                       text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"hcboot {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("HC_LAB_IMAGES")
+    path = Path(env) if env else ensure_built_all(tmp_path_factory)[0]
+    h = ImageStore(path).manifest("hnode")
+    assert h is not None and "rootfs" in h.artifacts, f"{path}: no hnode image with a rootfs"
+    return path
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "lab"
+    yield d
+    hcboot("lab", "down", "--state-dir", str(d), check=False)
+
+
+def _reported_keys(hcboot_dir: Path, mac: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    facts: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        facts = (read_reports(hcboot_dir).get(mac) or {}).get("facts") or {}
+        if "ssh_host_key" in facts and "migration_key" in facts:
+            return facts
+        time.sleep(2)
+    raise AssertionError(f"{mac}: no ssh_host_key/migration_key in its report: {facts}")
+
+
+def test_driver_reaches_the_agent_in_the_real_hnode(lab_dir: Path, store: Path,
+                                                    tmp_path: Path) -> None:
+    r = hcboot("lab", "up", "--state-dir", str(lab_dir), "--images", str(store), "--no-build",
+               "--snodes", "1", "--hnodes", "1", "--timeout", "2400", timeout=2700,
+               check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(hcboot("lab", "status", "--json", "--state-dir", str(lab_dir)).stdout)
+    hn = next(n for n in doc["nodes"] if n["role"] == "hnode")
+    assert hn["state"] == "dom0 up", hn
+    hcboot_dir = lab_dir / "hcboot"
+    facts = _reported_keys(hcboot_dir, hn["mac"])
+    assert facts["ssh_host_key"].startswith("ssh-ed25519 ")
+    key = hcboot_dir / "ssh" / "id_ed25519"
+    assert key.is_file(), "the trust route did not make the config node's key"
+    node = Node(name=hn["node"], role="hnode", nics=(Nic(hn["mac"], ip=hn["address"]),))
+    prefix = ["ip", "netns", "exec", doc["netns"]]
+    driver = SshHostDriver(key, host_key_from_reports(read_reports(hcboot_dir)),
+                           tmp_path / "known", prefix=prefix, connect_timeout=30,
+                           action_timeout=300)
+    # sshd may still be starting after the report: a few tries
+    deadline, last = time.monotonic() + 180, None
+    while True:
+        try:
+            hf = driver.facts(node)
+            break
+        except HostError as exc:  # retried, then reported
+            last = exc
+            if time.monotonic() > deadline:
+                raise AssertionError(f"facts over SSH never worked: {last}") from None
+            time.sleep(5)
+    assert hf.xen_version == "4.17", hf
+    assert hf.total_memory_mb > 512 and 0 < hf.free_memory_mb <= hf.total_memory_mb, hf
+    assert "xenbr1" in hf.bridges, hf
+    assert hf.domains == (), hf
+    # the config key runs nothing but the agent
+    argv = driver.ssh_argv(node, ["id"])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "refused" in out.stdout and "uid=" not in out.stdout, out
+    # a changed host key is refused
+    other = SshHostDriver(key, lambda n: facts["migration_key"], tmp_path / "known2",
+                          prefix=prefix, connect_timeout=30)
+    with pytest.raises(HostError, match="Host key verification failed"):
+        other.facts(node)
