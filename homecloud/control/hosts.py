@@ -138,9 +138,12 @@ class SshHostDriver:
                             f" ({shlex.join(argv[-3:])})") from None
         except FileNotFoundError:
             raise HostError(f"{node.name}: cannot run {argv[0]}") from None
-        if r.returncode == 255 or not r.stdout.strip():
-            # 255: ssh itself failed (refused key, changed host key, unreachable)
+        if r.returncode == 255:
+            # ssh itself failed (refused key, changed host key, unreachable)
             raise HostError(f"{node.name}: {req.action}: ssh to {self._address(node)} failed "
+                            f"(exit code 255): {_tail(r.stderr)}")
+        if not r.stdout.strip():
+            raise HostError(f"{node.name}: {req.action}: no answer from the agent "
                             f"(exit code {r.returncode}): {_tail(r.stderr)}")
         try:
             ans = parse_answer(r.stdout)
