@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if what == "console":
             xl = find_xl(cfg)
             os.execv(xl, [xl, "console", name])
-    except (Refused, Failed, CommandError) as exc:
+    except (Refused, Failed, CommandError, OSError, ValueError) as exc:
         if mode == "agent":
             sys.stdout.write(answer_json(Answer(action="?", ok=False, result={},
                                                 error=f"{cfg.node}: {exc}")))

@@ -153,6 +153,9 @@ def authorized_keys(t: Trust, agent: str, gate: str) -> str:
     """root's authorized_keys: config keys run only ``agent``, peers' migration keys only
     ``gate`` (xl migrate-receive), admin keys get a shell.  ``restrict`` takes away port, agent
     and X11 forwarding and the pty; the agent's console mode needs a pty, so it is given back."""
+    for cmd in (agent, gate):
+        if '"' in cmd or "\n" in cmd or "\\" in cmd:
+            raise ValueError(f"forced command with a quote, backslash or newline: {cmd!r}")
     lines = ["# written by hc-hnode-agent trust from the config node's trust document"]
     lines += [f'restrict,pty,command="{agent}" {k.bare} hc-config' for k in t.config_keys]
     lines += [f'restrict,command="{gate}" {p.migration_key.bare} hc-migrate-{p.name}'
