@@ -96,3 +96,20 @@ def test_ssh_facts(tmp_path: Path) -> None:
     assert ssh_facts(env) == {"ssh_host_key": host, "migration_key": mig}
     assert ssh_facts({"HC_SSH_HOST_KEY": str(tmp_path / "none"),
                       "HC_MIGRATION_KEY": str(tmp_path / "none")}) == {}
+
+
+def test_driver_ssh_argv_is_pinned_batch_and_prefixed(tmp_path: Path) -> None:
+    from homecloud.control.hosts import SshHostDriver
+    host = _pub(tmp_path, "h")
+    d = SshHostDriver(tmp_path / "k", lambda n: host, tmp_path / "known",
+                      prefix=["ip", "netns", "exec", "lab"],
+                      address_of=lambda n: "198.51.100.77")
+    node = Node("hn1", "hnode", (Nic(HN["hn1"][0], ip=HN["hn1"][1]),))
+    argv = d.ssh_argv(node, ["hc-hnode-agent"])
+    assert argv[:5] == ["ip", "netns", "exec", "lab", "ssh"]
+    for opt in ("BatchMode=yes", "StrictHostKeyChecking=yes", "HostKeyAlias=hn1",
+                f"UserKnownHostsFile={tmp_path}/known/hn1.known_hosts", "IdentitiesOnly=yes",
+                "GlobalKnownHostsFile=/dev/null"):
+        assert opt in argv, opt
+    assert argv[-3:] == ["198.51.100.77", "--", "hc-hnode-agent"]
+    assert (tmp_path / "known" / "hn1.known_hosts").read_text() == f"hn1 {host}\n"
