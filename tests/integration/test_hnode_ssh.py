@@ -56,6 +56,7 @@ case "$1" in
         rc=$?; [ $rc = 0 ] && rm -f "$d/running"; exit $rc ;;
   migrate-receive) cat > "$d/received"
         echo "migration target: got $(wc -c < "$d/received") bytes" >&2 ;;
+  console) echo "console of $2 on $(cat "$d/name") tty=$(tty)" ;;
   *) echo "xl: unexpected $*" >&2; exit 1 ;;
 esac
 """
@@ -267,3 +268,16 @@ def test_migrate_over_pinned_ssh_between_hnodes(env: Env) -> None:
     finally:
         known.write_text(good)
         (hn1.dir / "running").unlink(missing_ok=True)
+
+
+def test_console_runs_xl_console_on_a_terminal(env: Env) -> None:
+    h = env.hosts["hn1"]
+    r = env.ssh(h, env.config_key, AGENT_COMMAND, "console", "web1", tty=True)
+    assert r.returncode == 0, r
+    assert "console of web1 on hn1 tty=/dev/pts/" in r.stdout, r
+    # only a domain name: no option, no path, no second word
+    for bad in ("-h", "../web1", "web1 extra"):
+        r = env.ssh(h, env.config_key, AGENT_COMMAND, "console", *bad.split())
+        assert r.returncode == 2 and "refused" in r.stdout, r
+    # the driver's own console call (no local terminal here: ssh says so and runs it anyway)
+    assert env.driver().console(h.node, "web1") == 0
