@@ -109,3 +109,63 @@ def test_driver_reaches_the_agent_in_the_real_hnode(lab_dir: Path, store: Path,
                           prefix=prefix, connect_timeout=30)
     with pytest.raises(HostError, match="Host key verification failed"):
         other.facts(node)
+
+
+def _admin_ssh(prefix: list[str], key: Path, known: Path, ip: str, command: str,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, "ssh", "-i", str(key), "-l", "root", "-o", "BatchMode=yes",
+                           "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+                           "-o", f"UserKnownHostsFile={known}", "-o", "ConnectTimeout=30",
+                           "-T", ip, command], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_two_hnodes_trust_each_other_for_migration_only(lab_dir: Path, store: Path,
+                                                        tmp_path: Path) -> None:
+    r = hcboot("lab", "up", "--state-dir", str(lab_dir), "--images", str(store), "--no-build",
+               "--snodes", "1", "--hnodes", "2", "--timeout", "2400", timeout=2700,
+               check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(hcboot("lab", "status", "--json", "--state-dir", str(lab_dir)).stdout)
+    hn1, hn2 = sorted((n for n in doc["nodes"] if n["role"] == "hnode"),
+                      key=lambda n: n["node"])
+    hcboot_dir, prefix = lab_dir / "hcboot", ["ip", "netns", "exec", doc["netns"]]
+    f1, f2 = (_reported_keys(hcboot_dir, n["mac"]) for n in (hn1, hn2))
+    # an admin key, configured on the config node after the hnodes booted: the trust timer
+    # brings it to them, with the peer that booted later
+    admin = tmp_path / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(admin)],
+                   check=True, capture_output=True)
+    (hcboot_dir / "ssh" / "admin_keys").write_text(
+        admin.with_suffix(".pub").read_text())
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{hn1['address']} {f1['ssh_host_key']}\n"
+                     f"{hn2['address']} {f2['ssh_host_key']}\n")
+    deadline, peers = time.monotonic() + 300, None
+    while time.monotonic() < deadline:
+        peers = _admin_ssh(prefix, admin, known, hn1["address"],
+                           "cat /var/lib/hc/hnode/peers_known_hosts")
+        if peers.returncode == 0 and f2["ssh_host_key"] in peers.stdout:
+            break
+        time.sleep(5)
+    assert peers is not None and peers.returncode == 0, peers
+    assert f"{hn2['address']},{hn2['node']} {f2['ssh_host_key']}" in peers.stdout, peers
+    # hn1's migration key on hn2: nothing but xl migrate-receive
+    mig = ("ssh -i /var/lib/hc/hnode/migration_key -l root -o BatchMode=yes "
+           "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/var/lib/hc/hnode/peers_known_hosts "
+           f"-o IdentitiesOnly=yes {hn2['address']}")
+    refused = _admin_ssh(prefix, admin, known, hn1["address"], f"{mig} id; echo rc=$?")
+    assert "rc=2" in refused.stdout and "runs only 'xl migrate-receive'" in refused.stderr, \
+        refused
+    assert "uid=" not in refused.stdout
+    # migrate-receive runs the real xl on hn2; with no stream it gives up, in xl's words
+    rcv = _admin_ssh(prefix, admin, known, hn1["address"],
+                     f"{mig} xl migrate-receive < /dev/null; echo rc=$?")
+    assert "migration target" in rcv.stdout + rcv.stderr, rcv
+    # the driver reaches both agents
+    key = hcboot_dir / "ssh" / "id_ed25519"
+    driver = SshHostDriver(key, host_key_from_reports(read_reports(hcboot_dir)),
+                           tmp_path / "known", prefix=prefix, connect_timeout=30)
+    for n in (hn1, hn2):
+        node = Node(name=n["node"], role="hnode", nics=(Nic(n["mac"], ip=n["address"]),))
+        assert driver.facts(node).xen_version == "4.17"
