@@ -11,8 +11,10 @@ agent is refused.  Everything runs inside the lab's network namespace (``ip netn
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -169,3 +171,113 @@ def test_two_hnodes_trust_each_other_for_migration_only(lab_dir: Path, store: Pa
     for n in (hn1, hn2):
         node = Node(name=n["node"], role="hnode", nics=(Nic(n["mac"], ip=n["address"]),))
         assert driver.facts(node).xen_version == "4.17"
+
+
+GUEST_INIT = """#!/bin/busybox sh
+# a guest that stays up and counts: its console shows it keeps running after a migration
+/bin/busybox mount -t proc proc /proc
+n=0
+while true; do
+    n=$((n + 1))
+    /bin/busybox echo "HC-GUEST-TICK $n"
+    /bin/busybox sleep 2
+done
+"""
+
+
+def _guest_initrd(tmp: Path) -> Path:
+    root = tmp / "groot"
+    for d in ("bin", "proc", "dev"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/bin/busybox", root / "bin" / "busybox")   # static (busybox-static)
+    (root / "init").write_text(GUEST_INIT)
+    (root / "init").chmod(0o755)
+    out = tmp / "guest.img"
+    files = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True,
+                           check=True).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files.encode(),
+                          capture_output=True, check=True).stdout
+    out.write_bytes(gzip.compress(cpio))
+    return out
+
+
+def test_live_migration_of_a_pvh_guest_between_real_hnodes(lab_dir: Path, store: Path,
+                                                           tmp_path: Path) -> None:
+    """The agent's migrate: real ``xl migrate -s "ssh ..."`` from hn1 to hn2 over the pinned
+    migration key into hn2's migrate-gate.  The guest is a disk-less PVH domain (dom0's own
+    kernel + a busybox initramfs that counts on its console), started by the admin's shell,
+    since its volume (an AoE export) is the volumes' part; what migrates is the same."""
+    r = hcboot("lab", "up", "--state-dir", str(lab_dir), "--images", str(store), "--no-build",
+               "--snodes", "1", "--hnodes", "2", "--timeout", "2400", timeout=2700,
+               check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(hcboot("lab", "status", "--json", "--state-dir", str(lab_dir)).stdout)
+    hn1, hn2 = sorted((n for n in doc["nodes"] if n["role"] == "hnode"),
+                      key=lambda n: n["node"])
+    hcboot_dir, prefix = lab_dir / "hcboot", ["ip", "netns", "exec", doc["netns"]]
+    f1, f2 = (_reported_keys(hcboot_dir, n["mac"]) for n in (hn1, hn2))
+    admin = tmp_path / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(admin)],
+                   check=True, capture_output=True)
+    (hcboot_dir / "ssh" / "admin_keys").write_text(admin.with_suffix(".pub").read_text())
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{hn1['address']} {f1['ssh_host_key']}\n"
+                     f"{hn2['address']} {f2['ssh_host_key']}\n")
+
+    def sh(n: dict[str, Any], cmd: str, stdin: bytes | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*prefix, "ssh", "-i", str(admin), "-l", "root", "-o",
+                               "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                               "-o", "StrictHostKeyChecking=yes",
+                               "-o", f"UserKnownHostsFile={known}", "-T", n["address"], cmd],
+                              input=stdin or b"", capture_output=True, timeout=timeout)
+
+    # both hnodes know each other (trust timer) and take the admin key
+    deadline = time.monotonic() + 300
+    while True:
+        ok = [sh(a, "cat /var/lib/hc/hnode/peers_known_hosts") for a in (hn1, hn2)]
+        if all(p.returncode == 0 for p in ok) and f2["ssh_host_key"].encode() in ok[0].stdout \
+                and f1["ssh_host_key"].encode() in ok[1].stdout:
+            break
+        assert time.monotonic() < deadline, f"no mutual trust: {ok}"
+        time.sleep(5)
+    img = _guest_initrd(tmp_path)
+    assert sh(hn1, "cat > /run/hc-guest.img", stdin=img.read_bytes()).returncode == 0
+    cfg = ('name = "mig1"\ntype = "pvh"\nkernel = "KERNEL"\nramdisk = "/run/hc-guest.img"\n'
+           'extra = "console=hvc0"\nmemory = 96\nvcpus = 1\ntsc_mode = "native"\n'
+           'on_crash = "destroy"\n')
+    create = sh(hn1, f"k=$(ls /boot/vmlinuz-* | tail -n 1); "
+                     f"printf '%s' '{cfg}' | sed \"s|KERNEL|$k|\" > /run/mig1.cfg && "
+                     "/usr/lib/xen-4.17/bin/xl create /run/mig1.cfg", timeout=600)
+    assert create.returncode == 0, create
+    # xenconsoled names the log by the name it first sees (mig1--incoming on the target)
+    log = "/var/log/xen/console/guest-mig1*.log"
+    deadline = time.monotonic() + 600
+    while b"HC-GUEST-TICK 3" not in sh(hn1, f"cat {log}").stdout:
+        assert time.monotonic() < deadline, sh(hn1, f"cat {log}; xl list").stdout[-2000:]
+        time.sleep(5)
+
+    key = hcboot_dir / "ssh" / "id_ed25519"
+    driver = SshHostDriver(key, host_key_from_reports(read_reports(hcboot_dir)),
+                           tmp_path / "known", prefix=prefix, connect_timeout=30,
+                           action_timeout=1200)
+    node = {n["node"]: Node(name=n["node"], role="hnode",
+                            nics=(Nic(n["mac"], ip=n["address"]),)) for n in (hn1, hn2)}
+    steps: list[str] = []
+    res = driver.migrate(node[hn1["node"]], "mig1", node[hn2["node"]], steps.append)
+    print(f"migration of a 96 MB PVH guest between two TCG hnodes: {res.seconds:.1f} s; "
+          f"log tail: {res.log_tail}")
+    assert res.seconds > 0 and (res.source, res.target) == (hn1["node"], hn2["node"])
+    on1 = {d.name for d in driver.facts(node[hn1["node"]]).domains}
+    on2 = {d.name: d for d in driver.facts(node[hn2["node"]]).domains}
+    assert "mig1" not in on1 and "mig1--migratedaway" not in on1, on1
+    assert "mig1" in on2, on2
+    # the guest kept running on hn2: its console counts on
+    first = sh(hn2, f"cat {log}").stdout.count(b"HC-GUEST-TICK")
+    deadline = time.monotonic() + 120
+    while sh(hn2, f"cat {log}").stdout.count(b"HC-GUEST-TICK") <= first:
+        assert time.monotonic() < deadline, sh(hn2, f"cat {log}").stdout[-1000:]
+        time.sleep(3)
+    driver.destroy(node[hn2["node"]], "mig1", steps.append)
+    driver.cleanup(node[hn1["node"]], "mig1", steps.append)
+    assert "mig1" not in {d.name for d in driver.facts(node[hn2["node"]]).domains}
