@@ -24,6 +24,7 @@ Standard library only: this module ships into the node images.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,3 +113,159 @@ def domain_from_doc(doc: object, where: str = "domain") -> DomainSpec:
     return DomainSpec(name=name, uuid=uuid, memory_mb=integer("memory_mb", 64, 1 << 20),
                       vcpus=integer("vcpus", 1, 128), mac=mac, bridge=bridge, disk=disk,
                       seed=dict(seed))
+
+
+# ------------------------------------------------------------------ requests and answers
+#
+# Request (version 1), one JSON document on the agent's stdin::
+#
+#     {"version": 1, "action": "start", "domain": {...DomainSpec...}}
+#     {"version": 1, "action": "shutdown", "name": "web1", "timeout": 120}
+#     {"version": 1, "action": "migrate", "name": "web1", "target": "198.51.100.12"}
+#     {"version": 1, "action": "facts"}        # also: list, destroy, reboot, cleanup (name)
+#
+# Answer (version 1), one JSON document on the agent's stdout::
+#
+#     {"version": 1, "ok": true, "action": "facts", "result": {...}}
+#     {"version": 1, "ok": false, "action": "start", "error": "...",
+#      "command": "xl create /run/hc/...cfg", "tail": "<last lines of its output>"}
+#
+# ``console`` is no request document: the terminal is the session's stdin, so the SSH command
+# itself carries it (``hc-hnode-agent console NAME``, see homecloud/agents/hnode.py).
+
+ACTIONS = ("facts", "list", "start", "shutdown", "destroy", "reboot", "migrate", "cleanup")
+#: actions that name a domain
+NAMED = ("shutdown", "destroy", "reboot", "migrate", "cleanup")
+#: the SSH command the config node sends; the forced command refuses any other
+AGENT_COMMAND = "hc-hnode-agent"
+MAX_REQUEST_BYTES = MAX_SEED_BYTES + 64 * 1024
+MAX_TAIL = 4096
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+
+
+@dataclass(frozen=True)
+class Request:
+    action: str
+    name: str = ""
+    domain: DomainSpec | None = None
+    target: str = ""  # migrate: the address the source's ssh reaches the target hnode at
+    timeout: int = 120
+
+
+def request_doc(req: Request) -> dict[str, Any]:
+    doc: dict[str, Any] = {"version": VERSION, "action": req.action}
+    if req.action == "start" and req.domain is not None:
+        doc["domain"] = domain_doc(req.domain)
+    if req.action in NAMED:
+        doc["name"] = req.name
+    if req.action == "migrate":
+        doc["target"] = req.target
+    if req.action in ("shutdown", "migrate"):
+        doc["timeout"] = req.timeout
+    return doc
+
+
+def request_json(req: Request) -> str:
+    return json.dumps(request_doc(req), sort_keys=True) + "\n"
+
+
+def request_from_doc(doc: object, where: str = "request") -> Request:
+    """The strict reader of a request: the field at fault named, unknown keys refused."""
+    if not isinstance(doc, dict):
+        raise ProtocolError(where, f"expected an object, got {type(doc).__name__}")
+    version = doc.get("version")
+    if version != VERSION:
+        raise ProtocolError(f"{where}.version", f"expected {VERSION}, got {version!r}")
+    action = doc.get("action")
+    if action not in ACTIONS:
+        raise ProtocolError(f"{where}.action", f"not one of {', '.join(ACTIONS)}: {action!r}")
+    allowed = {"version", "action"}
+    if action == "start":
+        allowed.add("domain")
+    if action in NAMED:
+        allowed.add("name")
+    if action == "migrate":
+        allowed.add("target")
+    if action in ("shutdown", "migrate"):
+        allowed.add("timeout")
+    extra = sorted(set(doc) - allowed)
+    if extra:
+        raise ProtocolError(f"{where}.{extra[0]}", f"unknown key for action {action!r}")
+    name, target, domain, timeout = "", "", None, 120
+    if action == "start":
+        if "domain" not in doc:
+            raise ProtocolError(f"{where}.domain", "missing")
+        domain = domain_from_doc(doc["domain"], f"{where}.domain")
+        name = domain.name
+    if action in NAMED:
+        name = doc.get("name")  # type: ignore[assignment]
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ProtocolError(f"{where}.name", f"not a domain name: {name!r}")
+    if action == "migrate":
+        target = doc.get("target")  # type: ignore[assignment]
+        if not isinstance(target, str) or not _HOST_RE.match(target):
+            raise ProtocolError(f"{where}.target", f"not a host name or address: {target!r}")
+    if "timeout" in doc:
+        t = doc["timeout"]
+        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 86400:
+            raise ProtocolError(f"{where}.timeout", f"not an integer in 1..86400: {t!r}")
+        timeout = t
+    return Request(action=action, name=name, domain=domain, target=target, timeout=timeout)
+
+
+def parse_request(text: str | bytes) -> Request:
+    """The request in ``text``; :class:`ProtocolError` naming the field at fault."""
+    if len(text) > MAX_REQUEST_BYTES:
+        raise ProtocolError("request", f"{len(text)} bytes, more than {MAX_REQUEST_BYTES}")
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("request", f"not JSON: {exc}") from None
+    return request_from_doc(doc)
+
+
+@dataclass(frozen=True)
+class Answer:
+    action: str
+    ok: bool
+    result: Mapping[str, Any]
+    error: str = ""
+    command: str = ""
+    tail: str = ""
+
+
+def answer_json(ans: Answer) -> str:
+    doc: dict[str, Any] = {"version": VERSION, "ok": ans.ok, "action": ans.action}
+    if ans.ok:
+        doc["result"] = dict(ans.result)
+    else:
+        doc.update(error=ans.error, command=ans.command, tail=ans.tail[-MAX_TAIL:])
+    return json.dumps(doc, sort_keys=True) + "\n"
+
+
+def parse_answer(text: str | bytes) -> Answer:
+    """The agent's answer (read by the config node); :class:`ProtocolError` if malformed."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("answer", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("answer", f"expected an object, got {type(doc).__name__}")
+    if doc.get("version") != VERSION:
+        raise ProtocolError("answer.version", f"expected {VERSION}, got {doc.get('version')!r}")
+    ok, action = doc.get("ok"), doc.get("action")
+    if not isinstance(ok, bool):
+        raise ProtocolError("answer.ok", "expected true or false")
+    if not isinstance(action, str):
+        raise ProtocolError("answer.action", "expected a string")
+    if ok:
+        result = doc.get("result")
+        if not isinstance(result, dict):
+            raise ProtocolError("answer.result", "expected an object")
+        return Answer(action=action, ok=True, result=result)
+    fields = {k: doc.get(k, "") for k in ("error", "command", "tail")}
+    for k, v in fields.items():
+        if not isinstance(v, str):
+            raise ProtocolError(f"answer.{k}", "expected a string")
+    return Answer(action=action, ok=False, result={}, error=fields["error"],
+                  command=fields["command"], tail=fields["tail"])

@@ -98,6 +98,22 @@ def is_dom0(caps: str = XEN_CAPS) -> bool:
         return False
 
 
+def ssh_facts(env: Mapping[str, str]) -> dict[str, Fact]:
+    """An hnode's public SSH host key and migration key (elements/hc-xen-dom0 makes both at
+    boot), for the config node to pin and to hand to the other hnodes (docs/security.md)."""
+    facts: dict[str, Fact] = {}
+    for fact, var, default in (
+            ("ssh_host_key", "HC_SSH_HOST_KEY", "/etc/ssh/ssh_host_ed25519_key.pub"),
+            ("migration_key", "HC_MIGRATION_KEY", "/var/lib/hc/hnode/migration_key.pub")):
+        try:
+            words = Path(env.get(var) or default).read_text().split()
+        except OSError:
+            continue
+        if len(words) >= 2:
+            facts[fact] = f"{words[0]} {words[1]}"
+    return facts
+
+
 def find_xl(override: str = "") -> str:
     """``override`` (HC_XL), else the newest /usr/lib/xen-*/bin/xl, else xl on PATH."""
     if override:
@@ -179,7 +195,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             except AgentError as exc:
                 out.log(str(exc))
                 domains = []
-            facts = dom0_facts(info, domains)
+            facts = {**dom0_facts(info, domains), **ssh_facts(env)}
             state, detail = "dom0-up", f"xen {ver}, {free} MB free"
     else:
         say(f"hc-node: {role} ready")

@@ -5,6 +5,8 @@ Routes, and who may use them (nobody is trusted by default):
     GET  /plan/<mac>.json        a storage node's export plan: only to the node that holds <mac>
                                  (its lease, static address or the neighbour table says the
                                  requesting address is <mac>'s) and to the admin
+    GET  /trust/<mac>.json       an hnode's SSH trust (public keys: config node, admins, peer
+                                 hnodes' host and migration keys; control/trust.py): as the plan
     POST /report/<mac>           a node reports its state: accepted only from the address <mac>
                                  holds, or from the admin
     GET  /nodes.json             assigned nodes, seen machines and reports: the admin only
@@ -25,9 +27,11 @@ from pathlib import Path
 from bootserver.clientlog import for_mac
 from bootserver.http import Response
 from homecloud.agents.protocol import ProtocolError, parse_report, plan_json, report_doc
+from homecloud.control.contracts import HostError
 from homecloud.control.exports import plan_for
 from homecloud.control.reports import Reports, read_reports
 from homecloud.control.seen import read_seen
+from homecloud.control.trust import trust_doc_json
 from homecloud.core.ids import BadMac, normalize_mac
 from homecloud.core.manifest import ImageStore
 from homecloud.inventory.protocol import InventoryStore
@@ -36,6 +40,7 @@ log = logging.getLogger("homecloud.control")
 
 _PLAN = re.compile(r"^/plan/([^/]+)\.json$")
 _REPORT = re.compile(r"^/report/([^/]+)$")
+_TRUST = re.compile(r"^/trust/([^/]+)\.json$")
 MAX_REPORT = 64 * 1024
 
 
@@ -80,6 +85,9 @@ class ControlApp:
             m = _PLAN.match(path)
             if m:
                 return self._plan(m.group(1), client_ip, headers)
+            m = _TRUST.match(path)
+            if m:
+                return self._trust(m.group(1), client_ip, headers)
             if path == "/nodes.json":
                 if not self.is_admin(client_ip, headers):
                     log.warning("/nodes.json refused to %s (admin only)", client_ip)
@@ -105,6 +113,26 @@ class ControlApp:
             for_mac(log, mac).warning("asked for a storage plan but is not a storage node")
             return None
         return _text(plan_json(plan), "application/json")
+
+    def _trust(self, raw_mac: str, client_ip: str,
+               headers: Mapping[str, str]) -> Response | None:
+        try:
+            mac = normalize_mac(raw_mac)
+        except BadMac:
+            return None
+        refused = self._allowed(mac, "trust", client_ip, headers)
+        if refused is not None:
+            return refused
+        try:
+            doc = trust_doc_json(mac, self.inventory.snapshot().inventory,
+                                 read_reports(self.state_dir), self.state_dir)
+        except (ProtocolError, HostError) as exc:   # the config node's own key files
+            for_mac(log, mac).error("cannot make its SSH trust: %s", exc)
+            return _text(f"cannot make the SSH trust: {exc}\n", status=500)
+        if doc is None:
+            for_mac(log, mac).warning("asked for SSH trust but is not an hnode")
+            return None
+        return _text(doc, "application/json")
 
     def _report(self, raw_mac: str, body: bytes, client_ip: str,
                 headers: Mapping[str, str]) -> Response | None:
