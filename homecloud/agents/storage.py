@@ -301,7 +301,10 @@ class Agent:
 
     def report(self, state: str, detail: str, statuses: Sequence[ExportStatus] = ()) -> None:
         try:
-            post_report(self.cfg.server, make_report(self.mac, state, detail[:4000],
+            facts: dict[str, str | bool] = {"volume_pool": self.pool is not None}
+            if self.pool is None:
+                facts["volume_pool_why"] = self.why_no_pool[:1000]
+            post_report(self.cfg.server, make_report(self.mac, state, detail[:4000], facts,
                                                      exports=tuple(statuses),
                                                      volumes=self.entries))
         except (AgentError, ProtocolError, ValueError) as exc:
