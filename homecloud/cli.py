@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from homecloud.aoe.cli import aoe
+from homecloud.cli_volumes import template, volume
 from homecloud.control.service import ControlService
 from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import normalize_mac
@@ -189,6 +190,8 @@ def render(c: Ctx, mac: str, pxelinux: bool, server_ip: str, http_port: int) -> 
 main.add_command(aoe)
 main.add_command(serve)
 main.add_command(lab)  # a tool: the composition root is the only module that imports it
+main.add_command(template)
+main.add_command(volume)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
