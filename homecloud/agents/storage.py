@@ -340,6 +340,10 @@ class Agent:
                 self.vol_errors[a.name] = f"volume {a.name}: {a.why}"
             elif isinstance(a, V.Refuse):
                 self.out.log(f"pool: not deleting {a.deletion.kind} {a.deletion.name}: {a.why}")
+            elif isinstance(a, V.Snapshot) and V.LV(a.origin_lv, 0).short in self.vol_errors:
+                src = V.LV(a.origin_lv, 0)
+                self.vol_errors[a.name] = (f"volume {a.name}: its origin {src.kind} {src.short}"
+                                           " could not be made (see its error)")
             else:
                 self._carry(a)
         return later
