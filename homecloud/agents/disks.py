@@ -16,6 +16,7 @@ at the disks and runs mdadm, mkfs.ext4 and mount through the command funnel."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -222,7 +223,10 @@ def lvm_wanted(mode: str) -> tuple[bool, str]:
     if not exists_in_path("lvm"):
         return False, "lvm2 is not installed"
     if mode == "auto" and not have_device_mapper():
-        return False, "the kernel has no device-mapper"
+        with contextlib.suppress(CommandError):   # a module on Debian's kernel: load it
+            run(["modprobe", "dm_mod"], timeout=30)
+        if not have_device_mapper():
+            return False, "the kernel has no device-mapper"
     return True, ""
 
 

@@ -464,9 +464,10 @@ class Agent:
         self._store_line(store)
         if store.pool:
             self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log)
+            self.out.console(f"volume pool {V.VG}/{V.THIN_POOL}")
         else:
             self.why_no_pool = store.why_no_pool or "none"
-            self.out.log(f"storage: no volume pool: {self.why_no_pool}")
+            self.out.console(f"no volume pool: {self.why_no_pool}")
         back = Backoff(self.cfg.backoff_max)
         while True:
             try:

@@ -120,6 +120,7 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             vms.append(sn)
             sn.start()
             sn.wait_for(r"hc-storage: store /dev/md\S+ \(new\) at /srv/hc", timeout=BOOT)
+            sn.wait_for(r"hc-storage: volume pool hc/pool", timeout=60)
             sn.wait_for(r"hc-storage: exports ready", timeout=300)
             print(f"\n[volumes] snode up with a new pool after {sn.elapsed():.1f}s wall")
 
@@ -159,6 +160,7 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             vms.append(again)
             again.start()
             again.wait_for(r"hc-storage: store /dev/md\S+ \(reused\) at /srv/hc", timeout=BOOT)
+            again.wait_for(r"hc-storage: volume pool hc/pool", timeout=60)
             again.wait_for(r"hc-storage: exports ready e10\.0,e10\.1", timeout=300)
             print(f"[volumes] snode rebooted, pool found again, volumes served after "
                   f"{again.elapsed():.1f}s wall")
