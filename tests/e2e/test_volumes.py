@@ -12,7 +12,10 @@ through the real ``hcboot serve`` (plans, reports):
   (copy-on-write);
 - the snode is killed (QEMU stopped: no clean shutdown) and booted again on the same disks:
   the pool is found again (``reused``), the volume is served again with the written sectors;
-- ``volume delete``: the export is gone from an AoE scan and the LV from the snode's report.
+- ``volume delete``: the export is gone from an AoE scan and the LV from the snode's report;
+  ``template remove`` is refused while a clone exists, naming it.
+An image export (e1.0, the store LV's file system) is served and verified beside the volumes,
+before and after the reboot (not downloaded again).
 
 Everything runs inside namespaces made here; every process is stopped by PID.  Times are
 printed (``pytest -s``), not asserted.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,10 +42,11 @@ from homecloud.control.reports import read_reports
 from homecloud.control.volumes import Volumes
 from homecloud.core.ids import Target
 from homecloud.core.manifest import BootInfo
+from homecloud.core.model import ImageExport
 from homecloud.inventory.yamlfile import YamlFileStore
 from tests.e2e.test_aoe_root import real_snode_store  # noqa: F401 (fixture)
 from tests.support.aoe_write import write_sectors
-from tests.support.hcboot import start_hcboot
+from tests.support.hcboot import Served, hcboot_argv, start_hcboot
 from tests.support.images import publish
 from tests.support.netns import Lab, Netns
 from tests.support.qemu import Disk, Nic, Vm, VmConfig
@@ -67,6 +72,14 @@ def _read(c: Netns, target: Target, lba: int, sectors: int = 2) -> bytes:
                            sectors=sectors, timeout=1.0)
 
 
+def _verify_image(srv: Served, c: Netns) -> None:
+    """``hcboot aoe verify``: every byte of e1.0 is the published hnode rootfs."""
+    out = srv.cli("aoe", "verify", "-i", "c0", "--netns", c.name, "--target", "e1.0",
+                  "--role", "hnode", "--images", str(srv.images), "--json")
+    doc = json.loads(out)
+    assert doc["ok"], doc
+
+
 def _wait_scan(c: Netns, target: str, present: bool, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -87,6 +100,8 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
     publish(images, "snode", {"kernel": cur / "kernel", "initrd": cur / "initrd"},
             BootInfo(kind="linux", loader="ipxe", root="ram", cmdline=doc["boot"]["cmdline"]))
     tpl_bytes = os.urandom(TEMPLATE_MIB << 20)
+    publish(images, "hnode", {"rootfs": os.urandom(8 << 20), "kernel": b"not a kernel"},
+            BootInfo(kind="linux", root="aoe"))
     publish(images, "domu", {"rootfs": tpl_bytes, "kernel": b"not a kernel"},
             BootInfo(kind="linux"), build_id="b1")
     steps: list[str] = []
@@ -104,6 +119,7 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
                            "--range", "192.0.2.100-192.0.2.150")
         srv.cli("assign", SNODE_MAC, "snode", "--hostname", "sn1")
         srv.cli("assign", c.mac("c0"), "hnode", "--hostname", "hn1")
+        srv.set_exports(ImageExport(Target(1, 0), role="hnode", consumers=("hnode",)))
         api = Volumes(YamlFileStore(state), state, images, poll=1)
         disks = []
         for d in (1, 2):
@@ -121,8 +137,9 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             sn.start()
             sn.wait_for(r"hc-storage: store /dev/md\S+ \(new\) at /srv/hc", timeout=BOOT)
             sn.wait_for(r"hc-storage: volume pool hc/pool", timeout=60)
-            sn.wait_for(r"hc-storage: exports ready", timeout=300)
+            sn.wait_for(r"hc-storage: exports ready e1\.0", timeout=300)
             print(f"\n[volumes] snode up with a new pool after {sn.elapsed():.1f}s wall")
+            _verify_image(srv, c)
 
             t0 = time.monotonic()
             t = api.import_template("domu", None, progress, timeout=600)
@@ -161,7 +178,7 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             again.start()
             again.wait_for(r"hc-storage: store /dev/md\S+ \(reused\) at /srv/hc", timeout=BOOT)
             again.wait_for(r"hc-storage: volume pool hc/pool", timeout=60)
-            again.wait_for(r"hc-storage: exports ready e10\.0,e10\.1", timeout=300)
+            again.wait_for(r"hc-storage: exports ready e1\.0,e10\.0,e10\.1", timeout=300)
             print(f"[volumes] snode rebooted, pool found again, volumes served after "
                   f"{again.elapsed():.1f}s wall")
             _wait_scan(c, "e10.0", True)
@@ -170,6 +187,8 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             assert _read(c, other.target, 100) == tpl_bytes[100 * 512:102 * 512]
             assert "pool: removing" not in again.output()
             assert "template domu-b1: downloading" not in again.output()
+            assert "downloading" not in again.output()   # the image export's file is kept too
+            _verify_image(srv, c)
 
             t0 = time.monotonic()
             api.delete("web2", progress, timeout=300)
@@ -181,6 +200,14 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
                 ("domu-b1", "template", ""), ("web", "volume", "template:domu-b1")]
             out = srv.cli("volume", "list", "--json")
             assert [v["name"] for v in json.loads(out)] == ["web"]
+            out = srv.cli("template", "list", "--json")
+            assert [(t["name"], t["snodes"], t["clones"]) for t in json.loads(out)] == [
+                ("domu-b1", ["sn1"], ["web"])]
+            r = subprocess.run(hcboot_argv(state, images, "template", "remove", "domu-b1"),
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1
+            assert "template domu-b1 is the origin of volume(s) web: delete them first" in \
+                r.stderr, r.stderr
         finally:
             for vm in vms:
                 vm.stop()
