@@ -59,8 +59,9 @@ def check_name(kind: str, name: str) -> str:
 
 
 def free_target(inv: Inventory, shelves: Iterable[int] = VOLUME_SHELVES) -> Target:
-    """The first shelf.slot on ``shelves`` that no export of the inventory uses."""
-    used = {e.target for e in inv.exports}
+    """The first shelf.slot on ``shelves`` that no export of the inventory uses, nor a deleted
+    volume whose storage node has not confirmed yet (an hnode may still see it there)."""
+    used = {e.target for e in inv.exports} | {d.target for d in inv.deletions if d.target}
     for shelf in shelves:
         for slot in range(MAX_SLOT + 1):
             t = Target(shelf, slot)
@@ -283,7 +284,7 @@ class Volumes:
             v = inv.volume(name)
             if v is None:
                 raise NotFound(f"volume {name} does not exist")
-            d = PoolDeletion("volume", name, _snode_names(inv, v.snodes), since)
+            d = PoolDeletion("volume", name, _snode_names(inv, v.snodes), since, v.target)
             gone[:] = [d]
             rest = tuple(e for e in inv.exports
                          if not (isinstance(e, VolumeExport) and e.name == name))

@@ -147,6 +147,7 @@ class PoolDeletion:
     name: str
     snodes: tuple[str, ...] = ()
     since: float = 0.0  # when it was asked (time.time())
+    target: Target | None = None  # a volume's old shelf.slot: not reused until it is gone
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class _Parser:
             entry = f"deletions[{i}]"
             if not isinstance(node, yaml.MappingNode) or not isinstance(d, dict):
                 raise self.err(entry, "must be a mapping {kind, name, snodes}", node)
-            self.keys(entry, node, ("kind", "name", "snodes", "since"))
+            self.keys(entry, node, ("kind", "name", "snodes", "since", "target"))
             if d.get("kind") not in POOL_KINDS:
                 raise self.err(entry, f"kind {d.get('kind')!r} not one of {POOL_KINDS}", node)
             name = self.pool_name(entry, d.get("name"), node)
@@ -224,7 +224,13 @@ class _Parser:
             since = d.get("since", 0.0)
             if not isinstance(since, (int, float)) or isinstance(since, bool):
                 raise self.err(entry, f"since {since!r} is not a time", node)
-            out.append(PoolDeletion(d["kind"], name, tuple(snodes), float(since)))
+            target = None
+            if d.get("target") is not None:
+                try:
+                    target = Target.parse(str(d["target"]))
+                except BadTarget as exc:
+                    raise self.err(entry, str(exc), node) from None
+            out.append(PoolDeletion(d["kind"], name, tuple(snodes), float(since), target))
         return tuple(out)
 
     # ------------------------------------------------------------------ nodes
@@ -468,6 +474,7 @@ def to_yaml(inv: Inventory) -> str:
                                      "artifact": t.artifact} for t in inv.templates}
     if inv.deletions:
         doc["deletions"] = [{"kind": d.kind, "name": d.name, "snodes": list(d.snodes),
-                             "since": d.since} for d in inv.deletions]
+                             "since": d.since, **({"target": str(d.target)} if d.target else {})}
+                            for d in inv.deletions]
     header = "# homecloud inventory: written by hcboot; edits by hand are fine (quote MACs)\n"
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

@@ -227,7 +227,8 @@ def test_a_silent_snode_times_out_naming_it_and_the_deletion_stays_asked(
                                                                          ("sn1",))]
     with pytest.raises(VolumeError, match="volume a is still being deleted on sn1"):
         w.api.create("a", 1, Origin("empty"), w.steps.append)
-    with pytest.raises(VolumeError, match=r"volume b: sn1 did not serve e10.0 within 2s"):
+    # e10.0 stays taken until sn1 confirms the deletion: b gets the next slot
+    with pytest.raises(VolumeError, match=r"volume b: sn1 did not serve e10\.1 within 2s"):
         w.api.create("b", 1, Origin("empty"), w.steps.append, timeout=2)
 
 
@@ -289,7 +290,8 @@ def test_inventory_yaml_round_trips_volumes_templates_and_deletions(tmp_path: Pa
                                   "template", "domu-b1"),
                      VolumeExport(Target(10, 1), "rw", ("hnode",), ("sn1",), "e", 4096)),
                     (TemplateImage("domu-b1", "domu", "b1", "rootfs", 4096, "ab" * 32),),
-                    (PoolDeletion("volume", "old", ("sn1",), 12.5),))
+                    (PoolDeletion("volume", "old", ("sn1",), 12.5, Target(10, 7)),
+                     PoolDeletion("template", "t0", ("sn1", "sn2"), 13.0)))
     text = to_yaml(inv)
     back = parse_inventory(text, roles=("snode", "hnode", "domu"))
     assert back == replace(inv, nodes=tuple(sorted(NODES, key=lambda n: n.name)))
@@ -313,6 +315,7 @@ def test_inventory_yaml_round_trips_volumes_templates_and_deletions(tmp_path: Pa
     (lambda d: d["deletions"][0].update(kind="export"), "deletions[0]: kind 'export' not one"),
     (lambda d: d["deletions"][0].update(snodes="sn1"), "deletions[0]: snodes must be a list"),
     (lambda d: d.update(deletions={}), "deletions: must be a list"),
+    (lambda d: d["deletions"][0].update(target="e1"), "deletions[0]: not an AoE target"),
 ])
 def test_bad_volume_entries_in_the_inventory_name_the_entry(edit: Any, needle: str) -> None:
     inv = Inventory(NODES, None,
