@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from homecloud.control.contracts import Origin, Progress, Template
+from homecloud.control.contracts import Origin, Progress, Template, VolumeApi
 from homecloud.control.exports import storage_nodes
 from homecloud.control.reports import read_reports
 from homecloud.core.errors import HomecloudError, NotFound
@@ -429,3 +429,7 @@ def template_doc(t: Template) -> dict[str, Any]:
     return {"name": t.name, "role": t.role, "build": t.build, "size": t.size,
             "sha256": t.sha256, "snodes": list(t.snodes), "clones": list(t.clones)}
 
+
+
+def _implements(v: Volumes) -> VolumeApi:
+    return v   # mypy checks that Volumes keeps the VolumeApi contract
