@@ -13,7 +13,8 @@ through the real ``hcboot serve`` (plans, reports):
 - the snode is killed (QEMU stopped: no clean shutdown) and booted again on the same disks:
   the pool is found again (``reused``), the volume is served again with the written sectors;
 - ``volume delete``: the export is gone from an AoE scan and the LV from the snode's report;
-  ``template remove`` is refused while a clone exists, naming it.
+  ``template remove`` is refused while a clone exists, naming it; a copy of the written volume
+  (``--from volume:web``) has its bytes; once the volumes are deleted the template goes too.
 An image export (e1.0, the store LV's file system) is served and verified beside the volumes,
 before and after the reboot (not downloaded again).
 
@@ -208,6 +209,23 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             assert r.returncode == 1
             assert "template domu-b1 is the origin of volume(s) web: delete them first" in \
                 r.stderr, r.stderr
+
+            t0 = time.monotonic()
+            cp = api.create("web-copy", 0, Origin("volume", "web"), progress, timeout=300)
+            print(f"[volumes] copy of a volume created and served: {time.monotonic() - t0:.1f}s")
+            assert (cp.target, cp.size) == (Target(10, 2), VOLUME_MIB << 20)
+            _wait_scan(c, "e10.2", True)
+            assert _read(c, cp.target, 100) == data
+            assert _read(c, cp.target, 1000) == tpl_bytes[1000 * 512:1002 * 512]
+            api.delete("web", progress, timeout=300)
+            assert _read(c, cp.target, 100) == data       # the copy does not need its source
+            api.delete("web-copy", progress, timeout=300)
+            api.remove_template("domu-b1", progress, timeout=300)
+            pool = read_reports(state)[SNODE_MAC]["storage"]["volumes"]
+            assert pool == []
+            assert sorted(_wait_scan(c, "e10.0", False)) == ["e1.0"]
+            inv = YamlFileStore(state).snapshot().inventory
+            assert (inv.templates, inv.deletions) == ((), ())
         finally:
             for vm in vms:
                 vm.stop()
