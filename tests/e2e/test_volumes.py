@@ -213,8 +213,9 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             t0 = time.monotonic()
             cp = api.create("web-copy", 0, Origin("volume", "web"), progress, timeout=300)
             print(f"[volumes] copy of a volume created and served: {time.monotonic() - t0:.1f}s")
-            assert (cp.target, cp.size) == (Target(10, 2), VOLUME_MIB << 20)
-            _wait_scan(c, "e10.2", True)
+            # e10.1 is free again: web2's deletion was confirmed
+            assert (cp.target, cp.size) == (Target(10, 1), VOLUME_MIB << 20)
+            _wait_scan(c, "e10.1", True)
             assert _read(c, cp.target, 100) == data
             assert _read(c, cp.target, 1000) == tpl_bytes[1000 * 512:1002 * 512]
             api.delete("web", progress, timeout=300)
