@@ -18,6 +18,7 @@ import click
 
 from homecloud.aoe.cli import aoe
 from homecloud.cli_instances import instance, node
+from homecloud.cli_volumes import template, volume
 from homecloud.control.service import ControlService
 from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import normalize_mac
@@ -192,6 +193,8 @@ main.add_command(serve)
 main.add_command(instance)
 main.add_command(node)
 main.add_command(lab)  # a tool: the composition root is the only module that imports it
+main.add_command(template)
+main.add_command(volume)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -2,11 +2,21 @@
 an existing array or file system labelled ``hc-store`` is reused (mkfs runs once); a disk that
 holds anything else is never touched.
 
+With LVM (lvm2 installed and the kernel's device-mapper present; ``HC_LVM=auto|yes|no``), a new
+store device becomes volume group ``hc``: an ext4 LV ``store`` (labelled ``hc-store``, mounted at
+the store: the image exports) and a thin pool ``pool`` over the rest (volumes and templates,
+homecloud.agents.volumes).  After a reboot the VG is found again by its PV label (on the md
+array or the disk) and activated; a device that carries our VG is never re-initialised, one
+that carries another VG is never touched.  A store made before LVM (ext4 straight on the
+device) is reused as it is: image exports keep working, but it has no pool (empty volumes are
+sparse files as before; templates and clones are refused, naming the reason).
+
 :func:`choose` decides from what the disks hold (pure, unit-tested); :func:`setup_store` looks
 at the disks and runs mdadm, mkfs.ext4 and mount through the command funnel."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +27,11 @@ from homecloud.agents.common import AgentError, CommandError, exists_in_path, ru
 HEAD_BYTES = 12288
 EXT_MAGIC_OFF, EXT_LABEL_OFF = 1080, 1144           # superblock at 1024: magic +56, label +120
 MD_MAGIC_OFF, MD_MAGIC = 4096, bytes.fromhex("fc4e2ba9")   # md 1.2 superblock at 4 KiB
+LVM_LABEL_OFF = 512                                 # "LABELONE" in sector 1, "LVM2 001" at +24
+VG = "hc"
+STORE_LV = "store"
+THIN_POOL = "pool"
+STORE_PERCENT = 40                                  # of the VG for the image store LV
 _SKIP = ("loop", "ram", "md", "dm-", "sr", "zram", "nbd", "etherd", "fd", "mtd")
 
 
@@ -29,6 +44,7 @@ class Disk:
     empty: bool = False             # no signature at all in the first 12 KiB
     label: str = ""                 # its ext2/3/4 label, "" if none
     md_member: bool = False         # carries an md 1.2 superblock
+    lvm_pv: bool = False            # carries an LVM2 physical-volume label
     holder_md: str = ""             # the running array it belongs to (/dev/mdN), "" if none
     in_use: bool = False            # held by something or mounted
 
@@ -55,6 +71,9 @@ def choose(disks: Sequence[Disk], label: str, have_mdadm: bool) -> Choice:
     members = tuple(d.dev for d in disks if d.md_member)
     if members and have_mdadm:
         return Choice("assemble", members=members)
+    pv = next((d.dev for d in disks if d.lvm_pv), "")
+    if pv:
+        return Choice("reuse", dev=pv)
     own = next((d.dev for d in disks if d.label == label), "")
     if own:
         return Choice("reuse", dev=own)
@@ -78,6 +97,12 @@ def choose(disks: Sequence[Disk], label: str, have_mdadm: bool) -> Choice:
 
 
 # ------------------------------------------------------------------------ looking at disks
+
+
+def is_lvm_pv(head: bytes | None) -> bool:
+    o = LVM_LABEL_OFF
+    return head is not None and head[o:o + 8] == b"LABELONE" and \
+        head[o + 24:o + 32] == b"LVM2 001"
 
 
 def read_head(dev: str) -> bytes | None:
@@ -139,6 +164,7 @@ def look(dev: str) -> Disk:
         return Disk(dev, readable=False, in_use=in_use(dev), holder_md=holder_md(dev))
     return Disk(dev, empty=not head.strip(b"\0"), label=ext_label(head),
                 md_member=head[MD_MAGIC_OFF:MD_MAGIC_OFF + 4] == MD_MAGIC,
+                lvm_pv=is_lvm_pv(head),
                 holder_md=holder_md(dev), in_use=in_use(dev))
 
 
@@ -178,6 +204,64 @@ def disk_list(spec: str) -> list[str]:
 class Store:
     dev: str   # device mounted at the store, or "none"
     how: str   # new | reused | mounted | HC_DISKS=none
+    pool: bool = False   # the VG's thin pool is there (volumes and templates)
+    why_no_pool: str = ""
+
+
+def have_device_mapper(misc: str = "/proc/misc") -> bool:
+    try:
+        return any(line.split()[-1:] == ["device-mapper"]
+                   for line in open(misc).read().splitlines())
+    except OSError:
+        return False
+
+
+def lvm_wanted(mode: str) -> tuple[bool, str]:
+    """Whether to use LVM (``HC_LVM``: auto | yes | no), and why not."""
+    if mode == "no":
+        return False, "HC_LVM=no"
+    if not exists_in_path("lvm"):
+        return False, "lvm2 is not installed"
+    if mode == "auto" and not have_device_mapper():
+        with contextlib.suppress(CommandError):   # a module on Debian's kernel: load it
+            run(["modprobe", "dm_mod"], timeout=30)
+        if not have_device_mapper():
+            return False, "the kernel has no device-mapper"
+    return True, ""
+
+
+def pool_present(vg: str = VG) -> bool:
+    try:
+        out = run(["lvs", "--noheadings", "-o", "lv_name,segtype", vg], timeout=60)
+    except CommandError:
+        return False
+    return any(line.split() == [THIN_POOL, "thin-pool"] for line in out.splitlines())
+
+
+def activate(dev: str, log: Callable[[str], None]) -> str:
+    """Activate the VG on PV ``dev`` (ours only); the store LV's device."""
+    vg = run(["pvs", "--noheadings", "-o", "vg_name", dev], timeout=60).strip()
+    if vg != VG:
+        raise AgentError(f"storage: {dev} is an LVM physical volume of volume group "
+                         f"{vg or '(none)'!r}, not {VG!r}: not touching it")
+    log(f"storage: activating volume group {VG} on {dev}")
+    run(["vgchange", "-ay", VG], timeout=120)
+    return f"/dev/{VG}/{STORE_LV}"
+
+
+def make_vg(dev: str, label: str, log: Callable[[str], None]) -> str:
+    """Volume group ``hc`` on the empty ``dev``: the store LV (ext4, ``label``) and the thin
+    pool; the store LV's device."""
+    log(f"storage: new volume group {VG} on {dev}: LV {STORE_LV} ({STORE_PERCENT}%) and thin"
+        f" pool {THIN_POOL}")
+    run(["pvcreate", "-q", dev], timeout=120)
+    run(["vgcreate", "-q", VG, dev], timeout=120)
+    run(["lvcreate", "-q", "-y", "-l", f"{STORE_PERCENT}%VG", "-n", STORE_LV, VG], timeout=120)
+    # 90% of what is left: room for the pool's metadata spare and a later lvextend of it
+    run(["lvcreate", "-q", "-y", "-l", "90%FREE", "-T", f"{VG}/{THIN_POOL}"], timeout=300)
+    store_dev = f"/dev/{VG}/{STORE_LV}"
+    _mkfs(store_dev, label, log)
+    return store_dev
 
 
 def mounted_at(path: str) -> str:
@@ -189,17 +273,21 @@ def mounted_at(path: str) -> str:
 
 
 def setup_store(spec: str, store: str, label: str, md: str,
-                log: Callable[[str], None]) -> Store:
-    """Mount the local store at ``store``; AgentError (naming the disks, or the command that
-    failed) when there is no usable one."""
+                log: Callable[[str], None], lvm: str = "auto") -> Store:
+    """Mount the local store at ``store`` (and find or make the volume pool, see the module
+    doc); AgentError (naming the disks, or the command that failed) when there is no usable
+    one."""
     os.makedirs(store, exist_ok=True)
+    use_lvm, why = lvm_wanted(lvm)
     cur = mounted_at(store)
     if cur:
         log(f"storage: {store} already mounted ({cur})")
-        return Store(cur, "mounted")
+        if use_lvm and pool_present():
+            return Store(cur, "mounted", pool=True)
+        return Store(cur, "mounted", why_no_pool=why or f"no thin pool {VG}/{THIN_POOL}")
     if spec == "none":
         log(f"storage: HC_DISKS=none: {store} used as it is")
-        return Store("none", "HC_DISKS=none")
+        return Store("none", "HC_DISKS=none", why_no_pool="HC_DISKS=none")
     disks = disk_list(spec)
     if not disks:
         raise AgentError(f"storage: no disks (HC_DISKS={spec})")
@@ -236,22 +324,43 @@ def setup_store(spec: str, store: str, label: str, md: str,
             log(f"storage: RAID1 not possible: single disk {dev}")
     if c.how in ("reuse", "assemble"):
         found = look(dev)
+        if found.lvm_pv:
+            if not use_lvm:
+                raise AgentError(f"storage: {dev} carries an LVM volume group but {why}:"
+                                 " not touching it")
+            lv = activate(dev, log)
+            _mount(lv, store)
+            log(f"storage: reusing volume group {VG} on {dev}: {lv} mounted at {store}")
+            if pool_present():
+                return Store(dev, "reused", pool=True)
+            return Store(dev, "reused", why_no_pool=f"volume group {VG} has no thin pool"
+                                                    f" {THIN_POOL}")
         if found.label == label:
-            log(f"storage: reusing {dev} (label {label})")
+            log(f"storage: reusing {dev} (label {label}); it predates LVM: no volume pool")
             _mount(dev, store)
-            return Store(dev, "reused")
+            return Store(dev, "reused", why_no_pool=f"the store on {dev} predates LVM (ext4 "
+                                                    "straight on the device)")
         if not found.empty:
             raise AgentError(f"storage: {dev} holds something that is not {label}:"
                              " not touching it")
+    if use_lvm:
+        lv = make_vg(dev, label, log)
+        _mount(lv, store)
+        log(f"storage: new store on {lv} (volume group {VG} on {dev}) mounted at {store}")
+        return Store(dev, "new", pool=True)
+    _mkfs(dev, label, log)
+    _mount(dev, store)
+    log(f"storage: new store on {dev} mounted at {store} (no volume pool: {why})")
+    return Store(dev, "new", why_no_pool=why)
+
+
+def _mkfs(dev: str, label: str, log: Callable[[str], None]) -> None:
     mkfs = "mkfs.ext4" if exists_in_path("mkfs.ext4") else "mke2fs"
     log(f"storage: {mkfs} -L {label} {dev}")
     argv = [mkfs, "-q", "-F", "-L", label, dev]
     if mkfs == "mke2fs":
         argv[1:1] = ["-t", "ext4"]
     run(argv)
-    _mount(dev, store)
-    log(f"storage: new store on {dev} mounted at {store}")
-    return Store(dev, "new")
 
 
 def _mount(dev: str, store: str) -> None:

@@ -17,10 +17,21 @@ Plan (version 1)::
          "role": "hnode", "build": "20261204T...", "size": 16777216,
          "sha256": "<64 hex>", "url": "http://192.0.2.1/images/hnode/<build>/rootfs"},
         {"kind": "volume", "target": "e1.1", "mode": "rw", "allow": [],
-         "name": "scratch", "size": 8388608}
+         "name": "scratch", "size": 8388608,
+         "origin": {"kind": "template", "name": "domu-20261204T101500Z"}}   # optional
       ],
-      "pending": [{"target": "e3.0", "reason": "no published image for role hnodexen"}]
+      "pending": [{"target": "e3.0", "reason": "no published image for role hnodexen"}],
+      "templates": [                          # optional: read-only thin LVs to keep
+        {"name": "domu-20261204T101500Z", "role": "domu", "build": "20261204T101500Z",
+         "size": 1073741824, "sha256": "<64 hex>", "url": "http://192.0.2.1/images/domu/..."}
+      ],
+      "delete": [{"kind": "volume", "name": "old1"}]    # optional: destroyed volumes/templates
     }
+
+A volume's ``origin`` says where its bytes come from when the storage node creates it: a
+copy-on-write snapshot of a template (``template``), of another volume (``volume``), or zeros
+(``empty``, the default).  Volumes and templates are deleted ONLY when named in ``delete``: one
+missing from a plan is left alone (a half-written inventory must not wipe disks).
 
 ``allow`` lists the consumer MACs (vblade ``-m``); an empty list means no consumer is assigned
 yet, and the export must not be served (vblade without ``-m`` serves everyone).  ``pending``
@@ -36,8 +47,13 @@ Report (version 1)::
       "state": "exports-ready",               # one of STATES
       "detail": "e1.0 e1.1",
       "facts": {"xen_version": "4.17", "free_memory_mb": 3012},   # str | int | float | bool
-      "exports": [{"target": "e1.0", "state": "served", "detail": ""}]
+      "exports": [{"target": "e1.0", "state": "served", "detail": ""}],
+      "volumes": [{"name": "web1", "kind": "volume", "size": 4294967296,   # optional
+                   "origin": "template:domu-20261204T101500Z"}]
     }
+
+``volumes`` lists the volumes and templates present in the storage node's pool (``origin``:
+``template:NAME``, ``volume:NAME`` or ``""``).
 
 Standard library only: this module ships into the node images.
 """
@@ -60,6 +76,10 @@ STATES = ("booting", "ready", "exports-ready", "exports-error", "storage-error",
           "failed")
 #: the state of one export in a storage node's report
 EXPORT_STATES = ("served", "unassigned", "failed")
+#: where a new volume's bytes come from; what a pool entry is; what a plan may delete
+ORIGIN_KINDS = ("template", "volume", "empty")
+POOL_KINDS = ("volume", "template")
+MAX_POOL_ENTRIES = 4096
 DEFAULT_POLL = 5
 MAX_DETAIL = 4096
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
@@ -105,13 +125,16 @@ class ImageExport:
 
 @dataclass(frozen=True)
 class VolumeExport:
-    """A sparse file on the storage node, created (and grown, never shrunk) to ``size``."""
+    """A volume on the storage node (a thin LV in its pool; a sparse file on a store without
+    one), created from ``origin_kind``/``origin`` and grown, never shrunk, to ``size``."""
 
     target: Target
     mode: Mode
     allow: tuple[str, ...]
     name: str
     size: int
+    origin_kind: str = "empty"   # one of ORIGIN_KINDS
+    origin: str = ""             # the template's or volume's name ("" for empty)
     kind: ClassVar[str] = "volume"
 
     @property
@@ -131,12 +154,34 @@ class Pending:
 
 
 @dataclass(frozen=True)
+class TemplateSpec:
+    """A read-only base volume filled from a build's rootfs (downloaded, sha256-checked)."""
+
+    name: str
+    role: str
+    build: str
+    size: int
+    sha256: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A volume or template the control service destroyed: the storage node deletes it."""
+
+    kind: str   # one of POOL_KINDS
+    name: str
+
+
+@dataclass(frozen=True)
 class Plan:
     node: str
     exports: tuple[Export, ...] = ()
     poll: int = DEFAULT_POLL
     hostname: str | None = None
     pending: tuple[Pending, ...] = ()
+    templates: tuple[TemplateSpec, ...] = ()
+    delete: tuple[Deletion, ...] = ()
 
     def export(self, target: Target) -> Export | None:
         return next((e for e in self.exports if e.target == target), None)
@@ -150,12 +195,23 @@ class ExportStatus:
 
 
 @dataclass(frozen=True)
+class PoolEntry:
+    """A volume or template present in a storage node's pool (its report)."""
+
+    name: str
+    kind: str   # one of POOL_KINDS
+    size: int
+    origin: str = ""   # "template:NAME" | "volume:NAME" | ""
+
+
+@dataclass(frozen=True)
 class Report:
     node: str
     state: State
     detail: str = ""
     facts: Mapping[str, Fact] = field(default_factory=dict)
     exports: tuple[ExportStatus, ...] = ()
+    volumes: tuple[PoolEntry, ...] = ()
 
 
 # ----------------------------------------------------------------------------- the reader
@@ -294,10 +350,66 @@ def _export(value: object, where: str) -> Export:
         exp = ImageExport(target=target, mode=mode, allow=allow, role=_name(o, "role"),
                           build=_name(o, "build"), size=size, sha256=sha, url=url)
     else:
-        exp = VolumeExport(target=target, mode=mode, allow=allow, name=_name(o, "name"),
-                           size=size)
+        name = _name(o, "name")
+        okind, oname = "empty", ""
+        raw = o.raw("origin", required=False)
+        if raw is not None:
+            oo = _Obj(raw, o.at("origin"))
+            okind = oo.choice("kind", ORIGIN_KINDS)
+            if okind != "empty":
+                oname = _name(oo, "name")
+                if okind == "volume" and oname == name:
+                    raise ProtocolError(oo.at("name"), f"volume {name} cannot be its own origin")
+            elif oo.text("name", required=False):
+                raise ProtocolError(oo.at("name"), "an empty volume has no origin name")
+            oo.done()
+        exp = VolumeExport(target=target, mode=mode, allow=allow, name=name, size=size,
+                           origin_kind=okind, origin=oname)
     o.done()
     return exp
+
+
+def _sha(o: _Obj, key: str) -> str:
+    sha: str = o.text(key)
+    if not _SHA_RE.fullmatch(sha):
+        raise ProtocolError(o.at(key), "not 64 hex digits")
+    return sha
+
+
+def _url(o: _Obj, key: str) -> str:
+    url: str = o.text(key, max_len=4096)
+    if not re.match(r"^(https?|file)://\S+$", url):
+        raise ProtocolError(o.at(key), f"not an http(s) or file URL: {url!r}")
+    return url
+
+
+def _template(value: object, where: str) -> TemplateSpec:
+    o = _Obj(value, where)
+    t = TemplateSpec(name=_name(o, "name"), role=_name(o, "role"), build=_name(o, "build"),
+                     size=o.integer("size", lo=1), sha256=_sha(o, "sha256"), url=_url(o, "url"))
+    o.done()
+    return t
+
+
+def _deletion(value: object, where: str) -> Deletion:
+    o = _Obj(value, where)
+    d = Deletion(kind=o.choice("kind", POOL_KINDS), name=_name(o, "name"))
+    o.done()
+    return d
+
+
+def _pool_entry(value: object, where: str) -> PoolEntry:
+    o = _Obj(value, where)
+    name, kind = _name(o, "name"), o.choice("kind", POOL_KINDS)
+    size = o.integer("size", lo=0)
+    origin: str = o.text("origin", required=False, max_len=256)
+    if origin:
+        k, _, n = origin.partition(":")
+        if k not in ("template", "volume") or not _NAME_RE.fullmatch(n):
+            raise ProtocolError(o.at("origin"), f"{origin!r} is not template:NAME or"
+                                                " volume:NAME")
+    o.done()
+    return PoolEntry(name, kind, size, origin)
 
 
 def plan_from_doc(doc: object, where: str = "plan") -> Plan:
@@ -319,9 +431,26 @@ def plan_from_doc(doc: object, where: str = "plan") -> Plan:
         po = _Obj(p, f"{o.at('pending')}[{i}]")
         pending.append(Pending(po.target("target"), po.text("reason")))
         po.done()
+    templates = tuple(_template(t, f"{o.at('templates')}[{i}]")
+                      for i, t in enumerate(o.items("templates", required=False)))
+    tnames: dict[str, int] = {}
+    for i, t in enumerate(templates):
+        if t.name in tnames:
+            raise ProtocolError(f"{o.at('templates')}[{i}].name",
+                                f"{t.name} already in templates[{tnames[t.name]}]")
+        tnames[t.name] = i
+    vnames = {e.name: i for i, e in enumerate(exports) if isinstance(e, VolumeExport)}
+    delete = tuple(_deletion(d, f"{o.at('delete')}[{i}]")
+                   for i, d in enumerate(o.items("delete", required=False)))
+    for i, d in enumerate(delete):
+        keep = tnames if d.kind == "template" else vnames
+        if d.name in keep:
+            other = "templates" if d.kind == "template" else "exports"
+            raise ProtocolError(f"{o.at('delete')}[{i}].name", f"{d.kind} {d.name} is both "
+                                f"deleted and wanted ({other}[{keep[d.name]}])")
     o.done()
     return Plan(node=node, exports=exports, poll=poll, hostname=hostname,
-                pending=tuple(pending))
+                pending=tuple(pending), templates=templates, delete=delete)
 
 
 def parse_plan(text: str | bytes) -> Plan:
@@ -355,8 +484,13 @@ def report_from_doc(doc: object, where: str = "report") -> Report:
         statuses.append(ExportStatus(so.target("target"), so.choice("state", EXPORT_STATES),
                                      so.text("detail", required=False, max_len=MAX_DETAIL)))
         so.done()
+    vols = o.items("volumes", required=False)
+    if len(vols) > MAX_POOL_ENTRIES:
+        raise ProtocolError(o.at("volumes"), f"more than {MAX_POOL_ENTRIES} entries")
+    volumes = tuple(_pool_entry(v, f"{o.at('volumes')}[{i}]") for i, v in enumerate(vols))
     o.done()
-    return Report(node=node, state=state, detail=detail, facts=facts, exports=tuple(statuses))
+    return Report(node=node, state=state, detail=detail, facts=facts, exports=tuple(statuses),
+                  volumes=volumes)
 
 
 def parse_report(text: str | bytes) -> Report:
@@ -374,6 +508,8 @@ def export_doc(e: Export) -> dict[str, Any]:
         doc.update(role=e.role, build=e.build, size=e.size, sha256=e.sha256, url=e.url)
     else:
         doc.update(name=e.name, size=e.size)
+        if e.origin_kind != "empty":
+            doc["origin"] = {"kind": e.origin_kind, "name": e.origin}
     return doc
 
 
@@ -382,6 +518,11 @@ def plan_doc(plan: Plan) -> dict[str, Any]:
                            "poll": plan.poll, "exports": [export_doc(e) for e in plan.exports]}
     if plan.pending:
         doc["pending"] = [{"target": str(p.target), "reason": p.reason} for p in plan.pending]
+    if plan.templates:
+        doc["templates"] = [{"name": t.name, "role": t.role, "build": t.build, "size": t.size,
+                             "sha256": t.sha256, "url": t.url} for t in plan.templates]
+    if plan.delete:
+        doc["delete"] = [{"kind": d.kind, "name": d.name} for d in plan.delete]
     return doc
 
 
@@ -395,6 +536,9 @@ def report_doc(report: Report) -> dict[str, Any]:
     if report.exports:
         doc["exports"] = [{"target": str(s.target), "state": s.state, "detail": s.detail}
                           for s in report.exports]
+    if report.volumes:
+        doc["volumes"] = [{"name": v.name, "kind": v.kind, "size": v.size, "origin": v.origin}
+                          for v in report.volumes]
     return doc
 
 
@@ -404,9 +548,10 @@ def report_json(report: Report) -> str:
 
 def make_report(node: str, state: str, detail: str = "",
                 facts: Mapping[str, Fact] | None = None,
-                exports: tuple[ExportStatus, ...] = ()) -> Report:
+                exports: tuple[ExportStatus, ...] = (),
+                volumes: tuple[PoolEntry, ...] = ()) -> Report:
     """A checked report (the same rules as the reader: a writer cannot send what the config
     node would refuse)."""
     r = Report(node=normalize_mac(node), state=cast(State, state), detail=detail,
-               facts=dict(facts or {}), exports=exports)
+               facts=dict(facts or {}), exports=exports, volumes=volumes)
     return report_from_doc(report_doc(r))

@@ -4,7 +4,10 @@ At start: find the boot interface, the boot server and this node's MAC (kernel c
 ``hc.server= hc.mac= BOOTIF=``, or environment overrides), set up the local store
 (homecloud.agents.disks), fetch ``$server/plan/$mac.json`` (homecloud.agents.protocol; retried
 with backoff), download every exported image (sha256 checked, skipped when present and intact;
-a partial download is never used), create sparse files for volumes, and run one supervised vblade
+a partial download is never used), make the plan's templates and volumes in the LVM thin pool
+(homecloud.agents.volumes; on a store without a pool, empty volumes are sparse files), delete
+the volumes and templates the plan's ``delete`` list names (never one merely missing from the
+plan), and run one supervised vblade
 per export (restarted with backoff when it exits).  Then it prints ``hc-storage: exports ready
 e1.0,...`` on the console, POSTs an ``exports-ready`` report, and re-polls the plan: new exports
 start, removed ones stop (by PID), changed ones restart, without a reboot.
@@ -28,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from homecloud.agents import reconcile as R
+from homecloud.agents import volumes as V
 from homecloud.agents.common import (
     AgentError,
     Backoff,
@@ -46,7 +50,9 @@ from homecloud.agents.protocol import (
     Export,
     ExportStatus,
     Plan,
+    PoolEntry,
     ProtocolError,
+    VolumeExport,
     make_report,
     parse_plan,
 )
@@ -73,6 +79,8 @@ Environment (kernel command line in brackets; the environment wins):
   HC_VBLADE      vblade binary                                        [vblade]
   HC_MD          md device to create for RAID1                        [/dev/md/hc-store]
   HC_FSLABEL     ext4 label that marks the store                      [hc-store]
+  HC_LVM         auto | yes | no: volume group hc with a thin pool    [auto: if lvm2 and
+                                                  the kernel's device-mapper are there]
   HC_BACKOFF_MAX longest restart/retry delay, seconds                 [30]
   HC_DL_TIMEOUT  longest image download, seconds                      [3600]
 """
@@ -96,6 +104,7 @@ class Config:
     vblade: str = "vblade"
     md: str = "/dev/md/hc-store"
     fslabel: str = "hc-store"
+    lvm: str = "auto"
     backoff_max: int = 30
     dl_timeout: int = 3600
 
@@ -118,8 +127,15 @@ class Config:
                    vblade=env.get("HC_VBLADE") or "vblade",
                    md=env.get("HC_MD") or "/dev/md/hc-store",
                    fslabel=env.get("HC_FSLABEL") or "hc-store",
+                   lvm=_lvm_mode(env.get("HC_LVM") or "auto"),
                    backoff_max=env_int(env, "HC_BACKOFF_MAX", 30),
                    dl_timeout=env_int(env, "HC_DL_TIMEOUT", 3600))
+
+
+def _lvm_mode(v: str) -> str:
+    if v not in ("auto", "yes", "no"):
+        raise AgentError(f"HC_LVM={v}: not auto, yes or no")
+    return v
 
 
 # ---------------------------------------------------------------------- interface and MAC
@@ -277,14 +293,89 @@ class Agent:
         self.files = Files(cfg.store, cfg.run, cfg.dl_timeout, out)
         self.errors: dict[Target, str] = {}
         self.failed_at = 0.0
-        self.reported: list[Target] | None = None
+        self.reported: tuple[list[Target], tuple[PoolEntry, ...]] | None = None
+        self.pool: V.Pool | None = None
+        self.why_no_pool = "no store yet"
+        self.vol_errors: dict[str, str] = {}   # volume or template name -> why
+        self.entries: tuple[PoolEntry, ...] = ()
 
     def report(self, state: str, detail: str, statuses: Sequence[ExportStatus] = ()) -> None:
         try:
-            post_report(self.cfg.server, make_report(self.mac, state, detail[:4000],
-                                                     exports=tuple(statuses)))
+            facts: dict[str, str | bool] = {"volume_pool": self.pool is not None}
+            if self.pool is None:
+                facts["volume_pool_why"] = self.why_no_pool[:1000]
+            post_report(self.cfg.server, make_report(self.mac, state, detail[:4000], facts,
+                                                     exports=tuple(statuses),
+                                                     volumes=self.entries))
         except (AgentError, ProtocolError, ValueError) as exc:
             self.out.log(f"warning: report {state}: {exc}")
+
+    # ------------------------------------------------------------------ the volume pool
+    def pool_actions(self, plan: Plan) -> list[V.Action]:
+        """Make the plan's templates and volumes (before the exports start); the removals are
+        returned, to run once the vblades of removed exports are stopped."""
+        self.vol_errors = {}
+        if self.pool is None:
+            for t in plan.templates:
+                self.vol_errors[t.name] = f"template {t.name}: no volume pool on this storage" \
+                                          f" node ({self.why_no_pool})"
+            for n, e in V.wanted_volumes(plan).items():
+                if e.origin_kind != "empty":
+                    self.vol_errors[n] = (f"volume {n}: cannot clone {e.origin_kind} {e.origin}:"
+                                          f" no volume pool on this storage node "
+                                          f"({self.why_no_pool})")
+            return []
+        try:
+            actions = V.reconcile(plan, self.pool.lvs())
+        except AgentError as exc:
+            self.out.log(f"pool: {exc}")
+            for n in V.wanted_volumes(plan):
+                self.vol_errors[n] = f"volume {n}: {exc}"
+            return []
+        later: list[V.Action] = []
+        for a in actions:
+            if isinstance(a, V.Remove) and not a.lv.endswith(V.PART_SUFFIX):
+                later.append(a)
+            elif isinstance(a, V.Wait):
+                self.vol_errors[a.name] = f"volume {a.name}: {a.why}"
+            elif isinstance(a, V.Refuse):
+                self.out.log(f"pool: not deleting {a.deletion.kind} {a.deletion.name}: {a.why}")
+            elif isinstance(a, V.Snapshot) and V.LV(a.origin_lv, 0).short in self.vol_errors:
+                src = V.LV(a.origin_lv, 0)
+                self.vol_errors[a.name] = (f"volume {a.name}: its origin {src.kind} {src.short}"
+                                           " could not be made (see its error)")
+            else:
+                self._carry(a)
+        return later
+
+    def _carry(self, a: V.Action) -> None:
+        assert self.pool is not None
+        try:
+            self.pool.carry(a)
+        except AgentError as exc:
+            self.vol_errors[V.subject(a)] = str(exc)
+            self.out.log(f"pool: {exc}")
+
+    def finish_pool(self, later: list[V.Action]) -> None:
+        for a in later:
+            self._carry(a)
+        if self.pool is None:
+            self.entries = ()
+            return
+        try:
+            self.entries = V.pool_entries(self.pool.lvs())
+        except AgentError as exc:
+            self.out.log(f"pool: {exc}")
+
+    def volume_path(self, e: VolumeExport) -> str:
+        if e.name in self.vol_errors:
+            raise AgentError(self.vol_errors[e.name])
+        if self.pool is None:
+            return self.files.prepare(e)    # a store without a pool: a sparse file
+        path = self.pool.volume_path(e.name)
+        if not Path(path).exists():
+            raise AgentError(f"volume {e.name}: {path} is not there")
+        return path
 
     def fetch_plan(self) -> Plan:
         url = f"{self.cfg.server}/plan/{self.mac}.json"
@@ -298,6 +389,7 @@ class Agent:
 
     def apply(self, plan: Plan) -> None:
         self.errors = {}
+        later = self.pool_actions(plan)
         serving: list[Target] = []
         statuses: list[ExportStatus] = []
         for p in plan.pending:
@@ -314,7 +406,8 @@ class Agent:
             else:
                 new = a.export if isinstance(a, R.Start) else a.new
                 try:
-                    path = self.files.prepare(new)
+                    path = (self.volume_path(new) if isinstance(new, VolumeExport)
+                            else self.files.prepare(new))
                 except AgentError as exc:
                     self.errors[new.target] = str(exc)
                     self.out.log(f"export {new.target}: {exc}")
@@ -328,15 +421,19 @@ class Agent:
                 self.sup.start(new, R.vblade_argv(self.cfg.vblade, new, self.iface, path))
                 serving.append(new.target)
         self.files.collect(R.images_in_use(self.sup.running().values()))
+        self.finish_pool(later)
         served = R.served_list(plan, serving)
         statuses += [ExportStatus(t, "served") for t in served if t not in self.errors]
-        if served != self.reported:
-            self.out.console(f"exports ready {','.join(map(str, served)) or 'none'}")
+        if (served, self.entries) != self.reported:
+            if self.reported is None or served != self.reported[0]:
+                self.out.console(f"exports ready {','.join(map(str, served)) or 'none'}")
             self.report("exports-ready", " ".join(map(str, served)), statuses)
-            self.reported = served
-        if self.errors:
+            self.reported = (served, self.entries)
+        if self.errors or self.vol_errors:
             self.failed_at = time.monotonic()
-            text = " ".join(f"{t}: {m};" for t, m in self.errors.items())
+            text = " ".join([f"{t}: {m};" for t, m in self.errors.items()]
+                            + [f"{m};" for n, m in self.vol_errors.items()
+                               if not any(n in x for x in self.errors.values())])
             self.out.log(f"errors: {text}")
             self.report("exports-error", text, statuses)
 
@@ -355,7 +452,7 @@ class Agent:
         while True:
             try:
                 store = setup_store(self.cfg.disks, self.cfg.store, self.cfg.fslabel,
-                                    self.cfg.md, self.out.log)
+                                    self.cfg.md, self.out.log, self.cfg.lvm)
                 break
             except AgentError as exc:
                 self.out.log(str(exc))
@@ -365,6 +462,12 @@ class Agent:
                 self.out.log(f"storage: retrying in {d:g}s")
                 self.nap(d)
         self._store_line(store)
+        if store.pool:
+            self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log)
+            self.out.console(f"volume pool {V.VG}/{V.THIN_POOL}")
+        else:
+            self.why_no_pool = store.why_no_pool or "none"
+            self.out.console(f"no volume pool: {self.why_no_pool}")
         back = Backoff(self.cfg.backoff_max)
         while True:
             try:
@@ -377,7 +480,7 @@ class Agent:
         applied: Plan | None = None
         fetch_ok = True
         while True:
-            if plan != applied or (self.errors
+            if plan != applied or ((self.errors or self.vol_errors)
                                    and time.monotonic() - self.failed_at >= RETRY_FAILED):
                 if applied is not None and plan != applied:
                     self.out.log("plan: changed")

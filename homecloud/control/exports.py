@@ -1,7 +1,8 @@
 """AoE export plans: which storage node serves what, at which shelf.slot, to whom.
 
 The inventory's ``exports`` say what is exported; this module resolves them against the assigned
-nodes and the image store into one plan per storage node (a ``homecloud.agents.protocol`` plan
+nodes and the image store into one plan per storage node (with the inventory's templates, on
+every storage node, and the pool deletions addressed to it) (a ``homecloud.agents.protocol`` plan
 document, served to it over HTTP at ``/plan/<mac>.json``; ``hcboot exports`` shows them all).
 """
 
@@ -12,7 +13,15 @@ from typing import Any
 
 from homecloud.agents import protocol as P
 from homecloud.core.manifest import ImageStore, ManifestError
-from homecloud.core.model import STORAGE_ROLE, Export, ImageExport, Inventory, Node
+from homecloud.core.model import (
+    STORAGE_ROLE,
+    Export,
+    ImageExport,
+    Inventory,
+    Node,
+    TemplateImage,
+    VolumeExport,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ def plan_all(inv: Inventory, store: ImageStore, http_base: str) -> list[PlannedE
                               url=f"{http_base}/images/{exp.role}/{m.build_id}/{art.file}")
         else:
             source = {"kind": "volume", "name": exp.name, "size": exp.size}
+            if isinstance(exp, VolumeExport) and exp.origin_kind != "empty":
+                source["origin"] = f"{exp.origin_kind}:{exp.origin}"
         out.append(PlannedExport(exp, inv.consumer_macs(exp),
                                  tuple(n.mac for n in snodes if inv.serves(exp, n)), source,
                                  problem))
@@ -86,7 +97,25 @@ def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str,
                                          role=src["role"], build=src["build_id"],
                                          size=src["size"], sha256=src["sha256"], url=src["url"]))
         else:
+            okind, oname = "empty", ""
+            if isinstance(e, VolumeExport):
+                okind, oname = e.origin_kind, e.origin
             exports.append(P.VolumeExport(target=e.target, mode=mode, allow=p.allow,
-                                          name=src["name"], size=src["size"]))
+                                          name=src["name"], size=src["size"],
+                                          origin_kind=okind, origin=oname))
+    # a deletion never contradicts the plan (the agent would refuse it anyway)
+    wanted = {("template", t.name) for t in inv.templates} | {
+        ("volume", e.name) for e in exports if isinstance(e, P.VolumeExport)}
+    delete = tuple(P.Deletion(d.kind, d.name) for d in inv.deletions
+                   if node.name in d.snodes and (d.kind, d.name) not in wanted)
     return P.Plan(node=mac, exports=tuple(exports), poll=poll, hostname=node.name,
-                  pending=tuple(pending))
+                  pending=tuple(pending),
+                  templates=tuple(template_spec(t, http_base) for t in inv.templates),
+                  delete=delete)
+
+
+def template_spec(t: TemplateImage, http_base: str) -> P.TemplateSpec:
+    """What a storage node needs to fill template ``t``: the artifact's URL, size, sha256."""
+    return P.TemplateSpec(name=t.name, role=t.role, build=t.build, size=t.size,
+                          sha256=t.sha256,
+                          url=f"{http_base}/images/{t.role}/{t.build}/{t.file}")

@@ -13,6 +13,8 @@ from typing import Any
 from homecloud.core.files import atomic_write, locked
 
 REPORTS_NAME = "reports.json"
+#: the states the storage agent reports (homecloud.agents.storage)
+STORAGE_STATES = ("exports-ready", "exports-error", "storage-error")
 
 
 class Reports:
@@ -40,6 +42,15 @@ class Reports:
             for key in ("facts", "exports"):
                 if doc.get(key):
                     cur[mac][key] = doc[key]
+            # the storage agent's last word (exports, the pool's volumes), kept across other
+            # agents' reports of the same node (hc-node-report's "ready")
+            if state in STORAGE_STATES:
+                cur[mac]["storage"] = {"time": now, "state": state, "detail": doc.get("detail"),
+                                       "facts": doc.get("facts") or {},
+                                       "exports": doc.get("exports") or [],
+                                       "volumes": doc.get("volumes") or []}
+            elif isinstance(old, dict) and isinstance(old.get("storage"), dict):
+                cur[mac]["storage"] = old["storage"]
             atomic_write(self.path, json.dumps(cur, indent=1, sort_keys=True) + "\n")
 
 

@@ -105,13 +105,49 @@ class ImageExport(_ExportBase):
 
 @dataclass(frozen=True)
 class VolumeExport(_ExportBase):
-    """A writable volume of ``size`` bytes kept by the storage nodes."""
+    """A writable volume of ``size`` bytes kept by the storage nodes (a thin LV in an snode's
+    pool), made from ``origin_kind`` (``template`` | ``volume`` | ``empty``) ``origin``.
+    ``snodes`` lists the storage node(s) that keep it: one in issue 11, replicas later."""
 
     name: str = ""
     size: int = 0
+    origin_kind: str = "empty"
+    origin: str = ""
 
 
 Export = ImageExport | VolumeExport
+
+# ----------------------------------------------------------------- volumes and templates
+#: where a new volume's bytes come from; what a pool deletion names
+ORIGIN_KINDS = ("template", "volume", "empty")
+POOL_KINDS = ("volume", "template")
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class TemplateImage:
+    """A template: a read-only base volume on every storage node, filled from a published
+    build's artifact (``/images/<role>/<build>/<file>``, checked by ``sha256`` and ``size``)."""
+
+    name: str
+    role: str
+    build: str
+    file: str
+    size: int
+    sha256: str
+    artifact: str = "rootfs"
+
+
+@dataclass(frozen=True)
+class PoolDeletion:
+    """A destroyed volume or template the storage nodes ``snodes`` (names) must delete; the
+    control service drops the entry once their reports no longer list it."""
+
+    kind: str  # one of POOL_KINDS
+    name: str
+    snodes: tuple[str, ...] = ()
+    since: float = 0.0  # when it was asked (time.time())
+    target: Target | None = None  # a volume's old shelf.slot: not reused until it is gone
 
 
 # ------------------------------------------------------------------------------- instances
@@ -157,6 +193,8 @@ class Inventory:
     exports: tuple[Export, ...] = ()
     instances: tuple[Instance, ...] = ()
     drained: tuple[str, ...] = ()  # hnodes placement skips (hcboot node drain)
+    templates: tuple[TemplateImage, ...] = ()
+    deletions: tuple[PoolDeletion, ...] = ()
     _by_mac: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
     _by_name: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
 
@@ -217,6 +255,20 @@ class Inventory:
 
     def with_drained(self, drained: tuple[str, ...]) -> Inventory:
         return replace(self, drained=tuple(sorted(set(drained))), _by_mac={}, _by_name={})
+
+    def with_templates(self, templates: tuple[TemplateImage, ...]) -> Inventory:
+        return replace(self, templates=tuple(sorted(templates, key=lambda t: t.name)),
+                       _by_mac={}, _by_name={})
+
+    def with_deletions(self, deletions: tuple[PoolDeletion, ...]) -> Inventory:
+        return replace(self, deletions=deletions, _by_mac={}, _by_name={})
+
+    def template(self, name: str) -> TemplateImage | None:
+        return next((t for t in self.templates if t.name == name), None)
+
+    def volume(self, name: str) -> VolumeExport | None:
+        return next((e for e in self.exports if isinstance(e, VolumeExport) and e.name == name),
+                    None)
 
     def consumer_macs(self, exp: Export) -> tuple[str, ...]:
         """The provisioning MACs of the nodes an export's consumers name (roles, names, MACs)."""

@@ -19,6 +19,16 @@ one writer.
         consumers: [hnode]        # roles, node names or MACs allowed to use it
         snodes: all               # or a list of storage node names/MACs
         mode: ro                  # ro (shared roots) | rw (instance volumes)
+      - target: e10.0             # a volume made by `hcboot` (control/volumes.py)
+        volume: {name: web1, size: 4G, origin: "template:domu-20261204T101500Z-1a2b"}
+        consumers: [hnode]        # origin: template:NAME | volume:NAME | (absent: empty)
+        snodes: [snode1]          # the storage node that keeps it
+        mode: rw
+    templates:                    # read-only base volumes on every storage node's pool
+      domu-20261204T101500Z-1a2b: {role: domu, build: 20261204T101500Z-1a2b, file: rootfs.img,
+                                   size: 1073741824, sha256: "<64 hex>", artifact: rootfs}
+    deletions:                    # destroyed volumes/templates the snodes must still delete
+      - {kind: volume, name: old1, snodes: [snode1], since: 1796380800.0}
     instances:                    # Xen guests by name (written by hcboot instance ...)
       web1: {template: domu-20261204T101500Z, memory_mb: 384, vcpus: 1, disk_size: 4294967296,
              mac: "0a:48:43:00:00:01", ip: 203.0.113.10, uuid: 5f0c..., volume: web1-root,
@@ -47,18 +57,24 @@ from homecloud.core.model import (
     HOSTNAME_RE,
     LOADERS,
     NIC_PURPOSES,
+    ORIGIN_KINDS,
+    POOL_KINDS,
+    VOLUME_NAME_RE,
     Export,
     ImageExport,
     Inventory,
     Nic,
     Node,
+    PoolDeletion,
+    TemplateImage,
     VolumeExport,
     default_node_name,
 )
 from homecloud.inventory.instances_schema import InstanceParsing, instance_doc
 
 INVENTORY_NAME = "inventory.yaml"
-_TOP_KEYS = ("default_role", "nodes", "exports", "instances", "drained")
+_TOP_KEYS = ("default_role", "nodes", "exports", "templates", "deletions", "instances",
+             "drained")
 _NODE_KEYS = ("role", "nics", "mac", "ip", "cmdline", "loader")
 _LEGACY_NODE_KEYS = ("mac", "role", "hostname", "ip", "cmdline", "loader")
 _NIC_KEYS = ("mac", "purpose", "ip")
@@ -153,9 +169,79 @@ class _Parser(InstanceParsing):
             default_role = self.role("default_role", default_role, top.get("default_role"))
         nodes = self.nodes(top.get("nodes"), data.get("nodes"))
         exports = self.exports(top.get("exports"), data.get("exports"))
+        templates = self.templates(top.get("templates"), data.get("templates"))
+        deletions = self.deletions(top.get("deletions"), data.get("deletions"))
         instances = self.instances(top.get("instances"), data.get("instances"), nodes)
         drained = self.drained(top.get("drained"), data.get("drained"))
-        return Inventory(nodes, default_role, exports, instances=instances, drained=drained)
+        return Inventory(nodes, default_role, exports, templates=templates,
+                         deletions=deletions, instances=instances, drained=drained)
+
+    # ------------------------------------------------------------------ templates, deletions
+    def pool_name(self, entry: str, value: object, node: yaml.Node | None) -> str:
+        if not isinstance(value, str) or not VOLUME_NAME_RE.match(value):
+            raise self.err(entry, f"name {value!r} is not a volume/template name (letters, "
+                           "digits, . _ -; at most 100; not starting with . _ -)", node)
+        return value
+
+    def templates(self, mapping: yaml.Node | None, data: object) -> tuple[TemplateImage, ...]:
+        if mapping is None or data is None:
+            return ()
+        if not isinstance(mapping, yaml.MappingNode) or not isinstance(data, dict):
+            raise self.err("templates", "must be a mapping of template name to {role, build,"
+                           " file, size, sha256}", mapping)
+        keys = ("role", "build", "file", "size", "sha256", "artifact")
+        out: list[TemplateImage] = []
+        for (knode, vnode), (name, d) in zip(mapping.value, data.items(), strict=True):
+            entry = f"templates.{name}"
+            name = self.pool_name(entry, name, knode)
+            if not isinstance(vnode, yaml.MappingNode) or not isinstance(d, dict):
+                raise self.err(entry, "must be a mapping {role, build, file, size, sha256}",
+                               vnode)
+            self.keys(entry, vnode, keys)
+            for k in keys[:5]:
+                if k not in d:
+                    raise self.err(entry, f"missing key {k!r}", vnode)
+            sha = str(d["sha256"])
+            if not re.fullmatch(r"[0-9a-f]{64}", sha):
+                raise self.err(entry, f"sha256 {sha!r} is not 64 hex digits", vnode)
+            size = d["size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                raise self.err(entry, f"size {size!r} is not a number of bytes", vnode)
+            for k in ("role", "build", "file", "artifact"):
+                if k in d and not (isinstance(d[k], str) and VOLUME_NAME_RE.match(d[k])):
+                    raise self.err(entry, f"{k} {d[k]!r} is not a name", vnode)
+            out.append(TemplateImage(name, d["role"], d["build"], d["file"], size, sha,
+                                     d.get("artifact", "rootfs")))
+        return tuple(sorted(out, key=lambda t: t.name))
+
+    def deletions(self, seq: yaml.Node | None, data: object) -> tuple[PoolDeletion, ...]:
+        if seq is None or data is None:
+            return ()
+        if not isinstance(seq, yaml.SequenceNode) or not isinstance(data, list):
+            raise self.err("deletions", "must be a list of {kind, name, snodes}", seq)
+        out: list[PoolDeletion] = []
+        for i, (node, d) in enumerate(zip(seq.value, data, strict=True)):
+            entry = f"deletions[{i}]"
+            if not isinstance(node, yaml.MappingNode) or not isinstance(d, dict):
+                raise self.err(entry, "must be a mapping {kind, name, snodes}", node)
+            self.keys(entry, node, ("kind", "name", "snodes", "since", "target"))
+            if d.get("kind") not in POOL_KINDS:
+                raise self.err(entry, f"kind {d.get('kind')!r} not one of {POOL_KINDS}", node)
+            name = self.pool_name(entry, d.get("name"), node)
+            snodes = d.get("snodes") or []
+            if not isinstance(snodes, list) or not all(isinstance(x, str) for x in snodes):
+                raise self.err(entry, "snodes must be a list of storage node names", node)
+            since = d.get("since", 0.0)
+            if not isinstance(since, (int, float)) or isinstance(since, bool):
+                raise self.err(entry, f"since {since!r} is not a time", node)
+            target = None
+            if d.get("target") is not None:
+                try:
+                    target = Target.parse(str(d["target"]))
+                except BadTarget as exc:
+                    raise self.err(entry, str(exc), node) from None
+            out.append(PoolDeletion(d["kind"], name, tuple(snodes), float(since), target))
+        return tuple(out)
 
     # ------------------------------------------------------------------ nodes
     def nodes(self, seq: yaml.Node | None, data: object) -> tuple[Node, ...]:
@@ -310,14 +396,21 @@ class _Parser(InstanceParsing):
                                        artifact=str(img.get("artifact", "rootfs")),
                                        build=str(img["build"]) if img.get("build") else None))
             else:
-                if not isinstance(vol, dict) or set(vol) != {"name", "size"}:
-                    raise self.err(entry, "volume must be {name, size}", node)
+                if not isinstance(vol, dict) or not {"name", "size"} <= set(vol) or \
+                        set(vol) - {"name", "size", "origin"}:
+                    raise self.err(entry, "volume must be {name, size, origin?}", node)
                 try:
                     size = parse_size(vol["size"])
                 except ValueError as exc:
                     raise self.err(entry, str(exc), node) from None
+                okind, oname = "empty", ""
+                if vol.get("origin"):
+                    okind, _, oname = str(vol["origin"]).partition(":")
+                    if okind not in ORIGIN_KINDS[:2] or not VOLUME_NAME_RE.match(oname):
+                        raise self.err(entry, f"origin {vol['origin']!r} is not template:NAME"
+                                       " or volume:NAME", node)
                 out.append(VolumeExport(target, mode, cons, snodes, name=str(vol["name"]),
-                                        size=size))
+                                        size=size, origin_kind=okind, origin=oname))
         return tuple(out)
 
     def consumer(self, entry: str, value: object, node: yaml.Node) -> str:
@@ -371,6 +464,8 @@ def export_doc(e: Export) -> dict[str, Any]:
         doc["image"] = img
     else:
         doc["volume"] = {"name": e.name, "size": e.size}
+        if e.origin_kind != "empty":
+            doc["volume"]["origin"] = f"{e.origin_kind}:{e.origin}"
     doc["consumers"] = list(e.consumers)
     doc["snodes"] = "all" if e.snodes is None else list(e.snodes)
     doc["mode"] = e.mode
@@ -387,5 +482,13 @@ def to_yaml(inv: Inventory) -> str:
         doc["instances"] = {i.name: instance_doc(i) for i in inv.instances}
     if inv.drained:
         doc["drained"] = list(inv.drained)
+    if inv.templates:
+        doc["templates"] = {t.name: {"role": t.role, "build": t.build, "file": t.file,
+                                     "size": t.size, "sha256": t.sha256,
+                                     "artifact": t.artifact} for t in inv.templates}
+    if inv.deletions:
+        doc["deletions"] = [{"kind": d.kind, "name": d.name, "snodes": list(d.snodes),
+                             "since": d.since, **({"target": str(d.target)} if d.target else {})}
+                            for d in inv.deletions]
     header = "# homecloud inventory: written by hcboot; edits by hand are fine (quote MACs)\n"
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

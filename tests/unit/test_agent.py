@@ -27,7 +27,14 @@ from builder.elements import ElementLibrary, lint_element
 from homecloud.agents import disks as D
 from homecloud.agents import reconcile as R
 from homecloud.agents.common import Backoff, CommandError, cmdline_args, run
-from homecloud.agents.protocol import ImageExport, Plan, VolumeExport, plan_json
+from homecloud.agents.protocol import (
+    Deletion,
+    ImageExport,
+    Plan,
+    TemplateSpec,
+    VolumeExport,
+    plan_json,
+)
 from homecloud.agents.storage import READY_PREFIX, USAGE, Config
 from homecloud.core.ids import Target
 from tests.support.agents import STORAGE_LAUNCHER, agent_env, storage_agent_argv
@@ -444,3 +451,30 @@ def test_agent_without_server_is_a_configuration_error(tmp_path: Path) -> None:
                             "HC_RUN": str(tmp_path / "run"), "HC_CONSOLE": "none"})
     assert r.returncode == 2
     assert "ERROR: no boot server" in r.stdout
+
+
+def test_agent_without_a_pool_serves_empty_volumes_and_refuses_clones(agent: Agent) -> None:
+    """HC_DISKS=none (or a store made before LVM): no volume pool.  An empty volume is a sparse
+    file as before; a template and a clone are refused, saying why; nothing is deleted."""
+    empty = VolumeExport(Target(10, 0), "rw", (HNODE,), "scratch", 1 << 20)
+    clone = VolumeExport(Target(10, 1), "rw", (HNODE,), "web", 1 << 20, "template", "domu-b1")
+    tpl = TemplateSpec("domu-b1", "domu", "b1", 4096, SHA, "http://192.0.2.1/images/domu/b1/r")
+    (agent.store / "volumes").mkdir(parents=True)
+    keep = agent.store / "volumes" / "old.vol"
+    keep.write_bytes(b"x")
+    plan = Plan(MAC, (empty, clone), templates=(tpl,), delete=(Deletion("volume", "old"),))
+    (agent.server / "plan" / f"{MAC}.json").write_text(plan_json(plan))
+    agent.start()
+    agent.wait(lambda: READY_PREFIX + "e10.0" in agent.log(), "exports ready e10.0")
+    agent.wait(lambda: "errors:" in agent.log(), "the errors line")
+    log = agent.log()
+    assert "no volume pool: HC_DISKS=none" in log
+    assert ("export e10.1: volume web: cannot clone template domu-b1: no volume pool on this "
+            "storage node (HC_DISKS=none)") in log
+    assert "template domu-b1: no volume pool on this storage node (HC_DISKS=none);" in log
+    agent.wait(lambda: list(agent.running()) == ["e10.0"], "the vblade of e10.0 only")
+    vol = agent.store / "volumes" / "scratch.vol"
+    assert agent.running()["e10.0"] == f"-s -m {HNODE} 10 0 lo {vol}"
+    assert vol.stat().st_size == 1 << 20
+    assert keep.read_bytes() == b"x"
+    assert agent.stop() == 0

@@ -1,0 +1,173 @@
+"""hcboot template ... / hcboot volume ...: templates and volumes on the storage nodes (click
+only; the work is homecloud.control.volumes).
+
+Every long action prints timestamped steps, then a final result; a failure names the storage
+node, the target and what the node reported."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from homecloud.control.contracts import Origin
+from homecloud.control.service import ControlService
+from homecloud.control.volumes import Volumes, template_doc, volume_doc
+from homecloud.core.errors import HomecloudError
+from homecloud.inventory.schema import parse_size
+
+
+def _volumes(ctx: click.Context) -> Volumes:
+    """The volume API over the inventory of hcboot's state directory (``ctx.obj``: hcboot's
+    context, with ``state_dir``, ``images`` and ``control()``)."""
+    c: Any = ctx.obj
+    svc: ControlService = c.control()
+    return Volumes(svc.store, c.state_dir, c.images)
+
+
+def step(text: str) -> None:
+    click.echo(f"{time.strftime('%H:%M:%S')} {text}")
+
+
+def _fail(exc: HomecloudError) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f}{unit}"
+    return f"{n}B"
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+@click.group()
+def template() -> None:
+    """Templates: read-only base volumes made from a build, on every storage node."""
+
+
+@template.command("import")
+@click.argument("spec", metavar="ROLE[/BUILD]")
+@click.option("--timeout", default=1800, show_default=True, help="Seconds to wait for the"
+              " storage nodes.")
+@click.pass_context
+def template_import(ctx: click.Context, spec: str, timeout: int) -> None:
+    """Make a template of ROLE's current (or BUILD) published rootfs on every storage node."""
+    role, _, build = spec.partition("/")
+    try:
+        t = _volumes(ctx).import_template(role, build or None, step, timeout=timeout)
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    step(f"template {t.name}: ready on {', '.join(t.snodes) or 'no storage node'}")
+
+
+@template.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def template_list(ctx: click.Context, as_json: bool) -> None:
+    """Templates, where they are present and their clones."""
+    try:
+        ts = _volumes(ctx).templates()
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps([template_doc(t) for t in ts], indent=1))
+        return
+    if not ts:
+        click.echo("no templates (hcboot template import ROLE)")
+        return
+    for t in ts:
+        click.echo(f"{t.name:40} {_size(t.size):>7}  on: {', '.join(t.snodes) or '-'}  "
+                   f"clones: {', '.join(t.clones) or '-'}")
+
+
+@template.command("remove")
+@click.argument("name")
+@click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the"
+              " storage nodes.")
+@click.pass_context
+def template_remove(ctx: click.Context, name: str, timeout: int) -> None:
+    """Remove template NAME (refused while volumes cloned from it exist)."""
+    try:
+        _volumes(ctx).remove_template(name, step, timeout=timeout)
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    step(f"template {name}: removed")
+
+
+# ------------------------------------------------------------------------------- volumes
+
+
+@click.group()
+def volume() -> None:
+    """Volumes: thin volumes on the storage nodes, exported read-write to the hnodes.
+
+    Not redundant yet: one storage node keeps each volume (replication is issue 12)."""
+
+
+@volume.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def volume_list(ctx: click.Context, as_json: bool) -> None:
+    """Volumes: target, size, origin, storage node."""
+    try:
+        vs = _volumes(ctx).volumes()
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps([volume_doc(v) for v in vs], indent=1))
+        return
+    if not vs:
+        click.echo("no volumes")
+        return
+    for v in vs:
+        d = volume_doc(v)
+        click.echo(f"{v.name:24} {v.target!s:9} {_size(v.size):>7}  "
+                   f"{d['origin'] or 'empty':40} on {', '.join(v.snodes or ('all',))}")
+
+
+@volume.command("create")
+@click.argument("name")
+@click.option("--size", default="0", help="Size (e.g. 10G); at least the origin's.")
+@click.option("--from", "origin", default="", metavar="template:NAME|volume:NAME|ROLE",
+              help="Clone a template (or the newest template of a role) or copy a volume;"
+              " empty if not given.")
+@click.option("--timeout", default=600, show_default=True)
+@click.pass_context
+def volume_create(ctx: click.Context, name: str, size: str, origin: str, timeout: int) -> None:
+    """Create volume NAME and wait until its storage node serves it."""
+    vols = _volumes(ctx)
+    try:
+        nbytes = parse_size(size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--size") from None
+    try:
+        kind, _, oname = origin.partition(":")
+        if not origin:
+            o = Origin("empty")
+        elif kind == "volume" and oname:
+            o = Origin("volume", oname)
+        else:
+            o = Origin("template", vols.resolve_template(oname if kind == "template"
+                                                         else origin).name)
+        e = vols.create(name, nbytes, o, step, timeout=timeout)
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    step(f"volume {name}: ready at {e.target} ({_size(e.size)})")
+
+
+@volume.command("delete")
+@click.argument("name")
+@click.option("--timeout", default=300, show_default=True)
+@click.pass_context
+def volume_delete(ctx: click.Context, name: str, timeout: int) -> None:
+    """Delete volume NAME: stop its export, delete it on its storage node, free its slot."""
+    try:
+        _volumes(ctx).delete(name, step, timeout=timeout)
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    step(f"volume {name}: deleted")
