@@ -191,10 +191,10 @@ class Inventory:
     nodes: tuple[Node, ...] = ()
     default_role: str | None = None
     exports: tuple[Export, ...] = ()
-    instances: tuple[Instance, ...] = ()
-    drained: tuple[str, ...] = ()  # hnodes placement skips (hcboot node drain)
     templates: tuple[TemplateImage, ...] = ()
     deletions: tuple[PoolDeletion, ...] = ()
+    instances: tuple[Instance, ...] = ()
+    drained: tuple[str, ...] = ()  # hnodes placement skips (hcboot node drain)
     _by_mac: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
     _by_name: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
 
