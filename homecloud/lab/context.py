@@ -57,7 +57,8 @@ class LabContext:
         password prompt)."""
         argv = [*self.exec_prefix(), "ssh", "-i", self.ssh_key, "-o", "IdentitiesOnly=yes",
                 "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=10"]
+                "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no",
+                "-o", "ConnectTimeout=10"]
         if tty:
             argv.append("-t")
         return [*argv, f"{user}@{host}", *command]
