@@ -82,6 +82,9 @@ def lab() -> None:
               help="Size of each storage-node disk (raw, sparse).")
 @click.option("--network", default=DEFAULT_NET, show_default=True,
               help="Server address and prefix on the lab bridge (a documentation range).")
+@click.option("--parallel/--sequential", default=True, show_default=True,
+              help="Start the hnodes with the snodes (they wait for the root export) or only "
+              "once every snode is ready.")
 @click.option("--instance-network", default=DEFAULT_INST_NET, show_default=True,
               help="Server address and prefix on the instance bridge (the hnodes' NIC 2).")
 @click.option("--snode-memory", type=click.IntRange(256), default=None,
@@ -91,7 +94,7 @@ def lab() -> None:
 @click.pass_context
 def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, images: Path | None,
        no_build: bool, timeout: int, disk_size: str, network: str, snode_memory: int | None,
-       hnode_memory: int | None, instance_network: str) -> None:
+       hnode_memory: int | None, instance_network: str, parallel: bool) -> None:
     """Build missing images, start hcboot and the nodes, follow them until ready."""
     try:
         size = parse_size(disk_size)
@@ -101,7 +104,8 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
     try:
         rows = lb.up(snodes=snodes, hnodes=hnodes, build=not no_build, timeout=timeout,
                      disk_size=size, network=network, snode_memory=snode_memory,
-                     hnode_memory=hnode_memory, instance_network=instance_network)
+                     hnode_memory=hnode_memory, instance_network=instance_network,
+                     parallel=parallel)
     except HomecloudError as exc:
         hint = ("" if "lab down` first" in str(exc) else
                 "\n(whatever the lab started stays until `hcboot lab down`)")

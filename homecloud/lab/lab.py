@@ -50,6 +50,7 @@ from homecloud.lab.status import (
     DEFAULT_INST_NET,
     DEFAULT_NET,
     FORMAT,
+    HNODE_AOE_WAIT,
     HNODE_MEMORY_SHARED,
     INST_NIC_ROLES,
     LAB_NAME,
@@ -220,7 +221,10 @@ class Lab:
     def up(self, snodes: int = 2, hnodes: int = 2, build: bool = True, timeout: float = 1800,
            disk_size: int = 8 << 30, network: str = DEFAULT_NET,
            snode_memory: int | None = None, hnode_memory: int | None = None,
-           instance_network: str = DEFAULT_INST_NET) -> list[NodeStatus]:
+           instance_network: str = DEFAULT_INST_NET, parallel: bool = True) -> list[NodeStatus]:
+        """Boot the lab.  ``parallel``: start the hnodes together with the snodes (their
+        initramfs waits up to HNODE_AOE_WAIT s for the root export, so Xen and dom0's kernel
+        boot while the snodes fetch the image); else only once every snode is ready."""
         self._t0 = time.monotonic()
         self._preflight()
         if self.images is None:
@@ -263,28 +267,34 @@ class Lab:
             self._lab_key()
             self._start_server()
             self._write_context()
-            shared = hnodes > 1
             for i in range(1, snodes + 1):
                 self._start_node("snode", i, memory=snode_memory, disk_size=disk_size)
+            if parallel:
+                self._start_hnodes(hnodes, hnode_memory)
             self.doc["phase"] = "booting"
             self.save()
         snames = [f"snode{i}" for i in range(1, snodes + 1)]
+        hnames = [f"hnode{i}" for i in range(1, hnodes + 1)]
         deadline = time.monotonic() + timeout
-        self.follow(snames, deadline)
-        with self._lock():
-            self.load()
-            if self.doc.get("phase") == "down":
-                raise LabError("the lab was taken down while it booted")
-            for i in range(1, hnodes + 1):
-                mem = hnode_memory or (HNODE_MEMORY_SHARED if shared else MEMORY["hnode"])
-                self._start_node("hnode", i, memory=mem)
-        self.follow(snames + [f"hnode{i}" for i in range(1, hnodes + 1)], deadline)
+        if not parallel:
+            self.follow(snames, deadline)
+            with self._lock():
+                self.load()
+                if self.doc.get("phase") == "down":
+                    raise LabError("the lab was taken down while it booted")
+                self._start_hnodes(hnodes, hnode_memory)
+        self.follow(snames + hnames, deadline)
         with self._lock():
             self.load()
             if self.doc.get("phase") == "booting":
                 self.doc["phase"] = "up"
                 self.save()
         return self.status()
+
+    def _start_hnodes(self, hnodes: int, memory: int | None) -> None:
+        mem = memory or (HNODE_MEMORY_SHARED if hnodes > 1 else MEMORY["hnode"])
+        for i in range(1, hnodes + 1):
+            self._start_node("hnode", i, memory=mem)
 
     def _reset_dirs(self) -> None:
         """A fresh lab: new hcboot state (inventory, leases, seen, reports), logs and disks."""
@@ -310,7 +320,10 @@ class Lab:
                 nics: tuple[Nic, ...] = (Nic(lab_mac(role, i), ip=lab_ip(prefix, role, i)),)
                 if role in INST_NIC_ROLES:  # NIC 2 on the instance bridge (dom0's xenbr1)
                     nics += (Nic(lab_mac(role, i, 2), purpose="instance"),)
-                nodes.append(Node(f"{role}{i}", role, nics))
+                # the lab starts hnodes with the snodes: their initramfs waits for the root
+                # export (default 30 s) while the snodes fetch it
+                cmdline = f"hc.aoe_wait={HNODE_AOE_WAIT}" if role == "hnode" else ""
+                nodes.append(Node(f"{role}{i}", role, nics, cmdline=cmdline))
         # consumers: every hnode, and the lab bridge itself so that `hcboot aoe verify` run in
         # the lab's namespace is an allowed initiator (vblade -m)
         exports = (ImageExport(Target.parse(ROOT_TARGET), mode="ro", role="hnode",

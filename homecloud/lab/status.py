@@ -27,6 +27,7 @@ ROOT_TARGET = "e1.0"
 # limits to half the RAM: hcbuild's snode image (~680 MB unpacked) does not fit in 1024 MB
 MEMORY = {"snode": 2048, "hnode": 2048}
 HNODE_MEMORY_SHARED = 1536           # each, when more than one hnode runs on this host
+HNODE_AOE_WAIT = 900                 # s an hnode's initramfs waits for its root (hc.aoe_wait)
 BOOT_ORDER = "order=n,reboot-timeout=1000"  # PXE; SeaBIOS retries 1 s after a failed boot
 
 Say = Callable[[str], None]
