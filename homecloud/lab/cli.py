@@ -142,7 +142,9 @@ def status(ctx: click.Context, lab_dir: Path | None, as_json: bool) -> None:
     srv = doc["server"]
     click.echo(f"lab {doc['dir']}: {doc['phase']}; namespace {doc['netns']} "
                f"({'present' if doc['netns_exists'] else 'absent'}); hcboot serve "
-               f"{'running' if srv['running'] else 'stopped'} at {srv['address']}")
+               f"{'running' if srv['running'] else 'stopped'} at {srv['address']} "
+               f"({doc['bridges']['provisioning']}) and {srv['instance_address']} "
+               f"({doc['bridges']['instance']}, instances)")
     click.echo(format_table(_run(lb.status)))
 
 
