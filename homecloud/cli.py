@@ -24,6 +24,7 @@ from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import normalize_mac
 from homecloud.core.paths import default_image_store, default_state_dir
 from homecloud.lab.cli import lab
+from homecloud.lab.context import current_context
 from homecloud.serve import serve
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,12 +60,18 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--images", type=click.Path(path_type=Path), envvar="HC_IMAGE_STORE", default=None,
               help="Image store written by hcbuild. Env HC_IMAGE_STORE; default STATE_DIR/images.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+@click.option("--lab", "use_lab", is_flag=True, help="Use the running lab's state and images "
+              "(the context the last `hcboot lab up` wrote; see `hcboot lab env`).")
 @click.pass_context
-def main(ctx: click.Context, state_dir: Path | None, images: Path | None, verbose: int) -> None:
+def main(ctx: click.Context, state_dir: Path | None, images: Path | None, verbose: int,
+         use_lab: bool) -> None:
     """hcboot: boot every machine of a homecloud from the network, by MAC address."""
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if use_lab:
+        lab_ctx = fail_cleanly(current_context)()
+        state_dir, images = Path(lab_ctx.state_dir), Path(lab_ctx.images)
     sd = state_dir or default_state_dir()
     ctx.obj = Ctx(sd, images or (sd / "images" if state_dir else default_image_store()))
 

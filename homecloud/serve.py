@@ -1,4 +1,5 @@
-"""``hcboot serve``: DHCP (full or proxy) + TFTP + HTTP on one provisioning interface.
+"""``hcboot serve``: DHCP (full or proxy) + TFTP + HTTP on one provisioning interface, and
+optionally DHCP for instances (static, known MACs only) on an instance interface.
 
 Composition only (with homecloud.cli, the composition root): every protocol lives in its own
 module of ``bootserver``; this file builds the objects -- the inventory store, the boot policy,
@@ -24,6 +25,7 @@ import click
 from bootserver.bootapp import BootApp
 from bootserver.dhcp.pool import PoolConfig
 from bootserver.dhcp.server import DhcpConfig, DhcpServer
+from bootserver.dhcp.static import StaticLookup, StaticPolicy, static_config
 from bootserver.firststage import populate
 from bootserver.http import App, HttpLimits, HttpServer, Response
 from bootserver.machine import Machine
@@ -36,6 +38,7 @@ from homecloud.control.seen import SeenStore
 from homecloud.control.service import known_roles
 from homecloud.core.errors import HomecloudError
 from homecloud.core.manifest import ImageStore
+from homecloud.inventory.protocol import InventoryStore
 from homecloud.inventory.yamlfile import YamlFileStore
 
 log = logging.getLogger("homecloud.serve")
@@ -101,12 +104,38 @@ class ServeOptions:
     ipv6_ra: bool = True  # answer router solicitations (saves iPXE ~13 s), see bootserver/ra.py
     http_limits: HttpLimits = field(default_factory=HttpLimits)  # caps, timeouts: docs/security.md
     tftp_limits: TftpLimits = field(default_factory=TftpLimits)  # docs/limits.md
+    # the instance network (issue 11): DHCP only, static addresses for known instance MACs
+    instance_interface: str | None = None
+    instance_address: str | None = None  # ADDRESS/PREFIX; default: the interface's first IPv4
+    instance_router: str | None = None
+    instance_dns: tuple[str, ...] = ()
+    instance_domain: str | None = None
+
+
+def inventory_instances(store: InventoryStore) -> StaticLookup:
+    """The instance network's lookup over the inventory: ``Inventory.instance_by_mac(mac)``
+    (an ``Instance`` with ``.ip`` and ``.name``) -> ``(ip, name)``; None for a MAC that is no
+    instance's or an instance without an address yet.  Read at every request: a new instance is
+    answered as soon as the store has it (live reload)."""
+
+    def lookup(mac: str) -> tuple[str, str | None] | None:
+        inv = store.snapshot().inventory
+        by_mac = getattr(inv, "instance_by_mac", None)  # the instances section (issue 11)
+        if by_mac is None:
+            return None
+        inst = by_mac(mac)
+        if inst is None or not getattr(inst, "ip", None):
+            return None
+        return str(inst.ip), str(inst.name)
+
+    return lookup
 
 
 class BootServer:
     """All of hcboot's servers for one interface."""
 
-    def __init__(self, opts: ServeOptions, roles: list[str]) -> None:
+    def __init__(self, opts: ServeOptions, roles: list[str],
+                 instance_lookup: StaticLookup | None = None) -> None:
         self.opts = opts
         if opts.address:
             iface = ipaddress.IPv4Interface(opts.address if "/" in opts.address
@@ -150,6 +179,20 @@ class BootServer:
             interface=opts.interface, server_ip=server_ip, mode=opts.mode,  # type: ignore[arg-type]
             pools=pools, lease_time=opts.lease_time, lease_file=state / "leases.jsonl",
             router=opts.router, dns=opts.dns, domain=opts.domain), self.policy)
+        self.instance_dhcp: DhcpServer | None = None
+        if opts.instance_interface:
+            if opts.instance_interface == opts.interface:
+                raise ServeError(f"--instance-interface {opts.instance_interface} is the "
+                                 "provisioning interface: instances need a network of their own")
+            inst_cidr = opts.instance_address or str(interface_ipv4(opts.instance_interface))
+            if "/" not in inst_cidr:
+                raise ServeError(f"--instance-address {inst_cidr}: give ADDRESS/PREFIX")
+            self.instance_dhcp = DhcpServer(
+                static_config(opts.instance_interface, inst_cidr,
+                              lease_file=state / "instance-leases.jsonl",
+                              router=opts.instance_router, dns=opts.instance_dns,
+                              domain=opts.instance_domain, lease_time=opts.lease_time),
+                StaticPolicy(instance_lookup or inventory_instances(self.inventory)))
         self.tftp = TftpServer(self.tftp_root, server_ip, opts.tftp_port,
                                resolver=self.app.tftp_resolve, limits=opts.tftp_limits,
                                mac_of=self.identity.mac_of)
@@ -177,6 +220,11 @@ class BootServer:
         self.tftp.start()
         self.dhcp.open()
         self.dhcp.start()
+        if self.instance_dhcp is not None:
+            self.instance_dhcp.open()
+            self.instance_dhcp.start()
+            log.info("instance DHCP on %s (%s): static addresses for known instance MACs only",
+                     self.opts.instance_interface, self.instance_dhcp.config.server_ip)
         if self.ra is not None:
             self.ra.start()
         log.info("hcboot serving on %s (%s): DHCP %s, TFTP :%d, HTTP :%d, images %s",
@@ -189,6 +237,11 @@ class BootServer:
         self._stopped.set()
         if self.ra is not None:
             self.ra.stop()
+        if self.instance_dhcp is not None:
+            try:
+                self.instance_dhcp.stop()
+            except Exception:
+                log.exception("stopping instance dhcp failed")
         for name, fn in (("dhcp", self.dhcp.stop), ("tftp", self.tftp.stop),
                          ("http", self.http.stop), ("inventory", self.inventory.close),
                          ("seen", self.seen.stop)):
@@ -262,6 +315,14 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.option("--http-io-timeout", type=click.FloatRange(0.1), show_default=True,
               default=HttpLimits.io_timeout, help="Seconds an HTTP body read or response "
               "send may stall.")
+@click.option("--instance-interface", envvar="HCBOOT_INSTANCE_INTERFACE",
+              help="Instance network interface: DHCP there answers only instance MACs the "
+              "inventory knows, with their static address and hostname (no boot options).")
+@click.option("--instance-address", help="This server's ADDRESS/PREFIX on the instance "
+              "network (default: the instance interface's first IPv4).")
+@click.option("--instance-router", help="Option 3 for instances (none unless given).")
+@click.option("--instance-dns", multiple=True, help="Option 6 for instances (repeatable).")
+@click.option("--instance-domain", help="Option 15 for instances.")
 @click.pass_obj
 def serve(c: object, interface: str, mode: str, address: str | None, range_: str | None,
           router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
@@ -269,7 +330,9 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
           tftp_timeout: float, tftp_max_timeout: int, tftp_retries: int,
           tftp_max_windowsize: int, efi_binary: str, ipv6_ra: bool,
           http_max_connections: int, http_max_per_client: int, http_head_timeout: float,
-          http_idle_timeout: float, http_io_timeout: float) -> None:
+          http_idle_timeout: float, http_io_timeout: float, instance_interface: str | None,
+          instance_address: str | None, instance_router: str | None,
+          instance_dns: tuple[str, ...], instance_domain: str | None) -> None:
     """Serve DHCP/ProxyDHCP, TFTP and HTTP boot on INTERFACE until SIGTERM."""
     state_dir: Path = c.state_dir  # type: ignore[attr-defined]
     images: Path = c.images  # type: ignore[attr-defined]
@@ -283,7 +346,10 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
                         tftp_limits=TftpLimits(
                             max_sessions=tftp_max_sessions, max_per_client=tftp_max_per_client,
                             timeout=tftp_timeout, max_timeout=tftp_max_timeout,
-                            retries=tftp_retries, max_windowsize=tftp_max_windowsize))
+                            retries=tftp_retries, max_windowsize=tftp_max_windowsize),
+                        instance_interface=instance_interface, instance_address=instance_address,
+                        instance_router=instance_router, instance_dns=instance_dns,
+                        instance_domain=instance_domain)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
         srv = BootServer(opts, known_roles(images))

@@ -70,10 +70,15 @@ class DhcpConfig:
     client_port: int = CLIENT_PORT
     pxe_port: int = PXE_PORT  # proxy mode only
     max_hops: int = MAX_HOPS
+    # answer only MACs the policy gives a static address (silence for every other MAC, no
+    # dynamic addresses): the instance network (bootserver.dhcp.static)
+    static_only: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "proxy"):
             raise DhcpConfigError(f"dhcp mode: {self.mode!r} is not 'full' or 'proxy'")
+        if self.static_only and self.mode != "full":
+            raise DhcpConfigError("dhcp static_only: needs mode 'full' (it hands out addresses)")
         if not self.interface:
             raise DhcpConfigError("dhcp interface: must be set")
         try:

@@ -28,6 +28,9 @@ Choices worth knowing
     NAKed.
   * An OFFER reserves its address for ``offer_time``; when a pool runs dry, the oldest tentative
     offer is reclaimed (bound leases never are), so a burst of new clients is always answered.
+  * ``static_only`` (the instance network): only MACs the policy gives a static address get
+    an answer; every other MAC gets silence (not a NAK: another server may own it) and the pool
+    is never drawn from.
   * A static address from the policy wins over a dynamic lease of the same address (the other
     client is NAKed when it renews).  Keep static addresses outside the dynamic range.
   * Log levels: OFFERs are DEBUG (bursts), ACK/NAK/INFORM/RELEASE/DECLINE and ProxyDHCP answers
@@ -328,8 +331,9 @@ class DhcpProtocol:
         if st is None:
             return None
         if not pool.usable(st[0]):
-            ctx.log.warning("dhcp: static address %s of %s is not on %s; using the pool",
-                            st[0], ctx.mac, pool.cfg.network)
+            ctx.log.warning("dhcp: static address %s of %s is not on %s; %s", st[0], ctx.mac,
+                            pool.cfg.network,
+                            "not answering" if self.config.static_only else "using the pool")
             return None
         return st
 
@@ -341,6 +345,8 @@ class DhcpProtocol:
         if st is not None:
             lt.take_over(st[0], mac)
             return st
+        if self.config.static_only:  # static addresses only: no lease, offer or pool address
+            return None
         ls = lt.lease_of(mac)
         if ls is not None and pool.in_range(ls.ip) and self._free(ls.ip, mac):
             return ls.ip, ls.hostname
@@ -377,6 +383,8 @@ class DhcpProtocol:
         st = self._static(ctx, pool)
         if st is not None:
             return ip == st[0], st[1]
+        if self.config.static_only:
+            return False, None
         if not pool.in_range(ip) or not self._free(ip, ctx.mac):
             return False, None
         ls = self.leases.lease_of(ctx.mac)
@@ -392,6 +400,8 @@ class DhcpProtocol:
 
     def _full(self, ctx: _Ctx) -> Reply | None:
         pkt, mt = ctx.pkt, ctx.mt
+        if self.config.static_only and self.policy.static_address(ctx.mac) is None:
+            return self._ignore(pkt, "no static address for this MAC (static-only server)")
         pool = self._pool_for(pkt)
         if pool is None:
             where = f"relay {pkt.giaddr}" if pkt.giaddr != codec.ZERO_IP else "this link"
@@ -436,8 +446,9 @@ class DhcpProtocol:
         choice = self._choose(ctx, pool)
         if choice is None:
             self._seen(ctx)
-            return self._ignore(ctx.pkt, f"pool {pool.cfg.network} has no free address",
-                                logging.WARNING)
+            why = (f"its static address is not on {pool.cfg.network}" if self.config.static_only
+                   else f"pool {pool.cfg.network} has no free address")
+            return self._ignore(ctx.pkt, why, logging.WARNING)
         ip, hostname = choice
         self.leases.offer(ctx.mac, ip)
         r = self._reply(ctx, _OFFER, ip)

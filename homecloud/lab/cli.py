@@ -17,20 +17,29 @@ import click
 
 from homecloud.core.errors import HomecloudError
 from homecloud.inventory.schema import parse_size
+from homecloud.lab.context import current_lab_dir, read_context
 from homecloud.lab.errors import LabError
 from homecloud.lab.lab import Lab
-from homecloud.lab.status import DEFAULT_NET, format_table
+from homecloud.lab.status import DEFAULT_INST_NET, DEFAULT_NET, format_table
 
 DETACH = b"\x1d"  # Ctrl-]
 
 
 def _lab_dir(ctx: click.Context, given: Path | None) -> Path:
+    """--state-dir, else $HC_LAB_DIR, else <hcboot --state-dir>/lab when hcboot's state dir was
+    given, else the current lab (the one the last `lab up` made), else <default state>/lab."""
     if given is not None:
         return given
     env = os.environ.get("HC_LAB_DIR")
     if env:
         return Path(env)
-    obj: Any = ctx.find_root().obj
+    root = ctx.find_root()
+    obj: Any = root.obj
+    explicit = root.params.get("state_dir") is not None
+    if not explicit:
+        cur = _run(current_lab_dir)
+        if cur is not None:
+            return Path(cur)
     return Path(obj.state_dir) / "lab" if obj is not None else Path("/var/lib/homecloud/lab")
 
 
@@ -60,7 +69,8 @@ def lab() -> None:
 
 
 @lab.command()
-@click.option("--hnodes", default=1, show_default=True, type=click.IntRange(0, 50))
+@click.option("--hnodes", default=2, show_default=True, type=click.IntRange(0, 50),
+              help="Xen hosts (two by default: live migration needs two).")
 @click.option("--snodes", default=2, show_default=True, type=click.IntRange(1, 9))
 @state_dir_opt
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -72,6 +82,11 @@ def lab() -> None:
               help="Size of each storage-node disk (raw, sparse).")
 @click.option("--network", default=DEFAULT_NET, show_default=True,
               help="Server address and prefix on the lab bridge (a documentation range).")
+@click.option("--parallel/--sequential", default=True, show_default=True,
+              help="Start the hnodes with the snodes (they wait for the root export) or only "
+              "once every snode is ready.")
+@click.option("--instance-network", default=DEFAULT_INST_NET, show_default=True,
+              help="Server address and prefix on the instance bridge (the hnodes' NIC 2).")
 @click.option("--snode-memory", type=click.IntRange(256), default=None,
               help="MB per storage node (default 2048: its RAM root must fit in half).")
 @click.option("--hnode-memory", type=click.IntRange(512), default=None,
@@ -79,7 +94,7 @@ def lab() -> None:
 @click.pass_context
 def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, images: Path | None,
        no_build: bool, timeout: int, disk_size: str, network: str, snode_memory: int | None,
-       hnode_memory: int | None) -> None:
+       hnode_memory: int | None, instance_network: str, parallel: bool) -> None:
     """Build missing images, start hcboot and the nodes, follow them until ready."""
     try:
         size = parse_size(disk_size)
@@ -89,7 +104,8 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
     try:
         rows = lb.up(snodes=snodes, hnodes=hnodes, build=not no_build, timeout=timeout,
                      disk_size=size, network=network, snode_memory=snode_memory,
-                     hnode_memory=hnode_memory)
+                     hnode_memory=hnode_memory, instance_network=instance_network,
+                     parallel=parallel)
     except HomecloudError as exc:
         hint = ("" if "lab down` first" in str(exc) else
                 "\n(whatever the lab started stays until `hcboot lab down`)")
@@ -104,7 +120,9 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
     if bad:
         raise click.ClickException(f"not ready: {', '.join(bad)} (serial logs in "
                                    f"{lb.vms_dir}; hcboot lab console NODE)")
-    click.echo(f"\nall {len(rows)} nodes ready. hcboot lab console NODE | lab status | lab down")
+    click.echo(f"\nall {len(rows)} nodes ready. hcboot lab console NODE | lab ssh NODE | "
+               "lab status | lab down\nother hcboot commands against this lab: "
+               "eval \"$(hcboot lab env)\", or hcboot --lab COMMAND")
 
 
 @lab.command()
@@ -124,8 +142,57 @@ def status(ctx: click.Context, lab_dir: Path | None, as_json: bool) -> None:
     srv = doc["server"]
     click.echo(f"lab {doc['dir']}: {doc['phase']}; namespace {doc['netns']} "
                f"({'present' if doc['netns_exists'] else 'absent'}); hcboot serve "
-               f"{'running' if srv['running'] else 'stopped'} at {srv['address']}")
+               f"{'running' if srv['running'] else 'stopped'} at {srv['address']} "
+               f"({doc['bridges']['provisioning']}) and {srv['instance_address']} "
+               f"({doc['bridges']['instance']}, instances)")
     click.echo(format_table(_run(lb.status)))
+
+
+@lab.command()
+@state_dir_opt
+@click.option("--json", "as_json", is_flag=True, help="The context document instead.")
+@click.pass_context
+def env(ctx: click.Context, lab_dir: Path | None, as_json: bool) -> None:
+    """Print the running lab's context as shell exports: eval "$(hcboot lab env)" and every
+    hcboot command uses the lab's state and images (HC_SSH_PREFIX: run SSH in its namespace)."""
+    c = _run(lambda: read_context(_lab_dir(ctx, lab_dir)))
+    if as_json:
+        click.echo(json.dumps(c.to_doc(), indent=1, sort_keys=True))
+        return
+    click.echo(f"# homecloud lab {c.lab_dir}: config node {c.server_ip} on {c.bridge}, "
+               f"{c.inst_ip} on {c.inst_bridge}, namespace {c.netns}")
+    click.echo(c.shell_exports(), nl=False)
+
+
+@lab.command(context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@state_dir_opt
+@click.option("--user", default="root", show_default=True)
+@click.pass_context
+def ssh(ctx: click.Context, node: str, command: tuple[str, ...], lab_dir: Path | None,
+        user: str) -> None:
+    """SSH to NODE (a lab node's name or MAC, or an address, e.g. an instance's) with the lab's
+    key, from inside the lab's namespace; runs COMMAND if given."""
+    d = _lab_dir(ctx, lab_dir)
+    c = _run(lambda: read_context(d))
+    host = node
+    if not _is_ipv4(node):
+        lb = Lab(d)
+        n = _run(lambda: (lb.load(), lb.node(node))[1])
+        host = n.get("ip") or ""
+        if not host:
+            raise click.ClickException(f"{node}: no address in the lab's records (lab status)")
+    argv = c.ssh_argv(host, *command, user=user, tty=not command and sys.stdin.isatty())
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise click.ClickException(f"{' '.join(argv[:6])}...: {exc}") from None
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
 @lab.command()

@@ -4,13 +4,19 @@ machine, isolated in a network namespace.
 Layout of the lab directory (``--state-dir``, default ``<hcboot state>/lab``)::
 
     lab.json          what the lab created: namespace, taps, PIDs (written BEFORE each resource)
+    context.json      what hcboot needs to talk to the lab (homecloud.lab.context; lab env)
+    ssh/              the lab's SSH key (an admin key of the lab's hcboot) and known_hosts
     hcboot/           hcboot's state dir for the lab (inventory.yaml, leases, seen, reports, log)
     vms/              per node: serial log, serial + monitor sockets, argv, QEMU's log
     disks/            the storage nodes' raw sparse disks (two each, for md RAID1)
 
 Everything the lab starts runs inside its namespace, so ``down`` can always finish the job:
 recorded PIDs are stopped after ``/proc/PID/cmdline`` is checked, whatever is left in the
-namespace is killed, and deleting the namespace removes the bridge and the taps.
+namespace is killed, and deleting the namespace removes the bridges and the taps.
+
+Two networks (homecloud.lab.net): provisioning/storage on ``hcbr0`` (every node's NIC 1) and
+instances on ``hcbr1`` (the hnodes' NIC 2, where dom0 bridges its guests); hcboot serve answers
+DHCP on both (on ``hcbr1`` only for instance MACs the inventory knows).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from homecloud.control.admin_keys import add_admin_key
 from homecloud.control.reports import read_reports
 from homecloud.control.seen import read_seen
 from homecloud.control.service import ControlService
@@ -35,13 +42,17 @@ from homecloud.core.ids import Target
 from homecloud.core.manifest import ImageStore, ManifestError
 from homecloud.core.model import STORAGE_ROLE, ImageExport, Inventory, Nic, Node
 from homecloud.lab import net, procs, vm
+from homecloud.lab.context import LabContext, clear_context, write_context
 from homecloud.lab.errors import LabError
 from homecloud.lab.progress import Follower, combine, final_state, reported_at, scan
 from homecloud.lab.status import (
     BOOT_ORDER,
+    DEFAULT_INST_NET,
     DEFAULT_NET,
     FORMAT,
+    HNODE_AOE_WAIT,
     HNODE_MEMORY_SHARED,
+    INST_NIC_ROLES,
     LAB_NAME,
     MEMORY,
     POOL,
@@ -66,6 +77,7 @@ class Lab:
         self.hcboot_dir = self.dir / "hcboot"
         self.vms_dir = self.dir / "vms"
         self.disks_dir = self.dir / "disks"
+        self.ssh_dir = self.dir / "ssh"
         self.doc: dict[str, Any] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._shown: dict[str, str] = {}  # node -> last state printed by follow()
@@ -102,7 +114,9 @@ class Lab:
     def net(self) -> net.LabNet:
         return net.LabNet(netns=self.doc.get("netns") or f"hclab-{self.id}",
                           bridge=self.doc.get("bridge") or "hcbr0",
-                          server_cidr=self.doc.get("server_cidr") or DEFAULT_NET)
+                          server_cidr=self.doc.get("server_cidr") or DEFAULT_NET,
+                          inst_bridge=self.doc.get("inst_bridge") or "hcbr1",
+                          inst_cidr=self.doc.get("inst_cidr") or DEFAULT_INST_NET)
 
     def nodes(self) -> list[dict[str, Any]]:
         return list(self.doc.get("nodes") or [])
@@ -204,20 +218,30 @@ class Lab:
             raise LabError(f"hcbuild image --all failed (exit {rc}); see its output above")
 
     # ------------------------------------------------------------------ up
-    def up(self, snodes: int = 2, hnodes: int = 1, build: bool = True, timeout: float = 1800,
+    def up(self, snodes: int = 2, hnodes: int = 2, build: bool = True, timeout: float = 1800,
            disk_size: int = 8 << 30, network: str = DEFAULT_NET,
-           snode_memory: int | None = None, hnode_memory: int | None = None) -> list[NodeStatus]:
+           snode_memory: int | None = None, hnode_memory: int | None = None,
+           instance_network: str = DEFAULT_INST_NET, parallel: bool = True) -> list[NodeStatus]:
+        """Boot the lab.  ``parallel``: start the hnodes together with the snodes (their
+        initramfs waits up to HNODE_AOE_WAIT s for the root export, so Xen and dom0's kernel
+        boot while the snodes fetch the image); else only once every snode is ready."""
         self._t0 = time.monotonic()
         self._preflight()
         if self.images is None:
             raise LabError("no image store given")
-        try:
-            iface = ipaddress.IPv4Interface(network)
-        except ValueError:
-            raise LabError(f"--network {network!r} is not ADDRESS/24") from None
-        if iface.network.prefixlen != 24 or iface.ip in (iface.network.network_address,
-                                                         iface.network.broadcast_address):
-            raise LabError(f"--network {network}: the lab needs a host address in a /24")
+        nets = []
+        for opt, value in (("--network", network), ("--instance-network", instance_network)):
+            try:
+                iface = ipaddress.IPv4Interface(value)
+            except ValueError:
+                raise LabError(f"{opt} {value!r} is not ADDRESS/24") from None
+            if iface.network.prefixlen != 24 or iface.ip in (iface.network.network_address,
+                                                             iface.network.broadcast_address):
+                raise LabError(f"{opt} {value}: the lab needs a host address in a /24")
+            nets.append(iface.network)
+        if nets[0].overlaps(nets[1]):
+            raise LabError(f"--instance-network {instance_network} overlaps --network {network}: "
+                           "instances need a network of their own")
         with self._lock():
             self.load()
             left = self._anything_left()
@@ -226,7 +250,8 @@ class Lab:
                                f"{', '.join(left)}; run `hcboot lab down` first")
             self.doc = {"format": FORMAT, "id": self.id, "dir": str(self.dir),
                         "images": str(self.images), "netns": f"hclab-{self.id}",
-                        "bridge": "hcbr0", "server_cidr": network, "created": time.time(),
+                        "bridge": "hcbr0", "server_cidr": network, "inst_bridge": "hcbr1",
+                        "inst_cidr": instance_network, "created": time.time(),
                         "phase": "creating", "server": None, "nodes": []}
             self._reset_dirs()
             self.save()
@@ -239,23 +264,26 @@ class Lab:
             self._check_images(["snode", "hnode"])
             self._create_network()
             self._write_inventory(snodes, hnodes)
+            self._lab_key()
             self._start_server()
-            shared = hnodes > 1
+            self._write_context()
             for i in range(1, snodes + 1):
                 self._start_node("snode", i, memory=snode_memory, disk_size=disk_size)
+            if parallel:
+                self._start_hnodes(hnodes, hnode_memory)
             self.doc["phase"] = "booting"
             self.save()
         snames = [f"snode{i}" for i in range(1, snodes + 1)]
+        hnames = [f"hnode{i}" for i in range(1, hnodes + 1)]
         deadline = time.monotonic() + timeout
-        self.follow(snames, deadline)
-        with self._lock():
-            self.load()
-            if self.doc.get("phase") == "down":
-                raise LabError("the lab was taken down while it booted")
-            for i in range(1, hnodes + 1):
-                mem = hnode_memory or (HNODE_MEMORY_SHARED if shared else MEMORY["hnode"])
-                self._start_node("hnode", i, memory=mem)
-        self.follow(snames + [f"hnode{i}" for i in range(1, hnodes + 1)], deadline)
+        if not parallel:
+            self.follow(snames, deadline)
+            with self._lock():
+                self.load()
+                if self.doc.get("phase") == "down":
+                    raise LabError("the lab was taken down while it booted")
+                self._start_hnodes(hnodes, hnode_memory)
+        self.follow(snames + hnames, deadline)
         with self._lock():
             self.load()
             if self.doc.get("phase") == "booting":
@@ -263,9 +291,14 @@ class Lab:
                 self.save()
         return self.status()
 
+    def _start_hnodes(self, hnodes: int, memory: int | None) -> None:
+        mem = memory or (HNODE_MEMORY_SHARED if hnodes > 1 else MEMORY["hnode"])
+        for i in range(1, hnodes + 1):
+            self._start_node("hnode", i, memory=mem)
+
     def _reset_dirs(self) -> None:
         """A fresh lab: new hcboot state (inventory, leases, seen, reports), logs and disks."""
-        for d in (self.hcboot_dir, self.vms_dir, self.disks_dir):
+        for d in (self.hcboot_dir, self.vms_dir, self.disks_dir, self.ssh_dir):
             if self.images is not None and (self.images == d or d in self.images.parents):
                 raise LabError(f"image store {self.images} is inside the lab's {d}: "
                                "choose another --images")
@@ -275,7 +308,8 @@ class Lab:
     def _create_network(self) -> None:
         n = self.net
         self.say(f"{self._elapsed()} network: namespace {n.netns}, bridge {n.bridge} "
-                 f"{n.server_cidr} (isolated: no link to the host)")
+                 f"{n.server_cidr} (provisioning + storage), bridge {n.inst_bridge} "
+                 f"{n.inst_cidr} (instances); no forwarding between them, no link to the host")
         net.create_netns(n)  # lab.json already names it
 
     def _write_inventory(self, snodes: int, hnodes: int) -> None:
@@ -283,8 +317,13 @@ class Lab:
         nodes = []
         for role, count in (("snode", snodes), ("hnode", hnodes)):
             for i in range(1, count + 1):
-                nodes.append(Node(f"{role}{i}", role,
-                                  (Nic(lab_mac(role, i), ip=lab_ip(prefix, role, i)),)))
+                nics: tuple[Nic, ...] = (Nic(lab_mac(role, i), ip=lab_ip(prefix, role, i)),)
+                if role in INST_NIC_ROLES:  # NIC 2 on the instance bridge (dom0's xenbr1)
+                    nics += (Nic(lab_mac(role, i, 2), purpose="instance"),)
+                # the lab starts hnodes with the snodes: their initramfs waits for the root
+                # export (default 30 s) while the snodes fetch it
+                cmdline = f"hc.aoe_wait={HNODE_AOE_WAIT}" if role == "hnode" else ""
+                nodes.append(Node(f"{role}{i}", role, nics, cmdline=cmdline))
         # consumers: every hnode, and the lab bridge itself so that `hcboot aoe verify` run in
         # the lab's namespace is an allowed initiator (vblade -m)
         exports = (ImageExport(Target.parse(ROOT_TARGET), mode="ro", role="hnode",
@@ -303,7 +342,9 @@ class Lab:
         argv = n.exec_argv(sys.executable, "-m", "homecloud", "--state-dir",
                            str(self.hcboot_dir), "--images", str(self.images), "-v", "serve",
                            "--interface", n.bridge, "--mode", "full", "--address", n.server_ip,
-                           "--range", f"{prefix}{POOL[0]}-{prefix}{POOL[1]}")
+                           "--range", f"{prefix}{POOL[0]}-{prefix}{POOL[1]}",
+                           "--instance-interface", n.inst_bridge, "--instance-address",
+                           n.inst_cidr)
         self.doc["server"] = {"pid": None, "argv": argv, "log": str(log)}
         self.save()
         with open(log, "ab") as out:
@@ -321,28 +362,64 @@ class Lab:
                 raise LabError(f"hcboot serve did not come up in 30 s (log {log})")
             time.sleep(0.1)
         self.say(f"{self._elapsed()} hcboot serve up (pid {p.pid}) on {n.bridge} "
-                 f"{n.server_ip}: DHCP full, TFTP, HTTP; log {log}")
+                 f"{n.server_ip}: DHCP full, TFTP, HTTP; on {n.inst_bridge} {n.inst_ip}: DHCP "
+                 f"for instances; log {log}")
+
+    def _lab_key(self) -> None:
+        """The lab's SSH key (made once per lab up), an admin key of the lab's hcboot."""
+        key = self.ssh_dir / "id_ed25519"
+        if not key.exists():
+            self.ssh_dir.mkdir(parents=True, exist_ok=True)
+            argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                    f"homecloud-lab-{self.id}", "-f", str(key)]
+            try:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            except FileNotFoundError:
+                raise LabError("ssh-keygen not found (apt install openssh-client)") from None
+            if r.returncode != 0:
+                raise LabError(f"{' '.join(argv)} -> {r.returncode}: {r.stderr.strip()[-300:]}")
+        add_admin_key(self.hcboot_dir, key.with_suffix(".pub").read_text())
+        (self.ssh_dir / "known_hosts").touch()
+
+    def context(self) -> LabContext:
+        n = self.net
+        return LabContext(lab_dir=str(self.dir), state_dir=str(self.hcboot_dir),
+                          images=str(self.images), netns=n.netns, bridge=n.bridge,
+                          server_ip=n.server_ip, inst_bridge=n.inst_bridge, inst_ip=n.inst_ip,
+                          ssh_key=str(self.ssh_dir / "id_ed25519"),
+                          known_hosts=str(self.ssh_dir / "known_hosts"))
+
+    def _write_context(self) -> None:
+        path = write_context(self.context())
+        self.say(f"{self._elapsed()} context: {path} (hcboot lab env; hcboot --lab COMMAND)")
 
     def _start_node(self, role: str, index: int, memory: int | None = None,
                     disk_size: int = 0, added: bool = False) -> dict[str, Any]:
         name = f"{role}{index}"
         rec: dict[str, Any] = {
             "name": name, "role": role, "mac": lab_mac(role, index), "index": index,
-            "ip": lab_ip(self.net.prefix(), role, index), "tap": f"tap-{name}"[:15],
+            "ip": lab_ip(self.net.prefix(), role, index), "tap": net.tap_names(name)[0],
             "memory_mb": memory or MEMORY.get(role, 1024), "pid": None, "started": None,
             "assigned": None if added else time.time(), "ready_at": None, "added": added,
             "disks": [],
         }
         if role == STORAGE_ROLE and disk_size:
             rec["disks"] = [str(self.disks_dir / f"{name}-{x}.img") for x in ("a", "b")]
+        nics = [vm.Nic("virtio", tap=rec["tap"], mac=rec["mac"])]
+        if role in INST_NIC_ROLES:
+            # NIC 2 (eth1) on the instance bridge; no option ROM: it never boots
+            rec.update(inst_tap=net.tap_names(name)[1], inst_mac=lab_mac(role, index, 2))
+            nics.append(vm.Nic("virtio", tap=rec["inst_tap"], mac=rec["inst_mac"], romfile=""))
         spec = vm.VmSpec(
             name=f"hclab-{self.id}-{name}", workdir=self.vms_dir, memory_mb=rec["memory_mb"],
-            nics=[vm.Nic("virtio", tap=rec["tap"], mac=rec["mac"])],
+            nics=nics,
             disks=[vm.Disk(Path(d)) for d in rec["disks"]], boot=BOOT_ORDER,
             netns=self.net.netns)
         rec.update({k: str(v) for k, v in spec.files.items()})
         self._put_node(rec)                      # recorded before the tap and the VM exist
         net.create_tap(self.net, rec["tap"])
+        if rec.get("inst_tap"):
+            net.create_tap(self.net, rec["inst_tap"], self.net.inst_bridge)
         for d in rec["disks"]:
             vm.sparse_disk(Path(d), disk_size)
         p = vm.start(spec)
@@ -351,6 +428,8 @@ class Lab:
         self._put_node(rec)
         vm.wait_sockets(spec, p)
         what = f"{rec['memory_mb']} MB"
+        if rec.get("inst_mac"):
+            what += f", NIC 2 {rec['inst_mac']} on {self.net.inst_bridge}"
         if rec["disks"]:
             what += f", 2 x {disk_size >> 30} GiB sparse disks"
         self.say(f"{self._elapsed()} {name:8} started: {rec['mac']} {what} (pid {p.pid})")
@@ -502,7 +581,9 @@ class Lab:
             "netns_exists": net.netns_exists(self.net.netns),
             "server": {"pid": srv.get("pid"),
                        "running": procs.is_ours(srv.get("pid"), self._server_tokens()),
-                       "address": self.net.server_ip, "log": srv.get("log")},
+                       "address": self.net.server_ip, "log": srv.get("log"),
+                       "instance_address": self.net.inst_ip},
+            "bridges": {"provisioning": self.net.bridge, "instance": self.net.inst_bridge},
             "images": self.doc.get("images"),
             "nodes": [s.to_doc() for s in self.status()] if self.doc else [],
         }
@@ -531,6 +612,7 @@ class Lab:
             if net.delete_netns(ns):
                 done.append(f"namespace {ns} (bridge, taps"
                             + (f", {len(left)} leftover process(es)" if left else "") + ")")
+            clear_context(self.dir)
             if not keep_disks and self.disks_dir.is_dir():
                 shutil.rmtree(self.disks_dir, ignore_errors=True)
             if self.doc:

@@ -1,10 +1,18 @@
-"""The lab's network: one network namespace holding a bridge and one tap per VM.
+"""The lab's network: one network namespace holding two bridges and the VMs' taps.
+
+Two segments, as on real hardware (issue 11): the provisioning/storage bridge (``hcbr0``,
+198.51.100.0/24: PXE, AoE, the nodes' reports) where every node has its first NIC, and the
+instance bridge (``hcbr1``, 203.0.113.0/24) where the hardware nodes that run guests (hnodes)
+have their second NIC and dom0 bridges the guests.  The config node (hcboot serve, in the
+namespace) has an address on both; the namespace does not forward between them (IPv4/IPv6
+forwarding off) and the two bridges share no port, so no frame -- AoE is raw Ethernet -- crosses
+from the instance segment to the storage segment.
 
 Nothing here touches the host's interfaces: the namespace has no veth to the host and no route
 out; the bridge and every tap are created *inside* it (``ip -n NS ...``), and QEMU runs inside it
 (``ip netns exec NS qemu-system-x86_64 ...``) so it can open its tap.  Deleting the namespace
 removes the bridge and the taps with it.  Addresses come from a documentation range
-(198.51.100.0/24 by default).
+(198.51.100.0/24 and 203.0.113.0/24 by default).
 """
 
 from __future__ import annotations
@@ -42,10 +50,17 @@ class LabNet:
     bridge: str = "hcbr0"
     server_cidr: str = "198.51.100.1/24"
     bridge_mac: str = "52:54:00:4c:43:01"  # fixed (a bridge would take its lowest port's MAC)
+    inst_bridge: str = "hcbr1"
+    inst_cidr: str = "203.0.113.1/24"
+    inst_bridge_mac: str = "52:54:00:4c:49:01"
 
     @property
     def server_ip(self) -> str:
         return self.server_cidr.split("/", 1)[0]
+
+    @property
+    def inst_ip(self) -> str:
+        return self.inst_cidr.split("/", 1)[0]
 
     def prefix(self) -> str:
         """The /24 prefix as 'a.b.c.' (the lab only uses /24 networks)."""
@@ -59,28 +74,50 @@ def netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+def tap_names(node: str) -> tuple[str, str]:
+    """The taps of lab node ``node``: (provisioning NIC, instance NIC); at most 15 characters
+    (IFNAMSIZ), distinct for distinct lab node names (role + number up to 255)."""
+    prov, inst = f"tap-{node}", f"tapi-{node}"
+    for name in (prov, inst):
+        if len(name) > IFNAME_MAX:
+            raise LabError(f"lab node name {node!r}: tap {name!r} is longer than "
+                           f"{IFNAME_MAX} characters")
+    return prov, inst
+
+
+def _bridge(net: LabNet, name: str, mac: str, cidr: str) -> None:
+    run("ip", "-n", net.netns, "link", "add", name, "address", mac, "type", "bridge",
+        "forward_delay", "0", "stp_state", "0")
+    run("ip", "-n", net.netns, "addr", "add", cidr, "dev", name)
+    run("ip", "-n", net.netns, "link", "set", name, "up")
+
+
 def create_netns(net: LabNet) -> None:
-    """The namespace (loopback up) and its bridge with the server address; no link out."""
+    """The namespace (loopback up), the provisioning bridge and the instance bridge with the
+    config node's addresses; no link out, no forwarding between the two."""
     if netns_exists(net.netns):
         raise LabError(f"network namespace {net.netns} already exists (hcboot lab down first)")
+    if net.bridge == net.inst_bridge:
+        raise LabError(f"the instance bridge must not be the provisioning bridge {net.bridge}")
     run("ip", "netns", "add", net.netns)
     run("ip", "-n", net.netns, "link", "set", "lo", "up")
-    run("ip", "-n", net.netns, "link", "add", net.bridge, "address", net.bridge_mac, "type",
-        "bridge",
-        "forward_delay", "0", "stp_state", "0")
+    # a new namespace starts with forwarding off; say it, so that nothing routes instance
+    # traffic onto the storage segment even if a default changes
+    for key in ("net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"):
+        run("ip", "netns", "exec", net.netns, "sysctl", "-q", "-w", key)
+    _bridge(net, net.bridge, net.bridge_mac, net.server_cidr)
     # IPv6 link-local on the bridge: hcboot serve answers iPXE's router solicitations from it
     run("ip", "netns", "exec", net.netns, "sysctl", "-q", "-w",
         f"net.ipv6.conf.{net.bridge}.disable_ipv6=0", check=False)
-    run("ip", "-n", net.netns, "addr", "add", net.server_cidr, "dev", net.bridge)
-    run("ip", "-n", net.netns, "link", "set", net.bridge, "up")
+    _bridge(net, net.inst_bridge, net.inst_bridge_mac, net.inst_cidr)
 
 
-def create_tap(net: LabNet, name: str) -> None:
-    """A tap inside the namespace, enslaved to the lab bridge."""
+def create_tap(net: LabNet, name: str, bridge: str | None = None) -> None:
+    """A tap inside the namespace, enslaved to ``bridge`` (default: the provisioning bridge)."""
     if len(name) > IFNAME_MAX:
         raise LabError(f"interface name {name!r} is longer than {IFNAME_MAX} characters")
     run("ip", "-n", net.netns, "tuntap", "add", "dev", name, "mode", "tap")
-    run("ip", "-n", net.netns, "link", "set", name, "master", net.bridge)
+    run("ip", "-n", net.netns, "link", "set", name, "master", bridge or net.bridge)
     run("ip", "-n", net.netns, "link", "set", name, "up")
 
 
@@ -107,6 +144,15 @@ def delete_netns(name: str) -> bool:
             os.kill(pid, signal.SIGKILL)
     run("ip", "netns", "del", name, check=False)
     return True
+
+
+def bridge_ports(net: LabNet, bridge: str) -> list[str]:
+    """The interfaces enslaved to ``bridge`` inside the namespace (for status and tests)."""
+    if not netns_exists(net.netns):
+        return []
+    r = run("ip", "-n", net.netns, "-o", "link", "show", "master", bridge, check=False)
+    return [p[1].strip().split("@", 1)[0] for p in (line.split(":", 2) for line in
+                                                     r.stdout.splitlines()) if len(p) >= 2]
 
 
 def links(net: LabNet) -> list[str]:

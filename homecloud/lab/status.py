@@ -18,12 +18,16 @@ MAC_PREFIX = "52:54:00:4c"          # QEMU's OUI, then 0x4c ('L'ab)
 ROLE_CODES = {"snode": 0x53, "hnode": 0x48}  # 'S', 'H'; other roles 0x4e
 ROLE_IP_BASE = {"snode": 10, "hnode": 20}    # snode1 = .11, hnode1 = .21; others .50+
 DEFAULT_NET = "198.51.100.1/24"      # documentation range (RFC 5737)
+DEFAULT_INST_NET = "203.0.113.1/24"  # the instance network (issue 11), another RFC 5737 range
+INST_NIC_BIT = 0x80                  # second NIC (instance network): role code | 0x80
+INST_NIC_ROLES = ("hnode",)          # roles whose VMs get NIC 2 on the instance bridge
 POOL = (100, 199)                    # dynamic pool for machines without a role
 ROOT_TARGET = "e1.0"
 # snode: its whole system is the initrd, unpacked into the initramfs tmpfs, which the kernel
 # limits to half the RAM: hcbuild's snode image (~680 MB unpacked) does not fit in 1024 MB
 MEMORY = {"snode": 2048, "hnode": 2048}
 HNODE_MEMORY_SHARED = 1536           # each, when more than one hnode runs on this host
+HNODE_AOE_WAIT = 900                 # s an hnode's initramfs waits for its root (hc.aoe_wait)
 BOOT_ORDER = "order=n,reboot-timeout=1000"  # PXE; SeaBIOS retries 1 s after a failed boot
 
 Say = Callable[[str], None]
@@ -33,10 +37,15 @@ def lab_id(lab_dir: Path) -> str:
     return hashlib.sha256(str(Path(lab_dir).resolve()).encode()).hexdigest()[:6]
 
 
-def lab_mac(role: str, index: int) -> str:
+def lab_mac(role: str, index: int, nic: int = 1) -> str:
+    """NIC 1 (provisioning) ``52:54:00:4c:RR:II``; NIC 2 (instance network) has bit 0x80 set in
+    the role byte (hnode1: ``...:48:01`` and ``...:c8:01``)."""
     if not 0 < index < 256:
         raise LabError(f"{role}{index}: lab MACs number nodes 1..255")
-    return f"{MAC_PREFIX}:{ROLE_CODES.get(role, 0x4E):02x}:{index:02x}"
+    if nic not in (1, 2):
+        raise LabError(f"{role}{index}: lab nodes have NIC 1 or 2, not {nic}")
+    code = ROLE_CODES.get(role, 0x4E) | (INST_NIC_BIT if nic == 2 else 0)
+    return f"{MAC_PREFIX}:{code:02x}:{index:02x}"
 
 
 def lab_ip(prefix: str, role: str, index: int) -> str | None:

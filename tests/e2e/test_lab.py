@@ -11,6 +11,11 @@ Two image sets:
 - the real images (``hcbuild image --all``), when a store with snode and hnode (with a rootfs)
   is given in ``HC_LAB_IMAGES``: all nodes ready, and ``hcboot aoe verify`` run inside the
   lab's namespace checks the hnode root export byte for byte against the manifest.
+
+Both boot two hnodes (the default since issue 11) with NIC 2 on the instance bridge; the real
+images also show the storage segment's isolation: an AoE broadcast sent on the instance bridge,
+from a MAC the snodes' allow-list accepts, gets no answer, while the same scan on the
+provisioning bridge sees the exports.
 """
 
 from __future__ import annotations
@@ -90,7 +95,42 @@ def assert_nothing_left(lab: Path, netns: str) -> None:
     assert processes_mentioning(str(lab)) == []
     assert netns not in namespaces()
     host_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "tap-snode1" not in host_links and "hcbr0" not in host_links
+    for name in ("tap-snode1", "tapi-hnode1", "hcbr0", "hcbr1"):
+        assert name not in host_links
+
+
+def ports(netns: str, bridge: str) -> set[str]:
+    r = subprocess.run(["ip", "-n", netns, "-o", "link", "show", "master", bridge],
+                       capture_output=True, text=True, check=True)
+    return {line.split(":", 2)[1].strip().split("@", 1)[0] for line in r.stdout.splitlines()}
+
+
+def assert_two_networks(lab: Path, netns: str, hnodes: list[str], snodes: list[str]) -> None:
+    """Provisioning bridge: every node's NIC 1; instance bridge: the hnodes' NIC 2 only; the
+    config node on both; no forwarding; the context file and `lab env` name the lab."""
+    assert ports(netns, "hcbr0") == {f"tap-{n}" for n in hnodes + snodes}
+    assert ports(netns, "hcbr1") == {f"tapi-{n}" for n in hnodes}
+    addrs = subprocess.run(["ip", "-n", netns, "-o", "-4", "addr"], capture_output=True,
+                           text=True, check=True).stdout
+    assert any("hcbr0" in ln and "198.51.100.1/24" in ln for ln in addrs.splitlines())
+    assert any("hcbr1" in ln and "203.0.113.1/24" in ln for ln in addrs.splitlines())
+    fwd = subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-n", "net.ipv4.ip_forward"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert fwd == "0"
+    rec = {n["name"]: n for n in json.loads((lab / "lab.json").read_text())["nodes"]}
+    for h in hnodes:
+        argv = Path(rec[h]["argv"]).read_text()
+        assert f"ifname=tapi-{h}" in argv and rec[h]["inst_mac"] in argv
+        assert argv.count("virtio-net-pci") == 2
+        assert f"mac={rec[h]['inst_mac']},romfile= " in argv  # NIC 2 never boots
+    for sn in snodes:
+        assert "tapi-" not in Path(rec[sn]["argv"]).read_text()
+    log = (lab / "hcboot" / "hcboot.log").read_text(errors="replace")
+    assert "instance DHCP on hcbr1 (203.0.113.1)" in log
+    env = hcboot("lab", "env", "--state-dir", str(lab)).stdout
+    assert f"HC_STATE_DIR={lab / 'hcboot'}" in env and f"HC_LAB_NETNS={netns}" in env
+    keys = (lab / "hcboot" / "admin_keys").read_text()
+    assert keys == (lab / "ssh" / "id_ed25519.pub").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +149,18 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
     r = hcboot("lab", "up", "--state-dir", str(lab_dir), "--images", str(stand_ins),
                "--no-build", "--timeout", "900")
     out = r.stdout
-    for name in ("snode1", "snode2", "hnode1"):
+    for name in ("snode1", "snode2", "hnode1", "hnode2"):
         assert name in out
-    assert "all 3 nodes ready" in out
+    assert "all 4 nodes ready" in out
     doc = status(lab_dir)
     netns = doc["netns"]
     assert doc["netns_exists"] and doc["server"]["running"]
     by = {n["node"]: n for n in doc["nodes"]}
     assert by["snode1"]["state"] == by["snode2"]["state"] == "exports ready"
-    assert by["hnode1"]["state"] == "dom0 up"
+    assert by["hnode1"]["state"] == by["hnode2"]["state"] == "dom0 up"
     assert by["snode1"]["address"] == "198.51.100.11"
     assert by["hnode1"]["mac"] == "52:54:00:4c:48:01"
+    assert_two_networks(lab_dir, netns, ["hnode1", "hnode2"], ["snode1", "snode2"])
     assert all(n["boot_seconds"] and n["boot_seconds"] > 0 for n in doc["nodes"])
     # the namespace holds the lab's links only; nothing is bound on the host
     links = subprocess.run(["ip", "-n", netns, "-o", "link"], capture_output=True,
@@ -129,7 +170,7 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
     # hcboot's view agrees (its inventory and reports)
     nodes = json.loads(hcboot("--state-dir", str(lab_dir / "hcboot"), "--images",
                               str(stand_ins), "nodes", "--json").stdout)
-    assert {n["hostname"] for n in nodes} == {"snode1", "snode2", "hnode1"}
+    assert {n["hostname"] for n in nodes} == {"snode1", "snode2", "hnode1", "hnode2"}
 
     # add-node: a fresh MAC PXE-boots without a role, is seen, assigned, boots into hnode
     add = subprocess.Popen([sys.executable, "-m", "homecloud", "lab", "add-node", "--role",
@@ -140,13 +181,13 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
         deadline = time.monotonic() + 120
         while True:
             nodes_doc = json.loads(lab_json.read_text())["nodes"]
-            rec = next((n for n in nodes_doc if n["name"] == "hnode2"), None)
+            rec = next((n for n in nodes_doc if n["name"] == "hnode3"), None)
             if rec and rec.get("pid") and Path(rec["serial_sock"]).exists():
                 break
-            assert time.monotonic() < deadline, "hnode2 never started"
+            assert time.monotonic() < deadline, "hnode3 never started"
             time.sleep(0.5)
         # attach to its console while it retries PXE; Ctrl-] detaches
-        con = subprocess.Popen([sys.executable, "-m", "homecloud", "lab", "console", "hnode2",
+        con = subprocess.Popen([sys.executable, "-m", "homecloud", "lab", "console", "hnode3",
                                 "--state-dir", str(lab_dir)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(6)
@@ -155,10 +196,10 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
         con.stdin.flush()
         cout, cerr = con.communicate(timeout=20)
         assert con.returncode == 0, cerr
-        assert b"attached to hnode2" in cerr and b"detached" in cerr
+        assert b"attached to hnode3" in cerr and b"detached" in cerr
         assert cout, "nothing came from the console"
         # a reboot through the QEMU monitor (the machine comes back through PXE by itself)
-        assert "hnode2: reset" in hcboot("lab", "reset", "hnode2", "--state-dir",
+        assert "hnode3: reset" in hcboot("lab", "reset", "hnode3", "--state-dir",
                                          str(lab_dir)).stdout
         aout, _ = add.communicate(timeout=900)
     finally:
@@ -168,8 +209,9 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
     assert "seen unassigned" in aout
     assert "assignment to dom0 up" in aout
     by = {n["node"]: n for n in status(lab_dir)["nodes"]}
-    assert by["hnode2"]["state"] == "dom0 up"
-    assert by["hnode2"]["mac"] == "52:54:00:4c:48:02"
+    assert by["hnode3"]["state"] == "dom0 up"
+    assert by["hnode3"]["mac"] == "52:54:00:4c:48:03"
+    assert "tapi-hnode3" in ports(netns, "hcbr1")  # an added hnode gets NIC 2 too
     serial = Path(rec["serial_log"]).read_text(errors="replace")
     # it went through the unassigned path: iPXE found no boot file, SeaBIOS retried
     assert "Nothing to boot" in serial or "No bootable device" in serial
@@ -178,6 +220,7 @@ def test_lab_up_add_node_console_down(stand_ins: Path, lab_dir: Path) -> None:
     down = hcboot("lab", "down", "--state-dir", str(lab_dir)).stdout
     assert "namespace" in down
     assert_nothing_left(lab_dir, netns)
+    assert not (lab_dir / "context.json").exists()
     # idempotent
     assert "nothing to stop" in hcboot("lab", "down", "--state-dir", str(lab_dir)).stdout
 
@@ -231,10 +274,14 @@ def test_real_images_all_ready_and_root_export_verifies(lab_dir: Path, real_stor
     assert r.returncode == 0, r.stdout + r.stderr
     doc = status(lab_dir)
     by = {n["node"]: n for n in doc["nodes"]}
-    assert by["hnode1"]["state"] == "dom0 up"
+    assert by["hnode1"]["state"] == by["hnode2"]["state"] == "dom0 up"
     assert by["snode1"]["state"] == by["snode2"]["state"] == "exports ready"
-    serial = Path(json.loads((lab_dir / "lab.json").read_text())["nodes"][-1]["serial_log"])
-    assert "hc: switch_root" in serial.read_text(errors="replace")
+    for rec in json.loads((lab_dir / "lab.json").read_text())["nodes"]:
+        if rec["role"] == "hnode":
+            assert "hc: switch_root" in Path(rec["serial_log"]).read_text(errors="replace")
+    netns = doc["netns"]
+    assert_two_networks(lab_dir, netns, ["hnode1", "hnode2"], ["snode1", "snode2"])
+    assert_instance_segment_has_no_aoe(netns)
     v = hcboot("aoe", "verify", "--netns", doc["netns"], "--interface", "hcbr0", "--target",
                "e1.0", "--role", "hnode", "--images", str(store), "--no-progress",
                timeout=1800, check=False)
@@ -243,3 +290,30 @@ def test_real_images_all_ready_and_root_export_verifies(lab_dir: Path, real_stor
     v = hcboot("lab", "verify", "--state-dir", str(lab_dir), "--sample", "256", timeout=600,
                check=False)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+PROBE_MAC = "52:54:00:4c:43:01"  # the lab bridge's MAC: a consumer every snode's vblade allows
+
+
+def aoe_scan(netns: str, interface: str) -> list[dict[str, Any]]:
+    r = hcboot("aoe", "scan", "--netns", netns, "--interface", interface, "--json",
+               "--timeout", "3")
+    found: list[dict[str, Any]] = json.loads(r.stdout)
+    return found
+
+
+def assert_instance_segment_has_no_aoe(netns: str) -> None:
+    """The threat of FIELD-NOTES "AoE and security": a guest forging an allowed MAC.  On the
+    provisioning bridge both snodes answer a scan; a probe on the instance bridge that sends
+    from an allowed MAC (the lab bridge's, in every export's vblade -m list) gets nothing."""
+    seen = aoe_scan(netns, "hcbr0")
+    assert len({m for t in seen for m in t["macs"]}) == 2, seen  # both snodes export e1.0
+    ip = ["ip", "-n", netns]
+    subprocess.run([*ip, "link", "add", "hcprobe0", "address", PROBE_MAC, "type", "veth",
+                    "peer", "name", "hcprobe1"], check=True)
+    try:
+        subprocess.run([*ip, "link", "set", "hcprobe1", "master", "hcbr1", "up"], check=True)
+        subprocess.run([*ip, "link", "set", "hcprobe0", "up"], check=True)
+        assert aoe_scan(netns, "hcprobe0") == []
+    finally:
+        subprocess.run([*ip, "link", "del", "hcprobe0"], check=False)
