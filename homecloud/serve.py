@@ -119,14 +119,10 @@ def inventory_instances(store: InventoryStore) -> StaticLookup:
     answered as soon as the store has it (live reload)."""
 
     def lookup(mac: str) -> tuple[str, str | None] | None:
-        inv = store.snapshot().inventory
-        by_mac = getattr(inv, "instance_by_mac", None)  # the instances section (issue 11)
-        if by_mac is None:
+        inst = store.snapshot().inventory.instance_by_mac(mac)
+        if inst is None or not inst.ip:
             return None
-        inst = by_mac(mac)
-        if inst is None or not getattr(inst, "ip", None):
-            return None
-        return str(inst.ip), str(inst.name)
+        return inst.ip, inst.name
 
     return lookup
 

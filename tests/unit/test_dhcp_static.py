@@ -3,7 +3,6 @@ bootserver.dhcp.static's policy and configuration, and the serve-side lookup ove
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,9 @@ from bootserver.dhcp.leases import LeaseTable
 from bootserver.dhcp.options import MessageType as MT
 from bootserver.dhcp.protocol import DhcpProtocol
 from bootserver.dhcp.static import StaticPolicy, static_config
+from homecloud.core.model import Instance, Inventory
 from homecloud.serve import inventory_instances
+from tests.support.memstore import MemoryStore
 
 SERVER = "203.0.113.1"
 CLIENT = ("0.0.0.0", 68)
@@ -118,46 +119,25 @@ def test_static_only_needs_full_mode() -> None:
         DhcpConfig(interface="x", server_ip=SERVER, mode="proxy", static_only=True)
 
 
-# The inventory's instances section (Inventory.instance_by_mac) is built by the control side of
-# issue 11 in parallel; these stand-ins have exactly its documented shape (.name, .mac, .ip).
-@dataclass(frozen=True)
-class _Instance:
-    name: str
-    mac: str
-    ip: str | None
-
-
-@dataclass(frozen=True)
-class _Inventory:
-    instances: tuple[_Instance, ...]
-
-    def instance_by_mac(self, mac: str) -> _Instance | None:
-        return next((i for i in self.instances if i.mac == mac), None)
-
-
-@dataclass
-class _Snap:
-    inventory: Any
-
-
-class _Store:
-    def __init__(self, inv: Any) -> None:
-        self.inv = inv
-
-    def snapshot(self) -> _Snap:
-        return _Snap(self.inv)
+def _inst(name: str, mac: str, ip: str = "", n: int = 1) -> Instance:
+    return Instance(name, template="domu-t", mac=mac, ip=ip, volume=f"{name}-root",
+                    uuid=f"5f0c0000-0000-4000-8000-00000000000{n}", state="stopped")
 
 
 def test_inventory_instances_lookup() -> None:
-    store = _Store(_Inventory((_Instance("web1", KNOWN, "203.0.113.50"),
-                               _Instance("new", STRANGER, None))))
-    lookup = inventory_instances(store)  # type: ignore[arg-type]
+    store = MemoryStore()
+    store.compare_and_set("", Inventory(instances=(
+        _inst("web1", KNOWN, "203.0.113.50"),)))
+    lookup = inventory_instances(store)
     assert lookup(KNOWN) == ("203.0.113.50", "web1")
-    assert lookup(STRANGER) is None  # no address allocated yet
+    assert lookup(KNOWN.upper().replace(":", "-")) == ("203.0.113.50", "web1")  # any spelling
+    assert lookup(STRANGER) is None  # no instance's MAC
     assert lookup("0a:48:43:00:00:03") is None
-    store.inv = _Inventory((_Instance("web1", KNOWN, "203.0.113.51"),))  # live: asked each time
-    assert lookup(KNOWN) == ("203.0.113.51", "web1")
+    snap = store.snapshot()
+    store.compare_and_set(snap.revision, Inventory(instances=(
+        _inst("web1", KNOWN, "203.0.113.51"),)))
+    assert lookup(KNOWN) == ("203.0.113.51", "web1")  # live: asked at each request
 
 
 def test_inventory_without_instances_answers_nobody() -> None:
-    assert inventory_instances(_Store(object()))(KNOWN) is None  # type: ignore[arg-type]
+    assert inventory_instances(MemoryStore())(KNOWN) is None
