@@ -82,7 +82,7 @@ def lab() -> None:
               help="Size of each storage-node disk (raw, sparse).")
 @click.option("--network", default=DEFAULT_NET, show_default=True,
               help="Server address and prefix on the lab bridge (a documentation range).")
-@click.option("--parallel/--sequential", default=True, show_default=True,
+@click.option("--parallel/--sequential", default=False, show_default=True,
               help="Start the hnodes with the snodes (they wait for the root export) or only "
               "once every snode is ready.")
 @click.option("--instance-network", default=DEFAULT_INST_NET, show_default=True,

@@ -221,7 +221,7 @@ class Lab:
     def up(self, snodes: int = 2, hnodes: int = 2, build: bool = True, timeout: float = 1800,
            disk_size: int = 8 << 30, network: str = DEFAULT_NET,
            snode_memory: int | None = None, hnode_memory: int | None = None,
-           instance_network: str = DEFAULT_INST_NET, parallel: bool = True) -> list[NodeStatus]:
+           instance_network: str = DEFAULT_INST_NET, parallel: bool = False) -> list[NodeStatus]:
         """Boot the lab.  ``parallel``: start the hnodes together with the snodes (their
         initramfs waits up to HNODE_AOE_WAIT s for the root export, so Xen and dom0's kernel
         boot while the snodes fetch the image); else only once every snode is ready."""
