@@ -27,6 +27,7 @@ from pathlib import Path
 from bootserver.clientlog import for_mac
 from bootserver.http import Response
 from homecloud.agents.protocol import ProtocolError, parse_report, plan_json, report_doc
+from homecloud.control.admin_keys import AdminKeyError
 from homecloud.control.contracts import HostError
 from homecloud.control.exports import plan_for
 from homecloud.control.reports import Reports, read_reports
@@ -126,7 +127,7 @@ class ControlApp:
         try:
             doc = trust_doc_json(mac, self.inventory.snapshot().inventory,
                                  read_reports(self.state_dir), self.state_dir)
-        except (ProtocolError, HostError) as exc:   # the config node's own key files
+        except (ProtocolError, HostError, AdminKeyError) as exc:   # the config node's key files
             for_mac(log, mac).error("cannot make its SSH trust: %s", exc)
             return _text(f"cannot make the SSH trust: {exc}\n", status=500)
         if doc is None:

@@ -5,7 +5,7 @@ What goes in (:mod:`homecloud.agents.hntrust` writes it into authorized_keys / k
 
 - ``config_keys``: the config node's public key (``<state>/ssh/id_ed25519.pub``, made on first
   use by :func:`homecloud.control.hosts.ensure_config_key`): runs only the hnode agent;
-- ``admin_keys``: the lines of ``<state>/ssh/admin_keys`` (OpenSSH public keys, ``#`` comments):
+- ``admin_keys``: the lines of ``<state>/admin_keys`` (OpenSSH public keys, ``#`` comments):
   a root shell on every hnode;
 - ``peers``: every other hnode of the inventory that has reported both its host key and its
   migration key (report facts ``ssh_host_key``, ``migration_key``) and has an address: its
@@ -21,19 +21,9 @@ from typing import Any
 
 from homecloud.agents.hntrust import Peer, Trust, parse_key, trust_json
 from homecloud.agents.protocol import ProtocolError
+from homecloud.control.admin_keys import ADMIN_KEYS, read_admin_keys
 from homecloud.control.hosts import ensure_config_key
 from homecloud.core.model import HOST_ROLE, Inventory
-
-ADMIN_KEYS = "admin_keys"
-
-
-def admin_keys(state_dir: Path) -> list[str]:
-    path = Path(state_dir) / "ssh" / ADMIN_KEYS
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def trust_for(mac: str, inventory: Inventory, reports: dict[str, dict[str, Any]],
@@ -44,8 +34,8 @@ def trust_for(mac: str, inventory: Inventory, reports: dict[str, dict[str, Any]]
         return None
     key = ensure_config_key(state_dir)
     config = parse_key(key.with_name(key.name + ".pub").read_text().strip(), str(key) + ".pub")
-    admins = tuple(parse_key(k, f"{Path(state_dir) / 'ssh' / ADMIN_KEYS}:{i + 1}")
-                   for i, k in enumerate(admin_keys(state_dir)))
+    admins = tuple(parse_key(k, f"{Path(state_dir) / ADMIN_KEYS}:{i + 1}")
+                   for i, k in enumerate(read_admin_keys(state_dir)))
     peers: list[Peer] = []
     for other in inventory.nodes:
         if other.role != HOST_ROLE or other.name == node.name or not other.ip:

@@ -138,7 +138,7 @@ def test_two_hnodes_trust_each_other_for_migration_only(lab_dir: Path, store: Pa
     admin = tmp_path / "admin"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(admin)],
                    check=True, capture_output=True)
-    (hcboot_dir / "ssh" / "admin_keys").write_text(
+    (hcboot_dir / "admin_keys").write_text(
         admin.with_suffix(".pub").read_text())
     known = tmp_path / "known_hosts"
     known.write_text(f"{hn1['address']} {f1['ssh_host_key']}\n"
@@ -219,7 +219,7 @@ def test_live_migration_of_a_pvh_guest_between_real_hnodes(lab_dir: Path, store:
     admin = tmp_path / "admin"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(admin)],
                    check=True, capture_output=True)
-    (hcboot_dir / "ssh" / "admin_keys").write_text(admin.with_suffix(".pub").read_text())
+    (hcboot_dir / "admin_keys").write_text(admin.with_suffix(".pub").read_text())
     known = tmp_path / "known_hosts"
     known.write_text(f"{hn1['address']} {f1['ssh_host_key']}\n"
                      f"{hn2['address']} {f2['ssh_host_key']}\n")
