@@ -20,7 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from homecloud.control.contracts import HostError
+from homecloud.control.hosts import SshHostDriver, host_key_from_reports
+from homecloud.control.reports import read_reports
 from homecloud.core.manifest import ImageStore
+from homecloud.core.model import Nic, Node
 from homecloud.lab.context import LabContext, read_context
 from homecloud.lab.demo import USER_DATA, hcboot, instance_doc, migrate_pinged, wait_ping
 from tests.support.builds import ensure_built_all
@@ -112,6 +116,41 @@ def hnodes(lab: LabContext) -> list[str]:
 
 def other(lab: LabContext, host: str) -> str:
     return next(h for h in hnodes(lab) if h != host)
+
+
+def test_agent_facts_over_pinned_ssh(lab: LabContext, tmp_path: Path) -> None:
+    """(folded from tests/e2e/test_hnode_ssh.py) the config key reaches the agent of each
+    hnode with the host key pinned from its report; it runs nothing else; a wrong pinned key
+    is refused."""
+    hcboot_dir = Path(lab.state_dir)
+    doc = json.loads(subprocess.run([sys.executable, "-m", "homecloud", "lab", "status",
+                                     "--json", "--state-dir", lab.lab_dir],
+                                    capture_output=True, text=True, check=True).stdout)
+    key = hcboot_dir / "ssh" / "id_ed25519"
+    for hn in (n for n in doc["nodes"] if n["role"] == "hnode"):
+        node = Node(name=hn["node"], role="hnode", nics=(Nic(hn["mac"], ip=hn["address"]),))
+        driver = SshHostDriver(key, host_key_from_reports(read_reports(hcboot_dir)),
+                               tmp_path / "known", prefix=lab.exec_prefix(),
+                               connect_timeout=30, action_timeout=300)
+        deadline = time.monotonic() + 300
+        while True:  # the report can come before sshd listens: a few tries
+            try:
+                hf = driver.facts(node)
+                break
+            except HostError as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{hn['node']}: facts over SSH: {exc}") from None
+                time.sleep(5)
+        assert hf.xen_version == "4.17" and "xenbr1" in hf.bridges, hf
+        out = subprocess.run(driver.ssh_argv(node, ["id"]), capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 2 and "refused" in out.stdout and "uid=" not in out.stdout, out
+        facts = read_reports(hcboot_dir)[hn["mac"]]["facts"]
+        mig = str(facts["migration_key"])
+        wrong = SshHostDriver(key, lambda n, k=mig: k, tmp_path / "known2",
+                              prefix=lab.exec_prefix(), connect_timeout=30)
+        with pytest.raises(HostError, match="Host key verification failed"):
+            wrong.facts(node)
 
 
 def test_create_ping_ssh(lab: LabContext, user_data: Path) -> None:
