@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -72,6 +73,9 @@ def main(ctx: click.Context, state_dir: Path | None, images: Path | None, verbos
     if use_lab:
         lab_ctx = fail_cleanly(current_context)()
         state_dir, images = Path(lab_ctx.state_dir), Path(lab_ctx.images)
+        # the lab's SSH prefix (its netns) and instance gateway for the instance commands
+        for k, v in {**lab_ctx.env(), "HC_INSTANCE_GATEWAY": lab_ctx.inst_ip}.items():
+            os.environ.setdefault(k, v)
     sd = state_dir or default_state_dir()
     ctx.obj = Ctx(sd, images or (sd / "images" if state_dir else default_image_store()))
 

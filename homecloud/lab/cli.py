@@ -18,6 +18,7 @@ import click
 from homecloud.core.errors import HomecloudError
 from homecloud.inventory.schema import parse_size
 from homecloud.lab.context import current_lab_dir, read_context
+from homecloud.lab.demo import demo
 from homecloud.lab.errors import LabError
 from homecloud.lab.lab import Lab
 from homecloud.lab.status import DEFAULT_INST_NET, DEFAULT_NET, format_table
@@ -317,4 +318,5 @@ def verify(ctx: click.Context, lab_dir: Path | None, target: str, role: str,
     sys.exit(subprocess.run(argv).returncode)
 
 
+lab.add_command(demo)
 __all__ = ["LabError", "lab"]
