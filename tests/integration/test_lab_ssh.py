@@ -81,7 +81,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         lab.save()
         monkeypatch.setenv("HC_LAB_CURRENT", str(tmp_path / "run" / "current.json"))
         write_context(lab.context())
-        env = dict(os.environ)
+        # no lab variables of the calling process (hcboot --lab exports them): this lab only
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HC_")}
+        env["HC_LAB_CURRENT"] = str(tmp_path / "run" / "current.json")
         authorized = "".join(k + "\n" for k in read_admin_keys(lab.hcboot_dir))
         _sshd(nl, node, tmp_path, authorized)
         yield Env(lab, cfg, node, env)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,16 @@ def make_ctx(tmp_path: Path) -> LabContext:
 
 
 # --- names ---------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _environ_restored() -> Iterator[None]:
+    """`hcboot --lab` exports the lab's variables into its own process (for the commands it
+    runs); invoked in-process here, they must not leak into later tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
 
 def test_tap_names_fit_ifnamsiz_and_differ() -> None:
     assert net.tap_names("hnode1") == ("tap-hnode1", "tapi-hnode1")
