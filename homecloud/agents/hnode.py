@@ -5,8 +5,8 @@ The config node's key may run only this agent (authorized_keys ``restrict,comman
 mode (``SSH_ORIGINAL_COMMAND``; anything else is refused, so the key gives no shell):
 
 - ``hc-hnode-agent``: one JSON request on stdin, one JSON answer on stdout
-  (:mod:`homecloud.agents.hostproto`): facts, list, start, shutdown, destroy, reboot, migrate,
-  cleanup;
+  (:mod:`homecloud.agents.hostproto`): facts, list, start, prepare (stage a migration
+  target: volume seen, seed and xl config written), shutdown, destroy, reboot, migrate, cleanup;
 - ``hc-hnode-agent console NAME``: ``xl console NAME`` on the session's terminal.
 
 ``migrate-gate`` is the forced command of the other hnodes' migration keys: it runs only
@@ -232,7 +232,10 @@ def wait_aoe(cfg: Config, spec: DomainSpec) -> Path:
     return dev
 
 
-def start(cfg: Config, spec: DomainSpec) -> dict[str, Any]:
+def stage(cfg: Config, spec: DomainSpec) -> Path:
+    """What a domain needs on this host besides its memory: the root volume seen over AoE,
+    the seed image and the xl config (both at the same paths on every hnode, so the config a
+    migration source sends names files that exist on the target).  Returns the config."""
     existing = _present(cfg, spec.name)
     if existing is not None:
         raise Failed(f"{cfg.node}: domain {spec.name} already runs (domid {existing['domid']})")
@@ -240,6 +243,20 @@ def start(cfg: Config, spec: DomainSpec) -> dict[str, Any]:
     cfg_path, seed = domain_files(cfg, spec.name)
     make_seed(spec, seed)
     cfg_path.write_text(xlcfg.render(spec, seed, cfg.etherd))
+    return cfg_path
+
+
+def prepare(cfg: Config, spec: DomainSpec) -> dict[str, Any]:
+    """Stage ``spec`` on a migration target: ``xl migrate-receive`` then finds the disks the
+    source's config names (the seed image is local to each host)."""
+    cfg_path, seed = domain_files(cfg, spec.name)
+    stage(cfg, spec)
+    return {"name": spec.name, "config": str(cfg_path), "seed": str(seed),
+            "disk": str(xlcfg.aoe_device(spec, cfg.etherd))}
+
+
+def start(cfg: Config, spec: DomainSpec) -> dict[str, Any]:
+    cfg_path = stage(cfg, spec)
     _xl(cfg, "create", str(cfg_path), timeout=300)
     info = _present(cfg, spec.name)
     if info is None:
@@ -320,6 +337,9 @@ def handle(cfg: Config, req: Request) -> dict[str, Any]:
     if req.action == "start":
         assert req.domain is not None  # the reader guarantees it
         return start(cfg, req.domain)
+    if req.action == "prepare":
+        assert req.domain is not None
+        return prepare(cfg, req.domain)
     if req.action == "shutdown":
         return shutdown(cfg, req.name, req.timeout)
     if req.action == "destroy":

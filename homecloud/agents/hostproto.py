@@ -120,6 +120,7 @@ def domain_from_doc(doc: object, where: str = "domain") -> DomainSpec:
 # Request (version 1), one JSON document on the agent's stdin::
 #
 #     {"version": 1, "action": "start", "domain": {...DomainSpec...}}
+#     {"version": 1, "action": "prepare", "domain": {...DomainSpec...}}   # migration target
 #     {"version": 1, "action": "shutdown", "name": "web1", "timeout": 120}
 #     {"version": 1, "action": "migrate", "name": "web1", "target": "198.51.100.12"}
 #     {"version": 1, "action": "facts"}        # also: list, destroy, reboot, cleanup (name)
@@ -133,7 +134,11 @@ def domain_from_doc(doc: object, where: str = "domain") -> DomainSpec:
 # ``console`` is no request document: the terminal is the session's stdin, so the SSH command
 # itself carries it (``hc-hnode-agent console NAME``, see homecloud/agents/hnode.py).
 
-ACTIONS = ("facts", "list", "start", "shutdown", "destroy", "reboot", "migrate", "cleanup")
+ACTIONS = ("facts", "list", "start", "prepare", "shutdown", "destroy", "reboot", "migrate",
+           "cleanup")
+#: actions that carry a DomainSpec: ``start`` runs it, ``prepare`` stages it on a migration
+#: target (volume seen, seed image and xl config written; nothing started)
+WITH_DOMAIN = ("start", "prepare")
 #: actions that name a domain
 NAMED = ("shutdown", "destroy", "reboot", "migrate", "cleanup")
 #: the SSH command the config node sends; the forced command refuses any other
@@ -154,7 +159,7 @@ class Request:
 
 def request_doc(req: Request) -> dict[str, Any]:
     doc: dict[str, Any] = {"version": VERSION, "action": req.action}
-    if req.action == "start" and req.domain is not None:
+    if req.action in WITH_DOMAIN and req.domain is not None:
         doc["domain"] = domain_doc(req.domain)
     if req.action in NAMED:
         doc["name"] = req.name
@@ -180,7 +185,7 @@ def request_from_doc(doc: object, where: str = "request") -> Request:
     if action not in ACTIONS:
         raise ProtocolError(f"{where}.action", f"not one of {', '.join(ACTIONS)}: {action!r}")
     allowed = {"version", "action"}
-    if action == "start":
+    if action in WITH_DOMAIN:
         allowed.add("domain")
     if action in NAMED:
         allowed.add("name")
@@ -192,7 +197,7 @@ def request_from_doc(doc: object, where: str = "request") -> Request:
     if extra:
         raise ProtocolError(f"{where}.{extra[0]}", f"unknown key for action {action!r}")
     name, target, domain, timeout = "", "", None, 120
-    if action == "start":
+    if action in WITH_DOMAIN:
         if "domain" not in doc:
             raise ProtocolError(f"{where}.domain", "missing")
         domain = domain_from_doc(doc["domain"], f"{where}.domain")

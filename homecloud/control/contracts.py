@@ -69,6 +69,10 @@ class HostDriver(Protocol):
         """Attach the volume, write the seed and the xl config, ``xl create``; return when the
         domain runs."""
 
+    def prepare(self, node: Node, spec: DomainSpec, progress: Progress) -> None:
+        """Stage ``spec`` on a migration target without starting it: the volume seen, the seed
+        and the xl config written where the source's config expects them."""
+
     def shutdown(self, node: Node, name: str, timeout: float, progress: Progress) -> None:
         """``xl shutdown -w`` (clean; raises HostError after ``timeout``)."""
 

@@ -182,6 +182,11 @@ class SshHostDriver:
         progress(f"{node.name}: {spec.name} running as domain {info.domid}")
         return info
 
+    def prepare(self, node: Node, spec: DomainSpec, progress: Progress) -> None:
+        progress(f"{node.name}: staging {spec.name} for the incoming migration (volume "
+                 f"{spec.disk}, seed, xl config)")
+        self.call(node, Request("prepare", name=spec.name, domain=spec))
+
     def shutdown(self, node: Node, name: str, timeout: float, progress: Progress) -> None:
         progress(f"{node.name}: xl shutdown -w {name}")
         t = max(1, int(timeout))

@@ -2,9 +2,11 @@
 
 - ``migrate``: prechecks first (nothing is recorded when one refuses): the instance runs where
   its record says, the target is up and not drained, runs the source's Xen version, has the
-  bridge, sees the volume and has the memory; then ``HostDriver.migrate`` (``xl migrate`` over
-  the hosts' authenticated channel) and the new placement is recorded only once the target's
-  facts list the domain under its own name.  A failure leaves the state ``error`` with the
+  bridge, sees the volume and has the memory; the target stages the domain
+  (``HostDriver.prepare``: its own seed image and xl config, since the source's config names
+  them), then ``HostDriver.migrate`` (``xl migrate`` over the hosts' authenticated channel)
+  and the new placement is recorded only once the target's facts list the domain under its
+  own name.  A failure leaves the state ``error`` with the
   driver's message (node, command, log tail) and points at ``migrate --cleanup``.
 - ``cleanup``: asks every hnode where the domain really is (``NAME``, ``NAME--incoming``,
   ``NAME--migratedaway``) and repairs the record: the one host running ``NAME`` wins and every
@@ -70,7 +72,14 @@ class MigrationOps(InstanceBase):
                  f"({target.facts.free_memory_mb if target.facts else '?'} MiB free there)")
         _, act = self.begin(name, "migrate")
         with self.failing(name, act, progress):
-            result = self.hosts.migrate(source, name, target.node, progress)
+            # the seed image is a file in each host's dom0: the target needs its own before
+            # xl migrate-receive opens the disks the source's config names
+            self.hosts.prepare(target.node, self.spec(inst, self.volume_target(inst)), progress)
+            try:
+                result = self.hosts.migrate(source, name, target.node, progress)
+            except HostError:
+                self._unstage(target.node, name, progress)
+                raise
             progress(f"xl migrate finished in {result.seconds:.1f} s; asking "
                      f"{target.node.name}")
             there = self.facts(target.node).domains
@@ -82,6 +91,17 @@ class MigrationOps(InstanceBase):
         progress(f"placement recorded: {name} runs on {target.node.name}")
         self._tidy(source, name, progress)
         return result
+
+    def _unstage(self, node: Node, name: str, progress: Progress) -> None:
+        """After a failed migration: remove what ``prepare`` staged on the target, unless the
+        target holds any copy of the domain (then ``migrate --cleanup`` decides)."""
+        try:
+            there = {d.name for d in self.hosts.facts(node).domains}
+        except HostError as exc:
+            progress(f"warning: {node.name} did not answer after the failed migration: {exc}")
+            return
+        if not there & {name, name + INCOMING, name + MIGRATEDAWAY}:
+            self._tidy(node, name, progress)
 
     def _tidy(self, node: Node, name: str, progress: Progress) -> None:
         """Remove what the domain left on a host it no longer runs on (seed, xl config); a

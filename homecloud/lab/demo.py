@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,10 +90,21 @@ def ping_gaps(output: str) -> PingStats:
     return PingStats(int(m.group(1)), int(m.group(2)), gap)
 
 
+def ping_binary() -> str:
+    """The ping that runs inside the lab's namespace (the host's own binary); a clear error
+    when it is missing: ``ip netns exec`` would only say "exec of ping failed" on every try."""
+    found = shutil.which("ping")
+    if found is None:
+        raise LabError("ping is not installed on this machine (Debian: apt install "
+                       "iputils-ping): the lab pings instances from the config node with it")
+    return found
+
+
 class Pinger:
     """``ping -D -i 0.1 IP`` from the config node (inside the lab's namespace) until stopped."""
 
     def __init__(self, ctx: LabContext, ip: str) -> None:
+        ping_binary()
         self.proc = subprocess.Popen([*ctx.exec_prefix(), "ping", "-n", "-D", "-i", "0.1", ip],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -104,6 +116,7 @@ class Pinger:
 
 def wait_ping(ctx: LabContext, ip: str, timeout: float) -> float:
     """Seconds until ``ip`` answers one ping from the config node."""
+    ping_binary()
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         r = subprocess.run([*ctx.exec_prefix(), "ping", "-n", "-c", "1", "-W", "2", ip],

@@ -38,6 +38,7 @@ class FakeHost:
     up: bool = True
     specs: dict[str, DomainSpec] = field(default_factory=dict)
     cleaned: list[str] = field(default_factory=list)
+    staged: dict[str, DomainSpec] = field(default_factory=dict)  # prepare: seed + config
     blind: set[str] = field(default_factory=set)  # AoE targets this host does not see
 
     @property
@@ -87,6 +88,16 @@ class FakeHosts:
         progress(f"{spec.name} created on {node.name}")
         return h.domains[spec.name]
 
+    def prepare(self, node: Node, spec: DomainSpec, progress: Progress) -> None:
+        self.calls.append(("prepare", node.name, spec.name))
+        spec = domain_from_doc(domain_doc(spec))  # the agent's strict reader
+        h = self._host(node)
+        if self.fail.pop("prepare", None) or str(spec.disk) in h.blind:
+            raise HostError(f"{node.name}: AoE target {spec.disk} not seen")
+        if spec.name in h.domains:
+            raise HostError(f"{node.name}: domain {spec.name} already runs")
+        h.staged[spec.name] = spec
+
     def shutdown(self, node: Node, name: str, timeout: float, progress: Progress) -> None:
         self.calls.append(("shutdown", node.name, name))
         h = self._host(node)
@@ -131,6 +142,9 @@ class FakeHosts:
         if mode == "vanished":  # xl says it worked, the target does not list it
             s.domains.pop(name)
             return MigrationResult(source.name, target.name, 1.5)
+        if name not in t.staged:  # xl migrate-receive: the seed image the config names
+            raise HostError(f"{source.name}: xl migrate {name} {target.name}: migration "
+                            f"target: /run/hc/hnode/{name}-seed.img: No such file")
         del s.domains[name]
         s.specs.pop(name)
         self._add(t, name, spec)
@@ -146,7 +160,12 @@ class FakeHosts:
 
     def cleanup(self, node: Node, name: str, progress: Progress) -> None:
         self.calls.append(("cleanup", node.name, name))
-        self._host(node).cleaned.append(name)
+        h = self._host(node)
+        h.cleaned.append(name)
+        for suffix in ("--incoming", "--migratedaway"):
+            h.domains.pop(name + suffix, None)
+        if name not in h.domains:
+            h.staged.pop(name, None)
 
 
 class FakeVolumes:

@@ -318,6 +318,26 @@ def test_start_writes_seed_and_config_then_cleanup(tmp_path: Path) -> None:
                              "removed": [f"{tmp_path}/run/web1.cfg", str(seed)]}
 
 
+def test_prepare_stages_a_migration_target_without_starting(tmp_path: Path) -> None:
+    xl = _fake_xl(tmp_path)
+    etherd = tmp_path / "etherd"
+    etherd.mkdir()
+    (etherd / "e1.5").write_text("")
+    code, ans, err = _agent(tmp_path, {"version": 1, "action": "prepare", "domain": DOMAIN}, xl)
+    assert code == 0, (ans, err)
+    seed = tmp_path / "run" / "web1-seed.img"
+    assert ans["result"] == {"name": "web1", "config": f"{tmp_path}/run/web1.cfg",
+                             "seed": str(seed), "disk": f"{etherd}/e1.5"}
+    meta = subprocess.run(["mtype", "-i", str(seed), "::meta-data"], capture_output=True,
+                          text=True)
+    assert meta.stdout == DOMAIN["seed"]["meta-data"]  # type: ignore[index]
+    assert "create" not in (tmp_path / "calls").read_text()  # staged, not started
+    # a host that does not see the volume refuses, naming it
+    (etherd / "e1.5").unlink()
+    code, ans, _ = _agent(tmp_path, {"version": 1, "action": "prepare", "domain": DOMAIN}, xl)
+    assert code == 1 and "AoE target e1.5 not seen" in str(ans["error"])
+
+
 def test_start_without_the_aoe_device_names_it(tmp_path: Path) -> None:
     code, ans, _ = _agent(tmp_path, {"version": 1, "action": "start", "domain": DOMAIN},
                           _fake_xl(tmp_path), args=())

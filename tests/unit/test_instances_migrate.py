@@ -254,3 +254,34 @@ def test_drain_refuses_what_is_not_an_hnode(w: World) -> None:
                                                    (Nic("52:54:00:00:10:77"),))))
     w.svc.drain("hnode7")  # an hnode with nothing on it (its facts are not even needed)
     assert w.svc.drained() == ("hnode7",)
+
+
+def test_migrate_stages_the_target_first(w: World) -> None:
+    """The seed image is a file in each dom0: xl migrate-receive on the target opens the disks
+    the source's config names, so the target is prepared before the stream starts."""
+    w.run("web1", "hnode1")
+    w.hosts.calls.clear()
+    w.svc.migrate("web1")
+    assert [c[:2] for c in w.hosts.calls if c[0] in ("prepare", "migrate")] == \
+        [("prepare", "hnode2"), ("migrate", "hnode1")]
+    assert "web1" in w.h["hnode2"].staged
+
+
+def test_failed_staging_leaves_the_instance_where_it_runs(w: World) -> None:
+    w.run("web1", "hnode1")
+    w.hosts.fail["prepare"] = "x"
+    with pytest.raises(InstanceError, match=r"AoE target .* not seen"):
+        w.svc.migrate("web1")
+    assert not [c for c in w.hosts.calls if c[0] == "migrate"]
+    assert "web1" in w.h["hnode1"].domains
+    assert w.svc.get("web1").state == "error"  # explained by show; --cleanup repairs it
+    assert w.svc.cleanup("web1").state == "running"
+
+
+def test_refused_stream_unstages_the_target(w: World) -> None:
+    w.run("web1", "hnode1")
+    w.hosts.fail["migrate"] = "refused"
+    with pytest.raises(InstanceError, match="Host key verification failed"):
+        w.svc.migrate("web1")
+    assert "web1" not in w.h["hnode2"].staged  # no domain there: its seed and config removed
+    assert "web1" in w.h["hnode1"].domains

@@ -28,3 +28,10 @@ def test_longest_gap_and_lost() -> None:
 def test_no_summary_is_an_error_with_the_output() -> None:
     with pytest.raises(LabError, match="no summary"):
         ping_gaps("PING 203.0.113.10 (203.0.113.10)\n")
+
+
+def test_missing_ping_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from homecloud.lab import demo
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(LabError, match=r"ping is not installed.*iputils-ping"):
+        demo.ping_binary()
