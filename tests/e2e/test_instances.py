@@ -8,11 +8,11 @@ the steps in order and share the lab (module-scoped); each prints its duration. 
 talks to the nodes inside the lab's network namespace; no timing asserts (the numbers are
 printed: the migration's ping gap and lost pings).
 
-Status (10:30 UTC, 2026-12-04, by hand with the same commands in a 2+2 lab): lab up 593 s,
-template import 248 s, instance create 76 s (clone e10.0 on snode1, xl create on hnode1), the
-guest boots via pvgrub2 with its seed (cloud-init done at 295 s of guest uptime, hostname web1)
-but sent no frame on the instance bridge hcbr1 in 15 s of listening: no DHCP, no ping yet.
-The module as a whole has not passed yet."""
+This is also the suite's one boot of the real images as a whole lab (it took over the checks of
+tests/e2e/test_lab.py's real-image test and of the former tests/e2e/test_hnode_ssh.py, which
+each booted a lab of their own): every node ready, the hnode root export verified byte for byte,
+the two networks, AoE unreachable from the instance segment, the SSH trust between the config
+node and the hnodes and between the hnodes (migration only)."""
 
 from __future__ import annotations
 
@@ -34,14 +34,10 @@ from homecloud.core.model import Nic, Node
 from homecloud.lab.context import LabContext, read_context
 from homecloud.lab.demo import USER_DATA, hcboot, instance_doc, migrate_pinged, wait_ping
 from tests.support.builds import ensure_built_all
+from tests.support.labchecks import assert_instance_segment_has_no_aoe, assert_two_networks
+from tests.support.labchecks import status as lab_status
 
 T0 = time.monotonic()
-
-# Not yet passing (the guest sends nothing on the instance bridge; see the docstring and issue
-# 11): opt in with HC_E2E_INSTANCES=1 until it does; tests/skips_allowed.txt says why CI skips it.
-pytestmark = pytest.mark.skipif(not os.environ.get("HC_E2E_INSTANCES"),
-                                reason="issue 11: the instance network does not reach the guest"
-                                " yet; HC_E2E_INSTANCES=1 runs it")
 
 
 def say(text: str) -> None:
@@ -128,6 +124,77 @@ def hnodes(lab: LabContext) -> list[str]:
 
 def other(lab: LabContext, host: str) -> str:
     return next(h for h in hnodes(lab) if h != host)
+
+
+def test_lab_ready_networks_and_root_export(lab: LabContext, store: Path) -> None:
+    """(from tests/e2e/test_lab.py) every node ready, the hnodes on the AoE root, the two
+    networks, no AoE answer on the instance segment, the hnode root export verified."""
+    lab_dir = Path(lab.lab_dir)
+    doc = lab_status(lab_dir)
+    by = {n["node"]: n for n in doc["nodes"]}
+    assert by["hnode1"]["state"] == by["hnode2"]["state"] == "dom0 up", by
+    assert by["snode1"]["state"] == by["snode2"]["state"] == "exports ready", by
+    for rec in json.loads((lab_dir / "lab.json").read_text())["nodes"]:
+        if rec["role"] == "hnode":
+            assert "hc: switch_root" in Path(rec["serial_log"]).read_text(errors="replace")
+    assert_two_networks(lab_dir, lab.netns, ["hnode1", "hnode2"], ["snode1", "snode2"])
+    assert_instance_segment_has_no_aoe(lab.netns)
+    v = subprocess.run([sys.executable, "-m", "homecloud", "lab", "verify", "--state-dir",
+                        lab.lab_dir, "--sample", "256"], capture_output=True, text=True,
+                       timeout=900)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def node_addresses(lab: LabContext) -> dict[str, str]:
+    return {n["node"]: n["address"] for n in lab_status(Path(lab.lab_dir))["nodes"]}
+
+
+def admin_ssh(lab: LabContext, ip: str, command: str, key: str | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    argv = lab.ssh_argv(ip, command)
+    if key is not None:
+        argv[argv.index(lab.ssh_key)] = key
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_hnodes_trust_each_other_for_migration_only(lab: LabContext, tmp_path: Path) -> None:
+    """(from the former tests/e2e/test_hnode_ssh.py) each hnode pins the other's host key; a
+    peer's migration key runs nothing but ``xl migrate-receive``; an admin key configured on
+    the config node after the hnodes booted reaches them through the trust timer."""
+    addr = node_addresses(lab)
+    reports = read_reports(Path(lab.state_dir))
+    macs = {n["node"]: n["mac"] for n in lab_status(Path(lab.lab_dir))["nodes"]}
+    hk2 = str(reports[macs["hnode2"]]["facts"]["ssh_host_key"])
+    peers = admin_ssh(lab, addr["hnode1"], "cat /var/lib/hc/hnode/peers_known_hosts")
+    assert peers.returncode == 0, peers
+    assert f"{addr['hnode2']},hnode2 {hk2}" in peers.stdout, peers.stdout
+    mig = ("ssh -i /var/lib/hc/hnode/migration_key -l root -o BatchMode=yes "
+           "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/var/lib/hc/hnode/peers_known_hosts "
+           f"-o IdentitiesOnly=yes {addr['hnode2']}")
+    refused = admin_ssh(lab, addr["hnode1"], f"{mig} id; echo rc=$?")
+    assert "rc=2" in refused.stdout and "runs only 'xl migrate-receive'" in refused.stderr, \
+        refused
+    assert "uid=" not in refused.stdout
+    rcv = admin_ssh(lab, addr["hnode1"], f"{mig} xl migrate-receive < /dev/null; echo rc=$?")
+    assert "migration target" in rcv.stdout + rcv.stderr, rcv  # the real xl, no stream
+    # a new admin key on the config node: the hnodes' trust timer installs it
+    admin = tmp_path / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(admin)],
+                   check=True, capture_output=True)
+    keys = Path(lab.state_dir) / "admin_keys"
+    before = keys.read_text()
+    keys.write_text(before + admin.with_suffix(".pub").read_text())
+    try:
+        deadline, r = time.monotonic() + 300, None
+        while time.monotonic() < deadline:
+            r = admin_ssh(lab, addr["hnode2"], "id -u", key=str(admin))
+            if r.returncode == 0:
+                break
+            time.sleep(5)
+        assert r is not None and r.returncode == 0 and r.stdout.strip() == "0", r
+    finally:
+        keys.write_text(before)
 
 
 def test_agent_facts_over_pinned_ssh(lab: LabContext, tmp_path: Path) -> None:
@@ -225,16 +292,84 @@ def test_clones_differ_in_identity(lab: LabContext) -> None:
     assert a[1].split()[1] != b[1].split()[1], "same SSH host key in web1 and web2"
 
 
+#: run with python3 on a node or guest: broadcasts an AoE "query config" (every shelf, every
+#: slot) from NIC ``dev`` with source MAC ``src`` (a spoofed one from a guest), three times, and
+#: counts the AoE responses (the response flag set) heard within 3 s
+AOE_PROBE = """
+import socket, struct, sys, time
+dev, src = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88A2))
+s.bind((dev, 0))
+hdr = struct.pack("!BBHBBI", 0x10, 0, 0xFFFF, 0xFF, 1, 0x48430001)
+frame = b"\\xff" * 6 + src + struct.pack("!H", 0x88A2) + hdr + bytes(8)
+frame += bytes(max(0, 60 - len(frame)))
+for _ in range(3):
+    s.send(frame)
+s.settimeout(0.5)
+got, end = 0, time.time() + 3
+while time.time() < end:
+    try:
+        d = s.recv(2048)
+    except socket.timeout:
+        continue
+    if d[12:14] == b"\\x88\\xa2" and d[14] & 0x08:
+        got += 1
+print("aoe-answers", got)
+"""
+
+
+#: run in the lab's namespace: counts the frames carrying AOE_PROBE's tag seen on a bridge
+PROBE_SNIFF = """
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88A2))
+s.bind((sys.argv[1], 0))
+s.settimeout(0.5)
+seen, end = 0, time.time() + float(sys.argv[2])
+print("listening", flush=True)
+while time.time() < end:
+    try:
+        d = s.recv(2048)
+    except socket.timeout:
+        continue
+    if d[20:24] == bytes.fromhex("48430001") and not d[14] & 0x08:
+        seen += 1
+print("probe-frames", seen)
+"""
+
+
+def aoe_probe(lab: LabContext, argv: list[str]) -> tuple[int, int]:
+    """Runs AOE_PROBE through ``argv`` while the config node listens on the storage bridge:
+    (AoE answers the prober heard, probe frames that reached the storage bridge)."""
+    sniff = subprocess.Popen([*lab.exec_prefix(), sys.executable, "-c", PROBE_SNIFF,
+                              lab.bridge, "25"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sniff.stdout is not None and sniff.stdout.readline().strip() == "listening"
+        r = subprocess.run(argv, input=AOE_PROBE, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "aoe-answers" in r.stdout, (argv, r.stdout, r.stderr[-500:])
+        out, _ = sniff.communicate(timeout=60)
+    finally:
+        if sniff.poll() is None:
+            sniff.kill()
+            sniff.wait()
+    return int(r.stdout.split()[-1]), int(out.split()[-1])
+
+
 def test_guest_cannot_reach_the_storage_network(lab: LabContext) -> None:
+    """AoE frames sent from inside an instance, even from the MAC of an hnode every export
+    allows, never reach the storage network and get no answer; the same probe from that
+    hnode's dom0 is seen there and answered (the probe and the listener work)."""
     ip = str(instance_doc(lab, "web1")["ip"])
-    # one NIC only (the instance network); the snodes' addresses and the config node's
-    # storage-side address do not answer, and no AoE device exists in the guest
-    links = ssh(lab, ip, "ls /sys/class/net").split()
-    assert sorted(links) == ["eth0", "lo"] or len([x for x in links if x != "lo"]) == 1, links
-    out = ssh(lab, ip, "for a in 198.51.100.1 198.51.100.11 198.51.100.12; do "
-              "ping -c 1 -W 2 $a >/dev/null 2>&1 && echo reached $a; done; "
-              "ls /dev/etherd 2>/dev/null; true")
-    assert "reached" not in out and out.strip() == "", out
+    hn_mac = next(n["mac"] for n in lab_status(Path(lab.lab_dir))["nodes"]
+                  if n["node"] == "hnode1")
+    answers, seen = aoe_probe(lab, lab.ssh_argv(node_addresses(lab)["hnode1"],
+                                                f"python3 - eth0 {hn_mac}"))
+    assert answers > 0 and seen > 0, (answers, seen)
+    links = [x for x in ssh(lab, ip, "ls /sys/class/net").split() if x != "lo"]
+    assert len(links) == 1, links  # one NIC: the instance network
+    answers, seen = aoe_probe(lab, lab.ssh_argv(ip, f"python3 - {links[0]} {hn_mac}"))
+    assert (answers, seen) == (0, 0), f"from the guest: {answers} answers, {seen} frames seen"
+    addrs = ssh(lab, ip, "ip -4 -o addr; ip -4 route; ls /dev/etherd 2>/dev/null; true")
+    assert "198.51.100." not in addrs and "etherd" not in addrs, addrs
 
 
 def test_agent_refused_without_the_key(lab: LabContext, tmp_path: Path) -> None:
@@ -252,11 +387,20 @@ def test_agent_refused_without_the_key(lab: LabContext, tmp_path: Path) -> None:
     assert r.returncode == 255 and "Permission denied" in r.stderr, (r.returncode, r.stderr)
 
 
-def test_stop_and_start_on_the_other_hnode(lab: LabContext) -> None:
+def test_stop_reboot_its_hnode_start_on_the_other(lab: LabContext) -> None:
+    """Stop the instance, reboot its hnode, start it on the other hnode: the file is there.
+    (web2 runs on the same hnode since the drain: it is stopped too, and stays stopped.)"""
     doc = instance_doc(lab, "web1")
     host, ip = str(doc["host"]), str(doc["ip"])
-    run(lab, "instance", "stop", "web1")
-    assert instance_doc(lab, "web1")["state"] == "stopped"
+    for name in ("web1", "web2"):
+        if instance_doc(lab, name)["host"] == host:
+            run(lab, "instance", "stop", name)
+            assert instance_doc(lab, name)["state"] == "stopped"
+    r = subprocess.run([sys.executable, "-m", "homecloud", "lab", "reset", host,
+                        "--state-dir", lab.lab_dir], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    say(f"{host} reset (rebooting)")
     run(lab, "instance", "start", "web1", "--on", other(lab, host))
     assert instance_doc(lab, "web1")["host"] == other(lab, host)
     wait_ping(lab, ip, 900)
