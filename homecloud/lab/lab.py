@@ -322,7 +322,10 @@ class Lab:
                     nics += (Nic(lab_mac(role, i, 2), purpose="instance"),)
                 # the lab starts hnodes with the snodes: their initramfs waits for the root
                 # export (default 30 s) while the snodes fetch it
-                cmdline = f"hc.aoe_wait={HNODE_AOE_WAIT}" if role == "hnode" else ""
+                # and every lab node logs root in on its serial console (lab console NODE;
+                # element hc-base's hc-getty: the images are the production ones)
+                cmdline = "hc.autologin=1" + (f" hc.aoe_wait={HNODE_AOE_WAIT}"
+                                              if role == "hnode" else "")
                 nodes.append(Node(f"{role}{i}", role, nics, cmdline=cmdline))
         # consumers: every hnode, and the lab bridge itself so that `hcboot aoe verify` run in
         # the lab's namespace is an allowed initiator (vblade -m)

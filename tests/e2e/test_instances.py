@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -139,10 +140,35 @@ def test_lab_ready_networks_and_root_export(lab: LabContext, store: Path) -> Non
             assert "hc: switch_root" in Path(rec["serial_log"]).read_text(errors="replace")
     assert_two_networks(lab_dir, lab.netns, ["hnode1", "hnode2"], ["snode1", "snode2"])
     assert_instance_segment_has_no_aoe(lab.netns)
+    # lab only: root's shell on a node's serial console (hc.autologin=1 from the inventory)
+    rec = next(r for r in json.loads((lab_dir / "lab.json").read_text())["nodes"]
+               if r["name"] == "snode1")
+    assert "HC-CONSOLE-42" in console_says(rec, "echo HC-CONSOLE-$((40 + 2))", "HC-CONSOLE-42"), \
+        Path(rec["serial_log"]).read_text(errors="replace")[-1500:]
     v = subprocess.run([sys.executable, "-m", "homecloud", "lab", "verify", "--state-dir",
                         lab.lab_dir, "--sample", "256"], capture_output=True, text=True,
                        timeout=900)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def console_says(rec: dict[str, str], command: str, expect: str,
+                 timeout: float = 120) -> str:
+    """Types ``command`` on a lab VM's serial console (its QEMU chardev socket) and returns
+    what the console printed after it, once ``expect`` shows or ``timeout`` passed."""
+    log = Path(rec["serial_log"])
+    start = log.stat().st_size
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(rec["serial_sock"])
+        deadline, seen = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            s.sendall(b"\r" + command.encode() + b"\r")
+            time.sleep(5)
+            with log.open("rb") as f:
+                f.seek(start)
+                seen = f.read().decode(errors="replace")
+            if expect in seen:
+                return seen
+    return seen
 
 
 def node_addresses(lab: LabContext) -> dict[str, str]:
