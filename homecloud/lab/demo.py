@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -101,17 +102,23 @@ def ping_binary() -> str:
 
 
 class Pinger:
-    """``ping -D -i 0.1 IP`` from the config node (inside the lab's namespace) until stopped."""
+    """``ping -D -i 0.1 IP`` from the config node (inside the lab's namespace) until stopped.
+    Its output goes to a temporary file, not a pipe: a pipe nobody reads fills after ~800
+    lines (80 s) and ping then blocks, blind to the rest of a long migration."""
 
     def __init__(self, ctx: LabContext, ip: str) -> None:
         ping_binary()
+        self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen([*ctx.exec_prefix(), "ping", "-n", "-D", "-i", "0.1", ip],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=self.out, stderr=subprocess.STDOUT, text=True)
 
     def stop(self) -> PingStats:
         self.proc.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
-        out, _ = self.proc.communicate(timeout=30)
-        return ping_gaps(out)
+        self.proc.wait(timeout=30)
+        self.out.seek(0)
+        text = self.out.read()
+        self.out.close()
+        return ping_gaps(text)
 
 
 def wait_ping(ctx: LabContext, ip: str, timeout: float) -> float:
