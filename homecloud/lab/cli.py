@@ -173,15 +173,22 @@ def env(ctx: click.Context, lab_dir: Path | None, as_json: bool) -> None:
 @click.pass_context
 def ssh(ctx: click.Context, node: str, command: tuple[str, ...], lab_dir: Path | None,
         user: str) -> None:
-    """SSH to NODE (a lab node's name or MAC, or an address, e.g. an instance's) with the lab's
-    key, from inside the lab's namespace; runs COMMAND if given."""
+    """SSH to NODE (a lab node's name or MAC, an instance's name, or an address) with the lab's
+    key, from inside the lab's namespace; runs COMMAND if given.  Instances take the lab's key
+    when created with it (hcboot lab demo does); their user is ``debian`` unless their
+    user-data lets root in (the demo's does)."""
     d = _lab_dir(ctx, lab_dir)
     c = _run(lambda: read_context(d))
     host = node
     if not _is_ipv4(node):
         lb = Lab(d)
-        n = _run(lambda: (lb.load(), lb.node(node))[1])
-        host = n.get("ip") or ""
+        _run(lb.load)
+        inst = lb.inventory().instance(node)
+        if inst is not None:  # an instance of the lab: its address on the instance network
+            host = inst.ip
+        else:
+            n = _run(lambda: lb.node(node))
+            host = n.get("ip") or ""
         if not host:
             raise click.ClickException(f"{node}: no address in the lab's records (lab status)")
     argv = c.ssh_argv(host, *command, user=user, tty=not command and sys.stdin.isatty())

@@ -142,6 +142,10 @@ class Lab:
         """The control service over the lab's hcboot state (as `hcboot --state-dir` uses)."""
         return ControlService.open(self.hcboot_dir, self.images or self.hcboot_dir / "images")
 
+    def inventory(self) -> Inventory:
+        """The lab's inventory as hcboot holds it (nodes, exports, instances)."""
+        return self._control().inventory()
+
     def _elapsed(self) -> str:
         return f"[{time.monotonic() - self._t0:6.1f}s]"
 
