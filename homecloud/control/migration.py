@@ -45,7 +45,11 @@ class MigrationOps(InstanceBase):
             raise InstanceError(f"instance {inst.name}: cannot migrate while {inst.state} "
                                 "(only a running instance migrates)")
         source = self.hnode(inst.host)
-        src = self.facts(source)
+        cands = self.candidates(progress)  # every hnode at once, the source among them
+        src_cand = next(c for c in cands if c.node.name == source.name)
+        if src_cand.facts is None:
+            raise InstanceError(f"hnode {source.name} did not answer: {src_cand.error}")
+        src = src_cand.facts
         names = [d.name for d in src.domains]
         if inst.name not in names:
             raise InstanceError(
@@ -57,7 +61,7 @@ class MigrationOps(InstanceBase):
         disk = self.volume_target(inst)
         need = Need(inst.memory_mb, self.settings.network.bridge, str(disk),
                     self.settings.overhead_mb, xen_version=src.xen_version)
-        others = [c for c in self.candidates(progress) if c.node.name != source.name]
+        others = [c for c in cands if c.node.name != source.name]
         try:
             target = place(others, need, to, what=f"instance {inst.name}")
         except PlacementError as exc:
