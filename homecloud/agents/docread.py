@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import BadMac, BadTarget, Target, normalize_mac
 
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+K = TypeVar("K", bound=Hashable)
 
 
 class ProtocolError(HomecloudError, ValueError):
@@ -134,3 +136,15 @@ def read_url(o: Obj, key: str) -> str:
     if not re.match(r"^(https?|file)://\S+$", url):
         raise ProtocolError(o.at(key), f"not an http(s) or file URL: {url!r}")
     return url
+
+
+def first_places(keys: Sequence[K], at: str, field: str, said: Callable[[K, int], str]
+                 ) -> dict[K, int]:
+    """Each key's index in the list at ``at``; a key seen twice is a ProtocolError at
+    ``at[i].field`` saying ``said(key, first index)``."""
+    seen: dict[K, int] = {}
+    for i, k in enumerate(keys):
+        if k in seen:
+            raise ProtocolError(f"{at}[{i}].{field}", said(k, seen[k]))
+        seen[k] = i
+    return seen

@@ -13,6 +13,7 @@ from homecloud.agents.docread import (
     NAME_RE,
     Obj,
     ProtocolError,
+    first_places,
     read_name,
     read_sha,
     read_url,
@@ -135,12 +136,8 @@ def read_pool_plan(o: Obj, exports: Sequence[object]
     template twice, nothing both deleted and wanted."""
     templates = tuple(read_template(t, f"{o.at('templates')}[{i}]")
                       for i, t in enumerate(o.items("templates", required=False)))
-    tnames: dict[str, int] = {}
-    for i, t in enumerate(templates):
-        if t.name in tnames:
-            raise ProtocolError(f"{o.at('templates')}[{i}].name",
-                                f"{t.name} already in templates[{tnames[t.name]}]")
-        tnames[t.name] = i
+    tnames = first_places([t.name for t in templates], o.at("templates"), "name",
+                          lambda n, j: f"{n} already in templates[{j}]")
     vnames = {e.name: i for i, e in enumerate(exports) if isinstance(e, VolumeExport)}
     delete = tuple(read_deletion(d, f"{o.at('delete')}[{i}]")
                    for i, d in enumerate(o.items("delete", required=False)))

@@ -69,6 +69,7 @@ from typing import Any, ClassVar, Literal, TypeAlias, cast
 from homecloud.agents.docread import (
     Obj,
     ProtocolError,
+    first_places,
     jtype,
     load_json,
     read_name,
@@ -232,12 +233,8 @@ def plan_from_doc(doc: object, where: str = "plan") -> Plan:
     poll = o.integer("poll", required=False, default=DEFAULT_POLL, lo=1, hi=3600)
     exports = tuple(_export(e, f"{o.at('exports')}[{i}]")
                     for i, e in enumerate(o.items("exports")))
-    seen: dict[Target, int] = {}
-    for i, e in enumerate(exports):
-        if e.target in seen:
-            raise ProtocolError(f"{o.at('exports')}[{i}].target",
-                                f"{e.target} already exported by exports[{seen[e.target]}]")
-        seen[e.target] = i
+    first_places([e.target for e in exports], o.at("exports"), "target",
+                 lambda t, j: f"{t} already exported by exports[{j}]")
     pending: list[Pending] = []
     for i, p in enumerate(o.items("pending", required=False)):
         po = Obj(p, f"{o.at('pending')}[{i}]")
