@@ -7,7 +7,6 @@ directory: the YAML inventory, the hnodes' SSH driver and the snodes' volumes.""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
@@ -22,12 +21,15 @@ from typing import Any
 import click
 
 from homecloud.control.allocate import InstanceNetwork
-from homecloud.control.contracts import HostDriver, HostError, VolumeApi
+from homecloud.control.contracts import HostError
+from homecloud.control.hosts import SshHostDriver, ensure_config_key, host_key_from_reports
 from homecloud.control.instances import DEFAULT_MEMORY_MB, InstanceService, describe
 from homecloud.control.instbase import Settings
 from homecloud.control.reports import read_reports
 from homecloud.control.service import known_roles
+from homecloud.control.volumes import Volumes
 from homecloud.core.errors import HomecloudError
+from homecloud.core.model import Node
 from homecloud.inventory.schema import parse_size
 from homecloud.inventory.yamlfile import YamlFileStore
 
@@ -48,33 +50,18 @@ def settings_from_env() -> Settings:
 
 def default_service(obj: Any) -> InstanceService:
     """The production wiring: the YAML inventory; the hnodes' SSH driver
-    (``homecloud.control.hosts``: the config node's key, host keys pinned from the nodes'
-    reports, ``HC_SSH_PREFIX`` as the argv prefix, e.g. the lab's ``ip netns exec NS``); the
-    snodes' volumes (``homecloud.control.volumes.Volumes``).  Imported by name so that this
-    module does not depend on how those are built; a module may instead offer
-    ``open_host_driver(state_dir)`` / ``open_volume_api(store, state_dir, images)``."""
+    (:class:`homecloud.control.hosts.SshHostDriver`: the config node's key, host keys pinned
+    from the nodes' reports, ``HC_SSH_PREFIX`` as the argv prefix, e.g. the lab's
+    ``ip netns exec NS``); the snodes' volumes (:class:`homecloud.control.volumes.Volumes`)."""
     state_dir, images = Path(obj.state_dir), Path(obj.images)
     store = YamlFileStore(state_dir, known_roles(images))
-    try:
-        hm = importlib.import_module("homecloud.control.hosts")
-        vm = importlib.import_module("homecloud.control.volumes")
-        hosts: HostDriver
-        if hasattr(hm, "open_host_driver"):
-            hosts = hm.open_host_driver(state_dir)
-        else:
-            def host_key_of(node: Any) -> Any:  # the reports as they are now, not at start
-                return hm.host_key_from_reports(read_reports(state_dir))(node)
 
-            hosts = hm.SshHostDriver(hm.ensure_config_key(state_dir), host_key_of,
-                                     state_dir / "ssh" / "known",
-                                     prefix=shlex.split(os.environ.get("HC_SSH_PREFIX", "")))
-        volumes: VolumeApi = (vm.open_volume_api(store, state_dir, images)
-                              if hasattr(vm, "open_volume_api")
-                              else vm.Volumes(store, state_dir, images))
-    except (ImportError, AttributeError) as exc:
-        raise click.ClickException(f"this build cannot reach the hnodes or the volumes: {exc}"
-                                   ) from None
-    return InstanceService(store, hosts, volumes, settings_from_env())
+    def host_key_of(node: Node) -> str | None:  # the reports as they are now, not at start
+        return host_key_from_reports(read_reports(state_dir))(node)
+
+    hosts = SshHostDriver(ensure_config_key(state_dir), host_key_of, state_dir / "ssh" / "known",
+                          prefix=shlex.split(os.environ.get("HC_SSH_PREFIX", "")))
+    return InstanceService(store, hosts, Volumes(store, state_dir, images), settings_from_env())
 
 
 def _service() -> InstanceService:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
@@ -17,6 +18,8 @@ from homecloud.control.service import ControlService
 from homecloud.control.volumes import Volumes, template_doc, volume_doc
 from homecloud.core.errors import HomecloudError
 from homecloud.inventory.schema import parse_size
+
+T = TypeVar("T")
 
 
 def _volumes(ctx: click.Context) -> Volumes:
@@ -40,6 +43,24 @@ def _size(n: int) -> str:
         if n >= 1 << shift:
             return f"{n / (1 << shift):.1f}{unit}"
     return f"{n}B"
+
+
+def _listing(fetch: Callable[[], Sequence[T]], as_json: bool, doc: Callable[[T], object],
+             empty: str, line: Callable[[T], str]) -> None:
+    """The body of a list command: ``fetch()`` the items, then print their ``doc`` as JSON, the
+    ``empty`` message, or a ``line`` each."""
+    try:
+        items = fetch()
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps([doc(i) for i in items], indent=1))
+        return
+    if not items:
+        click.echo(empty)
+        return
+    for i in items:
+        click.echo(line(i))
 
 
 # ----------------------------------------------------------------------------- templates
@@ -70,19 +91,10 @@ def template_import(ctx: click.Context, spec: str, timeout: int) -> None:
 @click.pass_context
 def template_list(ctx: click.Context, as_json: bool) -> None:
     """Templates, where they are present and their clones."""
-    try:
-        ts = _volumes(ctx).templates()
-    except HomecloudError as exc:
-        raise _fail(exc) from None
-    if as_json:
-        click.echo(json.dumps([template_doc(t) for t in ts], indent=1))
-        return
-    if not ts:
-        click.echo("no templates (hcboot template import ROLE)")
-        return
-    for t in ts:
-        click.echo(f"{t.name:40} {_size(t.size):>7}  on: {', '.join(t.snodes) or '-'}  "
-                   f"clones: {', '.join(t.clones) or '-'}")
+    _listing(lambda: _volumes(ctx).templates(), as_json, template_doc,
+             "no templates (hcboot template import ROLE)",
+             lambda t: f"{t.name:40} {_size(t.size):>7}  on: {', '.join(t.snodes) or '-'}  "
+                       f"clones: {', '.join(t.clones) or '-'}")
 
 
 @template.command("remove")
@@ -114,20 +126,10 @@ def volume() -> None:
 @click.pass_context
 def volume_list(ctx: click.Context, as_json: bool) -> None:
     """Volumes: target, size, origin, storage node."""
-    try:
-        vs = _volumes(ctx).volumes()
-    except HomecloudError as exc:
-        raise _fail(exc) from None
-    if as_json:
-        click.echo(json.dumps([volume_doc(v) for v in vs], indent=1))
-        return
-    if not vs:
-        click.echo("no volumes")
-        return
-    for v in vs:
-        d = volume_doc(v)
-        click.echo(f"{v.name:24} {v.target!s:9} {_size(v.size):>7}  "
-                   f"{d['origin'] or 'empty':40} on {', '.join(v.snodes or ('all',))}")
+    _listing(lambda: _volumes(ctx).volumes(), as_json, volume_doc, "no volumes",
+             lambda v: f"{v.name:24} {v.target!s:9} {_size(v.size):>7}  "
+                       f"{volume_doc(v)['origin'] or 'empty':40}"
+                       f" on {', '.join(v.snodes or ('all',))}")
 
 
 @volume.command("create")

@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from bootserver import clientlog
 from bootserver.dhcp import codec
 from bootserver.dhcp import options as o
+from bootserver.dhcp.assign import FULL_RETRY as FULL_RETRY  # re-exported
+from bootserver.dhcp.assign import Addresses
 from bootserver.dhcp.codec import DhcpPacket
 from bootserver.dhcp.config import BROADCAST, DhcpConfig, DhcpPolicy
 from bootserver.dhcp.fit import encode_fitting
@@ -72,7 +74,6 @@ from bootserver.machine import BootFile, Machine, arch_from_vendor_class
 
 log = logging.getLogger("homecloud.dhcp")
 
-FULL_RETRY = 1.0  # seconds an exhausted pool is not rescanned
 # Enum member access goes through a descriptor; module constants keep the hot path cheap.
 _ACK = o.MessageType.ACK
 _DECLINE = o.MessageType.DECLINE
@@ -129,13 +130,10 @@ class DhcpProtocol:
         self.leases = leases
         self.stats = stats if stats is not None else Stats()
         self.pools = [Pool(p) for p in config.pool_configs()]
-        self._reserved = {config.server_ip}
-        for p in self.pools:
-            self._reserved.update(a for a in (p.cfg.router, *p.cfg.dns) if a)
+        self.addresses = Addresses(config, policy, leases, self.pools)
         if config.mode == "full" and not any(p.contains(config.server_ip) for p in self.pools):
             log.warning("dhcp: no pool contains server_ip %s: only relayed clients (giaddr) on"
                         " the pools' subnets will be answered", config.server_ip)
-        self._pool_full_until: dict[Pool, float] = {}
         self._server_id = o.ip_bytes(config.server_ip)
 
     def handle(self, data: bytes, src: tuple[str, int], port: int) -> Reply | None:
@@ -307,16 +305,6 @@ class DhcpProtocol:
                           dest=dest)
 
     # --- full mode ---
-    def _pool_for(self, pkt: DhcpPacket) -> Pool | None:
-        key = pkt.giaddr if pkt.giaddr != codec.ZERO_IP else self.config.server_ip
-        for p in self.pools:
-            if p.contains(key):
-                return p
-        return None
-
-    def _lease_time(self, pool: Pool) -> int:
-        return pool.cfg.lease_time or self.config.lease_time
-
     def _net_options(self, r: DhcpPacket, pool: Pool, hostname: str | None,
                      lease_time: int | None) -> None:
         opts = r.options
@@ -325,70 +313,6 @@ class DhcpProtocol:
         opts.update(pool.options)
         if hostname:
             opts[o.HOSTNAME] = hostname.encode()
-
-    def _static(self, ctx: _Ctx, pool: Pool) -> tuple[str, str | None] | None:
-        st = self.policy.static_address(ctx.mac)
-        if st is None:
-            return None
-        if not pool.usable(st[0]):
-            ctx.log.warning("dhcp: static address %s of %s is not on %s; %s", st[0], ctx.mac,
-                            pool.cfg.network,
-                            "not answering" if self.config.static_only else "using the pool")
-            return None
-        return st
-
-    def _choose(self, ctx: _Ctx, pool: Pool) -> tuple[str, str | None] | None:
-        """RFC 2131 §4.3.1 address choice: static, current/previous lease, offer, requested,
-        then a free one (no ping), reclaiming the oldest tentative offer when the pool is full."""
-        mac, lt = ctx.mac, self.leases
-        st = self._static(ctx, pool)
-        if st is not None:
-            lt.take_over(st[0], mac)
-            return st
-        if self.config.static_only:  # static addresses only: no lease, offer or pool address
-            return None
-        ls = lt.lease_of(mac)
-        if ls is not None and pool.in_range(ls.ip) and self._free(ls.ip, mac):
-            return ls.ip, ls.hostname
-        off = lt.offered_ip(mac)
-        if off is not None and pool.in_range(off):
-            return off, None
-        want = ctx.pkt.options.get(o.REQUESTED_IP)
-        if want is not None and len(want) == 4:
-            wanted = socket.inet_ntoa(want)
-            if pool.in_range(wanted) and self._free(wanted, mac):
-                return wanted, None
-        # A full lap over an exhausted pool costs O(pool size); after one fails, skip the scan
-        # for FULL_RETRY seconds and reclaim tentative offers directly (burst of new clients).
-        now = lt.clock()
-        ip = None
-        if now >= self._pool_full_until.get(pool, 0.0):
-            ip = pool.next_free(lambda a: self._free(a, mac))
-            if ip is None:
-                self._pool_full_until[pool] = now + FULL_RETRY
-                ctx.log.warning("dhcp: pool %s has no free address (DISCOVER from %s):"
-                                " reclaiming the oldest tentative offers", pool.cfg.network, mac)
-        if ip is None:
-            ip = lt.oldest_offer_in(pool.in_range)
-            if ip is None:
-                return None
-            ctx.log.debug("dhcp: reclaiming tentative offer of %s for %s", ip, mac)
-        return ip, None
-
-    def _free(self, ip: str, mac: str) -> bool:
-        """Not this server's, a router's or a DNS server's address, and not taken."""
-        return ip not in self._reserved and self.leases.is_free_for(ip, mac)
-
-    def _may_assign(self, ctx: _Ctx, pool: Pool, ip: str) -> tuple[bool, str | None]:
-        st = self._static(ctx, pool)
-        if st is not None:
-            return ip == st[0], st[1]
-        if self.config.static_only:
-            return False, None
-        if not pool.in_range(ip) or not self._free(ip, ctx.mac):
-            return False, None
-        ls = self.leases.lease_of(ctx.mac)
-        return True, ls.hostname if ls is not None and ls.ip == ip else None
 
     def _nak(self, ctx: _Ctx, why: str) -> Reply | None:
         self._seen(ctx)
@@ -402,7 +326,7 @@ class DhcpProtocol:
         pkt, mt = ctx.pkt, ctx.mt
         if self.config.static_only and self.policy.static_address(ctx.mac) is None:
             return self._ignore(pkt, "no static address for this MAC (static-only server)")
-        pool = self._pool_for(pkt)
+        pool = self.addresses.pool_for(pkt.giaddr)
         if pool is None:
             where = f"relay {pkt.giaddr}" if pkt.giaddr != codec.ZERO_IP else "this link"
             return self._ignore(pkt, f"no pool for {where}", logging.WARNING)
@@ -443,7 +367,8 @@ class DhcpProtocol:
         return self._ignore(pkt, f"{mt.name} sent to a server")
 
     def _discover(self, ctx: _Ctx, pool: Pool) -> Reply | None:
-        choice = self._choose(ctx, pool)
+        choice = self.addresses.choose(ctx.mac, ctx.pkt.options.get(o.REQUESTED_IP), ctx.log,
+                                       pool)
         if choice is None:
             self._seen(ctx)
             why = (f"its static address is not on {pool.cfg.network}" if self.config.static_only
@@ -454,7 +379,7 @@ class DhcpProtocol:
         r = self._reply(ctx, _OFFER, ip)
         ctx.machine = Machine(ctx.mac, ctx.machine.arch, ctx.machine.user_class,
                               ctx.machine.vendor_class, ip)
-        self._net_options(r, pool, hostname, self._lease_time(pool))
+        self._net_options(r, pool, hostname, self.addresses.lease_time(pool))
         bf = self._boot(ctx, r)
         return self._send(ctx, r, _OFFER, ip + (f" boot {bf.filename}" if bf else ""))
 
@@ -481,10 +406,10 @@ class DhcpProtocol:
             ip = pkt.ciaddr
         else:
             return self._ignore(pkt, "REQUEST with neither option 50 nor ciaddr", logging.INFO)
-        ok, hostname = self._may_assign(ctx, pool, ip)
+        ok, hostname = self.addresses.may_assign(ctx.mac, ctx.log, pool, ip)
         if not ok:
             return self._nak(ctx, f"{ip} is not available to {ctx.mac}")
-        lease_time = self._lease_time(pool)
+        lease_time = self.addresses.lease_time(pool)
         try:
             self.leases.bind(ctx.mac, ip, lease_time, hostname)  # journal synced before the ACK
         except LeaseFileError as e:

@@ -17,6 +17,32 @@ from homecloud.core.files import fsync_dir
 from homecloud.core.manifest import sha256_file
 
 
+def download(url: str, dest: str | Path, limit: int, *, into_device: bool = False
+             ) -> tuple[str, int]:
+    """Stream ``url`` into ``dest`` (a new file, or with ``into_device`` a block device written
+    in place), fsynced; return its sha256 (hex) and size.  AgentError when it fails or takes
+    over ``limit`` seconds; the caller checks the sha256 and size against its plan."""
+    h, n = hashlib.sha256(), 0
+    deadline = time.monotonic() + limit
+    try:
+        with (urllib.request.urlopen(url, timeout=60) as r,
+              open(dest, "r+b" if into_device else "wb") as f):
+            while chunk := r.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+                n += len(chunk)
+                if time.monotonic() > deadline:
+                    raise AgentError(f"download of {url} took over {limit}s")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        where = f" into {dest}" if into_device else ""
+        raise AgentError(f"download of {url}{where} failed: {exc}") from None
+    except ValueError as exc:
+        raise AgentError(f"download of {url} failed: {exc}") from None
+    return h.hexdigest(), n
+
+
 class Files:
     """The export files in the store: images (downloaded, sha256-checked) and volumes."""
 
@@ -50,7 +76,7 @@ class Files:
         t0 = time.monotonic()
         self.out.log(f"image {e.sha256}: downloading {e.url} ({e.size} bytes)")
         try:
-            got, n = self._download(e.url, part)
+            got, n = download(e.url, part, self.dl_timeout)
             if got != e.sha256:
                 raise AgentError(f"sha256 mismatch for {e.url}: got {got}, plan says {e.sha256}")
             if n != e.size:
@@ -65,23 +91,6 @@ class Files:
         self.out.log(f"image {e.sha256}: downloaded and verified in "
                      f"{time.monotonic() - t0:.0f}s")
         return path
-
-    def _download(self, url: str, part: Path) -> tuple[str, int]:
-        h, n = hashlib.sha256(), 0
-        deadline = time.monotonic() + self.dl_timeout
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
-                while chunk := r.read(1 << 20):
-                    h.update(chunk)
-                    f.write(chunk)
-                    n += len(chunk)
-                    if time.monotonic() > deadline:
-                        raise AgentError(f"download of {url} took over {self.dl_timeout}s")
-                f.flush()
-                os.fsync(f.fileno())
-        except (OSError, ValueError) as exc:
-            raise AgentError(f"download of {url} failed: {exc}") from None
-        return h.hexdigest(), n
 
     def volume(self, name: str, size: int) -> Path:
         self.volumes.mkdir(parents=True, exist_ok=True)

@@ -17,14 +17,12 @@ library only: this module ships into the node images.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from homecloud.agents.common import AgentError, run
+from homecloud.agents.files import download
 from homecloud.agents.protocol import Deletion, Plan, PoolEntry, TemplateSpec, VolumeExport
 
 VG = "hc"
@@ -304,7 +302,7 @@ class Pool:
         run(["lvcreate", "-q", "-V", f"{t.size}b", "-T", f"{self.vg}/{self.pool}", "-n", part],
             timeout=120)
         try:
-            got, n = self._download(t.url, self.path(part))
+            got, n = download(t.url, self.path(part), self.dl_timeout, into_device=True)
             if n != t.size:
                 raise AgentError(f"template {t.name}: size mismatch for {t.url}: got {n} bytes,"
                                  f" plan says {t.size}")
@@ -321,22 +319,3 @@ class Pool:
         run(["lvchange", "-p", "r", f"{self.vg}/{tpl_lv(t.name)}"], timeout=60)
         self.log(f"pool: template {t.name}: filled and verified in "
                  f"{time.monotonic() - t0:.0f}s")
-
-    def _download(self, url: str, dev: str) -> tuple[str, int]:
-        h, n = hashlib.sha256(), 0
-        deadline = time.monotonic() + self.dl_timeout
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(dev, "r+b") as f:
-                while chunk := r.read(1 << 20):
-                    h.update(chunk)
-                    f.write(chunk)
-                    n += len(chunk)
-                    if time.monotonic() > deadline:
-                        raise AgentError(f"download of {url} took over {self.dl_timeout}s")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise AgentError(f"download of {url} into {dev} failed: {exc}") from None
-        except ValueError as exc:
-            raise AgentError(f"download of {url} failed: {exc}") from None
-        return h.hexdigest(), n

@@ -201,12 +201,12 @@ def query_config(sock: AoESocket, target: Target | None = None, timeout: float =
 # ---------------------------------------------------------------- single request (IDENTIFY)
 
 
-def ata_request(sock: AoESocket, target: Target, mac: str, *, command: int, lba: int = 0,
-                sectors: int = 1, timeout: float = 0.5, retries: int = 4) -> bytes:
-    """One ATA request to one path, retried; returns the reply's data (``sectors`` * 512)."""
-    tag = new_tag()
-    frame = F.build_ata_request(sock.mac, mac, target, command=command, sectors=sectors,
-                                lba=lba, tag=tag)
+def exchange(sock: AoESocket, target: Target, mac: str, frame: bytes | bytearray, tag: int, *,
+             lba: int | None = None, what: str = "ATA command", timeout: float = 0.5,
+             retries: int = 4) -> bytes:
+    """Send one ATA request ``frame`` (tagged ``tag``) to path ``mac`` and wait for its answer,
+    resending it ``retries`` times; returns the whole reply frame.  AoEReplyError or
+    ATACommandError when the target refuses it, AoETimeout when nothing answers."""
     buf = bytearray(16384)
     macb = F.mac_bytes(mac)
     for _ in range(retries + 1):
@@ -227,8 +227,19 @@ def ata_request(sock: AoESocket, target: Target, mac: str, *, command: int, lba:
                 status = buf[F.OFF_CMDSTAT]
                 if status & (F.ATA_STATUS_ERR | F.ATA_STATUS_DF):
                     raise ATACommandError(target, lba, mac, status, buf[F.OFF_ERRFEAT])
-                return F.reply_data(memoryview(buf)[:n], sectors)
-    raise AoETimeout(target, lba, [mac], what=f"ATA command 0x{command:02x}", tries=retries + 1)
+                return bytes(buf[:n])
+    raise AoETimeout(target, lba, [mac], what=what, tries=retries + 1)
+
+
+def ata_request(sock: AoESocket, target: Target, mac: str, *, command: int, lba: int = 0,
+                sectors: int = 1, timeout: float = 0.5, retries: int = 4) -> bytes:
+    """One ATA request to one path, retried; returns the reply's data (``sectors`` * 512)."""
+    tag = new_tag()
+    frame = F.build_ata_request(sock.mac, mac, target, command=command, sectors=sectors,
+                                lba=lba, tag=tag)
+    reply = exchange(sock, target, mac, frame, tag, lba=lba, timeout=timeout, retries=retries,
+                     what=f"ATA command 0x{command:02x}")
+    return F.reply_data(reply, sectors)
 
 
 def identify(sock: AoESocket, target: Target, macs: Sequence[str], *, timeout: float = 0.5,
