@@ -49,8 +49,10 @@ def say(text: str) -> None:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = os.environ.get("HC_LAB_IMAGES")
     path = Path(env) if env else ensure_built_all(tmp_path_factory)[0]
-    for role in ("snode", "hnode", "domu"):
-        m = ImageStore(path).manifest(role)
+    store = ImageStore(path)
+    assert store.manifest("snode") is not None, f"{path}: no snode image"
+    for role in ("hnode", "domu"):  # the hnode root export and the template are rootfs images
+        m = store.manifest(role)
         assert m is not None and "rootfs" in m.artifacts, f"{path}: no {role} image with a rootfs"
     return path
 
@@ -268,6 +270,14 @@ def test_create_ping_ssh(lab: LabContext, user_data: Path) -> None:
     assert str(doc["mac"]).startswith("0a:48:43:"), doc
     say(f"web1 answers ping after {wait_ping(lab, ip, 900):.1f} s")
     assert wait_ssh(lab, ip) == "web1"
+    # its own kernel, from its own disk, through pvgrub2 (no guest kernel in dom0)
+    domu = ImageStore(Path(lab.images)).manifest("domu")
+    assert domu is not None
+    assert ssh(lab, ip, "uname -r").strip() == domu.versions["kernel"]
+    host = node_addresses(lab)[str(doc["host"])]
+    cfg = admin_ssh(lab, host, "cat /run/hc/hnode/web1.cfg")
+    assert 'kernel = "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"' in cfg.stdout, cfg
+    assert 'type = "pvh"' in cfg.stdout and "ramdisk" not in cfg.stdout, cfg.stdout
 
 
 def test_write_and_sync(lab: LabContext) -> None:
