@@ -194,9 +194,15 @@ def test_hnodes_trust_each_other_for_migration_only(lab: LabContext, tmp_path: P
     reports = read_reports(Path(lab.state_dir))
     macs = {n["node"]: n["mac"] for n in lab_status(Path(lab.lab_dir))["nodes"]}
     hk2 = str(reports[macs["hnode2"]]["facts"]["ssh_host_key"])
-    peers = admin_ssh(lab, addr["hnode1"], "cat /var/lib/hc/hnode/peers_known_hosts")
+    want = f"{addr['hnode2']},hnode2 {hk2}"
+    deadline = time.monotonic() + 300  # hnode1's trust timer (30 s) brings a later peer
+    while True:
+        peers = admin_ssh(lab, addr["hnode1"], "cat /var/lib/hc/hnode/peers_known_hosts")
+        if (peers.returncode == 0 and want in peers.stdout) or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     assert peers.returncode == 0, peers
-    assert f"{addr['hnode2']},hnode2 {hk2}" in peers.stdout, peers.stdout
+    assert want in peers.stdout, peers.stdout
     mig = ("ssh -i /var/lib/hc/hnode/migration_key -l root -o BatchMode=yes "
            "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/var/lib/hc/hnode/peers_known_hosts "
            f"-o IdentitiesOnly=yes {addr['hnode2']}")
