@@ -1,0 +1,203 @@
+"""DRBD 8.4 on the storage nodes (issue 12, groundwork): the resource file a replicated volume
+gets, and the reader of ``/proc/drbd`` the storage agent will report from.
+
+Debian 12's kernel carries the in-tree drbd 8.4 module; Debian's drbd-utils (9.x) hands 8.4
+resources to ``/usr/lib/drbd/drbdadm-84``.  The files written here are what that drbdadm
+parses (tests/unit/test_drbd.py runs ``drbdadm-84 dump`` on them: no kernel module needed).
+
+The choices, from docs and field reports (docs/replication.md will carry the reasoning):
+
+- ``usage-count no`` always (drbdadm would otherwise try to reach LINBIT's counter);
+- protocol C: a write is acknowledged once it is on both snodes' disks;
+- single primary (``allow-two-primaries`` never set): the snode that exports a volume is its
+  primary; on its loss the peer promotes and exports the same shelf.slot;
+- split brain is never resolved by discarding data automatically: every ``after-sb-*`` policy
+  is ``disconnect`` and ``rr-conflict`` too, so both sides stay as they are, StandAlone, until an
+  explicit command names the side to keep (Ganeti's users lost data to automatic discards);
+- ``on-io-error detach``: a failing backing disk leaves the resource diskless (served by the
+  peer's disk) rather than passing errors up;
+- the resync rate is capped (``c-max-rate``) so that a resync leaves instances room, with the
+  dynamic controller on (``c-plan-ahead``).
+
+Standard library only: this module ships into the node images.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from homecloud.core.errors import HomecloudError
+
+#: the global section every snode's drbd.conf starts with
+GLOBAL_CONF = """\
+# homecloud: written by the storage agent (homecloud.agents.drbd), do not edit
+global {
+    usage-count no;
+}
+"""
+
+RESOURCE_RE = re.compile(r"^[tv]-[a-z0-9][a-z0-9-]{0,62}$")
+HOST_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DISK_RE = re.compile(r"^/dev/[A-Za-z0-9][A-Za-z0-9/_.+-]*$")
+MAX_MINOR = (1 << 20) - 1
+
+
+class DrbdError(HomecloudError, ValueError):
+    """A replica description or a status text that cannot be used; names what is at fault."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    host: str      # the snode's host name: drbdadm picks its own ``on`` section by it
+    address: str   # its IPv4 address on the storage network (the replication link)
+    disk: str      # the backing block device there (the thin volume)
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    name: str                  # the volume's name on the snodes (``v-...`` / ``t-...``)
+    minor: int                 # /dev/drbdMINOR, the same on both sides
+    port: int                  # TCP port of the replication link
+    replicas: tuple[Replica, Replica]
+    max_resync_mib: int = 40   # c-max-rate, MiB/s: what a resync may take at most
+
+    def check(self) -> None:
+        """Raises :class:`DrbdError` naming the field at fault."""
+        where = f"resource {self.name!r}"
+        if not RESOURCE_RE.match(self.name):
+            raise DrbdError(f"{where}: name must be t-NAME or v-NAME (lower case, digits, -)")
+        if not 0 <= self.minor <= MAX_MINOR:
+            raise DrbdError(f"{where}: minor {self.minor} not in 0..{MAX_MINOR}")
+        if not 1024 <= self.port <= 65535:
+            raise DrbdError(f"{where}: port {self.port} not in 1024..65535")
+        if not 1 <= self.max_resync_mib <= 4096:
+            raise DrbdError(f"{where}: max_resync_mib {self.max_resync_mib} not in 1..4096")
+        if len(self.replicas) != 2:
+            raise DrbdError(f"{where}: exactly two replicas, got {len(self.replicas)}")
+        for i, r in enumerate(self.replicas):
+            if not HOST_RE.match(r.host):
+                raise DrbdError(f"{where}: replicas[{i}].host {r.host!r} is not a host name")
+            try:
+                addr = ipaddress.IPv4Address(r.address)
+            except ValueError:
+                raise DrbdError(f"{where}: replicas[{i}].address {r.address!r} is not an "
+                                "IPv4 address") from None
+            if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+                raise DrbdError(f"{where}: replicas[{i}].address {r.address} cannot be a "
+                                "replication peer")
+            if not DISK_RE.match(r.disk) or ".." in r.disk.split("/"):
+                raise DrbdError(f"{where}: replicas[{i}].disk {r.disk!r} is not a /dev path")
+        a, b = self.replicas
+        if a.host == b.host or a.address == b.address:
+            raise DrbdError(f"{where}: the two replicas must be two snodes "
+                            f"({a.host} {a.address}, {b.host} {b.address})")
+
+
+def render(spec: ResourceSpec) -> str:
+    """The resource file for ``spec`` (``/etc/drbd.d/NAME.res`` on both snodes)."""
+    spec.check()
+    ons = "".join(f"""\
+    on {r.host} {{
+        device /dev/drbd{spec.minor};
+        disk {r.disk};
+        address ipv4 {r.address}:{spec.port};
+        meta-disk internal;
+    }}
+""" for r in spec.replicas)
+    return f"""\
+# homecloud volume {spec.name}: written by the storage agent, do not edit
+resource {spec.name} {{
+    net {{
+        protocol C;
+        after-sb-0pri disconnect;
+        after-sb-1pri disconnect;
+        after-sb-2pri disconnect;
+        rr-conflict disconnect;
+    }}
+    disk {{
+        on-io-error detach;
+        c-plan-ahead 20;
+        c-max-rate {spec.max_resync_mib}M;
+    }}
+{ons}}}
+"""
+
+
+# ------------------------------------------------------------------------------ /proc/drbd
+
+
+@dataclass(frozen=True)
+class DrbdStatus:
+    minor: int
+    connection: str          # cs: Connected, StandAlone, WFConnection, SyncSource, ...
+    role: str = ""           # ro: this side
+    peer_role: str = ""
+    disk: str = ""           # ds: this side (UpToDate, Inconsistent, Outdated, Diskless, ...)
+    peer_disk: str = ""
+    protocol: str = ""
+    out_of_sync_kib: int = 0  # oos
+    synced_percent: float | None = None  # while a resync runs
+
+    @property
+    def configured(self) -> bool:
+        return self.connection != "Unconfigured"
+
+    @property
+    def syncing(self) -> bool:
+        return self.connection.startswith(("Sync", "PausedSync"))
+
+    @property
+    def degraded(self) -> bool:
+        """Not both disks up to date and connected (a volume that one more loss would cost)."""
+        return not (self.connection == "Connected" and self.disk == "UpToDate"
+                    and self.peer_disk == "UpToDate")
+
+
+_DEV = re.compile(r"^\s*(\d+):\s+cs:(\S+)(.*)$")
+_FIELD = re.compile(r"\b(ro|ds):(\S+?)/(\S+)")
+_OOS = re.compile(r"\boos:(\d+)")
+_SYNCED = re.compile(r"sync'ed:\s*([0-9.]+)%")
+
+
+def parse_proc_drbd(text: str) -> dict[int, DrbdStatus]:
+    """Every device of a DRBD 8.4 ``/proc/drbd`` by minor; :class:`DrbdError` naming the line
+    for a device line that cannot be read."""
+    out: dict[int, DrbdStatus] = {}
+    cur: dict[str, object] | None = None
+
+    def flush() -> None:
+        if cur is not None:
+            out[int(str(cur["minor"]))] = DrbdStatus(**cur)  # type: ignore[arg-type]
+
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _DEV.match(line)
+        if m:
+            flush()
+            cur = {"minor": int(m.group(1)), "connection": m.group(2)}
+            rest = m.group(3)
+            fields = {k: (a, b) for k, a, b in _FIELD.findall(rest)}
+            if cur["connection"] != "Unconfigured" and ("ro" not in fields
+                                                        or "ds" not in fields):
+                raise DrbdError(f"/proc/drbd line {n}: no ro:/ds: fields in {line.strip()!r}")
+            if "ro" in fields:
+                cur["role"], cur["peer_role"] = fields["ro"]
+            if "ds" in fields:
+                cur["disk"], cur["peer_disk"] = fields["ds"]
+            proto = rest.split()
+            for i, word in enumerate(proto):
+                if word.startswith("ds:") and i + 1 < len(proto) and proto[i + 1] in ("A", "B",
+                                                                                  "C"):
+                    cur["protocol"] = proto[i + 1]
+            continue
+        if cur is None:
+            continue  # version:, srcversion:, GIT-hash: lines
+        m2 = _OOS.search(line)
+        if m2:
+            cur["out_of_sync_kib"] = int(m2.group(1))
+        m3 = _SYNCED.search(line)
+        if m3:
+            cur["synced_percent"] = float(m3.group(1))
+    flush()
+    return out
