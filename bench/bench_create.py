@@ -24,7 +24,6 @@ hcboot/bare.  Under QEMU TCG the guest's own boot dominates both.  No result is 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.bench_migration import XL, node_addresses, node_sh, say  # noqa: E402
+from bench.bench_migration import XL, column_medians, node_addresses, node_sh, say  # noqa: E402
 from homecloud.agents.hnode import RUN_DIR  # noqa: E402
 from homecloud.lab.context import current_context  # noqa: E402
 from homecloud.lab.demo import hcboot, instance_doc, wait_ping  # noqa: E402
@@ -77,7 +76,7 @@ def main() -> int:
     print(f"{'how':7} {'returned s':>11} {'pingable s':>11}")
     med = {}
     for how, r in rows.items():
-        med[how] = (statistics.median(a for a, _ in r), statistics.median(b for _, b in r))
+        med[how] = column_medians(r)
         print(f"{how:7} {med[how][0]:11.1f} {med[how][1]:11.1f}")
     print(f"{'ratio':7} {med['hcboot'][0] / med['bare'][0]:11.2f} "
           f"{med['hcboot'][1] / med['bare'][1]:11.2f}")

@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +84,17 @@ def guest_sh(ctx: LabContext, ip: str, command: str) -> str:
     raise SystemExit(f"ssh into the guest {ip} failed: {r.stderr[-400:]}")
 
 
-def pinged(ctx: LabContext, ip: str, action: object) -> tuple[float, PingStats]:
+def column_medians(rows: Sequence[Sequence[float]]) -> tuple[float, ...]:
+    """The median of each column of ``rows`` (one row per run)."""
+    return tuple(statistics.median(col) for col in zip(*rows, strict=True))
+
+
+def pinged(ctx: LabContext, ip: str, action: Callable[[], object]) -> tuple[float, PingStats]:
     pinger = Pinger(ctx, ip)
     try:
         time.sleep(1)
         t0 = time.monotonic()
-        action()  # type: ignore[operator]
+        action()
         took = time.monotonic() - t0
         time.sleep(2)
     finally:
@@ -151,10 +157,7 @@ def main() -> int:
     for load in ("idle", "busy"):
         med = {}
         for how in ("hcboot", "bare"):
-            r = rows[(load, how)]
-            med[how] = (statistics.median(t for t, _ in r),
-                        statistics.median(s.longest_gap for _, s in r),
-                        statistics.median(s.lost for _, s in r))
+            med[how] = column_medians([(t, s.longest_gap, s.lost) for t, s in rows[(load, how)]])
             print(f"{load:5} {how:7} {med[how][0]:8.1f} {med[how][1]:8.2f} {med[how][2]:5.0f}")
         print(f"{load:5} ratio   {med['hcboot'][0] / med['bare'][0]:8.2f} "
               f"{med['hcboot'][1] / max(med['bare'][1], 0.01):8.2f}")
