@@ -30,6 +30,7 @@ class CommandError(AgentError):
     def __init__(self, argv: Sequence[str], code: int, output: str) -> None:
         self.argv = list(argv)
         self.code = code
+        self.output = output
         self.tail = output.strip().splitlines()[-TAIL_LINES:]
         tail = " | ".join(self.tail) or "no output"
         super().__init__(f"{shlex.join(self.argv)}: exit code {code}: {tail}")

@@ -294,19 +294,35 @@ def migrate_ssh_command(cfg: Config) -> str:
                        "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=15"])
 
 
+_WHY = re.compile(r"error|fail|did not|didn't|timed out|cannot|unable|refused|denied|"
+                  r"permission|not found|no such|abort|freez", re.IGNORECASE)
+
+
+def migration_failure_lines(output: str, limit: int = 40) -> list[str]:
+    """What explains a failed ``xl migrate``: both ends' error lines (the receiver's stderr
+    comes back through the SSH transport), in order, and the last lines; at most ``limit``."""
+    lines = [ln.rstrip() for ln in output.strip().splitlines() if ln.strip()]
+    keep = [i for i, ln in enumerate(lines) if _WHY.search(ln)]
+    keep += list(range(max(0, len(lines) - 3), len(lines)))
+    picked = [lines[i] for i in sorted(set(keep))]
+    return picked[-limit:] or ["no output"]
+
+
 def migrate(cfg: Config, name: str, target: str, timeout: int) -> dict[str, Any]:
     if _present(cfg, name) is None:
         raise Failed(f"{cfg.node}: no domain {name} to migrate")
     for p in (cfg.state / MIGRATION_KEY, cfg.state / PEERS_KNOWN_HOSTS):
         if not p.is_file():
             raise Failed(f"{cfg.node}: {p} missing: migration trust not set up")
-    argv = [find_xl(cfg), "migrate", "-s", migrate_ssh_command(cfg), name, target]
+    argv = [find_xl(cfg), "-v", "migrate", "-s", migrate_ssh_command(cfg), name, target]
     t0 = time.monotonic()
     try:
         out = run(argv, timeout=timeout)
     except CommandError as exc:
-        raise Failed(f"{cfg.node}: migration of {name} to {target} failed: {exc}",
-                     shlex.join(argv), "\n".join(exc.tail)) from None
+        raise Failed(f"{cfg.node}: migration of {name} to {target} failed after "
+                     f"{time.monotonic() - t0:.0f} s (exit code {exc.code}): "
+                     + " | ".join(migration_failure_lines(exc.output, 8)),
+                     shlex.join(argv), "\n".join(migration_failure_lines(exc.output))) from None
     seconds = time.monotonic() - t0
     return {"name": name, "source": cfg.node, "target": target, "seconds": round(seconds, 3),
             "log_tail": "\n".join(out.strip().splitlines()[-10:])}

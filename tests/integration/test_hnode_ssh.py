@@ -43,16 +43,18 @@ MAC = {"hn1": "52:54:00:4b:00:01", "hn2": "52:54:00:4b:00:02"}
 
 # the stand-in xl (Xen cannot run on this host): info/list like Xen 4.17's xl; migrate runs the
 # -s command as xl does ("exec CMD HOST xl migrate-receive") with a stream on its stdin;
-# migrate-receive stores the stream it gets
+# migrate-receive stores the stream it gets; leading -v flags are passed on to the receiver
+# as xl_migrate.c does
 FAKE_XL = r"""#!/bin/sh
 d=$(dirname "$0")
 echo "$*" >> "$d/calls"
+v=""; while [ "$1" = "-v" ]; do v="$v -v"; shift; done
 case "$1" in
   info) printf 'xen_major : 4\nxen_minor : 17\ntotal_memory : 4095\nfree_memory : 3012\n' ;;
   list) printf 'Name ID Mem VCPUs State Time(s)\nDomain-0 0 512 1 r----- 1.0\n'
         [ -f "$d/running" ] && cat "$d/running"; true ;;
   migrate) [ "$2" = "-s" ] || exit 9
-        echo "DOMAIN-STREAM $4 from $(cat "$d/name")" | sh -c "exec $3 $5 xl migrate-receive"
+        echo "DOMAIN-STREAM $4 from $(cat "$d/name")" | sh -c "exec $3 $5 xl$v migrate-receive"
         rc=$?; [ $rc = 0 ] && rm -f "$d/running"; exit $rc ;;
   migrate-receive) cat > "$d/received"
         echo "migration target: got $(wc -c < "$d/received") bytes" >&2 ;;
@@ -253,6 +255,8 @@ def test_migrate_over_pinned_ssh_between_hnodes(env: Env) -> None:
     assert (res.source, res.target) == ("hn1", "hn2") and res.seconds > 0
     assert (hn2.dir / "received").read_text() == "DOMAIN-STREAM web1 from hn1\n"
     assert "migration target: got 28 bytes" in res.log_tail
+    # xl's verbosity reaches the receiver (its messages explain a failure at the target)
+    assert "-v migrate-receive" in (hn2.dir / "calls").read_text()
     assert steps[0] == "hn1: xl migrate web1 to hn2 (198.51.100.12)"
     # a peer with the wrong pinned key: the source's ssh refuses the target
     (hn1.dir / "running").write_text("web1 3 384 1 -b---- 2.0\n")
@@ -264,7 +268,7 @@ def test_migrate_over_pinned_ssh_between_hnodes(env: Env) -> None:
             env.driver().migrate(hn1.node, "web1", hn2.node, steps.append)
         msg = str(exc.value)
         assert "hn1: migrate: hn1: migration of web1 to 198.51.100.12 failed" in msg, msg
-        assert "Host key verification failed" in msg and "xl migrate -s" in msg, msg
+        assert "Host key verification failed" in msg and "xl -v migrate -s" in msg, msg
     finally:
         known.write_text(good)
         (hn1.dir / "running").unlink(missing_ok=True)

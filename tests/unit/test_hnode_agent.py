@@ -21,6 +21,7 @@ from homecloud.agents.hnode import (
     agent_mode,
     migrate_receive_argv,
     migrate_ssh_command,
+    migration_failure_lines,
     parse_xl_list,
 )
 from homecloud.agents.hostproto import (
@@ -362,3 +363,34 @@ def test_trust_source_from_the_kernel_command_line(tmp_path: Path) -> None:
         trust_source([], {"HC_CMDLINE": str(cl)})
     with pytest.raises(Refused, match="usage"):
         trust_source(["a", "b"], {})
+
+
+# xl's output (sender and, through the SSH transport, receiver) for a guest that did not
+# suspend in time, in libxl 4.17's words (libxl_dom_suspend.c, xl_migrate.c), with noise in the
+# middle: the lines that say why must survive the tail
+XL_MIGRATE_FAILED = """\
+migration target: Ready to receive domain.
+Saving to migration stream new xl format (info 0x3/0x0/1449)
+Loading new save file <incoming migration stream> (new xl fmt info 0x3/0x0/1449)
+ Savefile contains xl domain config in JSON format
+Parsing config from <saved>
+libxl: info: libxl_create.c:123:libxl__domain_build_info_setdefault: qemu-xen is unavailable
+xc: info: Saving domain 1, type x86 HVM
+libxl: error: libxl_dom_suspend.c:283:suspend_common_wait_guest_timeout: Domain 1:guest did not suspend, timed out
+libxl: error: libxl_stream_write.c:350:libxl__xc_domain_save_done: Domain 1:saving domain: domain did not respond to suspend request: Invalid argument
+migration sender: libxl_domain_suspend failed (rc=-8)
+""" + "\n".join(f"xc: info: frame {i}" for i in range(60)) + """
+libxl: error: libxl_domain.c:1137:domain_destroy_callback: Domain 1:Unable to destroy guest
+migration target: Domain creation failed (code -3).
+Migration failed, failed to suspend at sender.
+"""
+
+
+def test_a_failed_migration_keeps_the_lines_that_say_why() -> None:
+    lines = migration_failure_lines(XL_MIGRATE_FAILED)
+    assert any("guest did not suspend, timed out" in ln for ln in lines)
+    assert any("libxl_domain_suspend failed (rc=-8)" in ln for ln in lines)
+    assert lines[-1] == "Migration failed, failed to suspend at sender."
+    assert not any("frame 10" in ln for ln in lines)
+    assert len(migration_failure_lines(XL_MIGRATE_FAILED, 3)) == 3
+    assert migration_failure_lines("") == ["no output"]
