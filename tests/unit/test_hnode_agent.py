@@ -376,8 +376,10 @@ Loading new save file <incoming migration stream> (new xl fmt info 0x3/0x0/1449)
 Parsing config from <saved>
 libxl: info: libxl_create.c:123:libxl__domain_build_info_setdefault: qemu-xen is unavailable
 xc: info: Saving domain 1, type x86 HVM
-libxl: error: libxl_dom_suspend.c:283:suspend_common_wait_guest_timeout: Domain 1:guest did not suspend, timed out
-libxl: error: libxl_stream_write.c:350:libxl__xc_domain_save_done: Domain 1:saving domain: domain did not respond to suspend request: Invalid argument
+libxl: error: libxl_dom_suspend.c:283:suspend_common_wait_guest_timeout: \
+Domain 1:guest did not suspend, timed out
+libxl: error: libxl_stream_write.c:350:libxl__xc_domain_save_done: Domain 1:\
+saving domain: domain did not respond to suspend request: Invalid argument
 migration sender: libxl_domain_suspend failed (rc=-8)
 """ + "\n".join(f"xc: info: frame {i}" for i in range(60)) + """
 libxl: error: libxl_domain.c:1137:domain_destroy_callback: Domain 1:Unable to destroy guest
