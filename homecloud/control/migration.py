@@ -6,8 +6,11 @@
   (``HostDriver.prepare``: its own seed image and xl config, since the source's config names
   them), then ``HostDriver.migrate`` (``xl migrate`` over the hosts' authenticated channel)
   and the new placement is recorded only once the target's facts list the domain under its
-  own name.  A failure leaves the state ``error`` with the
-  driver's message (node, command, log tail) and points at ``migrate --cleanup``.
+  own name.  When the guest did not suspend within libxl's 60 s (``failed to suspend at
+  sender``; seen in the lab with a guest busy in I/O) and still runs on the source with no copy
+  left on the target, ``xl migrate`` runs again, three times in all.  Any other failure leaves
+  the state ``error`` with the driver's message (node, command, log tail) and points at
+  ``migrate --cleanup``.
 - ``cleanup``: asks every hnode where the domain really is (``NAME``, ``NAME--incoming``,
   ``NAME--migratedaway``) and repairs the record: the one host running ``NAME`` wins and every
   leftover elsewhere is destroyed (a ``--migratedaway`` copy must never resume: two writers on
@@ -20,6 +23,8 @@
 
 from __future__ import annotations
 
+import time
+
 from homecloud.control.contracts import DomainInfo, HostError, MigrationResult, Progress
 from homecloud.control.instbase import InstanceBase, quiet
 from homecloud.control.lifecycle import InstanceError
@@ -29,6 +34,9 @@ from homecloud.inventory.protocol import update
 
 INCOMING = "--incoming"
 MIGRATEDAWAY = "--migratedaway"
+#: what xl migrate prints when the guest did not suspend within libxl's 60 s (xl_migrate.c);
+#: the sender then neither resumes nor destroys: the domain runs on, the migration may re-run
+SUSPEND_TIMEOUT = "failed to suspend at sender"
 
 
 def is_running(d: DomainInfo) -> bool:
@@ -37,6 +45,11 @@ def is_running(d: DomainInfo) -> bool:
 
 
 class MigrationOps(InstanceBase):
+    #: how often ``migrate`` runs ``xl migrate`` when the guest did not suspend in time, and
+    #: the pause between two runs
+    migrate_attempts = 3
+    retry_pause_s = 10.0
+
     # ------------------------------------------------------------------ migrate
     def migration_target(self, inst: Instance, to: str | None,
                          progress: Progress = quiet) -> tuple[Node, Candidate]:
@@ -79,11 +92,22 @@ class MigrationOps(InstanceBase):
             # the seed image is a file in each host's dom0: the target needs its own before
             # xl migrate-receive opens the disks the source's config names
             self.hosts.prepare(target.node, self.spec(inst, self.volume_target(inst)), progress)
-            try:
-                result = self.hosts.migrate(source, name, target.node, progress)
-            except HostError:
-                self._unstage(target.node, name, progress)
-                raise
+            attempt = 1
+            while True:
+                try:
+                    result = self.hosts.migrate(source, name, target.node, progress)
+                    break
+                except HostError as exc:
+                    if attempt < self.migrate_attempts and \
+                            self._may_retry(source, target.node, name, exc, progress):
+                        attempt += 1
+                        progress(f"the guest did not suspend in time and still runs on "
+                                 f"{source.name}; attempt {attempt} of "
+                                 f"{self.migrate_attempts} in {self.retry_pause_s:.0f} s")
+                        time.sleep(self.retry_pause_s)
+                        continue
+                    self._unstage(target.node, name, progress)
+                    raise
             progress(f"xl migrate finished in {result.seconds:.1f} s; asking "
                      f"{target.node.name}")
             there = self.facts(target.node).domains
@@ -95,6 +119,28 @@ class MigrationOps(InstanceBase):
         progress(f"placement recorded: {name} runs on {target.node.name}")
         self._tidy(source, name, progress)
         return result
+
+    def _may_retry(self, source: Node, target: Node, name: str, exc: HostError,
+                   progress: Progress) -> bool:
+        """Whether a failed ``xl migrate`` may simply run again: only when the guest did not
+        suspend in time (xl_migrate.c's ``failed to suspend at sender``: libxl waited 60 s
+        for the guest to freeze, e.g. a task stuck in I/O; the sender never resumes or
+        destroys anything then), the source still runs the domain, and the target holds no
+        copy of it once a half-built ``NAME--incoming`` is destroyed."""
+        if SUSPEND_TIMEOUT not in str(exc):
+            return False
+        try:
+            src = {d.name: d for d in self.hosts.facts(source).domains}
+            if name not in src or not is_running(src[name]):
+                return False
+            there = {d.name for d in self.hosts.facts(target).domains}
+            if name + INCOMING in there:
+                self.hosts.destroy(target, name + INCOMING, progress)
+                there = {d.name for d in self.hosts.facts(target).domains}
+        except HostError as err:
+            progress(f"not retrying: {err}")
+            return False
+        return not there & {name, name + INCOMING, name + MIGRATEDAWAY}
 
     def _unstage(self, node: Node, name: str, progress: Progress) -> None:
         """After a failed migration: remove what ``prepare`` staged on the target, unless the

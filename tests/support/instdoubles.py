@@ -53,6 +53,7 @@ class FakeHosts:
         self.hosts = {h.name: h for h in hosts}
         self.volumes = volumes
         self.fail: dict[str, str] = {}  # action -> mode
+        self.fail_again = False  # True: an injected migrate failure happens every time
         self.calls: list[tuple[str, ...]] = []
         self._domid = 0
 
@@ -120,8 +121,18 @@ class FakeHosts:
                 progress: Progress) -> MigrationResult:
         self.calls.append(("migrate", source.name, name, target.name))
         s, t = self._host(source), self._host(target)
-        mode = self.fail.pop("migrate", None)
+        mode = self.fail.get("migrate") if self.fail_again else self.fail.pop("migrate", None)
         spec = s.specs[name]
+        if mode in ("no-suspend", "suspended-late"):
+            # the guest did not suspend in libxl's 60 s: it runs on, or it suspended after
+            # xl gave up (then it sits shut down for suspend on the source)
+            if mode == "suspended-late":
+                s.domains[name] = replace(s.domains[name], state="---s--")
+            self._add(t, name + "--incoming", spec, "--p---")
+            raise HostError(f"{source.name}: xl migrate {name} {target.name}: libxl: error: "
+                            "guest did not suspend, timed out | migration target: Domain "
+                            "creation failed (code -3). | Migration failed, failed to "
+                            "suspend at sender.")
         if mode == "refused":  # the stream never started: the source keeps running
             raise HostError(f"{source.name}: xl migrate {name} {target.name}: ssh: "
                             "Host key verification failed.")

@@ -285,3 +285,43 @@ def test_refused_stream_unstages_the_target(w: World) -> None:
         w.svc.migrate("web1")
     assert "web1" not in w.h["hnode2"].staged  # no domain there: its seed and config removed
     assert "web1" in w.h["hnode1"].domains
+
+
+def test_a_guest_that_did_not_suspend_in_time_is_migrated_again(w: World) -> None:
+    w.run("web1", "hnode1")
+    w.svc.retry_pause_s = 0
+    w.hosts.fail["migrate"] = "no-suspend"  # once: the second xl migrate succeeds
+    res = w.svc.migrate("web1", progress=w.step)
+    assert (res.source, res.target) == ("hnode1", "hnode2")
+    assert (w.svc.get("web1").state, w.svc.get("web1").host) == ("running", "hnode2")
+    assert set(w.h["hnode2"].domains) == {"web1"}  # the half-built incoming copy destroyed
+    assert ("destroy", "hnode2", "web1--incoming") in w.hosts.calls
+    assert [c[0] for c in w.hosts.calls].count("migrate") == 2
+    assert any("did not suspend in time and still runs on hnode1; attempt 2 of 3" in s
+               for s in w.steps)
+
+
+def test_a_guest_that_never_suspends_stops_after_three_attempts(w: World) -> None:
+    w.run("web1", "hnode1")
+    w.svc.retry_pause_s = 0
+    w.hosts.fail["migrate"] = "no-suspend"
+    w.hosts.fail_again = True
+    with pytest.raises(InstanceError, match=r"failed to suspend at sender.*state now error"):
+        w.svc.migrate("web1", progress=w.step)
+    assert [c[0] for c in w.hosts.calls].count("migrate") == 3
+    assert (w.svc.get("web1").state, w.svc.get("web1").host) == ("error", "hnode1")
+    # the guest runs on where it was; cleanup records it, the target keeps no leftover
+    assert w.svc.cleanup("web1").state == "running"
+    assert "web1--incoming" not in w.h["hnode2"].domains
+
+
+@pytest.mark.parametrize("mode", ["halfway", "suspended-late", "refused"])
+def test_other_stream_failures_are_not_retried(w: World, mode: str) -> None:
+    # halfway / suspended-late: the source's copy no longer runs, so running xl migrate again
+    # would be wrong; refused: not a guest that was slow to suspend
+    w.run("web1", "hnode1")
+    w.svc.retry_pause_s = 0
+    w.hosts.fail["migrate"] = mode
+    with pytest.raises(InstanceError):
+        w.svc.migrate("web1")
+    assert [c[0] for c in w.hosts.calls].count("migrate") == 1
