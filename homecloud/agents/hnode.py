@@ -77,6 +77,7 @@ class Config:
     state: Path = STATE_DIR
     run: Path = RUN_DIR
     etherd: Path = xlcfg.ETHERD
+    console_logs: Path = Path("/var/log/xen/console")  # xenconsoled's guest-NAME.log files
     xl: str | None = None  # None: looked up (find_xl)
     node: str = field(default_factory=socket.gethostname)
     aoe_wait: float = AOE_WAIT
@@ -308,6 +309,20 @@ def migration_failure_lines(output: str, limit: int = 40) -> list[str]:
     return picked[-limit:] or ["no output"]
 
 
+def guest_suspend_lines(console_log: Path, limit: int = 6) -> list[str]:
+    """The guest kernel's last words on freezing and suspending (``Freezing of tasks failed
+    after 20 seconds`` says why a guest did not suspend) from xenconsoled's log of it."""
+    try:
+        with console_log.open("rb") as f:
+            f.seek(max(0, console_log.stat().st_size - 65536))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    hits = [ln.strip() for ln in text.splitlines()
+            if re.search(r"freez|suspend|refusing|blocked for more", ln, re.IGNORECASE)]
+    return hits[-limit:]
+
+
 def migrate(cfg: Config, name: str, target: str, timeout: int) -> dict[str, Any]:
     if _present(cfg, name) is None:
         raise Failed(f"{cfg.node}: no domain {name} to migrate")
@@ -319,10 +334,13 @@ def migrate(cfg: Config, name: str, target: str, timeout: int) -> dict[str, Any]
     try:
         out = run(argv, timeout=timeout)
     except CommandError as exc:
+        guest = guest_suspend_lines(cfg.console_logs / f"guest-{name}.log")
         raise Failed(f"{cfg.node}: migration of {name} to {target} failed after "
                      f"{time.monotonic() - t0:.0f} s (exit code {exc.code}): "
-                     + " | ".join(migration_failure_lines(exc.output, 8)),
-                     shlex.join(argv), "\n".join(migration_failure_lines(exc.output))) from None
+                     + " | ".join(migration_failure_lines(exc.output, 8))
+                     + (f"; the guest's console: {' | '.join(guest)}" if guest else ""),
+                     shlex.join(argv),
+                     "\n".join(migration_failure_lines(exc.output) + guest)) from None
     seconds = time.monotonic() - t0
     return {"name": name, "source": cfg.node, "target": target, "seconds": round(seconds, 3),
             "log_tail": "\n".join(out.strip().splitlines()[-10:])}

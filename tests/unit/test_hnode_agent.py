@@ -19,6 +19,7 @@ from homecloud.agents.hnode import (
     Config,
     Refused,
     agent_mode,
+    guest_suspend_lines,
     migrate_receive_argv,
     migrate_ssh_command,
     migration_failure_lines,
@@ -396,3 +397,17 @@ def test_a_failed_migration_keeps_the_lines_that_say_why() -> None:
     assert not any("frame 10" in ln for ln in lines)
     assert len(migration_failure_lines(XL_MIGRATE_FAILED, 3)) == 3
     assert migration_failure_lines("") == ["no output"]
+
+
+def test_the_guest_console_says_why_it_did_not_suspend(tmp_path: Path) -> None:
+    log = tmp_path / "guest-web1.log"
+    log.write_bytes(b"[    5.1] xen:balloon: Initialising balloon driver\n" + b"x" * 70000 + b"\n"
+                    b"[  366.6] Freezing user space processes\n"
+                    b"[  386.7] Freezing user space processes failed after 20.005 seconds "
+                    b"(1 tasks refusing to freeze, wq_busy=0):\n"
+                    b"[  386.7] task:jbd2/xvda1-8 state:D stack:0 pid:141\n"
+                    b"[  386.8] OOM killer enabled.\n")
+    lines = guest_suspend_lines(log)
+    assert lines[0] == "[  366.6] Freezing user space processes"
+    assert "1 tasks refusing to freeze" in lines[1] and len(lines) == 2
+    assert guest_suspend_lines(tmp_path / "missing.log") == []
