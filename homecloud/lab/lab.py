@@ -420,7 +420,11 @@ class Lab:
         spec = vm.VmSpec(
             name=f"hclab-{self.id}-{name}", workdir=self.vms_dir, memory_mb=rec["memory_mb"],
             nics=nics,
-            disks=[vm.Disk(Path(d)) for d in rec["disks"]], boot=BOOT_ORDER,
+            # virtio-scsi, not virtio-blk: a lab snode once hung for good with 256 writes in
+            # flight on vda that QEMU had completed (a completion interrupt lost under TCG);
+            # the SCSI layer times such a command out, aborts and retries it (docs/lab.md)
+            disks=[vm.Disk(Path(d), iface="virtio-scsi") for d in rec["disks"]],
+            boot=BOOT_ORDER,
             netns=self.net.netns)
         rec.update({k: str(v) for k, v in spec.files.items()})
         self._put_node(rec)                      # recorded before the tap and the VM exist

@@ -46,7 +46,9 @@ class Nic:
 @dataclass(frozen=True)
 class Disk:
     path: Path
-    iface: Literal["virtio", "ide", "scsi"] = "virtio"
+    #: ``virtio-scsi``: a virtio-scsi controller and a scsi-hd per disk (the SCSI layer times
+    #: out a lost completion, aborts and retries; virtio-blk waits for it forever)
+    iface: Literal["virtio", "ide", "scsi", "virtio-scsi"] = "virtio"
     format: str = "raw"
     readonly: bool = False
     snapshot: bool = False
@@ -112,13 +114,21 @@ def device_args(nics: Sequence[Nic], disks: Sequence[Disk]) -> list[str]:
         if nic.bootindex is not None:
             dev += f",bootindex={nic.bootindex}"
         argv += ["-device", dev]
+    if any(d.iface == "virtio-scsi" for d in disks):
+        argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     for i, d in enumerate(disks):
-        opts = [f"file={d.path}", f"format={d.format}", f"if={d.iface}", f"index={i}"]
+        opts = [f"file={d.path}", f"format={d.format}"]
+        if d.iface == "virtio-scsi":
+            opts += ["if=none", f"id=disk{i}"]
+        else:
+            opts += [f"if={d.iface}", f"index={i}"]
         if d.readonly:
             opts.append("readonly=on")
         if d.snapshot:
             opts.append("snapshot=on")
         argv += ["-drive", ",".join(opts)]
+        if d.iface == "virtio-scsi":
+            argv += ["-device", f"scsi-hd,drive=disk{i},bus=scsi0.0,scsi-id={i},lun=0"]
     return argv
 
 
