@@ -53,6 +53,10 @@ class Replica:
     host: str      # the snode's host name: drbdadm picks its own ``on`` section by it
     address: str   # its IPv4 address on the storage network (the replication link)
     disk: str      # the backing block device there (the thin volume)
+    #: where DRBD keeps its metadata: ``internal`` takes the end of ``disk`` (the replicated
+    #: device is then smaller than the volume: a template's filesystem would lose its tail),
+    #: so a clone of a template gets a small thin volume of its own for it
+    meta: str = "internal"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class ResourceSpec:
                                 "replication peer")
             if not DISK_RE.match(r.disk) or ".." in r.disk.split("/"):
                 raise DrbdError(f"{where}: replicas[{i}].disk {r.disk!r} is not a /dev path")
+            if r.meta != "internal" and (not DISK_RE.match(r.meta)
+                                         or ".." in r.meta.split("/") or r.meta == r.disk):
+                raise DrbdError(f"{where}: replicas[{i}].meta {r.meta!r} is neither "
+                                "'internal' nor a /dev path apart from the disk")
         a, b = self.replicas
         if a.host == b.host or a.address == b.address:
             raise DrbdError(f"{where}: the two replicas must be two snodes "
@@ -103,7 +111,7 @@ def render(spec: ResourceSpec) -> str:
         device /dev/drbd{spec.minor};
         disk {r.disk};
         address ipv4 {r.address}:{spec.port};
-        meta-disk internal;
+        meta-disk {r.meta};
     }}
 """ for r in spec.replicas)
     return f"""\
@@ -201,3 +209,71 @@ def parse_proc_drbd(text: str) -> dict[int, DrbdStatus]:
             cur["synced_percent"] = float(m3.group(1))
     flush()
     return out
+
+
+# ------------------------------------------------------------------------------ actions
+
+#: drbdadm for 8.4 kernel modules (Debian's drbd-utils 9.x hands them to it)
+DRBDADM = "/usr/lib/drbd/drbdadm-84"
+
+
+@dataclass(frozen=True)
+class Want:
+    """What the storage plan asks of this snode for one resource."""
+    spec: ResourceSpec
+    primary: bool             # this snode exports the volume (single primary)
+    #: both backing volumes are fresh clones of one template (identical): the first primary
+    #: starts the generation without a full sync (``new-current-uuid --clear-bitmap``)
+    identical: bool = False
+
+
+def steps(want: Want, status: DrbdStatus | None, has_metadata: bool,
+          conf: str = "/etc/drbd.conf") -> list[list[str]]:
+    """The drbdadm commands that bring this snode's side of ``want.spec`` from ``status``
+    (None: no device of its minor) to what is wanted; an empty list when it is there.
+
+    Refuses (:class:`DrbdError`) what must not happen without a person's decision: promoting
+    a side whose data is not UpToDate (Outdated, Inconsistent: the peer may hold newer
+    writes), and touching a resource in split brain (StandAlone after a connection: both
+    sides stay as they are until :func:`resolve_split_brain_steps` is told which to keep)."""
+    spec, name = want.spec, want.spec.name
+    spec.check()
+    adm = [DRBDADM, "-c", conf]
+    out: list[list[str]] = []
+    if not has_metadata:
+        out.append([*adm, "create-md", "--force", name])
+    up = status is not None and status.configured
+    if up and status is not None and status.connection == "StandAlone" and status.disk \
+            and status.disk != "Diskless":
+        raise DrbdError(f"resource {name} (minor {spec.minor}): StandAlone with its disk "
+                        f"{status.disk}: split brain or a refused peer; nothing done until "
+                        "the side to keep is named")
+    out.append([*adm, "adjust", name])  # up when down; otherwise applies what changed
+    if status is None or not up:
+        return out  # promotion waits for the device's state after it is up
+    if want.primary:
+        if want.identical and status.disk == "Inconsistent" \
+                and status.peer_disk == "Inconsistent" and status.connection == "Connected":
+            out.append([*adm, "new-current-uuid", "--clear-bitmap", name])
+        elif status.role != "Primary" and status.disk != "UpToDate":
+            raise DrbdError(f"resource {name} (minor {spec.minor}): will not become primary "
+                            f"with its disk {status.disk or 'unknown'} (the peer may hold "
+                            "newer writes)")
+        if status.role != "Primary":
+            out.append([*adm, "primary", name])
+    elif status.role == "Primary":
+        out.append([*adm, "secondary", name])
+    return out
+
+
+def resolve_split_brain_steps(spec: ResourceSpec, keep_here: bool,
+                              conf: str = "/etc/drbd.conf") -> list[list[str]]:
+    """The explicit resolution of a split brain on one snode: the side named to keep only
+    reconnects; the other becomes secondary and reconnects discarding its own writes since
+    the split (its data is then resynced from the kept side)."""
+    spec.check()
+    adm = [DRBDADM, "-c", conf]
+    if keep_here:
+        return [[*adm, "connect", spec.name]]
+    return [[*adm, "secondary", spec.name],
+            [*adm, "connect", "--discard-my-data", spec.name]]

@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 
 from homecloud.agents.drbd import (
+    DRBDADM,
     GLOBAL_CONF,
     DrbdError,
+    DrbdStatus,
     Replica,
     ResourceSpec,
+    Want,
     parse_proc_drbd,
     render,
+    resolve_split_brain_steps,
+    steps,
 )
 
 DRBDADM84 = Path("/usr/lib/drbd/drbdadm-84")  # drbd-utils (apt, .ci/run)
@@ -114,3 +119,81 @@ def test_proc_drbd_reader() -> None:
 def test_proc_drbd_bad_line_is_named() -> None:
     with pytest.raises(DrbdError, match=r"/proc/drbd line 2: no ro:/ds: fields"):
         parse_proc_drbd("version: 8.4.11\n 3: cs:Connected garbage\n")
+
+
+# ------------------------------------------------------------------ steps (what the agent runs)
+
+
+def words(cmds: list[list[str]]) -> list[str]:
+    """The drbdadm sub-commands, without the binary and its -c CONF."""
+    for c in cmds:
+        assert c[:3] == [DRBDADM, "-c", "/etc/drbd.conf"], c
+    return [" ".join(c[3:]) for c in cmds]
+
+
+def st(cs: str, ro: str = "Secondary/Secondary", ds: str = "UpToDate/UpToDate") -> DrbdStatus:
+    role, peer_role = ro.split("/")
+    disk, peer_disk = ds.split("/")
+    return DrbdStatus(10, cs, role, peer_role, disk, peer_disk, "C")
+
+
+N = SPEC.name
+
+
+def test_a_new_resource_gets_metadata_then_comes_up() -> None:
+    assert words(steps(Want(SPEC, primary=True), None, has_metadata=False)) == [
+        f"create-md --force {N}", f"adjust {N}"]
+    # the promotion waits for the state the device reports once up
+    assert words(steps(Want(SPEC, primary=False), None, has_metadata=True)) == [f"adjust {N}"]
+
+
+def test_identical_clones_start_without_a_full_sync() -> None:
+    fresh = st("Connected", ds="Inconsistent/Inconsistent")
+    assert words(steps(Want(SPEC, primary=True, identical=True), fresh, True)) == [
+        f"adjust {N}", f"new-current-uuid --clear-bitmap {N}", f"primary {N}"]
+    # the secondary side never clears the bitmap: one side starts the generation
+    assert words(steps(Want(SPEC, primary=False, identical=True), fresh, True)) == [
+        f"adjust {N}"]
+
+
+def test_a_primary_is_promoted_only_from_up_to_date_data() -> None:
+    assert words(steps(Want(SPEC, primary=True), st("Connected"), True)) == [
+        f"adjust {N}", f"primary {N}"]
+    # the peer is gone (its snode died): this side's data is current, it takes over
+    lost = st("WFConnection", ds="UpToDate/DUnknown")
+    assert words(steps(Want(SPEC, primary=True), lost, True))[-1] == f"primary {N}"
+    for disk in ("Outdated", "Inconsistent", "Diskless"):
+        with pytest.raises(DrbdError, match=rf"{N} \(minor 10\): will not become primary "
+                           rf"with its disk {disk}"):
+            steps(Want(SPEC, primary=True), st("WFConnection", ds=f"{disk}/DUnknown"), True)
+
+
+def test_already_there_and_demotion() -> None:
+    prim = st("Connected", ro="Primary/Secondary")
+    assert words(steps(Want(SPEC, primary=True), prim, True)) == [f"adjust {N}"]
+    assert words(steps(Want(SPEC, primary=False), prim, True)) == [
+        f"adjust {N}", f"secondary {N}"]
+
+
+def test_split_brain_is_left_alone_until_a_side_is_named() -> None:
+    sb = st("StandAlone", ro="Primary/Unknown", ds="UpToDate/DUnknown")
+    for primary in (True, False):
+        with pytest.raises(DrbdError, match=r"StandAlone with its disk UpToDate: split brain"):
+            steps(Want(SPEC, primary=primary), sb, True)
+    assert words(resolve_split_brain_steps(SPEC, keep_here=True)) == [f"connect {N}"]
+    assert words(resolve_split_brain_steps(SPEC, keep_here=False)) == [
+        f"secondary {N}", f"connect --discard-my-data {N}"]
+
+
+def test_external_metadata_keeps_the_volume_whole(tmp_path: Path) -> None:
+    ext = ResourceSpec(SPEC.name, 10, 7810, tuple(  # type: ignore[arg-type]
+        Replica(r.host, r.address, r.disk, meta=r.disk + "-md") for r in SPEC.replicas))
+    r = dump(tmp_path, GLOBAL_CONF + render(ext))
+    assert r.returncode == 0, r.stderr
+    assert f"meta-disk {SPEC.replicas[0].disk}-md;" in " ".join(r.stdout.split())
+    for bad in ("", "/dev/../etc/passwd", SPEC.replicas[0].disk, "internal; disk /dev/x"):
+        spec = ResourceSpec(SPEC.name, 10, 7810, (Replica("snode1", "198.51.100.11",
+                                                          SPEC.replicas[0].disk, meta=bad),
+                                                  SPEC.replicas[1]))
+        with pytest.raises(DrbdError, match=r"replicas\[0\]\.meta"):
+            spec.check()
