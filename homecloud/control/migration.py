@@ -7,7 +7,7 @@
   them), then ``HostDriver.migrate`` (``xl migrate`` over the hosts' authenticated channel)
   and the new placement is recorded only once the target's facts list the domain under its
   own name.  When the guest did not suspend within libxl's 60 s (``failed to suspend at
-  sender``; seen in the lab with a guest busy in I/O) and still runs on the source with no copy
+  sender``; a fresh-clone CI run lost a migration so, cause not reproduced) and still runs on the source with no copy
   left on the target, ``xl migrate`` runs again, three times in all.  Any other failure leaves
   the state ``error`` with the driver's message (node, command, log tail) and points at
   ``migrate --cleanup``.
