@@ -7,10 +7,10 @@
   them), then ``HostDriver.migrate`` (``xl migrate`` over the hosts' authenticated channel)
   and the new placement is recorded only once the target's facts list the domain under its
   own name.  When the guest did not suspend within libxl's 60 s (``failed to suspend at
-  sender``; a fresh-clone CI run lost a migration so, cause not reproduced) and still runs on the source with no copy
-  left on the target, ``xl migrate`` runs again, three times in all.  Any other failure leaves
-  the state ``error`` with the driver's message (node, command, log tail) and points at
-  ``migrate --cleanup``.
+  sender``; a fresh-clone CI run lost a migration so, cause not reproduced) and still runs on
+  the source with no copy left on the target, ``xl migrate`` runs again, three times in all.
+  Any other failure leaves the state ``error`` with the driver's message (node, command, log
+  tail) and points at ``migrate --cleanup``.
 - ``cleanup``: asks every hnode where the domain really is (``NAME``, ``NAME--incoming``,
   ``NAME--migratedaway``) and repairs the record: the one host running ``NAME`` wins and every
   leftover elsewhere is destroyed (a ``--migratedaway`` copy must never resume: two writers on
