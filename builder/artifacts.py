@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from builder import cache
 from builder.context import ROOTFS_LABEL, Build
 from builder.errors import BuildError
-from builder.pack import fsck, pack_ext4, pack_ram_root
+from builder.pack import check_squashfs, fsck, pack_ext4, pack_ram_root, pack_squashfs
 from builder.tree import package_version
 from homecloud.core.manifest import Manifest, artifact_for
 
@@ -74,6 +74,11 @@ def step_rootfs(b: Build) -> None:
     if "rootfs" not in p.artifacts:
         return
     out = b.artifact("rootfs")
+    if p.rootfs_format == "squashfs":
+        with b.progress.step("rootfs: pack squashfs (zstd)"):
+            pack_squashfs(b.tree, out)
+            check_squashfs(out)
+        return
     with b.progress.step("rootfs: pack ext4 at its size"
                          + (f" + {p.rootfs_free_mb} MiB free" if p.rootfs_free_mb else "")):
         pack_ext4(b.tree, out, ROOTFS_LABEL, p.rootfs_free_mb)

@@ -23,6 +23,7 @@ from builder.elements import ElementLibrary
 from builder.errors import ElementError, ProfileError
 
 ARTIFACTS = ("kernel", "initrd", "rootfs", "xen")
+ROOTFS_FORMATS = ("ext4", "squashfs")
 ROOT_KINDS = ("ram", "aoe", "disk")
 LOADERS = ("ipxe", "pxelinux")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -92,7 +93,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("boot.cmdline", "str", "", "Kernel (dom0) command line.", check=_cmdline_check),
     Setting("boot.xen_cmdline", "str", "", "Xen command line (needs xen).",
             check=_cmdline_check),
-    Setting("rootfs.free_mb", "int", 256, "Free space left in the ext4 rootfs image (MiB).",
+    Setting("rootfs.format", "enum", "ext4",
+            "File system of the rootfs image: ext4 (writable clones, e.g. templates) or squashfs "
+            "(zstd, read-only: a shared network root, a third of the bytes to fetch).",
+            choices=ROOTFS_FORMATS),
+    Setting("rootfs.free_mb", "int", 256, "Free space left in the ext4 rootfs image (MiB; "
+            "ext4 only).",
             check=lambda v: None if 0 <= v <= 1 << 20 else "must be 0..1048576"),
     Setting("env", "map", {}, "Environment for DIB; every key declared by an element.",
             check=_env_check),
@@ -118,6 +124,7 @@ class Profile:
     loader: str
     boot_cmdline: str
     boot_xen_cmdline: str
+    rootfs_format: str
     rootfs_free_mb: int
     env: Mapping[str, str]
 
@@ -250,6 +257,9 @@ def _check_consistency(p: Profile) -> None:
         raise ProfileError(p.path, "boot.xen_cmdline", "set without 'xen'")
     if p.root in ("aoe", "disk") and "rootfs" not in arts:
         raise ProfileError(p.path, "artifacts", f"root {p.root} needs a 'rootfs' artifact")
+    if p.rootfs_format == "squashfs" and p.root != "aoe":
+        raise ProfileError(p.path, "rootfs.format", f"squashfs is read-only: only for root aoe "
+                           f"(a shared root under a RAM overlay), not root {p.root}")
     if p.root == "ram" and "initrd" not in arts:
         raise ProfileError(p.path, "artifacts", "root ram needs an 'initrd' (the RAM root)")
     if p.root == "ram" and "hc-ram-root" not in p.elements:

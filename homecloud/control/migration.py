@@ -133,24 +133,27 @@ class MigrationOps(InstanceBase):
             src = {d.name: d for d in self.hosts.facts(source).domains}
             if name not in src or not is_running(src[name]):
                 return False
-            there = {d.name for d in self.hosts.facts(target).domains}
-            if name + INCOMING in there:
+            if self._copies_on(target, name) & {name + INCOMING}:
                 self.hosts.destroy(target, name + INCOMING, progress)
-                there = {d.name for d in self.hosts.facts(target).domains}
+            return not self._copies_on(target, name)
         except HostError as err:
             progress(f"not retrying: {err}")
             return False
-        return not there & {name, name + INCOMING, name + MIGRATEDAWAY}
+
+    def _copies_on(self, node: Node, name: str) -> set[str]:
+        """The names under which ``node`` lists the domain (itself, mid-migration or after)."""
+        return {d.name for d in self.hosts.facts(node).domains} & {
+            name, name + INCOMING, name + MIGRATEDAWAY}
 
     def _unstage(self, node: Node, name: str, progress: Progress) -> None:
         """After a failed migration: remove what ``prepare`` staged on the target, unless the
         target holds any copy of the domain (then ``migrate --cleanup`` decides)."""
         try:
-            there = {d.name for d in self.hosts.facts(node).domains}
+            copies = self._copies_on(node, name)
         except HostError as exc:
             progress(f"warning: {node.name} did not answer after the failed migration: {exc}")
             return
-        if not there & {name, name + INCOMING, name + MIGRATEDAWAY}:
+        if not copies:
             self._tidy(node, name, progress)
 
     def _tidy(self, node: Node, name: str, progress: Progress) -> None:

@@ -102,11 +102,15 @@ def _aoe_setup(lb: Lab, tmp_path: Path, image: Path, shelf: int = 1, slot: int =
     return h.name, tap
 
 
-@pytest.mark.parametrize("nic", ["virtio", "e1000", "e1000e", "rtl8139"])
+@pytest.mark.parametrize(("nic", "fs"), [("virtio", "ext4"), ("e1000", "ext4"), ("e1000e", "ext4"),
+                                        ("rtl8139", "ext4"), ("virtio", "squashfs")])
 def test_aoe_root_over_vblade(kernel: KernelTree, net_lab: Lab, tmp_path: Path,
-                              nic: str) -> None:
+                              nic: str, fs: str) -> None:
+    """The root export found over AoE, mounted read-only (its file system told by its magic:
+    no hc.rootfstype given) under a tmpfs overlay, a machine-id made from the MAC."""
     img = tmp_path / "export.img"
-    shutil.copyfile(artifacts.marker_root_image("HC-E2E-ROOT-AOE"), img)
+    shutil.copyfile(artifacts.marker_root_image("HC-E2E-ROOT-AOE") if fs == "ext4"
+                    else artifacts.marker_root_squashfs("HC-E2E-ROOT-AOE"), img)
     ns, tap = _aoe_setup(net_lab, tmp_path, img)
     cfg = VmConfig(kernel=kernel.vmlinuz, initrd=artifacts.aoe_root_initramfs(),
                    append=f"{CONSOLE} hc.aoe=e1.0 hc.aoe_wait=30",
@@ -114,16 +118,17 @@ def test_aoe_root_over_vblade(kernel: KernelTree, net_lab: Lab, tmp_path: Path,
     with Vm(cfg, tmp_path) as vm:
         vm.start()
         vm.wait_for(r"hc: .*found /dev/etherd/e1\.0", timeout=120)
-        _report(f"aoe-root ({nic}) AoE device", vm, "found e1.0")
+        _report(f"aoe-root ({nic}, {fs}) AoE device", vm, "found e1.0")
+        vm.wait_for(rf"hc: .*mounted /dev/etherd/e1\.0 \({fs}, ro\)", timeout=60)
         root = vm.wait_for(r"root: / is (.*)", timeout=60)
         assert "overlay" in root.group(1)
         vm.wait_for(r"root: writable", timeout=30)
-        # the shared image has no machine-id: the init makes one from the node's MAC
+        # the shared image has no machine-id ("uninitialized"): the init makes one from the MAC
         mid = vm.wait_for(r"root: machine-id (\S*)", timeout=30).group(1)
         want = hashlib.md5(b"homecloud machine-id 52:54:00:c0:00:01\n").hexdigest()
         assert mid == want
         vm.wait_for(line_re("HC-E2E-ROOT-AOE"), timeout=30)
-        _report(f"aoe-root ({nic}) over vblade", vm, "root marker")
+        _report(f"aoe-root ({nic}, {fs}) over vblade", vm, "root marker")
         vm.wait_exit(30)
 
 

@@ -70,6 +70,15 @@ def _exists(image: Path, path: str) -> bool:
     return r.returncode == 0 and "File not found" not in r.stderr and "Inode:" in r.stdout
 
 
+def _sq_cat(image: Path, path: str) -> bytes:
+    """A file of a squashfs image without mounting it (``unsquashfs -cat``)."""
+    r = subprocess.run(["unsquashfs", "-no-progress", "-cat", str(image), path],
+                       capture_output=True)
+    assert r.returncode == 0 and r.stdout, \
+        f"unsquashfs -cat {image} {path}: {r.stderr.decode(errors='replace')}"
+    return r.stdout
+
+
 def _ls(image: Path, path: str) -> list[str]:
     out = _debugfs(image, f"ls -l {path}")
     names = []
@@ -118,8 +127,9 @@ def test_hnode_has_pvgrub_run_xen_and_eager_fpu(images: Images) -> None:
     rootfs = _artifact(images, "hnode", "rootfs")
     m = images[2]["hnode"]
     assert "spec-ctrl=eager-fpu" in m.boot.xen_cmdline.split(), m.boot.xen_cmdline
-    assert _exists(rootfs, PVGRUB), f"{rootfs}: no {PVGRUB} (grub-xen-host)"
-    tmpfiles = _debugfs(rootfs, "cat /etc/tmpfiles.d/hc-xen-dom0.conf")
+    # the hnode root is a squashfs (the shared read-only root): read with unsquashfs
+    assert _sq_cat(rootfs, PVGRUB)[:4] == b"\x7fELF", f"{rootfs}: {PVGRUB} is not an ELF"
+    tmpfiles = _sq_cat(rootfs, "/etc/tmpfiles.d/hc-xen-dom0.conf").decode()
     assert re.search(r"^d /run/xen ", tmpfiles, re.M), tmpfiles
 
 

@@ -70,7 +70,7 @@ def test_all_roles_build(store: Path, built_all: dict[str, str]) -> None:
         assert len(m.build_key) == 64
         kernel = (store / role / bid / "kernel").read_bytes()
         assert kernel[0x202:0x206] == b"HdrS"  # a bzImage
-    # hnode: Xen (gunzipped ELF) + dom0 kernel + small busybox initramfs + ext4 rootfs
+    # hnode: Xen (gunzipped ELF) + dom0 kernel + small busybox initramfs + squashfs rootfs
     h = images.manifest("hnode")
     assert h is not None
     assert set(h.artifacts) == {"kernel", "initrd", "rootfs", "xen"}
@@ -80,11 +80,13 @@ def test_all_roles_build(store: Path, built_all: dict[str, str]) -> None:
     assert h.versions["xen"].startswith("4.17")
     assert h.artifacts["initrd"].size <= 8 * 2**20
     assert any(p.startswith("xen-utils-4.17=") for p in h.packages)
-    # ext4 superblock magic at 1024 + 0x38
-    for role in ("hnode", "domu"):
-        with open(store / role / built_all[role] / "rootfs", "rb") as fs:
-            fs.seek(1024 + 0x38)
-            assert fs.read(2) == b"\x53\xef", role
+    # hnode: a zstd squashfs (the shared read-only root); domu: ext4 (superblock magic at
+    # 1024 + 0x38), the template that instances clone read-write
+    with open(store / "hnode" / built_all["hnode"] / "rootfs", "rb") as fs:
+        assert fs.read(4) == b"hsqs"
+    with open(store / "domu" / built_all["domu"] / "rootfs", "rb") as fs:
+        fs.seek(1024 + 0x38)
+        assert fs.read(2) == b"\x53\xef"
     # snode: the whole system is the initrd (zstd cpio), with vblade and mdadm
     s = images.manifest("snode")
     assert s is not None and s.boot.root == "ram" and s.boot.kind == "linux"

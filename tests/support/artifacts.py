@@ -126,6 +126,9 @@ busybox poweroff -f
 """
 
 
+MACHINE_ID_UNSET = "uninitialized\n"
+
+
 def busybox_root(dest: Path, marker: str) -> Path:
     """A minimal root tree at ``dest``: static busybox and an /sbin/init printing ``marker``."""
     dest = Path(dest)
@@ -134,6 +137,8 @@ def busybox_root(dest: Path, marker: str) -> Path:
     shutil.copy2(BUSYBOX, dest / "bin/busybox")
     (dest / "bin/sh").unlink(missing_ok=True)
     (dest / "bin/sh").symlink_to("busybox")
+    # as Debian 12's images ship it (machine-id(5)): the init must still make an id
+    (dest / "etc/machine-id").write_text(MACHINE_ID_UNSET)
     init = dest / "sbin/init"
     init.write_text(ROOT_INIT.format(marker=marker))
     init.chmod(0o755)
@@ -157,9 +162,27 @@ def ext4_image(src: Path, out: Path, size_mb: int = 16) -> Path:
 @functools.cache
 def marker_root_image(marker: str) -> Path:
     """A cached ext4 image of ``busybox_root(marker)`` (treat as read-only: copy before writing)."""
-    out = cache_dir() / "roots" / f"ext4-{_digest(marker, ROOT_INIT, BUSYBOX)}.img"
+    key = _digest(marker, ROOT_INIT, BUSYBOX, MACHINE_ID_UNSET)
+    out = cache_dir() / "roots" / f"ext4-{key}.img"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as td:
             ext4_image(busybox_root(Path(td) / "root", marker), out)
+    return out
+
+
+@functools.cache
+def marker_root_squashfs(marker: str) -> Path:
+    """A cached squashfs of ``busybox_root(marker)``, packed the way hcbuild packs the hnode
+    root (builder.pack.pack_squashfs)."""
+    from builder.pack import pack_squashfs
+
+    key = _digest(marker, ROOT_INIT, BUSYBOX, MACHINE_ID_UNSET, "squashfs")
+    out = cache_dir() / "roots" / f"squashfs-{key}.img"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as td:
+            tmp = Path(td) / "root.sqfs"
+            pack_squashfs(busybox_root(Path(td) / "root", marker), tmp)
+            os.replace(tmp, out)
     return out

@@ -51,6 +51,9 @@ def test_minimal_profile_gets_defaults() -> None:
         (GOOD + "env: {lower: x}\n", "env", "bad variable names"),
         (GOOD + "rootfs: {free_mb: lots}\n", "rootfs.free_mb", "integer"),
         (GOOD + "rootfs: {free_mb: true}\n", "rootfs.free_mb", "integer"),
+        (GOOD + "rootfs: {format: btrfs}\n", "rootfs.format", "not one of"),
+        (GOOD.replace("[kernel, initrd]", "[kernel, initrd, rootfs]")
+         + "rootfs: {format: squashfs}\n", "rootfs.format", "only for root aoe"),
         (GOOD + "boot: 1\n", "boot", "mapping"),
         (GOOD.replace("kernel: debian-6.1\n", ""), "kernel", "required"),
         (GOOD.replace("[kernel, initrd]", "[kernel, initrd, floppy]"), "artifacts", "floppy"),
@@ -85,7 +88,7 @@ def test_every_setting_has_help_and_attr() -> None:
     p = parse_profile(GOOD, Path("/x/profiles/r.yaml"))
     d = p.to_dict()
     assert d["boot"] == {"cmdline": "", "xen_cmdline": ""}
-    assert d["rootfs"] == {"free_mb": 256}
+    assert d["rootfs"] == {"format": "ext4", "free_mb": 256}
 
 
 def test_shipped_profiles_load() -> None:
@@ -96,6 +99,9 @@ def test_shipped_profiles_load() -> None:
         assert p.kernel_spec().is_file()
     assert load_profile("hnode").boot_kind == "xen"
     assert load_profile("snode").root == "ram"
+    # the shared hnode root is a squashfs; the template (cloned read-write) stays ext4
+    assert load_profile("hnode").rootfs_format == "squashfs"
+    assert load_profile("domu").rootfs_format == "ext4"
 
 
 def _copy_data(tmp_path: Path) -> Path:

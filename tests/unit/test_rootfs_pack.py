@@ -1,5 +1,5 @@
 """The rootfs artifact is a fresh ext4 of the built tree at its size (mke2fs -d), read back with
-debugfs, so no mount and no root are needed."""
+debugfs, or a zstd squashfs read back with unsquashfs, so no mount and no root are needed."""
 
 from __future__ import annotations
 
@@ -95,3 +95,40 @@ def test_pack_errors_name_the_tree_or_the_command(tree: Path, tmp_path: Path,
             pack.pack_ext4(tree, tmp_path / "rootfs", "hc-root")
     assert ei.value.returncode != 0
     assert any("journal size" in line for line in ei.value.tail), ei.value.tail
+
+
+def test_squashfs_keeps_content_links_modes_and_symlinks(tree: Path, tmp_path: Path) -> None:
+    img = tmp_path / "rootfs"
+    pack.pack_squashfs(tree, img)
+    pack.check_squashfs(img)
+    assert img.read_bytes()[:4] == b"hsqs"
+    assert img.stat().st_size % 4096 == 0          # whole sectors for the AoE export
+    sb = subprocess.run(["unsquashfs", "-s", str(img)], capture_output=True, text=True,
+                        check=True).stdout
+    assert "Compression zstd" in sb
+    out = tmp_path / "x"
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(out), str(img)],
+                   capture_output=True, check=True)
+    assert (out / "etc" / "hostname").read_text() == "node\n"
+    tool = out / "usr" / "bin" / "tool"
+    assert tool.read_bytes() == (tree / "usr" / "bin" / "tool").read_bytes()
+    assert tool.stat().st_mode & 0o7777 == 0o4755
+    assert tool.stat().st_ino == (out / "usr" / "bin" / "tool-alias").stat().st_ino
+    assert os.readlink(out / "bin") == "usr/bin"
+    assert len(list((out / "var").glob("f*"))) == 300
+
+
+def test_squashfs_errors_name_the_image_or_tree(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="missing: no root tree"):
+        pack.pack_squashfs(tmp_path / "missing", tmp_path / "rootfs")
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\0" * 8192)
+    with pytest.raises(BuildError, match=r"bad: no squashfs superblock"):
+        pack.check_squashfs(bad)
+    img = tmp_path / "rootfs"
+    pack.pack_squashfs(tree, img)
+    data = bytearray(img.read_bytes())
+    data[-4096:] = b"\xff" * 4096     # the tables (at the end) destroyed
+    img.write_bytes(bytes(data))
+    with pytest.raises(CommandError, match="unsquashfs"):
+        pack.check_squashfs(img)
