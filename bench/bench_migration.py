@@ -4,7 +4,7 @@ same guest between the same two hnodes, run by hand in the same run (the floor).
 
 Run as root from the repository root, against the running lab (``hcboot lab up``, 2 hnodes)::
 
-    python3 bench/bench_migration.py --instance web1 [--runs 3] [--busy-mib 16]
+    python3 bench/bench_migration.py --instance web1 [--runs 4] [--busy-mib 16]
 
 The instance must run and answer ping and SSH (user ``debian`` or root, the lab key).  Each
 round, for an idle guest and then for a memory-busy one (a Python loop in the guest writing one
@@ -126,7 +126,9 @@ def bare(ctx: LabContext, name: str, ip: str, addrs: dict[str, str]) -> tuple[fl
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--instance", required=True)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=4,
+                    help="Runs per load (even: each way migrates equally often in each "
+                         "direction).")
     ap.add_argument("--busy-mib", type=int, default=16)
     args = ap.parse_args()
     ctx = current_context()
@@ -144,11 +146,14 @@ def main() -> int:
                                         ">/dev/null 2>&1 & echo $!").strip()
             say(f"{name}: dirtying {args.busy_mib} MiB endlessly (pid {dirtier} in the guest)")
         for run in range(1, args.runs + 1):
-            for how in ("hcboot", "bare"):
+            # the order alternates, so that each way gets both directions between the hnodes
+            # (with one order hcboot always went hnode1 -> hnode2 and bare the way back)
+            for how in (("hcboot", "bare") if run % 2 else ("bare", "hcboot")):
+                src = str(instance_doc(ctx, name)["host"])
                 took, stats = (via_hcboot(ctx, name, ip) if how == "hcboot"
                                else bare(ctx, name, ip, addrs))
                 rows.setdefault((load, how), []).append((took, stats))
-                say(f"{load:4} {how:6} run {run}: {took:6.1f} s total, pause "
+                say(f"{load:4} {how:6} run {run} from {src}: {took:6.1f} s total, pause "
                     f"{stats.longest_gap:5.2f} s, {stats.lost} of {stats.sent} pings lost")
         if dirtier:
             guest_sh(ctx, ip, f"kill {int(dirtier)}")

@@ -82,10 +82,17 @@ class Config:
     node: str = field(default_factory=socket.gethostname)
     aoe_wait: float = AOE_WAIT
     xen_caps: Path = XEN_CAPS
+    guest_cpuid: str = ""  # xl cpuid mask for every guest (xlcfg.check_cpuid); "" = none
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        return cls(state=Path(env.get("HC_HNODE_STATE", str(STATE_DIR))),
+        """From ``HC_HNODE_*``; the guest cpuid mask from ``HC_HNODE_GUEST_CPUID``, else
+        ``hc.guest_cpuid=`` on the kernel command line (the inventory's node cmdline)."""
+        cpuid = env.get("HC_HNODE_GUEST_CPUID")
+        if cpuid is None:
+            cl = cmdline_args(env.get("HC_CMDLINE") or "/proc/cmdline")
+            cpuid = cl.get("hc.guest_cpuid", "")
+        return cls(guest_cpuid=cpuid, state=Path(env.get("HC_HNODE_STATE", str(STATE_DIR))),
                    run=Path(env.get("HC_HNODE_RUN", str(RUN_DIR))),
                    etherd=Path(env.get("HC_HNODE_ETHERD", str(xlcfg.ETHERD))),
                    xl=env.get("HC_HNODE_XL") or None,
@@ -243,7 +250,11 @@ def stage(cfg: Config, spec: DomainSpec) -> Path:
     wait_aoe(cfg, spec)
     cfg_path, seed = domain_files(cfg, spec.name)
     make_seed(spec, seed)
-    cfg_path.write_text(xlcfg.render(spec, seed, cfg.etherd))
+    try:
+        text = xlcfg.render(spec, seed, cfg.etherd, cpuid=cfg.guest_cpuid)
+    except ValueError as exc:
+        raise Failed(f"{cfg.node}: {exc} (hc.guest_cpuid on its kernel command line)") from None
+    cfg_path.write_text(text)
     return cfg_path
 
 

@@ -10,19 +10,35 @@ docs/guests.md and the field notes:
 - xvda is the root volume's AoE device ``/dev/etherd/eS.L`` (read-write), xvdb the NoCloud seed
   image (read-only, vfat labelled ``cidata``);
 - one vif on the instance bridge with the instance MAC;
-- ``on_crash = "restart"``: grub has been seen to triple-fault while loading under TCG.
+- ``on_crash = "restart"``: grub has been seen to triple-fault while loading under TCG;
+- ``cpuid``, only when the host is told to (``hc.guest_cpuid=`` on its command line, e.g. the
+  lab's ``host,avx=0,avx2=0``): under TCG's emulated SVM a PVH guest's AVX instructions fault
+  (#UD in aesni_intel's self-test: an oops, and a udev worker stuck ~3 min in
+  ``crypto_wait_for_test``, a task the freezer cannot freeze, so ``xl migrate`` then fails to
+  suspend the guest).  Real hardware needs no mask.
 
 Standard library only: this module ships into the node images.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from homecloud.agents.hostproto import DomainSpec
 
 PVGRUB = "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"
 ETHERD = Path("/dev/etherd")
+# libxl's xend-style cpuid list, restricted to what homecloud writes: host, then features on/off
+CPUID_RE = re.compile(r"^host(,[a-z][a-z0-9_]{0,31}=[01]){1,32}$")
+
+
+def check_cpuid(value: str) -> str:
+    """``value`` when it is ``host,FEATURE=0|1,...``; ValueError naming it otherwise."""
+    if not CPUID_RE.match(value):
+        raise ValueError(f"guest cpuid {value!r}: expected host,FEATURE=0|1[,...] "
+                         "(e.g. host,avx=0,avx2=0)")
+    return value
 
 
 def aoe_device(spec: DomainSpec, etherd: Path = ETHERD) -> Path:
@@ -38,8 +54,9 @@ def _q(value: str) -> str:
 
 
 def render(spec: DomainSpec, seed_image: Path, etherd: Path = ETHERD,
-           kernel: str = PVGRUB) -> str:
-    """The xl config text for ``spec`` whose seed image is at ``seed_image``."""
+           kernel: str = PVGRUB, cpuid: str = "") -> str:
+    """The xl config text for ``spec`` whose seed image is at ``seed_image``; ``cpuid``: a
+    feature mask for the guest (``check_cpuid``), none when empty."""
     disk = aoe_device(spec, etherd)
     lines = [
         f"# homecloud instance {spec.name}: written by the hnode agent, do not edit",
@@ -60,6 +77,7 @@ def render(spec: DomainSpec, seed_image: Path, etherd: Path = ETHERD,
         'on_poweroff = "destroy"',
         'on_reboot = "restart"',
         'on_crash = "restart"',
-        "",
     ]
-    return "\n".join(lines)
+    if cpuid:
+        lines.append(f"cpuid = {_q(check_cpuid(cpuid))}")
+    return "\n".join(lines) + "\n"

@@ -51,6 +51,7 @@ from homecloud.lab.status import (
     DEFAULT_NET,
     FORMAT,
     HNODE_AOE_WAIT,
+    HNODE_GUEST_CPUID,
     HNODE_MEMORY_SHARED,
     INST_NIC_ROLES,
     LAB_NAME,
@@ -328,7 +329,9 @@ class Lab:
                 # export (default 30 s) while the snodes fetch it
                 # and every lab node logs root in on its serial console (lab console NODE;
                 # element hc-base's hc-getty: the images are the production ones)
+                # hnodes: guests without AVX (faults under TCG's SVM: xlcfg's docstring)
                 cmdline = "hc.autologin=1" + (f" hc.aoe_wait={HNODE_AOE_WAIT}"
+                                              f" hc.guest_cpuid={HNODE_GUEST_CPUID}"
                                               if role == "hnode" else "")
                 nodes.append(Node(f"{role}{i}", role, nics, cmdline=cmdline))
         # consumers: every hnode, and the lab bridge itself so that `hcboot aoe verify` run in

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from homecloud.agents import hntrust, xlcfg
+from homecloud.agents import hnode, hntrust, xlcfg
 from homecloud.agents.hnode import (
     Config,
     Refused,
@@ -56,6 +56,31 @@ def test_xl_config_golden() -> None:
     spec = domain_from_doc(DOMAIN)
     text = xlcfg.render(spec, Path("/run/hc/hnode/web1-seed.img"))
     assert text == (GOLDEN / "xlcfg-web1.cfg").read_text()
+
+
+def test_xl_config_guest_cpuid_mask() -> None:
+    """Only when asked (the lab's hnodes: hc.guest_cpuid=host,avx=0,avx2=0), one cpuid line;
+    anything but host,FEATURE=0|1,... is refused, naming it."""
+    spec = domain_from_doc(DOMAIN)
+    seed = Path("/run/hc/hnode/web1-seed.img")
+    masked = xlcfg.render(spec, seed, cpuid="host,avx=0,avx2=0")
+    plain = (GOLDEN / "xlcfg-web1.cfg").read_text()
+    assert masked == plain + 'cpuid = "host,avx=0,avx2=0"\n'
+    for bad in ("avx=0", "host", "host,avx=2", 'host,avx=0"', "host,avx=0,,x=1",
+                "host,AVX=0", "host,avx=0 extra=1", "libxl,avx=0"):
+        with pytest.raises(ValueError, match="guest cpuid"):
+            xlcfg.render(spec, seed, cpuid=bad)
+
+
+def test_guest_cpuid_from_the_kernel_command_line(tmp_path: Path) -> None:
+    cl = tmp_path / "cmdline"
+    cl.write_text("console=hvc0 hc.mac=52:54:00:4c:48:01 hc.guest_cpuid=host,avx=0,avx2=0\n")
+    assert hnode.Config.from_env({"HC_CMDLINE": str(cl)}).guest_cpuid == "host,avx=0,avx2=0"
+    # the environment wins (also to turn the mask off); no key: no mask
+    assert hnode.Config.from_env({"HC_CMDLINE": str(cl), "HC_HNODE_GUEST_CPUID": ""}
+                                 ).guest_cpuid == ""
+    cl.write_text("console=hvc0\n")
+    assert hnode.Config.from_env({"HC_CMDLINE": str(cl)}).guest_cpuid == ""
 
 
 def test_xl_config_refuses_a_quote_in_a_path() -> None:
