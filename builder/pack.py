@@ -41,6 +41,11 @@ def _prune_args() -> list[str]:
     return args
 
 
+def _need_tree(tree: Path) -> None:
+    if not tree.is_dir():
+        raise BuildError(f"{tree}: no root tree to pack into the rootfs")
+
+
 def fsck(image: Path) -> None:
     run(["e2fsck", "-f", "-n", str(image)], what="check rootfs")
 
@@ -54,8 +59,7 @@ def pack_squashfs(tree: Path, out: Path) -> None:
     """A zstd squashfs of ``tree``: owners, modes, hard links, device nodes, symlinks and xattrs
     (file capabilities) kept, other file systems mounted inside the tree not entered, padded to
     4 KiB (a whole number of sectors for the AoE export)."""
-    if not tree.is_dir():
-        raise BuildError(f"{tree}: no root tree to pack into the rootfs")
+    _need_tree(tree)
     out.unlink(missing_ok=True)
     run(["mksquashfs", str(tree), str(out), "-noappend", "-no-progress", "-quiet",
          "-one-file-system", "-comp", "zstd", "-Xcompression-level", str(SQUASHFS_ZSTD_LEVEL)],
@@ -115,8 +119,7 @@ def pack_ext4(tree: Path, out: Path, label: str, free_mb: int = 0) -> None:
     storage nodes and read over AoE, so it is packed at its size instead (0.9 GiB).  mke2fs -d keeps
     owners, modes, hard links, device nodes, symlinks and xattrs (file capabilities); timestamps
     keep whole seconds."""
-    if not tree.is_dir():
-        raise BuildError(f"{tree}: no root tree to pack into the rootfs")
+    _need_tree(tree)
     used, inodes = tree_usage(tree)
     size, n = ext4_geometry(used, inodes, free_mb)
     for _attempt in range(4):

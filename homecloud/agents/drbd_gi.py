@@ -86,6 +86,8 @@ def relation(local: GenerationIds, peer: GenerationIds) -> str:
         return x & ~1
 
     mine, theirs = u(local.current), u(peer.current)
+    my_bitmap, their_bitmap = u(local.bitmap), u(peer.bitmap)
+    my_history, their_history = ({u(h) for h in g.history} - {0} for g in (local, peer))
     if mine == JUST_CREATED and theirs == JUST_CREATED:
         return BOTH_NEW
     if mine == JUST_CREATED:
@@ -94,16 +96,14 @@ def relation(local: GenerationIds, peer: GenerationIds) -> str:
         return LOCAL_AHEAD_FULL
     if mine == theirs:
         return IDENTICAL
-    if u(peer.bitmap) and mine == u(peer.bitmap):
+    if their_bitmap and mine == their_bitmap:
         return PEER_AHEAD
-    if u(local.bitmap) and theirs == u(local.bitmap):
+    if my_bitmap and theirs == my_bitmap:
         return LOCAL_AHEAD
-    if mine in {u(h) for h in peer.history if u(h)}:
+    if mine in their_history:
         return PEER_AHEAD_FULL
-    if theirs in {u(h) for h in local.history if u(h)}:
+    if theirs in my_history:
         return LOCAL_AHEAD_FULL
-    if u(local.bitmap) and u(local.bitmap) == u(peer.bitmap):
-        return SPLIT_BRAIN
-    if {u(h) for h in local.history if u(h)} & {u(h) for h in peer.history if u(h)}:
+    if (my_bitmap and my_bitmap == their_bitmap) or my_history & their_history:
         return SPLIT_BRAIN
     return UNRELATED

@@ -249,11 +249,11 @@ def stage(cfg: Config, spec: DomainSpec) -> Path:
         raise Failed(f"{cfg.node}: domain {spec.name} already runs (domid {existing['domid']})")
     wait_aoe(cfg, spec)
     cfg_path, seed = domain_files(cfg, spec.name)
-    make_seed(spec, seed)
-    try:
+    try:  # rendered first: a bad hc.guest_cpuid leaves no seed behind
         text = xlcfg.render(spec, seed, cfg.etherd, cpuid=cfg.guest_cpuid)
     except ValueError as exc:
         raise Failed(f"{cfg.node}: {exc} (hc.guest_cpuid on its kernel command line)") from None
+    make_seed(spec, seed)
     cfg_path.write_text(text)
     return cfg_path
 
