@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ class KernelSpec:
     initramfs: Mapping[str, tuple[str, ...]]
     source: Path | None = None
     autoload: tuple[str, ...] = ()  # module sets loaded per PCI device, not all at boot
+    # name -> regexes of module paths a profile may prune (builder/modprune.py)
+    prune_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def modules_in(self, *sets: str) -> tuple[str, ...]:
         """The union of the named module sets, in order, without duplicates."""
@@ -103,6 +105,7 @@ class XenSpec:
 _KERNEL_KEYS = {
     "kind": True, "name": True, "package": True, "image_package": False, "version": False,
     "cmdline": False, "module_sets": False, "initramfs": False, "autoload": False,
+    "prune_sets": False,
 }
 _XEN_KEYS = {
     "kind": True, "name": True, "package": True, "hypervisor": True, "version": False,
@@ -155,6 +158,28 @@ def _name_map(path: Path, key: str, value: Any) -> dict[str, tuple[str, ...]]:
     if not isinstance(value, dict):
         raise SpecError(path, key, f"expected a mapping, got {type(value).__name__}")
     return {str(k): _name_list(path, f"{key}.{k}", v) for k, v in value.items()}
+
+
+def _regex_map(path: Path, key: str, value: Any) -> dict[str, tuple[str, ...]]:
+    """{name: [regex, ...]}, every regex compiled once here so a bad one names its place."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(path, key, f"expected a mapping, got {type(value).__name__}")
+    out: dict[str, tuple[str, ...]] = {}
+    for name, pats in value.items():
+        if not isinstance(pats, list) or not pats:
+            raise SpecError(path, f"{key}.{name}", "expected a non-empty list of regexes")
+        for i, p in enumerate(pats):
+            if not isinstance(p, str):
+                raise SpecError(path, f"{key}.{name}[{i}]", f"not a string: {p!r}")
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise SpecError(path, f"{key}.{name}[{i}]",
+                                f"{p!r} is not a regular expression: {exc}") from None
+        out[str(name)] = tuple(pats)
+    return out
 
 
 def _read_yaml(path: Path, table: Mapping[str, bool]) -> dict[str, Any]:
@@ -221,6 +246,7 @@ def load_kernel_spec(path_or_name: Path | str) -> KernelSpec:
         initramfs=initramfs,
         source=path,
         autoload=autoload,
+        prune_sets=_regex_map(path, "prune_sets", d.get("prune_sets")),
     )
 
 

@@ -21,6 +21,7 @@ import yaml
 from builder import paths
 from builder.elements import ElementLibrary
 from builder.errors import ElementError, ProfileError
+from builder.kernel import load_kernel_spec
 
 ARTIFACTS = ("kernel", "initrd", "rootfs", "xen")
 ROOTFS_FORMATS = ("ext4", "squashfs")
@@ -65,6 +66,15 @@ def _env_check(v: Any) -> str | None:
     return f"bad variable names {bad}" if bad else None
 
 
+def _regexes_check(v: Any) -> str | None:
+    for i, p in enumerate(v):
+        try:
+            re.compile(p)
+        except re.error as exc:
+            return f"[{i}] {p!r} is not a regular expression: {exc}"
+    return None
+
+
 def _cmdline_check(v: Any) -> str | None:
     return "must be one line" if "\n" in v or "\r" in v else None
 
@@ -100,6 +110,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rootfs.free_mb", "int", 256, "Free space left in the ext4 rootfs image (MiB; "
             "ext4 only).",
             check=lambda v: None if 0 <= v <= 1 << 20 else "must be 0..1048576"),
+    Setting("modules.prune", "list", [],
+            "Prune sets of the kernel spec (prune_sets): kernel modules the role never loads, "
+            "deleted from its tree (dependencies of kept modules and the initramfs sets stay).",
+            check=_names_check),
+    Setting("modules.keep", "list", [],
+            "Regexes of module paths (e.g. kernel/sound/core/) kept although a prune set "
+            "matches them.", check=_regexes_check),
     Setting("env", "map", {}, "Environment for DIB; every key declared by an element.",
             check=_env_check),
 )
@@ -126,6 +143,8 @@ class Profile:
     boot_xen_cmdline: str
     rootfs_format: str
     rootfs_free_mb: int
+    modules_prune: tuple[str, ...]
+    modules_keep: tuple[str, ...]
     env: Mapping[str, str]
 
     @property
@@ -307,6 +326,14 @@ def load_profile(
     for attr, spec in (("kernel", prof.kernel_spec()), ("xen", prof.xen_spec())):
         if spec is not None and not spec.is_file():
             raise ProfileError(path, attr, f"no spec {spec}")
+    if prof.modules_prune:
+        sets = load_kernel_spec(prof.kernel_spec()).prune_sets
+        for i, name in enumerate(prof.modules_prune):
+            if name not in sets:
+                raise ProfileError(path, f"modules.prune[{i}]",
+                                   f"no prune set {name!r} in {prof.kernel_spec()}"
+                                   + (f" (it has: {', '.join(sorted(sets))})" if sets
+                                      else " (it has none)"))
     return prof
 
 

@@ -23,6 +23,8 @@ from builder import cache, pysrc
 from builder.context import DISTRO_ELEMENT, ROOTFS_LABEL, Build
 from builder.dib import DibProcess, DibRun
 from builder.errors import BuildError
+from builder.kernel import load_kernel_spec
+from builder.modprune import compile_patterns, find_depmod, plan_prune, prune_tree, read_dep
 from builder.progress import Progress
 from builder.run import run
 
@@ -216,10 +218,35 @@ def stop_chroot_processes(tree: Path, progress: Progress, grace: float = 5.0) ->
 
 
 def step_tree(b: Build) -> None:
-    """The finished tree DIB handed over (elements/hc-tree-output): the package list."""
+    """The finished tree DIB handed over (elements/hc-tree-output): the package list; the
+    kernel modules the profile prunes (builder/modprune.py)."""
     if not b.tree.is_dir():
         raise BuildError(f"{b.tree}: diskimage-builder handed over no image tree")
     b.packages = dpkg_packages(b.tree)
+    if b.profile.modules_prune:
+        prune_modules(b)
+
+
+def prune_modules(b: Build) -> None:
+    p = b.profile
+    spec = load_kernel_spec(p.kernel_spec())
+    patterns = [x for name in p.modules_prune for x in spec.prune_sets[name]]
+    kt = b.kernel_tree
+    plan = plan_prune(read_dep(kt.modules_dir),
+                      compile_patterns(patterns, f"{spec.source}: prune_sets"),
+                      compile_patterns(p.modules_keep, f"{p.path}: modules.keep"),
+                      [m for ms in spec.module_sets.values() for m in ms])
+    depmod = find_depmod(b.tree)
+    with b.progress.step(f"modules: prune {', '.join(p.modules_prune)}"):
+        def rebuild_indexes() -> None:
+            run(["chroot", str(b.tree), depmod, "-a", kt.version],
+                what=f"depmod in {b.tree} after pruning modules")
+
+        done = prune_tree(kt.modules_dir, plan, rebuild_indexes)
+    b.versions["modules_pruned"] = f"{done.removed} of {done.total}"
+    b.progress.info(f"modules: pruned {done.removed} of {done.total} "
+                    f"({done.bytes / (1 << 20):.0f} MiB); {len(done.needed)} matched but kept "
+                    "(dependencies of kept modules, initramfs sets, modules.keep)")
 
 
 def dpkg_packages(root: Path) -> tuple[str, ...]:

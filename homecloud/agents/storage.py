@@ -184,6 +184,24 @@ def find_iface(cfg: Config) -> str:
     return ""
 
 
+def udev_pending(name: str, sys_net: Path = Path("/sys/class/net"),
+                 run_udev: Path = Path("/run/udev")) -> bool:
+    """True while the udev running here has not processed the kernel-named interface ``name``
+    (no ``/run/udev/data/n<ifindex>`` yet).  Until then its name may still change (eth0 ->
+    ens2), and setting it up first makes udev's rename fail ("already up, cannot rename"),
+    after which systemd-networkd leaves the link pending for good: a storage node without an
+    address.  Names given by a person (veth, HC_IFACE=) and hosts without udevd never wait."""
+    if not (run_udev / "control").exists():
+        return False
+    try:
+        if (sys_net / name / "name_assign_type").read_text().strip() != "1":   # NET_NAME_ENUM
+            return False
+        idx = (sys_net / name / "ifindex").read_text().strip()
+    except OSError:
+        return False
+    return not (run_udev / "data" / f"n{idx}").exists()
+
+
 # ------------------------------------------------------------------------------- the agent
 
 
@@ -440,13 +458,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     agent: Agent | None = None
     try:
         iface = ""
-        for _ in range(31):
+        for _ in range(61):
             iface = find_iface(cfg)
-            if iface:
+            if iface and not udev_pending(iface):
                 break
-            time.sleep(1)
+            time.sleep(0.5)
         if not iface:
             return die(out, f"no boot interface (HC_IFACE={cfg.iface} BOOTIF={cfg.bootif})")
+        if udev_pending(iface):
+            out.log(f"warning: udev has not processed {iface} after 30s: using it as it is")
         try:
             mac = normalize_mac(cfg.mac or cfg.bootif or iface_mac(iface))
         except BadMac as exc:

@@ -96,6 +96,43 @@ def test_all_roles_build(store: Path, built_all: dict[str, str]) -> None:
     assert {"vblade", "mdadm", "aoetools"} <= {p.split("=")[0] for p in s.packages}
     d = images.manifest("domu")
     assert d is not None and d.boot.root == "disk" and "root=LABEL=hc-root" in d.boot.cmdline
+    _modules_pruned(store, built_all)
+
+
+def _modules_pruned(store: Path, built_all: dict[str, str]) -> None:
+    """hnode and snode prune the kernel modules no server loads (prune_sets.server of
+    kernels/debian-6.1.yaml) and the tree's depmod rebuilt the indexes; domu keeps them."""
+    images = ImageStore(store)
+    hroot = store / "hnode" / built_all["hnode"] / "rootfs"
+    names = subprocess.run(["unsquashfs", "-l", "-no-progress", str(hroot)], check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    mods = sorted({n.split("/kernel/", 1)[0].removeprefix("squashfs-root/")
+                   for n in names if "/modules/" in n and "/kernel/" in n})
+    assert len(mods) == 1, mods       # usr/lib/modules/VERSION
+    kos = [n for n in names if n.endswith(".ko")]
+    # gone, except the few a kept module needs (snd.ko for thinkpad_acpi, drm.ko for typec)
+    for gone in ("/snd-hda-intel.ko", "/amdgpu.ko", "/i915.ko", "/iwlwifi.ko", "/btusb.ko"):
+        assert not [n for n in kos if n.endswith(gone)], gone
+    assert len([n for n in kos if "/kernel/sound/" in n or "/drivers/gpu/" in n]) < 10
+    for needed in ("drivers/block/aoe/aoe.ko", "drivers/md/raid1.ko", "fs/squashfs/squashfs.ko",
+                   "drivers/block/xen-blkback/xen-blkback.ko", "net/bridge/bridge.ko"):
+        assert any(n.endswith("/kernel/" + needed) for n in kos), needed
+
+    def cat(name: str) -> str:
+        return subprocess.run(["unsquashfs", "-cat", str(hroot), f"{mods[0]}/{name}"],
+                              check=True, capture_output=True, text=True).stdout
+
+    dep = cat("modules.dep")
+    assert "kernel/drivers/block/aoe/aoe.ko:" in dep and "snd-hda-intel" not in dep
+    assert len(dep.splitlines()) == len(kos)          # depmod saw exactly what is left
+    assert "snd_hda_intel" not in cat("modules.alias")
+    for role in ("hnode", "snode"):
+        m = images.manifest(role)
+        assert m is not None
+        removed, total = map(int, m.versions["modules_pruned"].split(" of "))
+        assert 1000 < removed < total, (role, removed, total)
+    d = images.manifest("domu")
+    assert d is not None and "modules_pruned" not in d.versions
 
 
 def test_unchanged_inputs_return_the_same_build(store: Path, build_cache: Path,

@@ -35,7 +35,7 @@ from homecloud.agents.protocol import (
     VolumeExport,
     plan_json,
 )
-from homecloud.agents.storage import READY_PREFIX, USAGE, Config
+from homecloud.agents.storage import READY_PREFIX, USAGE, Config, udev_pending
 from homecloud.core.ids import Target
 from tests.support.agents import STORAGE_LAUNCHER, agent_env, storage_agent_argv
 
@@ -478,3 +478,22 @@ def test_agent_without_a_pool_serves_empty_volumes_and_refuses_clones(agent: Age
     assert vol.stat().st_size == 1 << 20
     assert keep.read_bytes() == b"x"
     assert agent.stop() == 0
+
+
+def test_udev_pending_waits_only_for_a_kernel_named_nic_udev_has_not_seen(tmp_path: Path) -> None:
+    """The storage agent must not touch eth0 before udev renamed it (ens2): an `ip link set
+    up` first made udev's rename fail and left the lab snode without an address (seen)."""
+    net, udev = tmp_path / "net", tmp_path / "udev"
+    for name, assign, idx in (("eth0", "1", "2"), ("ens3", "4", "3"), ("veth-sn", "3", "4")):
+        (net / name).mkdir(parents=True)
+        (net / name / "name_assign_type").write_text(assign + "\n")
+        (net / name / "ifindex").write_text(idx + "\n")
+    assert not udev_pending("eth0", net, udev)              # no udevd here: never wait
+    (udev / "data").mkdir(parents=True)
+    (udev / "control").touch()
+    assert udev_pending("eth0", net, udev)                  # kernel name, not processed yet
+    assert not udev_pending("ens3", net, udev)              # renamed by udev: done
+    assert not udev_pending("veth-sn", net, udev)           # named by a person
+    assert not udev_pending("gone0", net, udev)             # vanished: find_iface decides
+    (udev / "data" / "n2").touch()
+    assert not udev_pending("eth0", net, udev)              # processed, kept its name
