@@ -34,13 +34,13 @@ def hcboot(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str
 
 
 def one_run(images: Path, lab: Path, snodes: int, hnodes: int,
-            add_node: bool = True, sequential: bool = False) -> dict[str, float]:
+            add_node: bool = True, start: str = "parallel") -> dict[str, float]:
     out: dict[str, float] = {}
     try:
         t0 = time.monotonic()
         r = hcboot("lab", "up", "--state-dir", str(lab), "--images", str(images), "--no-build",
                    "--snodes", str(snodes), "--hnodes", str(hnodes),
-                   "--sequential" if sequential else "--parallel")
+                   f"--{start}")
         out["up_all_ready"] = time.monotonic() - t0
         if r.returncode != 0:
             raise RuntimeError(f"lab up failed:\n{r.stdout[-3000:]}\n{r.stderr[-2000:]}")
@@ -67,11 +67,16 @@ def main() -> int:
     ap.add_argument("--images", type=Path, default=None)
     ap.add_argument("--snodes", type=int, default=2)
     ap.add_argument("--hnodes", type=int, default=2)
-    ap.add_argument("--sequential", action="store_true",
-                    help="Start the hnodes only once the snodes are ready (the old way).")
+    g = ap.add_mutually_exclusive_group()
+    for mode, text in (("sequential", "once every snode exports (lab up's default)"),
+                       ("staggered", "once every snode's system is up"),
+                       ("parallel", "with the snodes (this bench's default)")):
+        g.add_argument(f"--{mode}", dest="start", action="store_const", const=mode,
+                       help=f"Start the hnodes {text}.")
     ap.add_argument("--no-add-node", action="store_true",
                     help="Measure lab up only (no lab add-node).")
     a = ap.parse_args()
+    a.start = a.start or "parallel"
     runs = max(1, min(a.runs, MAX_RUNS))
     with tempfile.TemporaryDirectory(prefix="hc-bench-lab-") as td:
         images = a.images
@@ -83,11 +88,11 @@ def main() -> int:
             images = publish_stand_ins(Path(td) / "images")
             what = "stand-in images (Debian kernel + marker initramfs; Xen for hnode)"
         print(f"lab bench: {runs} run(s), {a.snodes} snode(s) + {a.hnodes} hnode(s) "
-              f"({'sequential' if a.sequential else 'parallel'}), {what}")
+              f"({a.start}), {what}")
         results: list[dict[str, float]] = []
         for i in range(runs):
             res = one_run(images, Path(td) / f"lab{i}", a.snodes, a.hnodes, not a.no_add_node,
-                          a.sequential)
+                          a.start)
             results.append(res)
             print(f"  run {i + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(res.items())),
                   flush=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,11 +255,16 @@ def make_vg(dev: str, label: str, log: Callable[[str], None]) -> str:
     pool; the store LV's device."""
     log(f"storage: new volume group {VG} on {dev}: LV {STORE_LV} ({STORE_PERCENT}%) and thin"
         f" pool {THIN_POOL}")
-    run(["pvcreate", "-q", dev], timeout=120)
-    run(["vgcreate", "-q", VG, dev], timeout=120)
-    run(["lvcreate", "-q", "-y", "-l", f"{STORE_PERCENT}%VG", "-n", STORE_LV, VG], timeout=120)
-    # 90% of what is left: room for the pool's metadata spare and a later lvextend of it
-    run(["lvcreate", "-q", "-y", "-l", "90%FREE", "-T", f"{VG}/{THIN_POOL}"], timeout=300)
+    steps = [["pvcreate", "-q", dev], ["vgcreate", "-q", VG, dev],
+             ["lvcreate", "-q", "-y", "-l", f"{STORE_PERCENT}%VG", "-n", STORE_LV, VG],
+             # 90% of what is left: room for the pool's metadata spare and a later lvextend
+             ["lvcreate", "-q", "-y", "-l", "90%FREE", "-T", f"{VG}/{THIN_POOL}"]]
+    took = []
+    for argv in steps:
+        t0 = time.monotonic()
+        run(argv, timeout=300)
+        took.append(f"{argv[0]} {time.monotonic() - t0:.1f}s")
+    log(f"storage: volume group made ({', '.join(took)})")
     store_dev = f"/dev/{VG}/{STORE_LV}"
     _mkfs(store_dev, label, log)
     return store_dev

@@ -83,9 +83,13 @@ def lab() -> None:
               help="Size of each storage-node disk (raw, sparse).")
 @click.option("--network", default=DEFAULT_NET, show_default=True,
               help="Server address and prefix on the lab bridge (a documentation range).")
-@click.option("--parallel/--sequential", default=False, show_default=True,
-              help="Start the hnodes with the snodes (they wait for the root export) or only "
-              "once every snode is ready.")
+@click.option("--sequential", "hnode_start", flag_value="exports-ready", default=True,
+              help="Start the hnodes once every snode exports (the default).")
+@click.option("--staggered", "hnode_start", flag_value="snodes-ready",
+              help="Start the hnodes once every snode's system is up: Xen and dom0's kernel "
+              "boot while the snodes set up their disks and fetch the hnode root.")
+@click.option("--parallel", "hnode_start", flag_value="with-snodes",
+              help="Start the hnodes with the snodes (they wait for the root export).")
 @click.option("--instance-network", default=DEFAULT_INST_NET, show_default=True,
               help="Server address and prefix on the instance bridge (the hnodes' NIC 2).")
 @click.option("--snode-memory", type=click.IntRange(256), default=None,
@@ -95,7 +99,7 @@ def lab() -> None:
 @click.pass_context
 def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, images: Path | None,
        no_build: bool, timeout: int, disk_size: str, network: str, snode_memory: int | None,
-       hnode_memory: int | None, instance_network: str, parallel: bool) -> None:
+       hnode_memory: int | None, instance_network: str, hnode_start: str) -> None:
     """Build missing images, start hcboot and the nodes, follow them until ready."""
     try:
         size = parse_size(disk_size)
@@ -106,7 +110,7 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
         rows = lb.up(snodes=snodes, hnodes=hnodes, build=not no_build, timeout=timeout,
                      disk_size=size, network=network, snode_memory=snode_memory,
                      hnode_memory=hnode_memory, instance_network=instance_network,
-                     parallel=parallel)
+                     hnode_start=hnode_start)
     except HomecloudError as exc:
         hint = ("" if "lab down` first" in str(exc) else
                 "\n(whatever the lab started stays until `hcboot lab down`)")

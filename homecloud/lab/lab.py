@@ -44,7 +44,7 @@ from homecloud.core.model import STORAGE_ROLE, ImageExport, Inventory, Nic, Node
 from homecloud.lab import net, procs, vm
 from homecloud.lab.context import LabContext, clear_context, write_context
 from homecloud.lab.errors import LabError
-from homecloud.lab.progress import Follower, combine, final_state, reported_at, scan
+from homecloud.lab.progress import STATES, Follower, combine, final_state, reported_at, scan
 from homecloud.lab.status import (
     BOOT_ORDER,
     DEFAULT_INST_NET,
@@ -53,6 +53,7 @@ from homecloud.lab.status import (
     HNODE_AOE_WAIT,
     HNODE_GUEST_CPUID,
     HNODE_MEMORY_SHARED,
+    HNODE_STARTS,
     INST_NIC_ROLES,
     LAB_NAME,
     MEMORY,
@@ -226,10 +227,15 @@ class Lab:
     def up(self, snodes: int = 2, hnodes: int = 2, build: bool = True, timeout: float = 1800,
            disk_size: int = 8 << 30, network: str = DEFAULT_NET,
            snode_memory: int | None = None, hnode_memory: int | None = None,
-           instance_network: str = DEFAULT_INST_NET, parallel: bool = False) -> list[NodeStatus]:
-        """Boot the lab.  ``parallel``: start the hnodes together with the snodes (their
-        initramfs waits up to HNODE_AOE_WAIT s for the root export, so Xen and dom0's kernel
-        boot while the snodes fetch the image); else only once every snode is ready."""
+           instance_network: str = DEFAULT_INST_NET,
+           hnode_start: str = "exports-ready") -> list[NodeStatus]:
+        """Boot the lab.  ``hnode_start`` (HNODE_STARTS): ``with-snodes`` starts the hnodes
+        together with the snodes (their initramfs waits up to HNODE_AOE_WAIT s for the root
+        export); ``snodes-ready`` once every snode's system is up (its agent then sets up the
+        disks and fetches the image while Xen and dom0's kernel boot); ``exports-ready`` only
+        once every snode exports."""
+        if hnode_start not in HNODE_STARTS:
+            raise LabError(f"hnode start {hnode_start!r}: not one of {', '.join(HNODE_STARTS)}")
         self._t0 = time.monotonic()
         self._preflight()
         if self.images is None:
@@ -274,15 +280,16 @@ class Lab:
             self._write_context()
             for i in range(1, snodes + 1):
                 self._start_node("snode", i, memory=snode_memory, disk_size=disk_size)
-            if parallel:
+            if hnode_start == "with-snodes":
                 self._start_hnodes(hnodes, hnode_memory)
             self.doc["phase"] = "booting"
             self.save()
         snames = [f"snode{i}" for i in range(1, snodes + 1)]
         hnames = [f"hnode{i}" for i in range(1, hnodes + 1)]
         deadline = time.monotonic() + timeout
-        if not parallel:
-            self.follow(snames, deadline)
+        if hnode_start != "with-snodes":
+            self.follow(snames, deadline,
+                        until="ready" if hnode_start == "snodes-ready" else None)
             with self._lock():
                 self.load()
                 if self.doc.get("phase") == "down":
@@ -456,8 +463,9 @@ class Lab:
             return False
         return procs.is_ours(n.get("pid"), self._vm_tokens(n))
 
-    def follow(self, names: list[str], deadline: float) -> bool:
-        """Show each node's progress until all of ``names`` are done, failed or off."""
+    def follow(self, names: list[str], deadline: float, until: str | None = None) -> bool:
+        """Show each node's progress until all of ``names`` are done, failed or off (or, with
+        ``until``, have reached that state of progress.STATES or a later one)."""
         followers = self._followers
         shown = self._shown
         while True:
@@ -491,7 +499,8 @@ class Lab:
                         t = min(t, rt)
                     n["ready_at"] = max(t, since)
                     self._put_node(n)
-                if state not in (final_state(n["role"]), "failed", "off"):
+                if state not in (final_state(n["role"]), "failed", "off") and not (
+                        until and STATES.index(state) >= STATES.index(until)):
                     pending += 1
             if pending == 0:
                 return all(shown.get(x) == final_state(self.node(x)["role"]) for x in names)

@@ -28,6 +28,7 @@ ROOT_TARGET = "e1.0"
 MEMORY = {"snode": 2048, "hnode": 2048}
 HNODE_MEMORY_SHARED = 1536           # each, when more than one hnode runs on this host
 HNODE_AOE_WAIT = 900                 # s an hnode's initramfs waits for its root (hc.aoe_wait)
+HNODE_STARTS = ("with-snodes", "snodes-ready", "exports-ready")   # when `lab up` starts hnodes
 HNODE_GUEST_CPUID = "host,avx=0,avx2=0"  # guests' cpuid mask under TCG (hc.guest_cpuid)
 BOOT_ORDER = "order=n,reboot-timeout=1000"  # PXE; SeaBIOS retries 1 s after a failed boot
 

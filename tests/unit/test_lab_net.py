@@ -218,3 +218,11 @@ def test_admin_keys_reader_names_file_and_line(tmp_path: Path, line: str, msg: s
     assert str(tmp_path / "admin_keys") in str(e.value) and "line 2" in str(e.value)
     with pytest.raises(AdminKeyError):
         add_admin_key(tmp_path / "fresh", line)
+
+
+def test_lab_up_refuses_an_unknown_hnode_start(tmp_path: Path) -> None:
+    lb = Lab(tmp_path / "lab", tmp_path / "images", say=lambda s: None)
+    with pytest.raises(LabError, match="'soon': not one of with-snodes, snodes-ready, "
+                                       "exports-ready"):
+        lb.up(hnode_start="soon")
+    assert not (tmp_path / "lab").exists()          # refused before anything was made
