@@ -207,6 +207,7 @@ class Store:
     how: str   # new | reused | mounted | HC_DISKS=none
     pool: bool = False   # the VG's thin pool is there (volumes and templates)
     why_no_pool: str = ""
+    pool_deferred: bool = False   # ours to make with make_thin_pool (after the image exports)
 
 
 def have_device_mapper(misc: str = "/proc/misc") -> bool:
@@ -250,21 +251,33 @@ def activate(dev: str, log: Callable[[str], None]) -> str:
     return f"/dev/{VG}/{STORE_LV}"
 
 
-def make_vg(dev: str, label: str, log: Callable[[str], None]) -> str:
-    """Volume group ``hc`` on the empty ``dev``: the store LV (ext4, ``label``) and the thin
-    pool; the store LV's device."""
-    log(f"storage: new volume group {VG} on {dev}: LV {STORE_LV} ({STORE_PERCENT}%) and thin"
-        f" pool {THIN_POOL}")
-    steps = [["pvcreate", "-q", dev], ["vgcreate", "-q", VG, dev],
-             ["lvcreate", "-q", "-y", "-l", f"{STORE_PERCENT}%VG", "-n", STORE_LV, VG],
-             # 90% of what is left: room for the pool's metadata spare and a later lvextend
-             ["lvcreate", "-q", "-y", "-l", "90%FREE", "-T", f"{VG}/{THIN_POOL}"]]
+def _timed(steps: Sequence[Sequence[str]]) -> str:
     took = []
     for argv in steps:
         t0 = time.monotonic()
         run(argv, timeout=300)
         took.append(f"{argv[0]} {time.monotonic() - t0:.1f}s")
-    log(f"storage: volume group made ({', '.join(took)})")
+    return ", ".join(took)
+
+
+def make_thin_pool(log: Callable[[str], None]) -> None:
+    """The thin pool ``hc/pool`` over 90% of the VG's free space (the rest: room for the
+    pool's metadata spare and a later lvextend).  The slowest LVM step at boot (16 s on a lab
+    snode under TCG): a new store makes it after the image exports are served."""
+    took = _timed([["lvcreate", "-q", "-y", "-l", "90%FREE", "-T", f"{VG}/{THIN_POOL}"]])
+    log(f"storage: thin pool {VG}/{THIN_POOL} made ({took})")
+
+
+def make_vg(dev: str, label: str, log: Callable[[str], None], pool: bool = True) -> str:
+    """Volume group ``hc`` on the empty ``dev``: the store LV (ext4, ``label``) and, with
+    ``pool``, the thin pool; the store LV's device."""
+    log(f"storage: new volume group {VG} on {dev}: LV {STORE_LV} ({STORE_PERCENT}%) and thin"
+        f" pool {THIN_POOL}{'' if pool else ' (later)'}")
+    took = _timed([["pvcreate", "-q", dev], ["vgcreate", "-q", VG, dev],
+                   ["lvcreate", "-q", "-y", "-l", f"{STORE_PERCENT}%VG", "-n", STORE_LV, VG]])
+    log(f"storage: volume group made ({took})")
+    if pool:
+        make_thin_pool(log)
     store_dev = f"/dev/{VG}/{STORE_LV}"
     _mkfs(store_dev, label, log)
     return store_dev
@@ -279,10 +292,13 @@ def mounted_at(path: str) -> str:
 
 
 def setup_store(spec: str, store: str, label: str, md: str,
-                log: Callable[[str], None], lvm: str = "auto") -> Store:
+                log: Callable[[str], None], lvm: str = "auto",
+                defer_pool: bool = False) -> Store:
     """Mount the local store at ``store`` (and find or make the volume pool, see the module
     doc); AgentError (naming the disks, or the command that failed) when there is no usable
-    one."""
+    one.  ``defer_pool``: a thin pool still to make (a new volume group, or ours without one:
+    an agent stopped while it made it) is left to the caller (``Store.pool_deferred``,
+    make_thin_pool)."""
     os.makedirs(store, exist_ok=True)
     use_lvm, why = lvm_wanted(lvm)
     cur = mounted_at(store)
@@ -339,8 +355,12 @@ def setup_store(spec: str, store: str, label: str, md: str,
             log(f"storage: reusing volume group {VG} on {dev}: {lv} mounted at {store}")
             if pool_present():
                 return Store(dev, "reused", pool=True)
-            return Store(dev, "reused", why_no_pool=f"volume group {VG} has no thin pool"
-                                                    f" {THIN_POOL}")
+            log(f"storage: volume group {VG} has no thin pool {THIN_POOL} (made when it was"
+                " interrupted?): making it")
+            if defer_pool:
+                return Store(dev, "reused", pool_deferred=True)
+            make_thin_pool(log)
+            return Store(dev, "reused", pool=True)
         if found.label == label:
             log(f"storage: reusing {dev} (label {label}); it predates LVM: no volume pool")
             _mount(dev, store)
@@ -350,10 +370,10 @@ def setup_store(spec: str, store: str, label: str, md: str,
             raise AgentError(f"storage: {dev} holds something that is not {label}:"
                              " not touching it")
     if use_lvm:
-        lv = make_vg(dev, label, log)
+        lv = make_vg(dev, label, log, pool=not defer_pool)
         _mount(lv, store)
         log(f"storage: new store on {lv} (volume group {VG} on {dev}) mounted at {store}")
-        return Store(dev, "new", pool=True)
+        return Store(dev, "new", pool=not defer_pool, pool_deferred=defer_pool)
     _mkfs(dev, label, log)
     _mount(dev, store)
     log(f"storage: new store on {dev} mounted at {store} (no volume pool: {why})")

@@ -4,7 +4,9 @@ At start: find the boot interface, the boot server and this node's MAC (kernel c
 ``hc.server= hc.mac= BOOTIF=``, or environment overrides), set up the local store
 (homecloud.agents.disks), fetch ``$server/plan/$mac.json`` (homecloud.agents.protocol; retried
 with backoff), download every exported image (sha256 checked, skipped when present and intact;
-a partial download is never used), make the plan's templates and volumes in the LVM thin pool
+a partial download is never used) and serve it; a new store's thin pool is made only then (the
+hnodes wait on the image exports, nothing waits on an empty pool; until it is there the report
+says so and volume exports wait), make the plan's templates and volumes in the LVM thin pool
 (homecloud.agents.volumes; on a store without a pool, empty volumes are sparse files), delete
 the volumes and templates the plan's ``delete`` list names (never one merely missing from the
 plan), and run one supervised vblade
@@ -25,7 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -43,7 +45,7 @@ from homecloud.agents.common import (
     post_report,
     run,
 )
-from homecloud.agents.disks import Store, setup_store
+from homecloud.agents.disks import Store, make_thin_pool, setup_store
 from homecloud.agents.files import Files
 from homecloud.agents.protocol import (
     ExportStatus,
@@ -212,11 +214,12 @@ class Agent:
         self.files = Files(cfg.store, cfg.run, cfg.dl_timeout, out)
         self.errors: dict[Target, str] = {}
         self.failed_at = 0.0
-        self.reported: tuple[list[Target], tuple[PoolEntry, ...]] | None = None
+        self.reported: tuple[list[Target], tuple[PoolEntry, ...], bool] | None = None
         self.pool: V.Pool | None = None
         self.why_no_pool = "no store yet"
         self.vol_errors: dict[str, str] = {}   # volume or template name -> why
         self.entries: tuple[PoolEntry, ...] = ()
+        self.pool_deferred = False       # the thin pool is made once the images are served
 
     def report(self, state: str, detail: str, statuses: Sequence[ExportStatus] = ()) -> None:
         try:
@@ -343,11 +346,12 @@ class Agent:
         self.finish_pool(later)
         served = R.served_list(plan, serving)
         statuses += [ExportStatus(t, "served") for t in served if t not in self.errors]
-        if (served, self.entries) != self.reported:
+        now = (served, self.entries, self.pool is not None)
+        if now != self.reported:
             if self.reported is None or served != self.reported[0]:
                 self.out.console(f"exports ready {','.join(map(str, served)) or 'none'}")
             self.report("exports-ready", " ".join(map(str, served)), statuses)
-            self.reported = (served, self.entries)
+            self.reported = now
         if self.errors or self.vol_errors:
             self.failed_at = time.monotonic()
             text = " ".join([f"{t}: {m};" for t, m in self.errors.items()]
@@ -371,7 +375,7 @@ class Agent:
         while True:
             try:
                 store = setup_store(self.cfg.disks, self.cfg.store, self.cfg.fslabel,
-                                    self.cfg.md, self.out.log, self.cfg.lvm)
+                                    self.cfg.md, self.out.log, self.cfg.lvm, defer_pool=True)
                 break
             except AgentError as exc:
                 self.out.log(str(exc))
@@ -384,6 +388,10 @@ class Agent:
         if store.pool:
             self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log)
             self.out.console(f"volume pool {V.VG}/{V.THIN_POOL}")
+        elif store.pool_deferred:
+            self.pool_deferred = True
+            self.why_no_pool = (f"its thin pool {V.VG}/{V.THIN_POOL} is being made (after the "
+                                "image exports): try again in a moment")
         else:
             self.why_no_pool = store.why_no_pool or "none"
             self.out.console(f"no volume pool: {self.why_no_pool}")
@@ -403,8 +411,12 @@ class Agent:
                                    and time.monotonic() - self.failed_at >= RETRY_FAILED):
                 if applied is not None and plan != applied:
                     self.out.log("plan: changed")
-                self.apply(plan)
+                self.apply(images_only(plan) if self.pool_deferred else plan)
                 applied = plan
+            if self.pool_deferred:
+                self.make_deferred_pool()
+                applied = None      # now the volumes and templates too
+                continue
             self.nap(self.cfg.poll or plan.poll)
             try:
                 plan = self.fetch_plan()
@@ -416,8 +428,30 @@ class Agent:
                     self.out.log(f"plan: fetch failed ({exc}): keeping the current exports")
                 fetch_ok = False
 
+    def make_deferred_pool(self) -> None:
+        """The thin pool of a new store, made once the image exports are served (a hnode
+        waits on those to boot; nothing waits on an empty pool).  If it fails the store
+        serves images without a pool, saying why; the next start of the agent tries again."""
+        self.pool_deferred = False
+        try:
+            make_thin_pool(self.out.log)
+        except AgentError as exc:
+            self.why_no_pool = f"making the thin pool failed: {exc}"
+            self.out.log(f"pool: {self.why_no_pool}")
+            self.out.console(f"no volume pool: {self.why_no_pool[:300]}")
+            return
+        self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log)
+        self.out.console(f"volume pool {V.VG}/{V.THIN_POOL}")
+
     def _store_line(self, store: Store) -> None:
         self.out.console(f"store {store.dev} ({store.how}) at {self.cfg.store}")
+
+
+def images_only(plan: Plan) -> Plan:
+    """``plan`` without what needs the volume pool (volume exports, templates, deletions)."""
+    return replace(plan, exports=tuple(e for e in plan.exports
+                                       if not isinstance(e, VolumeExport)),
+                   templates=(), delete=())
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

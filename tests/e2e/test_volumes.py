@@ -137,8 +137,9 @@ def test_template_clone_write_reboot_delete(tmp_path: Path, real_snode_store: Pa
             vms.append(sn)
             sn.start()
             sn.wait_for(r"hc-storage: store /dev/md\S+ \(new\) at /srv/hc", timeout=BOOT)
-            sn.wait_for(r"hc-storage: volume pool hc/pool", timeout=60)
+            # a new store: the image exports first, then the thin pool (no hnode waits on it)
             sn.wait_for(r"hc-storage: exports ready e1\.0", timeout=300)
+            sn.wait_for(r"hc-storage: volume pool hc/pool", timeout=120)
             print(f"\n[volumes] snode up with a new pool after {sn.elapsed():.1f}s wall")
             _verify_image(srv, c)
 

@@ -35,7 +35,7 @@ from homecloud.agents.protocol import (
     VolumeExport,
     plan_json,
 )
-from homecloud.agents.storage import READY_PREFIX, USAGE, Config, udev_pending
+from homecloud.agents.storage import READY_PREFIX, USAGE, Config, images_only, udev_pending
 from homecloud.core.ids import Target
 from tests.support.agents import STORAGE_LAUNCHER, agent_env, storage_agent_argv
 
@@ -497,3 +497,12 @@ def test_udev_pending_waits_only_for_a_kernel_named_nic_udev_has_not_seen(tmp_pa
     assert not udev_pending("gone0", net, udev)             # vanished: find_iface decides
     (udev / "data" / "n2").touch()
     assert not udev_pending("eth0", net, udev)              # processed, kept its name
+
+
+def test_images_only_is_what_a_store_serves_before_its_thin_pool_exists() -> None:
+    tpl = TemplateSpec("domu-b1", "domu", "b1", 4096, "0" * 64, "http://192.0.2.1/images/d/r")
+    plan = Plan(MAC, (img("e1.0"), vol("e10.0"), vol("e10.1", "web")), templates=(tpl,),
+                delete=(Deletion("volume", "old"),), poll=7)
+    first = images_only(plan)
+    assert [str(e.target) for e in first.exports] == ["e1.0"]
+    assert (first.templates, first.delete, first.poll, first.node) == ((), (), 7, MAC)
