@@ -93,7 +93,8 @@ def test_all_roles_build(store: Path, built_all: dict[str, str]) -> None:
     assert (store / "snode" / built_all["snode"] / "initrd").read_bytes()[:4] == (
         b"\x28\xb5\x2f\xfd"
     )
-    assert {"vblade", "mdadm", "aoetools"} <= {p.split("=")[0] for p in s.packages}
+    assert {"vblade", "mdadm", "aoetools", "lvm2", "drbd-utils"} <= {
+        p.split("=")[0] for p in s.packages}
     d = images.manifest("domu")
     assert d is not None and d.boot.root == "disk" and "root=LABEL=hc-root" in d.boot.cmdline
     _modules_pruned(store, built_all)
