@@ -204,6 +204,17 @@ def udev_pending(name: str, sys_net: Path = Path("/sys/class/net"),
     return not (run_udev / "data" / f"n{idx}").exists()
 
 
+def kernel_named(name: str, sys_net: Path = Path("/sys/class/net"),
+                 run_udev: Path = Path("/run/udev")) -> bool:
+    """A udevd runs here and ``name`` is still the kernel's (ethN): udev may rename it."""
+    if not (run_udev / "control").exists():
+        return False
+    try:
+        return (sys_net / name / "name_assign_type").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 # ------------------------------------------------------------------------------- the agent
 
 
@@ -492,8 +503,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     agent: Agent | None = None
     try:
         iface = ""
+        settled = False
         for _ in range(61):
             iface = find_iface(cfg)
+            if iface and not settled and kernel_named(iface):
+                # udev's database entry alone was seen before its rename had run (a CI lab
+                # run): wait for udev's queue to drain once, then look again
+                settled = True
+                with contextlib.suppress(AgentError):
+                    run(["udevadm", "settle", "--timeout=30"], timeout=40)
+                continue
             if iface and not udev_pending(iface):
                 break
             time.sleep(0.5)

@@ -35,7 +35,14 @@ from homecloud.agents.protocol import (
     VolumeExport,
     plan_json,
 )
-from homecloud.agents.storage import READY_PREFIX, USAGE, Config, images_only, udev_pending
+from homecloud.agents.storage import (
+    READY_PREFIX,
+    USAGE,
+    Config,
+    images_only,
+    kernel_named,
+    udev_pending,
+)
 from homecloud.core.ids import Target
 from tests.support.agents import STORAGE_LAUNCHER, agent_env, storage_agent_argv
 
@@ -497,6 +504,9 @@ def test_udev_pending_waits_only_for_a_kernel_named_nic_udev_has_not_seen(tmp_pa
     assert not udev_pending("gone0", net, udev)             # vanished: find_iface decides
     (udev / "data" / "n2").touch()
     assert not udev_pending("eth0", net, udev)              # processed, kept its name
+    # still the kernel's name under a running udevd: the agent drains udev's queue once
+    assert kernel_named("eth0", net, udev) and not kernel_named("ens3", net, udev)
+    assert not kernel_named("eth0", net, tmp_path / "no-udev")
 
 
 def test_images_only_is_what_a_store_serves_before_its_thin_pool_exists() -> None:
