@@ -186,6 +186,17 @@ def find_iface(cfg: Config) -> str:
     return ""
 
 
+def kernel_named(name: str, sys_net: Path = Path("/sys/class/net"),
+                 run_udev: Path = Path("/run/udev")) -> bool:
+    """A udevd runs here and ``name`` is still the kernel's (ethN): udev may rename it."""
+    if not (run_udev / "control").exists():
+        return False
+    try:
+        return (sys_net / name / "name_assign_type").read_text().strip() == "1"  # NET_NAME_ENUM
+    except OSError:
+        return False
+
+
 def udev_pending(name: str, sys_net: Path = Path("/sys/class/net"),
                  run_udev: Path = Path("/run/udev")) -> bool:
     """True while the udev running here has not processed the kernel-named interface ``name``
@@ -193,26 +204,13 @@ def udev_pending(name: str, sys_net: Path = Path("/sys/class/net"),
     ens2), and setting it up first makes udev's rename fail ("already up, cannot rename"),
     after which systemd-networkd leaves the link pending for good: a storage node without an
     address.  Names given by a person (veth, HC_IFACE=) and hosts without udevd never wait."""
-    if not (run_udev / "control").exists():
+    if not kernel_named(name, sys_net, run_udev):
         return False
     try:
-        if (sys_net / name / "name_assign_type").read_text().strip() != "1":   # NET_NAME_ENUM
-            return False
         idx = (sys_net / name / "ifindex").read_text().strip()
     except OSError:
         return False
     return not (run_udev / "data" / f"n{idx}").exists()
-
-
-def kernel_named(name: str, sys_net: Path = Path("/sys/class/net"),
-                 run_udev: Path = Path("/run/udev")) -> bool:
-    """A udevd runs here and ``name`` is still the kernel's (ethN): udev may rename it."""
-    if not (run_udev / "control").exists():
-        return False
-    try:
-        return (sys_net / name / "name_assign_type").read_text().strip() == "1"
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------------------- the agent
