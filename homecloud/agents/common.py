@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from homecloud.agents.protocol import Report, report_json
@@ -144,6 +144,51 @@ class Backoff:
     def ran_for(self, seconds: float) -> None:
         if seconds >= self.reset_after:
             self.delay = 1.0
+
+
+class Reporter:
+    """An agent's last report, kept until the config node has it.  A POST that failed (the
+    config node busy or restarting, a timeout on a loaded host) is sent again at the agent's
+    next :meth:`again`, and a delivered one again every ``every`` seconds: the config node's
+    picture of a node heals by itself instead of staying one lost POST behind for good (a CI
+    lab run waited 30 minutes on a template a storage node held but had not managed to say).
+    """
+
+    def __init__(self, post: Callable[[Report], None], log: Callable[[str], None],
+                 every: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.post, self.log, self.every, self.clock = post, log, every, clock
+        self.last: Report | None = None
+        self.sent_at: float | None = None     # when ``last`` was delivered; None: not yet
+        self.failures = 0                     # failed POSTs of ``last`` in a row
+
+    def send(self, report: Report) -> bool:
+        """POST ``report`` (it becomes the one kept); True once the config node has it."""
+        self.last, self.sent_at = report, None
+        return self._post()
+
+    def again(self) -> bool:
+        """Send the kept report again if it has not arrived or is ``every`` seconds old."""
+        if self.last is None:
+            return True
+        if self.sent_at is not None and self.clock() - self.sent_at < self.every:
+            return True
+        return self._post()
+
+    def _post(self) -> bool:
+        assert self.last is not None
+        try:
+            self.post(self.last)
+        except AgentError as exc:
+            self.failures += 1
+            if self.failures == 1:
+                self.log(f"warning: report {self.last.state}: {exc} (sent again at each poll"
+                         " until it arrives)")
+            return False
+        if self.failures:
+            self.log(f"report {self.last.state}: delivered after {self.failures} failed "
+                     f"POST(s)")
+        self.failures, self.sent_at = 0, self.clock()
+        return True
 
 
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:

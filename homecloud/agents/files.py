@@ -6,9 +6,11 @@ is reused, a damaged one downloaded again) and sparse volumes ``<store>/volumes/
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from homecloud.agents.common import AgentError, Output
@@ -17,11 +19,12 @@ from homecloud.core.files import fsync_dir
 from homecloud.core.manifest import sha256_file
 
 
-def download(url: str, dest: str | Path, limit: int, *, into_device: bool = False
-             ) -> tuple[str, int]:
+def download(url: str, dest: str | Path, limit: int, *, into_device: bool = False,
+             progress: Callable[[int], None] | None = None) -> tuple[str, int]:
     """Stream ``url`` into ``dest`` (a new file, or with ``into_device`` a block device written
     in place), fsynced; return its sha256 (hex) and size.  AgentError when it fails or takes
-    over ``limit`` seconds; the caller checks the sha256 and size against its plan."""
+    over ``limit`` seconds; the caller checks the sha256 and size against its plan.
+    ``progress`` is called with the bytes so far after each chunk."""
     h, n = hashlib.sha256(), 0
     deadline = time.monotonic() + limit
     try:
@@ -31,6 +34,8 @@ def download(url: str, dest: str | Path, limit: int, *, into_device: bool = Fals
                 h.update(chunk)
                 f.write(chunk)
                 n += len(chunk)
+                if progress is not None:
+                    progress(n)
                 if time.monotonic() > deadline:
                     raise AgentError(f"download of {url} took over {limit}s")
             f.flush()
@@ -38,8 +43,9 @@ def download(url: str, dest: str | Path, limit: int, *, into_device: bool = Fals
     except OSError as exc:
         where = f" into {dest}" if into_device else ""
         raise AgentError(f"download of {url}{where} failed: {exc}") from None
-    except ValueError as exc:
-        raise AgentError(f"download of {url} failed: {exc}") from None
+    except (ValueError, http.client.HTTPException) as exc:
+        # IncompleteRead and friends (the server closed early) are not OSErrors
+        raise AgentError(f"download of {url} failed: {type(exc).__name__}: {exc}") from None
     return h.hexdigest(), n
 
 

@@ -37,6 +37,7 @@ from homecloud.agents.common import (
     AgentError,
     Backoff,
     Output,
+    Reporter,
     cmdline_args,
     die,
     env_int,
@@ -63,6 +64,7 @@ PROG = "hc-storage-agent"
 VERSION = 1
 READY_PREFIX = "hc-storage: exports ready "
 RETRY_FAILED = 30.0   # seconds before exports that failed are tried again
+REPORT_EVERY = 300.0  # seconds: the last report is sent again this often (at once if it failed)
 USAGE = """usage: hc-storage-agent [--help | --version]
 
 Environment (kernel command line in brackets; the environment wins):
@@ -229,17 +231,28 @@ class Agent:
         self.vol_errors: dict[str, str] = {}   # volume or template name -> why
         self.entries: tuple[PoolEntry, ...] = ()
         self.pool_deferred = False       # the thin pool is made once the images are served
+        self.reporter = Reporter(lambda r: post_report(cfg.server, r), out.log, REPORT_EVERY)
 
     def report(self, state: str, detail: str, statuses: Sequence[ExportStatus] = ()) -> None:
+        facts: dict[str, str | bool] = {"volume_pool": self.pool is not None}
+        if self.pool is None:
+            facts["volume_pool_why"] = self.why_no_pool[:1000]
         try:
-            facts: dict[str, str | bool] = {"volume_pool": self.pool is not None}
-            if self.pool is None:
-                facts["volume_pool_why"] = self.why_no_pool[:1000]
-            post_report(self.cfg.server, make_report(self.mac, state, detail[:4000], facts,
-                                                     exports=tuple(statuses),
-                                                     volumes=self.entries))
-        except (AgentError, ProtocolError, ValueError) as exc:
+            r = make_report(self.mac, state, detail[:4000], facts, exports=tuple(statuses),
+                            volumes=self.entries)
+        except (ProtocolError, ValueError) as exc:
             self.out.log(f"warning: report {state}: {exc}")
+            return
+        self.reporter.send(r)
+
+    def busy(self, text: str) -> None:
+        """How a long step goes, to the config node: the last report with ``text`` as its
+        detail (sent once, not kept: the next real report replaces it)."""
+        last = self.reporter.last
+        if last is None:
+            return
+        with contextlib.suppress(AgentError):
+            post_report(self.cfg.server, replace(last, detail=text[:4000]), timeout=5)
 
     # ------------------------------------------------------------------ the volume pool
     def pool_actions(self, plan: Plan) -> list[V.Action]:
@@ -395,7 +408,8 @@ class Agent:
                 self.nap(d)
         self._store_line(store)
         if store.pool:
-            self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log)
+            self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log,
+                               busy=self.busy)
             self.out.console(f"volume pool {V.VG}/{V.THIN_POOL}")
         elif store.pool_deferred:
             self.pool_deferred = True
@@ -427,6 +441,7 @@ class Agent:
                 applied = None      # now the volumes and templates too
                 continue
             self.nap(self.cfg.poll or plan.poll)
+            self.reporter.again()
             try:
                 plan = self.fetch_plan()
                 if not fetch_ok:
@@ -449,7 +464,8 @@ class Agent:
             self.out.log(f"pool: {self.why_no_pool}")
             self.out.console(f"no volume pool: {self.why_no_pool[:300]}")
             return
-        self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log)
+        self.pool = V.Pool(dl_timeout=self.cfg.dl_timeout, log=self.out.log,
+                           busy=self.busy)
         self.out.console(f"volume pool {V.VG}/{V.THIN_POOL}")
 
     def _store_line(self, store: Store) -> None:

@@ -31,6 +31,7 @@ STORE_LV = "store"
 VOL_PREFIX = "v-"
 TPL_PREFIX = "t-"
 PART_SUFFIX = ".part"
+BUSY_EVERY = 15.0    # seconds between progress lines of a template download
 LVS_FIELDS = "lv_name,lv_size,origin,lv_attr"
 
 
@@ -254,8 +255,13 @@ class Pool:
     """The thin pool of volume group ``vg``: observe it and carry out the actions."""
 
     def __init__(self, vg: str = VG, pool: str = THIN_POOL, dl_timeout: int = 3600,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 busy: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``busy`` hears how a long step goes (a template's download, every
+        ``BUSY_EVERY`` seconds), for the agent to tell the config node."""
         self.vg, self.pool, self.dl_timeout, self.log = vg, pool, dl_timeout, log
+        self.busy, self.clock = busy, clock
 
     def path(self, lv: str) -> str:
         return f"/dev/{self.vg}/{lv}"
@@ -295,6 +301,21 @@ class Pool:
             self.log(f"pool: {lv}: growing from {cur} to {size} bytes")
             run(["lvextend", "-q", "-L", f"{size}b", f"{self.vg}/{lv}"], timeout=120)
 
+    def _download_progress(self, t: TemplateSpec) -> Callable[[int], None]:
+        said = [self.clock()]
+
+        def progress(n: int) -> None:
+            now = self.clock()
+            if now - said[0] < BUSY_EVERY:
+                return
+            said[0] = now
+            text = (f"template {t.name}: downloading, {n * 100 // max(1, t.size)}% of "
+                    f"{t.size} bytes")
+            self.log(f"pool: {text}")
+            if self.busy is not None:
+                self.busy(text)
+        return progress
+
     def fill(self, t: TemplateSpec) -> None:
         part = tpl_lv(t.name) + PART_SUFFIX
         t0 = time.monotonic()
@@ -302,7 +323,8 @@ class Pool:
         run(["lvcreate", "-q", "-V", f"{t.size}b", "-T", f"{self.vg}/{self.pool}", "-n", part],
             timeout=120)
         try:
-            got, n = download(t.url, self.path(part), self.dl_timeout, into_device=True)
+            got, n = download(t.url, self.path(part), self.dl_timeout, into_device=True,
+                              progress=self._download_progress(t))
             if n != t.size:
                 raise AgentError(f"template {t.name}: size mismatch for {t.url}: got {n} bytes,"
                                  f" plan says {t.size}")

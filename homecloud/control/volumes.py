@@ -45,6 +45,7 @@ MAX_SLOT = 0xFE
 #: who may use a volume: every hardware node (vblade -m with their provisioning MACs)
 VOLUME_CONSUMERS = (HOST_ROLE,)
 TEMPLATE_ARTIFACT = "rootfs"
+WAIT_SAY_EVERY = 60.0    # seconds between "still waiting" lines of a long wait
 
 
 class VolumeError(HomecloudError):
@@ -93,6 +94,16 @@ def no_pool_reason(report: dict[str, Any] | None) -> str:
     if facts.get("volume_pool") is True:
         return ""
     return str(facts.get("volume_pool_why") or "it reports no volume pool")
+
+
+def last_word(report: dict[str, Any], now: float) -> str:
+    """"its last report 12s ago: exports-ready" (a storage agent's report, for waits)."""
+    try:
+        ago = f"{max(0.0, now - float(report.get('time') or 0)):.0f}s ago"
+    except (TypeError, ValueError):
+        ago = "at an unknown time"
+    detail = str(report.get("detail") or "")[:200]
+    return f"its last report {ago}: {report.get('state')}" + (f": {detail}" if detail else "")
 
 
 def volume_count(inv: Inventory, node: Node) -> int:
@@ -331,9 +342,11 @@ class Volumes:
                        progress: Progress) -> None:
         deadline = self.clock() + timeout
         done: set[str] = set()
+        told = self.clock()
         while True:
             inv, reports = self.inventory(), self.reports()
             want: list[str] = []
+            last: dict[str, str] = {}
             for n in storage_nodes(inv):
                 r = storage_report(reports, n)
                 if no_pool_reason(r):
@@ -345,6 +358,7 @@ class Volumes:
                         progress(f"template {name}: present on {n.name}")
                     continue
                 assert r is not None
+                last[n.name] = last_word(r, self.clock())
                 detail = str(r.get("detail") or "")
                 if float(r.get("time") or 0) >= since and r.get("state") == "exports-error" \
                         and f"template {name}:" in detail:
@@ -354,9 +368,12 @@ class Volumes:
                                   "hcboot nodes)")
             if set(want) <= done:
                 return
+            missing = "; ".join(f"{n} ({last[n]})" for n in sorted(set(want) - done))
             if self.clock() >= deadline:
-                raise VolumeError(f"template {name}: not on {', '.join(sorted(set(want) - done))}"
-                                  f" within {timeout:g}s")
+                raise VolumeError(f"template {name}: not on {missing} within {timeout:g}s")
+            if self.clock() - told >= WAIT_SAY_EVERY:
+                told = self.clock()
+                progress(f"template {name}: waiting on {missing}")
             self.sleep(self.poll)
 
     def remove_template(self, name: str, progress: Progress, timeout: float = 300) -> None:

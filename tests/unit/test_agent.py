@@ -26,13 +26,22 @@ import pytest
 from builder.elements import ElementLibrary, lint_element
 from homecloud.agents import disks as D
 from homecloud.agents import reconcile as R
-from homecloud.agents.common import Backoff, CommandError, cmdline_args, run
+from homecloud.agents.common import (
+    AgentError,
+    Backoff,
+    CommandError,
+    Reporter,
+    cmdline_args,
+    run,
+)
 from homecloud.agents.protocol import (
     Deletion,
     ImageExport,
     Plan,
+    Report,
     TemplateSpec,
     VolumeExport,
+    make_report,
     plan_json,
 )
 from homecloud.agents.storage import (
@@ -113,6 +122,34 @@ def test_backoff_doubles_to_the_cap_and_resets_after_a_long_run() -> None:
 
 
 # ---------------------------------------------------------------- the local store (pure)
+
+
+def test_a_report_that_did_not_arrive_is_sent_again_until_it_does() -> None:
+    now = [0.0]
+    sent: list[str] = []
+    log: list[str] = []
+    down = [True]
+
+    def post(r: Report) -> None:
+        if down[0]:
+            raise AgentError("POST http://192.0.2.1/report/x: timed out")
+        sent.append(r.state)
+
+    rep = Reporter(post, log.append, every=300, clock=lambda: now[0])
+    assert rep.again()                     # nothing to send yet
+    assert not rep.send(make_report(MAC, "exports-ready"))
+    assert not rep.again() and not rep.again()
+    assert log == ["warning: report exports-ready: POST http://192.0.2.1/report/x: timed out "
+                   "(sent again at each poll until it arrives)"]     # said once, not per poll
+    down[0] = False
+    assert rep.again() and sent == ["exports-ready"]
+    assert log[-1] == "report exports-ready: delivered after 3 failed POST(s)"
+    now[0] = 299.0
+    assert rep.again() and sent == ["exports-ready"]     # delivered and fresh: not again
+    now[0] = 300.0
+    assert rep.again() and sent == ["exports-ready"] * 2   # the heartbeat
+    assert rep.send(make_report(MAC, "exports-error", "e10.0: boom"))
+    assert sent[-1] == "exports-error" and len(log) == 2
 
 
 def test_store_choice() -> None:

@@ -56,8 +56,11 @@ class FakeSnode:
         self.node, self.pool, self.fail = node, pool, fail
         self.lvs: dict[str, V.LV] = {}
         self.log: list[Any] = []
+        self.mute = False     # its reports stop arriving (a lost POST, a hung agent)
 
     def step(self, inv: Inventory, images: Path, reports: Reports) -> None:
+        if self.mute:
+            return
         plan = plan_for(self.node.mac, inv, ImageStore(images), BASE)
         assert plan is not None
         errors: dict[str, str] = {}
@@ -205,6 +208,18 @@ def test_a_volume_the_snode_cannot_make_fails_with_the_snodes_words(tmp_path: Pa
     with pytest.raises(VolumeError, match=r"volume web: sn1 cannot serve e10\.0: volume web: its"
                                           " origin template domu-b1 could not be made"):
         w.api.create("web", 1, Origin("template", "domu-b1"), w.steps.append, timeout=5)
+
+
+def test_a_template_wait_says_whom_it_waits_on_and_their_last_report(world: World) -> None:
+    """A storage node whose reports stop arriving: the wait says so every minute and its
+    timeout names the node with its last report (CI once waited 30 silent minutes)."""
+    world.snodes[0].mute = True
+    with pytest.raises(VolumeError, match=r"template domu-b1: not on sn1 \(its last report "
+                                          r"\d+s ago: exports-ready\) within 150s"):
+        world.api.import_template("domu", "b1", world.steps.append, timeout=150)
+    waits = [x for x in world.steps if "waiting on" in x]
+    assert len(waits) == 2 and waits[0].startswith("template domu-b1: waiting on sn1 (its last")
+    assert "template domu-b1: present on sn2" in world.steps
 
 
 def test_no_pool_anywhere_is_refused_naming_each_snode(tmp_path: Path) -> None:

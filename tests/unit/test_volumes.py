@@ -273,3 +273,28 @@ def test_lvm_is_used_only_when_asked_or_possible(tmp_path: Path) -> None:
     misc.write_text(" 58 loop-control\n")
     assert not D.have_device_mapper(str(misc))
     assert D.lvm_wanted("no") == (False, "HC_LVM=no")
+
+
+def test_a_template_download_says_how_far_it_is_every_busy_every_seconds(tmp_path: Path) -> None:
+    """The bytes go through ``download`` (a real file:// URL); the pool turns them into a line
+    for its log and for the config node every BUSY_EVERY seconds, not per chunk."""
+    from homecloud.agents.files import download
+
+    src, dest = tmp_path / "rootfs", tmp_path / "dev"
+    src.write_bytes(b"x" * (3 << 20))
+    dest.write_bytes(b"")
+    now = [0.0]
+    logged: list[str] = []
+    told: list[str] = []
+    pool = V.Pool(log=logged.append, busy=told.append, clock=lambda: now[0])
+    tpl = TemplateSpec("domu-b1", "domu", "b1", 3 << 20, SHA, src.as_uri())
+    progress = pool._download_progress(tpl)
+
+    def tick(n: int) -> None:
+        now[0] += V.BUSY_EVERY / 2     # each 1 MiB chunk takes half the interval
+        progress(n)
+
+    _, n = download(src.as_uri(), dest, 60, into_device=True, progress=tick)
+    assert n == 3 << 20 and dest.read_bytes() == src.read_bytes()
+    assert told == ["template domu-b1: downloading, 66% of 3145728 bytes"]
+    assert logged == ["pool: " + told[0]]
