@@ -19,7 +19,7 @@ import click
 
 from homecloud.aoe.cli import aoe
 from homecloud.cli_instances import instance, node
-from homecloud.cli_volumes import template, volume
+from homecloud.cli_volumes import template, verify, volume, volumes_status
 from homecloud.control.service import ControlService
 from homecloud.core.errors import HomecloudError
 from homecloud.core.ids import normalize_mac
@@ -206,6 +206,8 @@ main.add_command(node)
 main.add_command(lab)  # a tool: the composition root is the only module that imports it
 main.add_command(template)
 main.add_command(volume)
+main.add_command(volumes_status)
+main.add_command(verify)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -15,8 +15,17 @@ import click
 
 from homecloud.control.contracts import Origin
 from homecloud.control.service import ControlService
+from homecloud.control.volstatus import (
+    ReplicaState,
+    status_doc,
+    stray_doc,
+    strays,
+    verify_volumes,
+    volume_status,
+)
 from homecloud.control.volumes import Volumes, template_doc, volume_doc
 from homecloud.core.errors import HomecloudError
+from homecloud.core.model import Inventory, VolumeExport
 from homecloud.inventory.schema import parse_size
 
 T = TypeVar("T")
@@ -173,3 +182,75 @@ def volume_delete(ctx: click.Context, name: str, timeout: int) -> None:
     except HomecloudError as exc:
         raise _fail(exc) from None
     step(f"volume {name}: deleted")
+
+
+# ------------------------------------------------------------------ what the storage holds
+
+
+def _snapshot(ctx: click.Context) -> tuple[Inventory, dict[str, Any]]:
+    v = _volumes(ctx)
+    try:
+        return v.inventory(), v.reports()
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+
+
+def _replica_text(r: ReplicaState) -> str:
+    age = "never reported" if r.report_age is None else f"{r.report_age:.0f}s ago"
+    text = f"{r.snode}: {r.export}{'' if r.present else ', not in its pool'} ({age})"
+    return text + (f": {r.detail[:120]}" if r.detail else "")
+
+
+@click.command("volumes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def volumes_status(ctx: click.Context, as_json: bool) -> None:
+    """Every volume as the storage nodes last reported it: its health (ok, degraded, failed,
+    unknown), each replica's export state and how old that report is, the instance that uses
+    it, and what the snodes hold that the inventory does not name.
+
+    Not redundant yet: one storage node keeps each volume (replication is issue 12)."""
+    inv, reports = _snapshot(ctx)
+    now = time.time()
+    st, stray = volume_status(inv, reports, now), strays(inv, reports)
+    if as_json:
+        click.echo(json.dumps({"volumes": [status_doc(v) for v in st],
+                               "strays": [stray_doc(s) for s in stray]}, indent=1))
+        return
+    if not st:
+        click.echo("no volumes")
+    for v in st:
+        click.echo(f"{v.name:24} {v.target:9} {_size(v.size):>7}  {v.health:9} "
+                   f"{('instance ' + v.instance) if v.instance else 'no instance':22} "
+                   f"{v.origin or 'empty'}")
+        for r in v.replicas:
+            click.echo(f"    {_replica_text(r)}")
+        for p in v.problems:
+            click.echo(f"    ! {p}")
+    for s in stray:
+        click.echo(f"not in the inventory: {s.kind} {s.name} on {s.snode} ({_size(s.size)})"
+                   + (", being deleted" if s.deleting else ""))
+
+
+@click.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Check the storage against the inventory, from the storage agents' last reports:
+    volumes whose export failed or is missing, stale reports, templates missing on an snode
+    with a pool, and volumes or templates an snode holds that the inventory does not name.
+    Exit code 1 when anything is wrong (each problem on a line), 0 when all is as recorded."""
+    inv, reports = _snapshot(ctx)
+    problems = verify_volumes(inv, reports, time.time())
+    if as_json:
+        click.echo(json.dumps({"ok": not problems, "problems": problems}, indent=1))
+    else:
+        for p in problems:
+            click.echo(p)
+        nvol = sum(1 for e in inv.exports if isinstance(e, VolumeExport))
+        click.echo(f"verify: {len(problems)} problem(s) in {nvol} volume(s) and "
+                   f"{len(inv.templates)} template(s)" if problems else
+                   f"verify: ok ({nvol} volume(s), {len(inv.templates)} template(s), as the "
+                   "inventory says)")
+    if problems:
+        ctx.exit(1)

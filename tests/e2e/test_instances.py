@@ -289,6 +289,12 @@ def test_create_ping_ssh(lab: LabContext, user_data: Path) -> None:
     assert 'type = "pvh"' in cfg.stdout and "ramdisk" not in cfg.stdout, cfg.stdout
     # the lab's hnodes hide AVX from guests: it faults under TCG's emulated SVM (docs/guests.md)
     assert 'cpuid = "host,avx=0,avx2=0"' in cfg.stdout, cfg.stdout
+    # the storage as its snode reports it: web1's volume served there, nothing amiss
+    st = json.loads(run(lab, "volumes", "--json"))
+    vol = next(v for v in st["volumes"] if v["instance"] == "web1")
+    assert vol["health"] == "ok" and vol["origin"].startswith("template:domu-"), vol
+    assert [r["export"] for r in vol["replicas"]] == ["served"] and st["strays"] == [], st
+    say(run(lab, "verify").strip())
 
 
 def test_write_and_sync(lab: LabContext) -> None:
@@ -505,3 +511,6 @@ def test_destroy_frees_everything(lab: LabContext) -> None:
     seen = {f"e{t['shelf']}.{t['slot']}" for t in json.loads(r.stdout)}
     assert seen <= targets | {"e1.0"}, (seen, targets)
     say(f"freed: {gone}")
+    # nothing left behind on the snodes that the inventory does not name (exit 1 otherwise)
+    say(run(lab, "verify").strip())
+    assert json.loads(run(lab, "volumes", "--json"))["strays"] == []

@@ -1,0 +1,183 @@
+"""What the storage really holds, next to what the inventory says: ``hcboot volumes`` (every
+volume with its replicas, the state of each, and the instance that uses it) and the volume
+section of ``hcboot verify`` (degraded or failed volumes, templates missing on a storage
+node, and volumes or templates an snode holds that the inventory does not know).
+
+Pure functions over an inventory and the storage agents' last reports (``reports.json``, the
+``storage`` key of each snode); nothing here talks to a node.  A volume has one replica today
+(one storage node keeps it, issue 11); the per-replica fields are where DRBD's role, connection
+and disk states go once the snodes replicate (issue 12)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from homecloud.control.volumes import no_pool_reason, pool_names, storage_nodes, storage_report
+from homecloud.core.model import Inventory, Node, VolumeExport
+
+#: a storage agent's report older than this is called stale (it re-sends every 300 s)
+STALE_AFTER = 900.0
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One storage node's side of a volume, as its agent last reported it."""
+
+    snode: str
+    present: bool      # its pool lists the volume
+    export: str        # served | failed | unassigned | absent (not in its report) | unknown
+    detail: str = ""   # the agent's words for a failed export
+    report_age: float | None = None   # seconds since its last report; None: never reported
+
+
+@dataclass(frozen=True)
+class VolumeStatus:
+    name: str
+    target: str
+    size: int
+    origin: str        # "template:NAME" | "volume:NAME" | ""
+    instance: str      # the instance whose root volume it is ("" if none)
+    replicas: tuple[ReplicaState, ...]
+    health: str        # ok | degraded | failed | unknown
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stray:
+    """A volume or template a storage node holds that the inventory does not name."""
+
+    snode: str
+    kind: str          # volume | template
+    name: str
+    size: int
+    deleting: bool     # a deletion of it is pending (it goes once the snode carries it out)
+
+
+def _age(report: dict[str, Any] | None, now: float) -> float | None:
+    if report is None:
+        return None
+    try:
+        return max(0.0, now - float(report.get("time") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def _export_state(report: dict[str, Any] | None, target: str) -> tuple[str, str]:
+    if report is None:
+        return "unknown", "no report from its storage agent"
+    for x in report.get("exports") or []:
+        if isinstance(x, dict) and x.get("target") == target:
+            return str(x.get("state") or "unknown"), str(x.get("detail") or "")
+    return "absent", ""
+
+
+def _keepers(inv: Inventory, e: VolumeExport) -> list[Node]:
+    snodes = storage_nodes(inv)
+    if e.snodes is None:
+        return snodes
+    return [n for n in snodes if n.name in e.snodes or any(c.mac in e.snodes for c in n.nics)]
+
+
+def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[VolumeStatus]:
+    """Every volume of the inventory, in its order, with each replica's reported state."""
+    users = {i.volume: i.name for i in inv.instances if i.volume}
+    out: list[VolumeStatus] = []
+    for e in inv.exports:
+        if not isinstance(e, VolumeExport):
+            continue
+        reps: list[ReplicaState] = []
+        problems: list[str] = []
+        keepers = _keepers(inv, e)
+        if not keepers:
+            problems.append(f"volume {e.name}: none of its storage nodes "
+                            f"({', '.join(e.snodes or ())}) is in the inventory")
+        for n in keepers:
+            r = storage_report(reports, n)
+            state, detail = _export_state(r, str(e.target))
+            present = e.name in pool_names(r, "volume") or (
+                r is not None and no_pool_reason(r) != "" and state == "served")
+            age = _age(r, now)
+            reps.append(ReplicaState(n.name, present, state, detail, age))
+            where = f"volume {e.name} on {n.name}"
+            if r is None:
+                problems.append(f"{where}: no report from its storage agent")
+            elif state == "failed":
+                problems.append(f"{where}: export {e.target} failed: {detail or '?'}")
+            elif state != "served":
+                problems.append(f"{where}: export {e.target} is {state}")
+            elif not present:
+                problems.append(f"{where}: served but not listed in its pool")
+            if age is not None and age > STALE_AFTER:
+                problems.append(f"{where}: its storage agent last reported {age:.0f}s ago")
+        serving = sum(1 for x in reps if x.export == "served")
+        if not reps or all(x.export == "unknown" for x in reps):
+            health = "unknown"
+        elif serving == 0:
+            health = "failed"
+        elif serving < len(reps) or problems:
+            health = "degraded"
+        else:
+            health = "ok"
+        origin = "" if e.origin_kind == "empty" else f"{e.origin_kind}:{e.origin}"
+        out.append(VolumeStatus(e.name, str(e.target), e.size, origin, users.get(e.name, ""),
+                                tuple(reps), health, tuple(problems)))
+    return out
+
+
+def strays(inv: Inventory, reports: dict[str, Any]) -> list[Stray]:
+    """What the snodes' pools hold that the inventory does not name (by snode, then name)."""
+    volumes = {e.name for e in inv.exports if isinstance(e, VolumeExport)}
+    templates = {t.name for t in inv.templates}
+    deleting = {(d.kind, d.name) for d in inv.deletions}
+    out: list[Stray] = []
+    for n in storage_nodes(inv):
+        r = storage_report(reports, n)
+        for v in (r or {}).get("volumes") or []:
+            if not isinstance(v, dict):
+                continue
+            kind, name = str(v.get("kind") or ""), str(v.get("name") or "")
+            known = volumes if kind == "volume" else templates if kind == "template" else None
+            if known is None or name in known:
+                continue
+            size = v.get("size")
+            out.append(Stray(n.name, kind, name, size if isinstance(size, int) else 0,
+                             (kind, name) in deleting))
+    return sorted(out, key=lambda s: (s.snode, s.kind, s.name))
+
+
+def template_problems(inv: Inventory, reports: dict[str, Any]) -> list[str]:
+    """Templates of the inventory missing from a storage node that has a volume pool."""
+    out: list[str] = []
+    for t in inv.templates:
+        for n in storage_nodes(inv):
+            r = storage_report(reports, n)
+            if r is None or no_pool_reason(r):
+                continue
+            if t.name not in pool_names(r, "template"):
+                out.append(f"template {t.name}: not in the pool of {n.name}")
+    return out
+
+
+def verify_volumes(inv: Inventory, reports: dict[str, Any], now: float) -> list[str]:
+    """Every problem of the storage, one line each (empty: all is as the inventory says)."""
+    lines = [p for v in volume_status(inv, reports, now) for p in v.problems]
+    lines += template_problems(inv, reports)
+    for s in strays(inv, reports):
+        if not s.deleting:
+            lines.append(f"{s.kind} {s.name} on {s.snode}: held by its pool ({s.size} bytes) "
+                         "but not in the inventory (left over; nothing deletes it unasked)")
+    return lines
+
+
+def status_doc(v: VolumeStatus) -> dict[str, Any]:
+    return {"name": v.name, "target": v.target, "size": v.size, "origin": v.origin,
+            "instance": v.instance, "health": v.health, "problems": list(v.problems),
+            "replicas": [{"snode": r.snode, "present": r.present, "export": r.export,
+                          "detail": r.detail, "report_age": r.report_age}
+                         for r in v.replicas]}
+
+
+def stray_doc(s: Stray) -> dict[str, Any]:
+    return {"snode": s.snode, "kind": s.kind, "name": s.name, "size": s.size,
+            "deleting": s.deleting}
