@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.support.netns import Lab, Netns, wait_for
 
 SSHD = "/usr/sbin/sshd"
+PRIVSEP = Path("/run/sshd")  # sshd's compiled-in privilege-separation directory
 
 
 def keygen(path: Path, comment: str = "test") -> str:
@@ -56,6 +57,10 @@ PermitTunnel no
 PrintMotd no
 LogLevel VERBOSE
 """)
+    # sshd's privilege-separation directory is compiled in (/run/sshd); Debian's ssh.service
+    # makes it (RuntimeDirectory), but on a fresh machine where that service never ran it is
+    # missing and sshd refuses to start: make it as the service would (root, 0755, empty)
+    PRIVSEP.mkdir(mode=0o755, exist_ok=True)
     r = subprocess.run([SSHD, "-t", "-f", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, f"sshd -t -f {cfg}: {r.stderr}"
     log = d / "sshd.log"
