@@ -147,10 +147,15 @@ def volume_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--from", "origin", default="", metavar="template:NAME|volume:NAME|ROLE",
               help="Clone a template (or the newest template of a role) or copy a volume;"
               " empty if not given.")
+@click.option("--replicas", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: kept on two storage nodes, in step by DRBD (protocol C); the first "
+              "exports it.")
 @click.option("--timeout", default=600, show_default=True)
 @click.pass_context
-def volume_create(ctx: click.Context, name: str, size: str, origin: str, timeout: int) -> None:
-    """Create volume NAME and wait until its storage node serves it."""
+def volume_create(ctx: click.Context, name: str, size: str, origin: str, replicas: int,
+                  timeout: int) -> None:
+    """Create volume NAME and wait until its storage node serves it (with --replicas 2, also
+    until the second storage node keeps its replica)."""
     vols = _volumes(ctx)
     try:
         nbytes = parse_size(size)
@@ -165,10 +170,11 @@ def volume_create(ctx: click.Context, name: str, size: str, origin: str, timeout
         else:
             o = Origin("template", vols.resolve_template(oname if kind == "template"
                                                          else origin).name)
-        e = vols.create(name, nbytes, o, step, timeout=timeout)
+        e = vols.create(name, nbytes, o, step, timeout=timeout, replicas=replicas)
     except HomecloudError as exc:
         raise _fail(exc) from None
-    step(f"volume {name}: ready at {e.target} ({_size(e.size)})")
+    rep = f", replicated on {' and '.join(e.snodes or ())}" if e.replicated else ""
+    step(f"volume {name}: ready at {e.target} ({_size(e.size)}{rep})")
 
 
 @volume.command("delete")
@@ -198,6 +204,14 @@ def _snapshot(ctx: click.Context) -> tuple[Inventory, dict[str, Any]]:
 def _replica_text(r: ReplicaState) -> str:
     age = "never reported" if r.report_age is None else f"{r.report_age:.0f}s ago"
     text = f"{r.snode}: {r.export}{'' if r.present else ', not in its pool'} ({age})"
+    if r.drbd is not None:
+        d = r.drbd
+        text += (f" drbd{d.get('minor')} {d.get('connection')} {d.get('role')}/"
+                 f"{d.get('peer_role')} {d.get('disk')}/{d.get('peer_disk')}")
+        if d.get("synced_percent") is not None:
+            text += f" synced {d['synced_percent']}%"
+        if d.get("out_of_sync_kib"):
+            text += f" out-of-sync {d['out_of_sync_kib']} KiB"
     return text + (f": {r.detail[:120]}" if r.detail else "")
 
 
@@ -209,7 +223,8 @@ def volumes_status(ctx: click.Context, as_json: bool) -> None:
     unknown), each replica's export state and how old that report is, the instance that uses
     it, and what the snodes hold that the inventory does not name.
 
-    Not redundant yet: one storage node keeps each volume (replication is issue 12)."""
+    A replicated volume (volume create --replicas 2) shows both snodes with DRBD's connection,
+    roles, disk states, resync progress and out-of-sync KiB."""
     inv, reports = _snapshot(ctx)
     now = time.time()
     st, stray = volume_status(inv, reports, now), strays(inv, reports)

@@ -38,7 +38,7 @@ global {
 }
 """
 
-RESOURCE_RE = re.compile(r"^[tv]-[a-z0-9][a-z0-9-]{0,62}$")
+RESOURCE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 HOST_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DISK_RE = re.compile(r"^/dev/[A-Za-z0-9][A-Za-z0-9/_.+-]*$")
 MAX_MINOR = (1 << 20) - 1
@@ -61,7 +61,7 @@ class Replica:
 
 @dataclass(frozen=True)
 class ResourceSpec:
-    name: str                  # the volume's name on the snodes (``v-...`` / ``t-...``)
+    name: str                  # the resource's name (the storage agent's: ``hcMINOR``)
     minor: int                 # /dev/drbdMINOR, the same on both sides
     port: int                  # TCP port of the replication link
     replicas: tuple[Replica, Replica]
@@ -71,7 +71,8 @@ class ResourceSpec:
         """Raises :class:`DrbdError` naming the field at fault."""
         where = f"resource {self.name!r}"
         if not RESOURCE_RE.match(self.name):
-            raise DrbdError(f"{where}: name must be t-NAME or v-NAME (lower case, digits, -)")
+            raise DrbdError(f"{where}: name must be a lower-case letter, then lower case, "
+                            "digits and - (the storage agent names them hcMINOR)")
         if not 0 <= self.minor <= MAX_MINOR:
             raise DrbdError(f"{where}: minor {self.minor} not in 0..{MAX_MINOR}")
         if not 1024 <= self.port <= 65535:

@@ -5,6 +5,8 @@ module ships into the node images."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeAlias
@@ -28,6 +30,43 @@ MAX_POOL_ENTRIES = 4096
 Mode: TypeAlias = Literal["ro", "rw"]
 
 
+#: the DRBD states a report may carry (DRBD 8.4's words, ``/proc/drbd``)
+DRBD_TOKEN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+DRBD_HOST_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DRBD_MINORS = range(0, 1 << 16)
+
+
+@dataclass(frozen=True)
+class DrbdHost:
+    host: str      # the snode's host name (drbdadm picks its ``on`` section by it)
+    address: str   # its IPv4 address on the storage network: the replication link
+
+
+@dataclass(frozen=True)
+class DrbdLink:
+    """How this storage node replicates a volume with its peer (DRBD 8.4, protocol C)."""
+
+    minor: int                          # /dev/drbdMINOR on both snodes
+    port: int                           # the replication link's TCP port on both
+    primary: bool                       # this snode is the primary: it exports the volume
+    identical: bool                     # both sides start from the same bytes: no full sync
+    hosts: tuple[DrbdHost, DrbdHost]    # the two snodes (this one among them)
+
+
+@dataclass(frozen=True)
+class DrbdState:
+    """A replicated volume's DRBD state on the reporting snode (from ``/proc/drbd``)."""
+
+    minor: int
+    connection: str       # Connected, WFConnection, StandAlone, SyncSource, ...
+    role: str             # Primary | Secondary | Unknown
+    peer_role: str
+    disk: str             # UpToDate, Inconsistent, Outdated, Diskless, ...
+    peer_disk: str
+    out_of_sync_kib: int = 0
+    synced_percent: float | None = None
+
+
 @dataclass(frozen=True)
 class VolumeExport:
     """A volume on the storage node (a thin LV in its pool; a sparse file on a store without
@@ -40,6 +79,7 @@ class VolumeExport:
     size: int
     origin_kind: str = "empty"   # one of ORIGIN_KINDS
     origin: str = ""             # the template's or volume's name ("" for empty)
+    drbd: DrbdLink | None = None  # replicated with a peer snode (issue 12); None: one copy
     kind: ClassVar[str] = "volume"
 
     @property
@@ -75,6 +115,7 @@ class PoolEntry:
     kind: str   # one of POOL_KINDS
     size: int
     origin: str = ""   # "template:NAME" | "volume:NAME" | ""
+    drbd: DrbdState | None = None   # a replicated volume's state here
 
 
 # ----------------------------------------------------------------------------- the reader
@@ -96,8 +137,64 @@ def read_volume_export(o: Obj, target: Target, mode: Mode, allow: tuple[str, ...
         elif oo.text("name", required=False):
             raise ProtocolError(oo.at("name"), "an empty volume has no origin name")
         oo.done()
+    raw = o.raw("drbd", required=False)
+    drbd = read_drbd_link(Obj(raw, o.at("drbd"))) if raw is not None else None
     return VolumeExport(target=target, mode=mode, allow=allow, name=name, size=size,
-                        origin_kind=okind, origin=oname)
+                        origin_kind=okind, origin=oname, drbd=drbd)
+
+
+def read_drbd_link(o: Obj) -> DrbdLink:
+    minor = o.integer("minor", lo=DRBD_MINORS.start, hi=DRBD_MINORS.stop - 1)
+    port = o.integer("port", lo=1024, hi=65535)
+    primary, identical = o.raw("primary"), o.raw("identical", required=False)
+    if not isinstance(primary, bool):
+        raise ProtocolError(o.at("primary"), "must be true or false")
+    if identical is not None and not isinstance(identical, bool):
+        raise ProtocolError(o.at("identical"), "must be true or false")
+    hosts = o.items("hosts")
+    if len(hosts) != 2:
+        raise ProtocolError(o.at("hosts"), f"exactly two snodes, got {len(hosts)}")
+    out: list[DrbdHost] = []
+    for i, h in enumerate(hosts):
+        ho = Obj(h, f"{o.at('hosts')}[{i}]")
+        host = ho.text("host", max_len=63)
+        if not DRBD_HOST_RE.fullmatch(host):
+            raise ProtocolError(ho.at("host"), f"{host!r} is not a host name")
+        addr = ho.text("address", max_len=15)
+        try:
+            ip = ipaddress.IPv4Address(addr)
+        except ValueError:
+            raise ProtocolError(ho.at("address"), f"{addr!r} is not an IPv4 address") from None
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+            raise ProtocolError(ho.at("address"), f"{addr} cannot be a replication peer")
+        ho.done()
+        out.append(DrbdHost(host, addr))
+    if out[0].host == out[1].host or out[0].address == out[1].address:
+        raise ProtocolError(o.at("hosts"), "the two replicas must be two snodes")
+    o.done()
+    return DrbdLink(minor, port, primary, bool(identical), (out[0], out[1]))
+
+
+def read_drbd_state(o: Obj) -> DrbdState:
+    def token(key: str) -> str:
+        v = o.text(key, max_len=32)
+        if not DRBD_TOKEN_RE.fullmatch(v):
+            raise ProtocolError(o.at(key), f"{v!r} is not a DRBD state word")
+        return v
+
+    st = DrbdState(minor=o.integer("minor", lo=DRBD_MINORS.start, hi=DRBD_MINORS.stop - 1),
+                   connection=token("connection"), role=token("role"),
+                   peer_role=token("peer_role"), disk=token("disk"),
+                   peer_disk=token("peer_disk"),
+                   out_of_sync_kib=o.integer("out_of_sync_kib", required=False, lo=0,
+                                             hi=1 << 62))
+    pct = o.raw("synced_percent", required=False)
+    if pct is not None:
+        if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100:
+            raise ProtocolError(o.at("synced_percent"), "must be a number in 0..100")
+        st = DrbdState(**{**st.__dict__, "synced_percent": float(pct)})
+    o.done()
+    return st
 
 
 def read_template(value: object, where: str) -> TemplateSpec:
@@ -126,8 +223,10 @@ def read_pool_entry(value: object, where: str) -> PoolEntry:
         if k not in ("template", "volume") or not NAME_RE.fullmatch(n):
             raise ProtocolError(o.at("origin"), f"{origin!r} is not template:NAME or"
                                                 " volume:NAME")
+    raw = o.raw("drbd", required=False)
+    drbd = read_drbd_state(Obj(raw, o.at("drbd"))) if raw is not None else None
     o.done()
-    return PoolEntry(name, kind, size, origin)
+    return PoolEntry(name, kind, size, origin, drbd)
 
 
 def read_pool_plan(o: Obj, exports: Sequence[object]
@@ -165,6 +264,11 @@ def volume_export_fields(e: VolumeExport) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": e.name, "size": e.size}
     if e.origin_kind != "empty":
         doc["origin"] = {"kind": e.origin_kind, "name": e.origin}
+    if e.drbd is not None:
+        d = e.drbd
+        doc["drbd"] = {"minor": d.minor, "port": d.port, "primary": d.primary,
+                       "identical": d.identical,
+                       "hosts": [{"host": h.host, "address": h.address} for h in d.hosts]}
     return doc
 
 
@@ -178,4 +282,16 @@ def deletion_doc(d: Deletion) -> dict[str, Any]:
 
 
 def pool_entry_doc(v: PoolEntry) -> dict[str, Any]:
-    return {"name": v.name, "kind": v.kind, "size": v.size, "origin": v.origin}
+    doc: dict[str, Any] = {"name": v.name, "kind": v.kind, "size": v.size, "origin": v.origin}
+    if v.drbd is not None:
+        doc["drbd"] = drbd_state_doc(v.drbd)
+    return doc
+
+
+def drbd_state_doc(d: DrbdState) -> dict[str, Any]:
+    doc: dict[str, Any] = {"minor": d.minor, "connection": d.connection, "role": d.role,
+                           "peer_role": d.peer_role, "disk": d.disk, "peer_disk": d.peer_disk,
+                           "out_of_sync_kib": d.out_of_sync_kib}
+    if d.synced_percent is not None:
+        doc["synced_percent"] = d.synced_percent
+    return doc

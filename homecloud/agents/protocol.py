@@ -18,7 +18,10 @@ Plan (version 1)::
          "sha256": "<64 hex>", "url": "http://192.0.2.1/images/hnode/<build>/rootfs"},
         {"kind": "volume", "target": "e1.1", "mode": "rw", "allow": [],
          "name": "scratch", "size": 8388608,
-         "origin": {"kind": "template", "name": "domu-20261204T101500Z"}}   # optional
+         "origin": {"kind": "template", "name": "domu-20261204T101500Z"},   # optional
+         "drbd": {"minor": 3, "port": 7803, "primary": true, "identical": true,  # optional
+                  "hosts": [{"host": "sn1", "address": "192.0.2.10"},
+                            {"host": "sn2", "address": "192.0.2.11"}]}}
       ],
       "pending": [{"target": "e3.0", "reason": "no published image for role hnodexen"}],
       "templates": [                          # optional: read-only thin LVs to keep
@@ -36,8 +39,12 @@ missing from a plan is left alone (a half-written inventory must not wipe disks)
 ``allow`` lists the consumer MACs (vblade ``-m``); an empty list means no consumer is assigned
 yet, and the export must not be served (vblade without ``-m`` serves everyone).  ``pending``
 names the exports the config node cannot describe yet (no image published), for the agent's log.
-An export's ``kind`` selects its type (:class:`ImageExport` | :class:`VolumeExport`); later kinds
-(DRBD replicas) are new members of the union.
+An export's ``kind`` selects its type (:class:`ImageExport` | :class:`VolumeExport`).
+
+A volume with ``drbd`` is replicated by DRBD 8.4 between the two ``hosts`` (protocol C): both
+snodes keep it and bring the resource up; only the ``primary`` exports it (vblade over
+``/dev/drbdMINOR``), the other reports the export as ``replica``.  ``identical``: both sides
+start from the same bytes (clones of one template, or zeros), so no full initial sync is run.
 
 Report (version 1)::
 
@@ -49,7 +56,11 @@ Report (version 1)::
       "facts": {"xen_version": "4.17", "free_memory_mb": 3012},   # str | int | float | bool
       "exports": [{"target": "e1.0", "state": "served", "detail": ""}],
       "volumes": [{"name": "web1", "kind": "volume", "size": 4294967296,   # optional
-                   "origin": "template:domu-20261204T101500Z"}]
+                   "origin": "template:domu-20261204T101500Z",
+                   "drbd": {"minor": 3, "connection": "Connected",            # optional
+                            "role": "Primary", "peer_role": "Secondary",
+                            "disk": "UpToDate", "peer_disk": "UpToDate",
+                            "out_of_sync_kib": 0}}]                 # + synced_percent
     }
 
 ``volumes`` lists the volumes and templates present in the storage node's pool (``origin``:
@@ -81,6 +92,9 @@ from homecloud.agents.poolproto import (
     ORIGIN_KINDS,
     POOL_KINDS,
     Deletion,
+    DrbdHost,
+    DrbdLink,
+    DrbdState,
     Mode,
     PoolEntry,
     TemplateSpec,
@@ -98,7 +112,8 @@ from homecloud.core.ids import BadMac, Target, normalize_mac
 #: the names other modules import from here (the volume part lives in poolproto)
 __all__ = [
     "DEFAULT_POLL", "EXPORT_STATES", "MAX_DETAIL", "MAX_POOL_ENTRIES", "MODES", "ORIGIN_KINDS",
-    "POOL_KINDS", "STATES", "VERSION", "Deletion", "Export", "ExportState", "ExportStatus",
+    "POOL_KINDS", "STATES", "VERSION", "Deletion", "DrbdHost", "DrbdLink", "DrbdState",
+    "Export", "ExportState", "ExportStatus",
     "Fact", "ImageExport", "Mode", "Pending", "Plan", "PoolEntry", "ProtocolError", "Report",
     "State", "TemplateSpec", "VolumeExport", "export_doc", "make_report", "parse_plan",
     "parse_report", "plan_doc", "plan_from_doc", "plan_json", "report_doc", "report_from_doc",
@@ -111,14 +126,14 @@ MODES = ("ro", "rw")
 STATES = ("booting", "ready", "exports-ready", "exports-error", "storage-error", "dom0-up",
           "failed")
 #: the state of one export in a storage node's report
-EXPORT_STATES = ("served", "unassigned", "failed")
+EXPORT_STATES = ("served", "unassigned", "failed", "replica")
 DEFAULT_POLL = 5
 MAX_DETAIL = 4096
 _FACT_RE = re.compile(r"[a-z][a-z0-9_]*")
 
 State: TypeAlias = Literal["booting", "ready", "exports-ready", "exports-error", "storage-error",
                            "dom0-up", "failed"]
-ExportState: TypeAlias = Literal["served", "unassigned", "failed"]
+ExportState: TypeAlias = Literal["served", "unassigned", "failed", "replica"]
 Fact: TypeAlias = "str | int | float | bool"
 
 

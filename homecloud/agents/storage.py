@@ -57,6 +57,7 @@ from homecloud.agents.protocol import (
     make_report,
     parse_plan,
 )
+from homecloud.agents.replicate import Replicator
 from homecloud.agents.supervisor import Supervisor, stale_cleanup
 from homecloud.core.ids import BadMac, Target, normalize_mac
 
@@ -232,6 +233,8 @@ class Agent:
         self.entries: tuple[PoolEntry, ...] = ()
         self.pool_deferred = False       # the thin pool is made once the images are served
         self.reporter = Reporter(lambda r: post_report(cfg.server, r), out.log, REPORT_EVERY)
+        self.replicator = Replicator(V.VG, V.THIN_POOL, Path(cfg.run), out.log)
+        self.lv_entries: tuple[PoolEntry, ...] = ()   # the pool's entries without DRBD states
 
     def report(self, state: str, detail: str, statuses: Sequence[ExportStatus] = ()) -> None:
         facts: dict[str, str | bool] = {"volume_pool": self.pool is not None}
@@ -295,6 +298,8 @@ class Agent:
     def _carry(self, a: V.Action) -> None:
         assert self.pool is not None
         try:
+            if isinstance(a, V.Remove) and V.LV(a.lv, 0).kind == "volume":
+                self.replicator.teardown(V.LV(a.lv, 0).short)   # DRBD down first, if any
             self.pool.carry(a)
         except AgentError as exc:
             self.vol_errors[V.subject(a)] = str(exc)
@@ -304,18 +309,44 @@ class Agent:
         for a in later:
             self._carry(a)
         if self.pool is None:
-            self.entries = ()
+            self.entries = self.lv_entries = ()
             return
         try:
-            self.entries = V.pool_entries(self.pool.lvs())
+            self.lv_entries = V.pool_entries(self.pool.lvs())
         except AgentError as exc:
             self.out.log(f"pool: {exc}")
+        self.entries = self.with_drbd(self.lv_entries)
+
+    def with_drbd(self, entries: tuple[PoolEntry, ...]) -> tuple[PoolEntry, ...]:
+        """``entries`` with each replicated volume's DRBD state as /proc/drbd shows it now."""
+        if not self.replicator.known:
+            return entries
+        states = self.replicator.states()
+        return tuple(replace(x, drbd=states.get(x.name)) if x.kind == "volume" else x
+                     for x in entries)
+
+    def refresh_replicas(self) -> None:
+        """Between plan changes: a changed DRBD state (a peer lost, a resync's progress) goes
+        to the config node at once, in the last report."""
+        if not self.replicator.known or self.reporter.last is None:
+            return
+        now = self.with_drbd(self.lv_entries)
+        if now != self.entries:
+            self.entries = now
+            self.reporter.send(replace(self.reporter.last, volumes=now))
 
     def volume_path(self, e: VolumeExport) -> str:
         if e.name in self.vol_errors:
             raise AgentError(self.vol_errors[e.name])
         if self.pool is None:
+            if e.drbd is not None:
+                raise AgentError(f"volume {e.name}: a replicated volume needs this snode's "
+                                 f"volume pool ({self.why_no_pool})")
             return self.files.prepare(e)    # a store without a pool: a sparse file
+        if e.drbd is not None:
+            dev = self.replicator.ensure(e)
+            assert dev is not None          # the primary's (replicas are not exported here)
+            return dev
         path = self.pool.volume_path(e.name)
         if not Path(path).exists():
             raise AgentError(f"volume {e.name}: {path} is not there")
@@ -331,13 +362,17 @@ class Agent:
             raise AgentError(f"{url}: plan.node is {plan.node}, not this node")
         return plan
 
-    def apply(self, plan: Plan) -> None:
+    def apply(self, full: Plan) -> None:
         self.errors = {}
-        later = self.pool_actions(plan)
+        later = self.pool_actions(full)
         serving: list[Target] = []
         statuses: list[ExportStatus] = []
-        for p in plan.pending:
+        for p in full.pending:
             self.out.log(f"export {p.target}: not served yet: {p.reason}")
+        # a replicated volume whose primary is the other snode: kept here, not exported
+        replicas = [e for e in full.exports if isinstance(e, VolumeExport)
+                    and e.drbd is not None and not e.drbd.primary]
+        plan = replace(full, exports=tuple(e for e in full.exports if e not in replicas))
         for a in R.reconcile(plan, self.sup.running()):
             if isinstance(a, R.Unassigned):
                 self.out.log(f"export {a.target}: no consumer assigned yet: not served")
@@ -364,6 +399,18 @@ class Agent:
                     self.sup.stop(new.target)
                 self.sup.start(new, R.vblade_argv(self.cfg.vblade, new, self.iface, path))
                 serving.append(new.target)
+        for e in replicas:       # after the exports loop: a demoted primary's vblade is gone
+            if e.name in self.vol_errors:
+                self.errors[e.target] = self.vol_errors[e.name]
+                statuses.append(ExportStatus(e.target, "failed", self.vol_errors[e.name][:1000]))
+                continue
+            try:
+                self.replicator.ensure(e)
+                statuses.append(ExportStatus(e.target, "replica"))
+            except AgentError as exc:
+                self.errors[e.target] = str(exc)
+                self.out.log(f"replica {e.target}: {exc}")
+                statuses.append(ExportStatus(e.target, "failed", str(exc)[:1000]))
         self.files.collect(R.images_in_use(self.sup.running().values()))
         self.finish_pool(later)
         served = R.served_list(plan, serving)
@@ -441,6 +488,7 @@ class Agent:
                 applied = None      # now the volumes and templates too
                 continue
             self.nap(self.cfg.poll or plan.poll)
+            self.refresh_replicas()
             self.reporter.again()
             try:
                 plan = self.fetch_plan()

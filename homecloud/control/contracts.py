@@ -119,9 +119,10 @@ class Template:
 
 class VolumeApi(Protocol):
     def create(self, name: str, size: int, origin: Origin, progress: Progress,
-               timeout: float = 600) -> VolumeExport:
-        """Pick an snode and a free shelf.slot, record the volume, return once the snode
-        reports it served (read-write, allowed to every hnode)."""
+               timeout: float = 600, replicas: int = 1) -> VolumeExport:
+        """Pick an snode (two for ``replicas=2``: a primary and its DRBD replica) and a free
+        shelf.slot, record the volume, return once the primary reports it served (read-write,
+        allowed to every hnode) and the replica reports it kept."""
 
     def delete(self, name: str, progress: Progress, timeout: float = 300) -> None:
         """Stop the export, delete the volume on its snode, free the shelf.slot."""

@@ -14,6 +14,7 @@ from typing import Any
 from homecloud.agents import protocol as P
 from homecloud.core.manifest import ImageStore, ManifestError
 from homecloud.core.model import (
+    DRBD_PORT_BASE,
     STORAGE_ROLE,
     Export,
     ImageExport,
@@ -76,6 +77,27 @@ def plan_all(inv: Inventory, store: ImageStore, http_base: str) -> list[PlannedE
     return out
 
 
+def drbd_link(inv: Inventory, e: VolumeExport, node: Node) -> tuple[P.DrbdLink | None, str]:
+    """``node``'s side of replicated volume ``e``: its DRBD link, or None and why not (an
+    snode of the pair gone from the inventory, or without a fixed address for the link)."""
+    assert e.drbd_minor is not None
+    pair = [inv.lookup(s) for s in e.snodes or ()]
+    hosts: list[P.DrbdHost] = []
+    for key, n in zip(e.snodes or (), pair, strict=True):
+        if n is None:
+            return None, f"volume {e.name}: its replica snode {key} is not in the inventory"
+        if not n.ip:
+            return None, (f"volume {e.name}: snode {n.name} has no fixed address for the "
+                          "replication link (give its NIC an ip in the inventory)")
+        hosts.append(P.DrbdHost(n.hostname, n.ip))
+    if len(hosts) != 2:
+        return None, f"volume {e.name}: a replicated volume needs two snodes"
+    identical = e.origin_kind in ("template", "empty")
+    return P.DrbdLink(e.drbd_minor, DRBD_PORT_BASE + e.drbd_minor,
+                      primary=pair[0] is node, identical=identical,
+                      hosts=(hosts[0], hosts[1])), ""
+
+
 def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str,
              poll: int = P.DEFAULT_POLL) -> P.Plan | None:
     """The plan of one storage node (homecloud.agents.protocol), or None if ``mac`` is not a
@@ -98,11 +120,17 @@ def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str,
                                          size=src["size"], sha256=src["sha256"], url=src["url"]))
         else:
             okind, oname = "empty", ""
+            link: P.DrbdLink | None = None
             if isinstance(e, VolumeExport):
                 okind, oname = e.origin_kind, e.origin
+                if e.drbd_minor is not None:
+                    link, why = drbd_link(inv, e, node)
+                    if link is None:
+                        pending.append(P.Pending(e.target, why))
+                        continue
             exports.append(P.VolumeExport(target=e.target, mode=mode, allow=p.allow,
                                           name=src["name"], size=src["size"],
-                                          origin_kind=okind, origin=oname))
+                                          origin_kind=okind, origin=oname, drbd=link))
     # a deletion never contradicts the plan (the agent would refuse it anyway)
     wanted = {("template", t.name) for t in inv.templates} | {
         ("volume", e.name) for e in exports if isinstance(e, P.VolumeExport)}

@@ -4,9 +4,9 @@ section of ``hcboot verify`` (degraded or failed volumes, templates missing on a
 node, and volumes or templates an snode holds that the inventory does not know).
 
 Pure functions over an inventory and the storage agents' last reports (``reports.json``, the
-``storage`` key of each snode); nothing here talks to a node.  A volume has one replica today
-(one storage node keeps it, issue 11); the per-replica fields are where DRBD's role, connection
-and disk states go once the snodes replicate (issue 12)."""
+``storage`` key of each snode); nothing here talks to a node.  A volume has one replica, or
+two kept in step by DRBD (``hcboot volume create --replicas 2``): the first exports it
+(``served``), the second reports ``replica``; both report DRBD's connection and disk states."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ class ReplicaState:
 
     snode: str
     present: bool      # its pool lists the volume
-    export: str        # served | failed | unassigned | absent (not in its report) | unknown
+    export: str        # served | replica | failed | unassigned | absent | unknown
     detail: str = ""   # the agent's words for a failed export
     report_age: float | None = None   # seconds since its last report; None: never reported
+    #: a replicated volume's DRBD state there (``/proc/drbd``'s words: connection, role,
+    #: peer_role, disk, peer_disk, out_of_sync_kib, synced_percent); None: not replicated
+    drbd: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,22 +95,26 @@ def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[V
         if not keepers:
             problems.append(f"volume {e.name}: none of its storage nodes "
                             f"({', '.join(e.snodes or ())}) is in the inventory")
-        for n in keepers:
+        for i, n in enumerate(keepers):
             r = storage_report(reports, n)
             state, detail = _export_state(r, str(e.target))
             present = e.name in pool_names(r, "volume") or (
                 r is not None and no_pool_reason(r) != "" and state == "served")
             age = _age(r, now)
-            reps.append(ReplicaState(n.name, present, state, detail, age))
+            drbd = _drbd_of(r, e.name) if e.replicated else None
+            reps.append(ReplicaState(n.name, present, state, detail, age, drbd))
             where = f"volume {e.name} on {n.name}"
+            want = "replica" if e.replicated and i > 0 else "served"
             if r is None:
                 problems.append(f"{where}: no report from its storage agent")
             elif state == "failed":
                 problems.append(f"{where}: export {e.target} failed: {detail or '?'}")
-            elif state != "served":
-                problems.append(f"{where}: export {e.target} is {state}")
+            elif state != want:
+                problems.append(f"{where}: export {e.target} is {state} (wanted: {want})")
             elif not present:
-                problems.append(f"{where}: served but not listed in its pool")
+                problems.append(f"{where}: {state} but not listed in its pool")
+            if e.replicated and r is not None and state == want:
+                problems += _drbd_problems(where, drbd)
             if age is not None and age > STALE_AFTER:
                 problems.append(f"{where}: its storage agent last reported {age:.0f}s ago")
         serving = sum(1 for x in reps if x.export == "served")
@@ -115,13 +122,41 @@ def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[V
             health = "unknown"
         elif serving == 0:
             health = "failed"
-        elif serving < len(reps) or problems:
+        elif problems:
             health = "degraded"
         else:
             health = "ok"
         origin = "" if e.origin_kind == "empty" else f"{e.origin_kind}:{e.origin}"
         out.append(VolumeStatus(e.name, str(e.target), e.size, origin, users.get(e.name, ""),
                                 tuple(reps), health, tuple(problems)))
+    return out
+
+
+def _drbd_of(report: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    for v in (report or {}).get("volumes") or []:
+        if isinstance(v, dict) and v.get("kind") == "volume" and v.get("name") == name:
+            d = v.get("drbd")
+            return d if isinstance(d, dict) else None
+    return None
+
+
+def _drbd_problems(where: str, d: dict[str, Any] | None) -> list[str]:
+    """What is wrong with one side of a replicated volume (its DRBD state as reported)."""
+    if d is None:
+        return [f"{where}: no DRBD state reported"]
+    cs, ds, pds = d.get("connection"), d.get("disk"), d.get("peer_disk")
+    if cs == "StandAlone":
+        return [f"{where}: DRBD StandAlone (disk {ds}): split brain or a refused peer; "
+                "nothing is resolved without a person naming the side to keep"]
+    if cs in ("SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT"):
+        pct = d.get("synced_percent")
+        return [f"{where}: DRBD {cs}: resync at {pct if pct is not None else '?'}%"]
+    out: list[str] = []
+    if cs != "Connected":
+        out.append(f"{where}: DRBD {cs}: not replicating (its peer is away; "
+                   f"{d.get('out_of_sync_kib', 0)} KiB to resync when it is back)")
+    elif ds != "UpToDate" or pds != "UpToDate":
+        out.append(f"{where}: DRBD disks {ds}/{pds}")
     return out
 
 
@@ -174,7 +209,7 @@ def status_doc(v: VolumeStatus) -> dict[str, Any]:
     return {"name": v.name, "target": v.target, "size": v.size, "origin": v.origin,
             "instance": v.instance, "health": v.health, "problems": list(v.problems),
             "replicas": [{"snode": r.snode, "present": r.present, "export": r.export,
-                          "detail": r.detail, "report_age": r.report_age}
+                          "detail": r.detail, "report_age": r.report_age, "drbd": r.drbd}
                          for r in v.replicas]}
 
 

@@ -29,6 +29,7 @@ from homecloud.core.errors import HomecloudError, NotFound
 from homecloud.core.ids import Target
 from homecloud.core.manifest import ImageStore
 from homecloud.core.model import (
+    DRBD_MINOR_LIMIT,
     HOST_ROLE,
     VOLUME_NAME_RE,
     Inventory,
@@ -111,13 +112,45 @@ def volume_count(inv: Inventory, node: Node) -> int:
                and node.name in e.snodes)
 
 
-def pick_snode(inv: Inventory, reports: dict[str, Any], origin: Origin) -> Node:
+def free_minor(inv: Inventory) -> int:
+    """The lowest DRBD minor no volume of the inventory uses."""
+    used = {e.drbd_minor for e in inv.exports if isinstance(e, VolumeExport)}
+    minor = next((m for m in range(DRBD_MINOR_LIMIT) if m not in used), None)
+    if minor is None:
+        raise VolumeError(f"every DRBD minor (0..{DRBD_MINOR_LIMIT - 1}) is in use")
+    return minor
+
+
+def replica_words(report: dict[str, Any] | None, e: VolumeExport) -> str:
+    """"Connected, Secondary/Primary, UpToDate/UpToDate" from a report's pool entry."""
+    for v in (report or {}).get("volumes") or []:
+        if isinstance(v, dict) and v.get("name") == e.name and isinstance(v.get("drbd"), dict):
+            d = v["drbd"]
+            words = (f"{d.get('connection')}, {d.get('role')}/{d.get('peer_role')}, "
+                     f"{d.get('disk')}/{d.get('peer_disk')}")
+            if d.get("synced_percent") is not None:
+                words += f", synced {d['synced_percent']}%"
+            return words
+    return "no DRBD state reported"
+
+
+def primary_count(inv: Inventory, node: Node) -> int:
+    """The volumes ``node`` exports (a replicated volume's primary is its first snode)."""
+    return sum(1 for e in inv.exports if isinstance(e, VolumeExport) and e.snodes
+               and e.snodes[0] == node.name)
+
+
+def pick_snode(inv: Inventory, reports: dict[str, Any], origin: Origin,
+               besides: Node | None = None) -> Node:
     """The storage node for a new volume: the source volume's for a copy (a thin snapshot lives
     in the same pool), else the storage node with a pool that keeps the fewest volumes
-    (preferring one that already holds the template)."""
-    snodes = storage_nodes(inv)
+    (preferring one that already holds the template).  ``besides``: the primary of a
+    replicated volume, which its replica must not share."""
+    snodes = [n for n in storage_nodes(inv) if n is not besides]
     if not snodes:
-        raise VolumeError("no storage node in the inventory")
+        raise VolumeError("no storage node in the inventory" if besides is None else
+                          f"a replicated volume needs a second storage node besides "
+                          f"{besides.name}: there is none")
     if origin.kind == "volume":
         src = inv.volume(origin.name)
         if src is None:
@@ -131,13 +164,16 @@ def pick_snode(inv: Inventory, reports: dict[str, Any], origin: Origin) -> Node:
     why = {n.name: no_pool_reason(storage_report(reports, n)) for n in snodes}
     ok = [n for n in snodes if not why[n.name]]
     if not ok:
-        raise VolumeError("no storage node has a volume pool: " + "; ".join(
+        raise VolumeError(("no storage node has a volume pool: " if besides is None else
+                           f"no storage node besides {besides.name} has a volume pool for "
+                           "the replica: ") + "; ".join(
             f"{n}: {w}" for n, w in sorted(why.items())))
 
-    def key(n: Node) -> tuple[int, int, str]:
+    def key(n: Node) -> tuple[int, int, int, str]:
         has = origin.kind == "template" and origin.name in pool_names(
             storage_report(reports, n), "template")
-        return (0 if has or origin.kind != "template" else 1, volume_count(inv, n), n.name)
+        return (0 if has or origin.kind != "template" else 1, volume_count(inv, n),
+                primary_count(inv, n), n.name)
 
     return min(ok, key=key)
 
@@ -204,13 +240,20 @@ class Volumes:
 
     # ------------------------------------------------------------------ volumes
     def create(self, name: str, size: int, origin: Origin, progress: Progress,
-               timeout: float = 600) -> VolumeExport:
+               timeout: float = 600, replicas: int = 1) -> VolumeExport:
         check_name("volume", name)
         if size < 0:
             raise VolumeError(f"volume {name}: size {size} is negative")
         if origin.kind not in ("template", "volume", "empty"):
             raise VolumeError(f"volume {name}: origin kind {origin.kind!r} is not template,"
                               " volume or empty")
+        if replicas not in (1, 2):
+            raise VolumeError(f"volume {name}: {replicas} replicas: 1 (one snode) or 2 (DRBD "
+                              "between two snodes)")
+        if replicas == 2 and origin.kind == "volume":
+            raise VolumeError(f"volume {name}: a copy of a volume cannot be replicated yet "
+                              "(its two sides would not start identical): copy it with one "
+                              "replica")
         reports = self.reports()
         made: list[VolumeExport] = []
 
@@ -238,24 +281,38 @@ class Volumes:
             if want <= 0:
                 raise VolumeError(f"volume {name}: an empty volume needs a size")
             node = pick_snode(inv, reports, origin)
+            keepers: tuple[str, ...] = (node.name,)
+            minor: int | None = None
+            if replicas == 2:
+                keepers = (node.name, pick_snode(inv, reports, origin, besides=node).name)
+                minor = free_minor(inv)
             target = free_target(inv, self.shelves)
-            e = VolumeExport(target, "rw", VOLUME_CONSUMERS, (node.name,), name=name,
+            e = VolumeExport(target, "rw", VOLUME_CONSUMERS, keepers, name=name,
                              size=want, origin_kind=origin.kind,
-                             origin=origin.name if origin.kind != "empty" else "")
+                             origin=origin.name if origin.kind != "empty" else "",
+                             drbd_minor=minor)
             made[:] = [e]
             return inv.with_exports((*inv.exports, e))
 
         since = self.clock()
         update(self.store, change)
         e = made[0]
-        snode = (e.snodes or ("?",))[0]
+        snodes = e.snodes or ("?",)
         what = "empty" if e.origin_kind == "empty" else f"from {e.origin_kind} {e.origin}"
-        progress(f"volume {name}: {e.target} on {snode}, {e.size} bytes, {what}")
-        self._wait_served(e, snode, since, timeout, progress)
+        if e.drbd_minor is None:
+            progress(f"volume {name}: {e.target} on {snodes[0]}, {e.size} bytes, {what}")
+        else:
+            progress(f"volume {name}: {e.target} on {snodes[0]} replicated to {snodes[1]} "
+                     f"(DRBD minor {e.drbd_minor}), {e.size} bytes, {what}")
+        self._wait_served(e, snodes[0], since, timeout, progress)
+        if e.drbd_minor is not None:
+            self._wait_served(e, snodes[1], since, timeout, progress, want="replica")
         return e
 
     def _wait_served(self, e: VolumeExport, snode: str, since: float, timeout: float,
-                     progress: Progress) -> None:
+                     progress: Progress, want: str = "served") -> None:
+        """Until ``snode`` reports ``e`` in its pool and its export ``want`` (``served``: by
+        this snode; ``replica``: kept in step with the primary, not exported here)."""
         deadline = self.clock() + timeout
         said = ""
         while True:
@@ -272,18 +329,21 @@ class Volumes:
                 if st is not None and st.get("state") == "failed":
                     raise VolumeError(f"volume {e.name}: {snode} cannot serve {e.target}: "
                                       f"{st.get('detail') or r.get('detail')}")
-                if st is not None and st.get("state") == "served" and (
+                if st is not None and st.get("state") == want and (
                         listed or not (r.get("facts") or {}).get("volume_pool")):
                     progress(f"volume {e.name}: {e.target} served by {snode} (rw, to every "
-                             "hnode)")
+                             "hnode)" if want == "served" else
+                             f"volume {e.name}: replica on {snode} ({replica_words(r, e)})")
                     return
                 if listed and said != "made":
                     said = "made"
-                    progress(f"volume {e.name}: made on {snode}, waiting for its export")
+                    progress(f"volume {e.name}: made on {snode}, waiting for its "
+                             + ("export" if want == "served" else "replica to connect"))
             if self.clock() >= deadline:
                 last = (f"its last report: {r.get('state')}: {r.get('detail')}" if r else
                         "no report from its storage agent")
-                raise VolumeError(f"volume {e.name}: {snode} did not serve {e.target} within "
+                did = f"serve {e.target}" if want == "served" else "keep its replica"
+                raise VolumeError(f"volume {e.name}: {snode} did not {did} within "
                                   f"{timeout:g}s ({last})")
             self.sleep(self.poll)
 

@@ -107,15 +107,27 @@ class ImageExport(_ExportBase):
 class VolumeExport(_ExportBase):
     """A writable volume of ``size`` bytes kept by the storage nodes (a thin LV in an snode's
     pool), made from ``origin_kind`` (``template`` | ``volume`` | ``empty``) ``origin``.
-    ``snodes`` lists the storage node(s) that keep it: one in issue 11, replicas later."""
+    ``snodes`` lists the storage node(s) that keep it.  A replicated volume (``drbd_minor``
+    set) has two: DRBD 8.4 keeps them in step, the first is the primary (it exports the
+    volume), the second its replica; ``drbd_minor`` is /dev/drbdMINOR on both, and the
+    replication link's port is ``DRBD_PORT_BASE + drbd_minor``."""
 
     name: str = ""
     size: int = 0
     origin_kind: str = "empty"
     origin: str = ""
+    drbd_minor: int | None = None
+
+    @property
+    def replicated(self) -> bool:
+        return self.drbd_minor is not None
 
 
 Export = ImageExport | VolumeExport
+#: a replicated volume's link listens on this + its DRBD minor (both snodes); minors below
+#: DRBD_MINOR_LIMIT keep the port under 65536
+DRBD_PORT_BASE = 7800
+DRBD_MINOR_LIMIT = 65536 - DRBD_PORT_BASE
 
 # ----------------------------------------------------------------- volumes and templates
 #: where a new volume's bytes come from; what a pool deletion names

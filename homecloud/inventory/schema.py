@@ -24,6 +24,11 @@ one writer.
         consumers: [hnode]        # origin: template:NAME | volume:NAME | (absent: empty)
         snodes: [snode1]          # the storage node that keeps it
         mode: rw
+      - target: e10.1             # a replicated volume: DRBD between two snodes
+        volume: {name: db1, size: 8G, drbd_minor: 0}   # /dev/drbd0, link port 7800 + minor
+        consumers: [hnode]
+        snodes: [snode1, snode2]  # [primary (exports it), replica]
+        mode: rw
     templates:                    # read-only base volumes on every storage node's pool
       domu-20261204T101500Z-1a2b: {role: domu, build: 20261204T101500Z-1a2b, file: rootfs.img,
                                    size: 1073741824, sha256: "<64 hex>", artifact: rootfs}
@@ -53,6 +58,7 @@ import yaml
 from homecloud.core.errors import InventoryError
 from homecloud.core.ids import BadMac, BadTarget, Target, normalize_mac
 from homecloud.core.model import (
+    DRBD_MINOR_LIMIT,
     EXPORT_MODES,
     HOSTNAME_RE,
     LOADERS,
@@ -397,8 +403,9 @@ class _Parser(InstanceParsing):
                                        build=str(img["build"]) if img.get("build") else None))
             else:
                 if not isinstance(vol, dict) or not {"name", "size"} <= set(vol) or \
-                        set(vol) - {"name", "size", "origin"}:
-                    raise self.err(entry, "volume must be {name, size, origin?}", node)
+                        set(vol) - {"name", "size", "origin", "drbd_minor"}:
+                    raise self.err(entry, "volume must be {name, size, origin?, drbd_minor?}",
+                                   node)
                 try:
                     size = parse_size(vol["size"])
                 except ValueError as exc:
@@ -409,8 +416,18 @@ class _Parser(InstanceParsing):
                     if okind not in ORIGIN_KINDS[:2] or not VOLUME_NAME_RE.match(oname):
                         raise self.err(entry, f"origin {vol['origin']!r} is not template:NAME"
                                        " or volume:NAME", node)
+                minor = vol.get("drbd_minor")
+                if minor is not None:
+                    if not isinstance(minor, int) or isinstance(minor, bool) or \
+                            not 0 <= minor < DRBD_MINOR_LIMIT:
+                        raise self.err(entry, f"drbd_minor {minor!r} must be an integer in "
+                                       f"0..{DRBD_MINOR_LIMIT - 1}", node)
+                    if snodes is None or len(snodes) != 2:
+                        raise self.err(entry, "a replicated volume (drbd_minor) needs exactly "
+                                       "two snodes: [primary, replica]", node)
                 out.append(VolumeExport(target, mode, cons, snodes, name=str(vol["name"]),
-                                        size=size, origin_kind=okind, origin=oname))
+                                        size=size, origin_kind=okind, origin=oname,
+                                        drbd_minor=minor))
         return tuple(out)
 
     def consumer(self, entry: str, value: object, node: yaml.Node) -> str:
@@ -466,6 +483,8 @@ def export_doc(e: Export) -> dict[str, Any]:
         doc["volume"] = {"name": e.name, "size": e.size}
         if e.origin_kind != "empty":
             doc["volume"]["origin"] = f"{e.origin_kind}:{e.origin}"
+        if e.drbd_minor is not None:
+            doc["volume"]["drbd_minor"] = e.drbd_minor
     doc["consumers"] = list(e.consumers)
     doc["snodes"] = "all" if e.snodes is None else list(e.snodes)
     doc["mode"] = e.mode

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from homecloud.agents import protocol as P
 from homecloud.agents import volumes as V
 from homecloud.agents.protocol import (
     ExportStatus,
@@ -87,7 +88,10 @@ class FakeSnode:
                 elif isinstance(a, V.Wait):
                     errors[a.name] = f"volume {a.name}: {a.why}"
         statuses = tuple(ExportStatus(e.target, "failed", errors[e.name])
-                         if getattr(e, "name", "") in errors else ExportStatus(e.target, "served")
+                         if getattr(e, "name", "") in errors else
+                         ExportStatus(e.target, "replica") if isinstance(e, P.VolumeExport)
+                         and e.drbd is not None and not e.drbd.primary else
+                         ExportStatus(e.target, "served")
                          for e in plan.exports)
         entries: tuple[PoolEntry, ...] = V.pool_entries(self.lvs.values())
         facts = {"volume_pool": self.pool}
@@ -98,12 +102,13 @@ class FakeSnode:
 
 
 class World:
-    def __init__(self, tmp: Path, snodes: list[FakeSnode]) -> None:
+    def __init__(self, tmp: Path, snodes: list[FakeSnode],
+                 nodes: tuple[Node, ...] = NODES) -> None:
         self.state, self.images = tmp / "state", tmp / "images"
         self.state.mkdir()
         self.images.mkdir()
         self.store = YamlFileStore(self.state, ("snode", "hnode", "domu"))
-        self.store.compare_and_set("", Inventory(NODES, None, (
+        self.store.compare_and_set("", Inventory(nodes, None, (
             ImageExport(Target(1, 0), "ro", ("hnode",), None, role="hnode"),)))
         self.snodes = snodes
         self.reports = Reports(self.state)
@@ -319,7 +324,14 @@ def test_inventory_yaml_round_trips_volumes_templates_and_deletions(tmp_path: Pa
 @pytest.mark.parametrize("edit, needle", [
     (lambda d: d["exports"][0]["volume"].update(origin="snap:x"),
      "exports[0] (e10.0): origin 'snap:x' is not template:NAME or volume:NAME"),
-    (lambda d: d["exports"][0]["volume"].update(colour=1), "volume must be {name, size, origin?}"),
+    (lambda d: d["exports"][0]["volume"].update(colour=1),
+     "volume must be {name, size, origin?, drbd_minor?}"),
+    (lambda d: d["exports"][0]["volume"].update(drbd_minor=0),
+     "exports[0] (e10.0): a replicated volume (drbd_minor) needs exactly two snodes: "
+     "[primary, replica]"),
+    (lambda d: d["exports"][0].update(snodes=["sn1", "sn2"]) or
+     d["exports"][0]["volume"].update(drbd_minor=-1),
+     "exports[0] (e10.0): drbd_minor -1 must be an integer in 0..57735"),
     (lambda d: d["templates"]["domu-b1"].update(sha256="x"),
      "templates.domu-b1: sha256 'x' is not 64 hex digits"),
     (lambda d: d["templates"]["domu-b1"].pop("file"), "templates.domu-b1: missing key 'file'"),
@@ -342,3 +354,56 @@ def test_bad_volume_entries_in_the_inventory_name_the_entry(edit: Any, needle: s
     with pytest.raises(InventoryError) as ei:
         parse_inventory(yaml.safe_dump(doc), roles=("snode", "hnode", "domu"))
     assert needle in str(ei.value)
+
+
+IP_NODES = (Node("sn1", "snode", (Nic(SN1, ip="198.51.100.11"),)),
+            Node("sn2", "snode", (Nic(SN2, ip="198.51.100.12"),)), *NODES[2:])
+
+
+def test_a_replicated_volume_lives_on_two_snodes_with_one_primary(tmp_path: Path) -> None:
+    w = World(tmp_path, [FakeSnode(IP_NODES[0]), FakeSnode(IP_NODES[1])], IP_NODES)
+    publish(w.images, "domu", {"rootfs": b"r" * 4096, "kernel": b"k"}, BootInfo(), build_id="b1")
+    w.settle()
+    w.api.import_template("domu", "b1", w.steps.append)
+    db = w.api.create("db", 1 << 20, Origin("template", "domu-b1"), w.steps.append, replicas=2)
+    assert (db.snodes, db.drbd_minor, db.target) == (("sn1", "sn2"), 0, Target(10, 0))
+    assert w.steps[-3].startswith("volume db: e10.0 on sn1 replicated to sn2 (DRBD minor 0)")
+    assert w.steps[-1] == "volume db: replica on sn2 (no DRBD state reported)"
+    p1 = plan_for(SN1, w.inv(), ImageStore(w.images), BASE)
+    p2 = plan_for(SN2, w.inv(), ImageStore(w.images), BASE)
+    assert p1 is not None and p2 is not None
+    l1, l2 = p1.exports[-1].drbd, p2.exports[-1].drbd   # type: ignore[union-attr]
+    assert l1 is not None and l2 is not None
+    assert (l1.minor, l1.port, l1.primary, l1.identical) == (0, 7800, True, True)
+    assert (l2.primary, l2.hosts) == (False, l1.hosts)
+    assert [h.address for h in l1.hosts] == ["198.51.100.11", "198.51.100.12"]
+    # the next one: the next minor, the primary on the snode with fewer volumes
+    e2 = w.api.create("e2", 1 << 20, Origin("empty"), w.steps.append, replicas=2)
+    assert (e2.snodes, e2.drbd_minor) == (("sn2", "sn1"), 1)
+    # the inventory keeps it across a reload
+    assert YamlFileStore(w.state).snapshot().inventory.volume("db") == db
+    w.api.delete("db", w.steps.append)
+    assert sorted(w.steps[-2:]) == ["volume db: deleted on sn1", "volume db: deleted on sn2"]
+    assert "v-db" not in w.snodes[0].lvs and "v-db" not in w.snodes[1].lvs
+    assert w.api.create("db2", 1, Origin("empty"), w.steps.append, replicas=2).drbd_minor == 0
+
+
+def test_replication_refusals_name_what_is_missing(tmp_path: Path) -> None:
+    w = World(tmp_path, [FakeSnode(IP_NODES[0]), FakeSnode(IP_NODES[1], pool=False)], IP_NODES)
+    w.settle()
+    with pytest.raises(VolumeError, match="no storage node besides sn1 has a volume pool for "
+                                          "the replica: sn2: it reports no volume pool"):
+        w.api.create("a", 1, Origin("empty"), w.steps.append, replicas=2)
+    with pytest.raises(VolumeError, match="a copy of a volume cannot be replicated yet"):
+        w.api.create("a", 1, Origin("volume", "x"), w.steps.append, replicas=2)
+    with pytest.raises(VolumeError, match="3 replicas: 1"):
+        w.api.create("a", 1, Origin("empty"), w.steps.append, replicas=3)
+    # an snode without a fixed address: the volume waits in the plan, saying why
+    (tmp_path / "w2").mkdir()
+    w2 = World(tmp_path / "w2", [FakeSnode(NODES[0]), FakeSnode(NODES[1])])
+    inv = w2.inv().with_exports((*w2.inv().exports, VolumeExport(
+        Target(10, 0), "rw", ("hnode",), ("sn1", "sn2"), name="db", size=1, drbd_minor=0)))
+    plan = plan_for(SN1, inv, ImageStore(w2.images), BASE)
+    assert plan is not None and plan.pending[-1].reason == (
+        "volume db: snode sn1 has no fixed address for the replication link (give its NIC an "
+        "ip in the inventory)")

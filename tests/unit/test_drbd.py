@@ -58,7 +58,7 @@ def test_the_parser_check_can_fail(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"name": "web1"}, "name must be t-NAME or v-NAME"),
+    ({"name": "Web_1"}, "name must be a lower-case letter"),
     ({"minor": -1}, "minor -1 not in"),
     ({"port": 80}, "port 80 not in 1024..65535"),
     ({"max_resync_mib": 0}, "max_resync_mib 0"),

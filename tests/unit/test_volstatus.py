@@ -23,7 +23,7 @@ from homecloud.core.manifest import BootInfo
 from homecloud.core.model import Instance
 from homecloud.inventory.protocol import update
 from tests.support.images import publish
-from tests.unit.test_control_volumes import NODES, FakeSnode, World
+from tests.unit.test_control_volumes import IP_NODES, NODES, FakeSnode, World
 
 pytestmark = pytest.mark.unit
 
@@ -120,3 +120,46 @@ def test_a_silent_or_stale_storage_node_is_said(world: World) -> None:
     st2 = volume_status(empty.inv(), read_reports(empty.state), time.time())
     assert st2[0].health == "unknown"
     assert st2[0].problems == ("volume web on sn1: no report from its storage agent",)
+
+
+def test_a_replicated_volume_shows_both_sides_and_what_drbd_says(tmp_path: Path) -> None:
+    w = World(tmp_path, [FakeSnode(IP_NODES[0]), FakeSnode(IP_NODES[1])], IP_NODES)
+    w.settle()
+    w.api.create("db", 1 << 20, Origin("empty"), w.steps.append, replicas=2)
+
+    def side(node: int, state: str, cs: str, ro: str, ds: str, **more: object) -> None:
+        mac = IP_NODES[node].nics[0].mac
+        r, pr = ro.split("/")
+        d, pd = ds.split("/")
+        entry = {"name": "db", "kind": "volume", "size": 1 << 20, "origin": "",
+                 "drbd": {"minor": 0, "connection": cs, "role": r, "peer_role": pr, "disk": d,
+                          "peer_disk": pd, "out_of_sync_kib": 0, **more}}
+        w.reports.put(mac, {"version": 1, "node": mac, "state": "exports-ready", "detail": "",
+                            "facts": {"volume_pool": True},
+                            "exports": [{"target": "e10.0", "state": state, "detail": ""}],
+                            "volumes": [entry]})
+
+    def status() -> tuple[str, tuple[str, ...]]:
+        v = volume_status(w.inv(), read_reports(w.state), time.time())[0]
+        return v.health, v.problems
+
+    side(0, "served", "Connected", "Primary/Secondary", "UpToDate/UpToDate")
+    side(1, "replica", "Connected", "Secondary/Primary", "UpToDate/UpToDate")
+    assert status() == ("ok", ())
+    code, out = run(w, "volumes")
+    assert "    sn1: served (0s ago) drbd0 Connected Primary/Secondary UpToDate/UpToDate" in out
+    assert "    sn2: replica (0s ago) drbd0 Connected Secondary/Primary UpToDate/UpToDate" in out
+    # the replica's snode died: the primary writes on alone, counting what to resync
+    side(0, "served", "WFConnection", "Primary/Unknown", "UpToDate/DUnknown",
+         out_of_sync_kib=2048)
+    assert status() == ("degraded", (
+        "volume db on sn1: DRBD WFConnection: not replicating (its peer is away; 2048 KiB to "
+        "resync when it is back)",))
+    side(0, "served", "SyncSource", "Primary/Secondary", "UpToDate/Inconsistent",
+         synced_percent=41.5)
+    assert status()[1] == ("volume db on sn1: DRBD SyncSource: resync at 41.5%",)
+    side(1, "replica", "StandAlone", "Secondary/Unknown", "UpToDate/DUnknown")
+    assert status()[1][-1].startswith("volume db on sn2: DRBD StandAlone (disk UpToDate): "
+                                      "split brain or a refused peer")
+    code, out = run(w, "verify")
+    assert code == 1 and "split brain" in out

@@ -5,6 +5,7 @@ report's volume/template parts, and the store's choice of an LVM disk."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from homecloud.agents import disks as D
 from homecloud.agents import volumes as V
 from homecloud.agents.common import AgentError
+from homecloud.agents.poolproto import DrbdHost, DrbdLink, DrbdState
 from homecloud.agents.protocol import (
     Deletion,
     Plan,
@@ -173,8 +175,13 @@ def test_every_action_names_its_volume_or_template() -> None:
 # ---------------------------------------------------------------------- plan and report
 
 
+LINK = DrbdLink(3, 7803, True, True, (DrbdHost("sn1", "192.0.2.10"),
+                                      DrbdHost("sn2", "192.0.2.11")))
+
+
 def _plan_doc() -> dict[str, Any]:
     p = plan(vol("web", 1, kind="template", origin="domu-b1"), vol("scratch", 2),
+             replace(vol("db", 3), drbd=LINK),
              templates=(TPL,), delete=(Deletion("volume", "old"),))
     doc: dict[str, Any] = json.loads(plan_json(p))
     return doc
@@ -188,6 +195,8 @@ def test_plan_templates_delete_and_origins_round_trip() -> None:
     p = parse_plan(json.dumps(doc))
     assert p.templates == (TPL,)
     assert p.exports[0] == vol("web", 1, kind="template", origin="domu-b1")
+    assert p.exports[2] == replace(vol("db", 3), drbd=LINK)
+    assert "drbd" not in doc["exports"][0]   # one copy: no drbd key, as before
     assert parse_plan(plan_json(p)) == p
 
 
@@ -217,6 +226,24 @@ def test_plan_templates_delete_and_origins_round_trip() -> None:
     (lambda d: d["delete"].append({"kind": "template", "name": "domu-b1"}),
      "plan.delete[1].name: template domu-b1 is both deleted and wanted (templates[0])"),
     (lambda d: d["delete"][0].update(why="x"), "plan.delete[0].why: unknown key"),
+    (lambda d: d["exports"][2]["drbd"].update(minor=1 << 16),
+     "plan.exports[2].drbd.minor: 65536 out of range"),
+    (lambda d: d["exports"][2]["drbd"].update(port=80),
+     "plan.exports[2].drbd.port: 80 out of range"),
+    (lambda d: d["exports"][2]["drbd"].update(primary="yes"),
+     "plan.exports[2].drbd.primary: must be true or false"),
+    (lambda d: d["exports"][2]["drbd"]["hosts"].pop(),
+     "plan.exports[2].drbd.hosts: exactly two snodes, got 1"),
+    (lambda d: d["exports"][2]["drbd"]["hosts"][1].update(host="Bad_Name"),
+     "plan.exports[2].drbd.hosts[1].host: 'Bad_Name' is not a host name"),
+    (lambda d: d["exports"][2]["drbd"]["hosts"][1].update(address="127.0.0.1"),
+     "plan.exports[2].drbd.hosts[1].address: 127.0.0.1 cannot be a replication peer"),
+    (lambda d: d["exports"][2]["drbd"]["hosts"][1].update(address="sn2"),
+     "plan.exports[2].drbd.hosts[1].address: 'sn2' is not an IPv4 address"),
+    (lambda d: d["exports"][2]["drbd"]["hosts"][1].update(host="sn1"),
+     "plan.exports[2].drbd.hosts: the two replicas must be two snodes"),
+    (lambda d: d["exports"][2]["drbd"].update(fencing=True),
+     "plan.exports[2].drbd.fencing: unknown key"),
 ])
 def test_bad_volume_parts_of_a_plan_name_the_field(edit: Any, msg: str) -> None:
     doc = _plan_doc()
@@ -228,7 +255,9 @@ def test_bad_volume_parts_of_a_plan_name_the_field(edit: Any, msg: str) -> None:
 
 def test_report_pool_entries_round_trip_and_bad_ones_name_the_field() -> None:
     entries = (PoolEntry("domu-b1", "template", 64 << 20),
-               PoolEntry("web", "volume", 1 << 30, "template:domu-b1"))
+               PoolEntry("web", "volume", 1 << 30, "template:domu-b1",
+                         DrbdState(3, "SyncSource", "Primary", "Secondary", "UpToDate",
+                                   "Inconsistent", 524288, 37.5)))
     r = make_report(SN, "exports-ready", "e2.1", volumes=entries)
     back = parse_report(report_json(r))
     assert back.volumes == entries
@@ -238,6 +267,11 @@ def test_report_pool_entries_round_trip_and_bad_ones_name_the_field() -> None:
          "report.volumes[1].origin: 'snap:x' is not template:NAME or volume:NAME"),
         (lambda v: v.update(size=-1), "report.volumes[1].size: -1 out of range"),
         (lambda v: v.pop("name"), "report.volumes[1].name: missing"),
+        (lambda v: v["drbd"].update(role="<b>"), "report.volumes[1].drbd.role: '<b>' is not"),
+        (lambda v: v["drbd"].update(synced_percent=101),
+         "report.volumes[1].drbd.synced_percent: must be a number in 0..100"),
+        (lambda v: v["drbd"].update(out_of_sync_kib=-1),
+         "report.volumes[1].drbd.out_of_sync_kib: -1 out of range"),
     ]:
         doc = json.loads(report_json(r))
         edit(doc["volumes"][1])

@@ -1,0 +1,255 @@
+"""The storage agent's DRBD side (issue 12): a replicated volume of the plan (a
+``VolumeExport`` with ``drbd``) kept in step with its peer snode by DRBD 8.4.
+
+For each such volume this snode keeps, besides the volume's thin LV ``v-NAME`` (made by the
+pool like any volume), a thin LV ``m-NAME`` for DRBD's metadata (external metadata: the
+volume keeps every byte, so a template's filesystem is whole on /dev/drbdMINOR), writes the
+resource into one configuration file of its own (``<run>/drbd/homecloud.conf``, with
+``usage-count no``), and runs the drbdadm steps homecloud.agents.drbd decides: create the
+metadata once, ``adjust`` (attach and connect), on the primary the first-generation shortcut
+for identical sides (``new-current-uuid --clear-bitmap``: clones of one template, or zeros,
+need no initial sync) and ``primary``; on the replica ``secondary``.  The primary exports
+``/dev/drbdMINOR``; the replica exports nothing.
+
+A volume deleted by the plan is taken down (``drbdadm down``) before its LVs are removed.
+The resources this agent brought up are remembered in ``<run>/drbd/resources.json`` (a
+restarted agent can still take them down; after a reboot they are down anyway).
+
+Standard library only: this module ships into the node images."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from homecloud.agents import drbd as D
+from homecloud.agents.common import AgentError, CommandError, run
+from homecloud.agents.poolproto import DrbdState, VolumeExport
+
+META_PREFIX = "m-"
+META_BYTES = 8 << 20       # external metadata: room for the bitmap of ~250 GiB
+CONF_NAME = "homecloud.conf"
+KNOWN_NAME = "resources.json"
+#: how long the primary of a new identical pair waits for its replica to connect
+CONNECT_WAIT = 90.0
+
+Runner = Callable[[Sequence[str]], str]
+
+
+def resource_name(minor: int) -> str:
+    return f"hc{minor}"
+
+
+def meta_lv(name: str) -> str:
+    return META_PREFIX + name
+
+
+def _default_runner(argv: Sequence[str]) -> str:
+    return run(argv, timeout=120)
+
+
+class Replicator:
+    """DRBD resources of this snode's replicated volumes (see the module's text)."""
+
+    def __init__(self, vg: str, pool: str, run_dir: Path, log: Callable[[str], None],
+                 runner: Runner = _default_runner, hostname: str | None = None,
+                 proc_drbd: Path = Path("/proc/drbd"),
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 connect_wait: float = CONNECT_WAIT, dev: Path = Path("/dev")) -> None:
+        """``dev``: where the LVs' device nodes are looked for (the resource file always
+        names /dev/VG/LV, which drbdadm opens)."""
+        self.vg, self.pool, self.log, self.runner = vg, pool, log, runner
+        self.dir = Path(run_dir) / "drbd"
+        self.conf = self.dir / CONF_NAME
+        self.hostname = hostname
+        self.proc_drbd, self.sleep, self.clock = proc_drbd, sleep, clock
+        self.connect_wait, self.dev = connect_wait, dev
+        self.known: dict[str, D.ResourceSpec] = self._load()
+
+    # -------------------------------------------------------------- what is configured
+    def _load(self) -> dict[str, D.ResourceSpec]:
+        try:
+            doc = json.loads((self.dir / KNOWN_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+        out: dict[str, D.ResourceSpec] = {}
+        for name, d in (doc.items() if isinstance(doc, dict) else ()):
+            try:
+                reps = tuple(D.Replica(**r) for r in d["replicas"])
+                out[name] = D.ResourceSpec(d["name"], d["minor"], d["port"],
+                                           (reps[0], reps[1]), d.get("max_resync_mib", 40))
+            except (KeyError, TypeError, IndexError, ValueError):
+                self.log(f"drbd: {self.dir / KNOWN_NAME}: entry {name!r} unreadable: ignored")
+        return out
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        doc = {n: asdict(s) for n, s in sorted(self.known.items())}
+        self._write(self.dir / KNOWN_NAME, json.dumps(doc, indent=1) + "\n")
+        text = D.GLOBAL_CONF + "".join("\n" + D.render(s)
+                                       for _, s in sorted(self.known.items()))
+        self._write(self.conf, text)
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.new")
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def adm(self, *args: str) -> list[str]:
+        return [D.DRBDADM, "-c", str(self.conf), *args]
+
+    def status(self) -> dict[int, D.DrbdStatus]:
+        try:
+            text = self.proc_drbd.read_text()
+        except FileNotFoundError:
+            return {}      # the module is not loaded: nothing configured
+        except OSError as exc:
+            raise AgentError(f"drbd: cannot read {self.proc_drbd}: {exc}") from None
+        try:
+            return D.parse_proc_drbd(text)
+        except D.DrbdError as exc:
+            raise AgentError(f"drbd: {exc}") from None
+
+    def states(self) -> dict[str, DrbdState]:
+        """Each known volume's DRBD state (for the report), by volume name."""
+        try:
+            st = self.status()
+        except AgentError as exc:
+            self.log(str(exc))
+            return {}
+        out: dict[str, DrbdState] = {}
+        for name, spec in self.known.items():
+            s = st.get(spec.minor)
+            if s is None or not s.configured:
+                out[name] = DrbdState(spec.minor, "Unconfigured", "Unknown", "Unknown",
+                                      "Diskless", "DUnknown")
+                continue
+            out[name] = DrbdState(spec.minor, s.connection, s.role or "Unknown",
+                                  s.peer_role or "Unknown", s.disk or "Diskless",
+                                  s.peer_disk or "DUnknown", s.out_of_sync_kib,
+                                  s.synced_percent)
+        return out
+
+    # -------------------------------------------------------------- bringing one up
+    def _me(self) -> str:
+        return self.hostname or socket.gethostname()
+
+    def _peer(self, e: VolumeExport) -> str:
+        assert e.drbd is not None
+        return next((h.host for h in e.drbd.hosts if h.host != self._me()), "?")
+
+    def spec_of(self, e: VolumeExport) -> D.ResourceSpec:
+        assert e.drbd is not None
+        link = e.drbd
+        me = self._me()
+        if me not in (h.host for h in link.hosts):
+            raise AgentError(f"volume {e.name}: this snode's host name {me!r} is neither of its "
+                             f"DRBD hosts ({', '.join(h.host for h in link.hosts)}): drbdadm "
+                             "picks its side by host name")
+        reps = tuple(D.Replica(h.host, h.address, f"/dev/{self.vg}/v-{e.name}",
+                               f"/dev/{self.vg}/{meta_lv(e.name)}") for h in link.hosts)
+        spec = D.ResourceSpec(resource_name(link.minor), link.minor, link.port,
+                              (reps[0], reps[1]))
+        try:
+            spec.check()
+        except D.DrbdError as exc:
+            raise AgentError(f"volume {e.name}: {exc}") from None
+        return spec
+
+    def _has_metadata(self, spec: D.ResourceSpec, st: D.DrbdStatus | None) -> bool:
+        if st is not None and st.configured and st.disk not in ("", "Diskless"):
+            return True        # attached: it has metadata
+        try:
+            self.runner(self.adm("dump-md", spec.name))
+            return True
+        except CommandError as exc:
+            if "No valid meta data" in exc.output or "no valid meta data" in exc.output.lower():
+                return False
+            raise AgentError(f"drbd {spec.name}: cannot tell whether it has metadata: "
+                             f"{exc}") from None
+
+    def _meta(self, name: str) -> None:
+        if (self.dev / self.vg / meta_lv(name)).exists():
+            return
+        self.log(f"drbd: volume {name}: new thin LV {meta_lv(name)} for DRBD's metadata")
+        self.runner(["lvcreate", "-q", "-V", f"{META_BYTES}b", "-T", f"{self.vg}/{self.pool}",
+                     "-n", meta_lv(name)])
+
+    def ensure(self, e: VolumeExport) -> str | None:
+        """Bring this snode's side of ``e`` to what its plan says; the device to export
+        (the primary's /dev/drbdMINOR) or None (the replica).  AgentError naming the volume,
+        the command and its output when a step fails, or when the primary of a new pair
+        cannot be made (its replica did not connect within ``connect_wait``)."""
+        assert e.drbd is not None
+        spec = self.spec_of(e)
+        old = self.known.get(e.name)
+        if old is not None and old.minor != spec.minor:
+            raise AgentError(f"volume {e.name}: DRBD minor {spec.minor} in the plan, but this "
+                             f"snode runs it as minor {old.minor}")
+        self._meta(e.name)
+        if old != spec:
+            self.known[e.name] = spec
+            self._save()
+        want = D.Want(spec, e.drbd.primary, e.drbd.identical)
+        deadline = self.clock() + self.connect_wait
+        while True:
+            st = self.status().get(spec.minor)
+            try:
+                cmds = D.steps(want, st, self._has_metadata(spec, st), str(self.conf))
+            except D.DrbdError as exc:
+                # a new identical pair: the primary waits (its disk Inconsistent) until its
+                # replica connects; anything else is for a person to decide
+                if not (want.primary and want.identical and st is not None
+                        and st.disk == "Inconsistent"):
+                    raise AgentError(f"volume {e.name}: {exc}") from None
+                if self.clock() >= deadline:
+                    raise AgentError(f"volume {e.name}: its replica on {self._peer(e)} did not "
+                                     f"connect within {self.connect_wait:g}s (DRBD minor "
+                                     f"{spec.minor}: {st.connection}, disk {st.disk})") from None
+                self.sleep(2.0)
+                continue
+            for c in cmds:
+                self.log(f"drbd: volume {e.name}: {' '.join(c[3:])}")
+                try:
+                    self.runner(c)
+                except CommandError as exc:
+                    raise AgentError(f"volume {e.name}: {exc}") from None
+            if not want.primary:
+                return None
+            st = self.status().get(spec.minor)
+            if st is not None and st.role == "Primary":
+                return f"/dev/drbd{spec.minor}"
+            if self.clock() >= deadline:
+                raise AgentError(f"volume {e.name}: not primary after {self.connect_wait:g}s "
+                                 f"(DRBD minor {spec.minor}: "
+                                 f"{st.connection if st else 'down'}, disk "
+                                 f"{st.disk if st else '?'}; its replica: {self._peer(e)})")
+            self.sleep(2.0)
+
+    # -------------------------------------------------------------- taking one down
+    def teardown(self, name: str) -> None:
+        """Before volume ``name``'s LVs are removed: its resource down, its metadata LV gone."""
+        spec = self.known.get(name)
+        if spec is not None:
+            st = self.status().get(spec.minor)
+            if st is not None and st.configured:
+                self.log(f"drbd: volume {name}: down")
+                try:
+                    self.runner(self.adm("down", spec.name))
+                except CommandError as exc:
+                    raise AgentError(f"volume {name}: {exc}") from None
+            del self.known[name]
+            self._save()
+        if (self.dev / self.vg / meta_lv(name)).exists():
+            self.log(f"drbd: volume {name}: removing {meta_lv(name)}")
+            self.runner(["lvremove", "-f", f"{self.vg}/{meta_lv(name)}"])
