@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -492,6 +493,52 @@ def test_stop_reboot_its_hnode_start_on_the_other(lab: LabContext) -> None:
     # the rebooted hnode comes back (new host key, reported and pinned; trust fetched): the
     # config node's agent calls reach it again, so destroy can clean up there
     say(f"{host} back after {wait_hnode_back(lab, host):.0f} s more")
+
+
+def volume_state(lab: LabContext, name: str) -> dict[str, Any]:
+    st = json.loads(hcboot(lab, "volumes", "--json"))
+    return next(v for v in st["volumes"] if v["name"] == name)
+
+
+def test_replicated_volume_on_both_snodes(lab: LabContext) -> None:
+    """Issue 12, first slice: a volume kept by both snodes with DRBD (protocol C), started
+    without a full sync; the primary exports /dev/drbdN over AoE, the replica nothing; a write
+    from an hnode reads back through the export, DRBD reports both disks UpToDate with
+    nothing out of sync; delete takes the resource down on both and frees everything."""
+    t0 = time.monotonic()
+    run(lab, "volume", "create", "rep1", "--size", "64M", "--replicas", "2")
+    say(f"replicated volume created in {time.monotonic() - t0:.1f} s")
+    deadline = time.monotonic() + 120
+    while True:
+        v = volume_state(lab, "rep1")
+        if v["health"] == "ok" or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert v["health"] == "ok", v
+    prim, repl = v["replicas"]
+    assert (prim["export"], repl["export"]) == ("served", "replica"), v
+    for side, role in ((prim, "Primary"), (repl, "Secondary")):
+        d = side["drbd"]
+        assert (d["connection"], d["role"], d["disk"], d["peer_disk"], d["out_of_sync_kib"]) \
+            == ("Connected", role, "UpToDate", "UpToDate", 0), v
+    target = v["target"]
+    hn = node_addresses(lab)["hnode1"]
+    r = admin_ssh(lab, hn, f"echo 1 > /dev/etherd/discover; for i in $(seq 60); do "
+                  f"[ -b /dev/etherd/{target} ] && break; sleep 1; done; "
+                  "head -c 8388608 /dev/urandom > /tmp/rep1.blk && "
+                  f"dd if=/tmp/rep1.blk of=/dev/etherd/{target} bs=1M oflag=direct,sync "
+                  "status=none && sha256sum < /tmp/rep1.blk && "
+                  f"dd if=/dev/etherd/{target} bs=1M count=8 iflag=direct status=none "
+                  "| sha256sum", timeout=300)
+    assert r.returncode == 0, r
+    wrote, read = r.stdout.split()[0], r.stdout.split()[2]
+    assert wrote == read, r.stdout
+    v = volume_state(lab, "rep1")
+    assert all(x["drbd"]["out_of_sync_kib"] == 0 and x["drbd"]["peer_disk"] == "UpToDate"
+               for x in v["replicas"]), v
+    run(lab, "volume", "delete", "rep1")
+    st = json.loads(run(lab, "volumes", "--json"))
+    assert all(x["name"] != "rep1" for x in st["volumes"]) and st["strays"] == [], st
 
 
 def test_destroy_frees_everything(lab: LabContext) -> None:
