@@ -197,6 +197,14 @@ class Replicator:
             raise AgentError(f"volume {e.name}: DRBD minor {spec.minor} in the plan, but this "
                              f"snode runs it as minor {old.minor}")
         self._meta(e.name)
+        if not self.proc_drbd.exists():
+            # drbdadm-84 does not load the module itself (it stops at "Could not stat
+            # /proc/drbd ... try: modprobe drbd")
+            self.log("drbd: loading the drbd module")
+            try:
+                self.runner(["modprobe", "drbd"])
+            except CommandError as exc:
+                raise AgentError(f"volume {e.name}: {exc}") from None
         if old != spec:
             self.known[e.name] = spec
             self._save()

@@ -67,6 +67,9 @@ class FakeDrbd:
         if a[0] == "lvcreate":
             (self.dev / "hc" / a[a.index("-n") + 1]).write_text("")
             return ""
+        if a[0] == "modprobe":
+            self.write()
+            return ""
         if a[0] == "lvremove":
             (self.dev / a[-1]).unlink()
             return ""
@@ -130,8 +133,9 @@ def test_a_new_identical_pair_becomes_primary_without_a_full_sync(tmp_path: Path
 
 def test_the_replica_comes_up_secondary_and_exports_nothing(tmp_path: Path) -> None:
     fake = FakeDrbd(tmp_path)
+    fake.proc.unlink()             # the module not loaded yet: the agent loads it
     assert fake.replicator(tmp_path, "snode2").ensure(vol(primary=False)) is None
-    assert fake.verbs() == ["lvcreate", "dump-md", "create-md", "adjust"]
+    assert fake.verbs() == ["lvcreate", "modprobe", "dump-md", "create-md", "adjust"]
 
 
 def test_a_primary_whose_replica_never_connects_fails_naming_it(tmp_path: Path) -> None:
