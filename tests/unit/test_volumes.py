@@ -332,3 +332,27 @@ def test_a_template_download_says_how_far_it_is_every_busy_every_seconds(tmp_pat
     assert n == 3 << 20 and dest.read_bytes() == src.read_bytes()
     assert told == ["template domu-b1: downloading, 66% of 3145728 bytes"]
     assert logged == ["pool: " + told[0]]
+
+
+@pytest.mark.parametrize("size", [(3 << 20) + 100, 4095, 0, 5 << 20])
+def test_a_download_writes_every_byte_direct_or_through_the_cache(tmp_path: Path,
+                                                                  size: int) -> None:
+    """Into a device (O_DIRECT where the file system allows it, the unaligned tail through
+    the cache) and into a new file (flushed every SYNC_EVERY bytes): the same bytes, hash
+    and size, whatever the alignment of the end."""
+    import hashlib
+    import os
+
+    from homecloud.agents import files as F
+
+    data = os.urandom(size)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    dev = tmp_path / "dev"
+    dev.write_bytes(b"\xff" * (size + 8192))      # a "device": written in place, not cut
+    got, n = F.download(src.as_uri(), dev, 60, into_device=True)
+    assert (got, n) == (hashlib.sha256(data).hexdigest(), size)
+    assert dev.read_bytes()[:size] == data and dev.read_bytes()[size:] == b"\xff" * 8192
+    new = tmp_path / "new"
+    got2, n2 = F.download(src.as_uri(), new, 60)
+    assert (got2, n2, new.read_bytes()) == (got, size, data)
