@@ -121,6 +121,14 @@ def free_minor(inv: Inventory) -> int:
     return minor
 
 
+def replica_connected(report: dict[str, Any] | None, e: VolumeExport) -> bool:
+    """The replica's DRBD is connected to its primary (in step, or resyncing from it)."""
+    for v in (report or {}).get("volumes") or []:
+        if isinstance(v, dict) and v.get("name") == e.name and isinstance(v.get("drbd"), dict):
+            return v["drbd"].get("connection") in ("Connected", "SyncTarget", "PausedSyncT")
+    return False
+
+
 def replica_words(report: dict[str, Any] | None, e: VolumeExport) -> str:
     """"Connected, Secondary/Primary, UpToDate/UpToDate" from a report's pool entry."""
     for v in (report or {}).get("volumes") or []:
@@ -330,7 +338,8 @@ class Volumes:
                     raise VolumeError(f"volume {e.name}: {snode} cannot serve {e.target}: "
                                       f"{st.get('detail') or r.get('detail')}")
                 if st is not None and st.get("state") == want and (
-                        listed or not (r.get("facts") or {}).get("volume_pool")):
+                        listed or not (r.get("facts") or {}).get("volume_pool")) and (
+                        want == "served" or replica_connected(r, e)):
                     progress(f"volume {e.name}: {e.target} served by {snode} (rw, to every "
                              "hnode)" if want == "served" else
                              f"volume {e.name}: replica on {snode} ({replica_words(r, e)})")

@@ -94,6 +94,13 @@ class FakeSnode:
                          ExportStatus(e.target, "served")
                          for e in plan.exports)
         entries: tuple[PoolEntry, ...] = V.pool_entries(self.lvs.values())
+        links = {e.name: e.drbd for e in plan.exports
+                 if isinstance(e, P.VolumeExport) and e.drbd is not None}
+        entries = tuple(replace(x, drbd=P.DrbdState(
+            links[x.name].minor, "Connected", *(("Primary", "Secondary")
+                                                if links[x.name].primary else
+                                                ("Secondary", "Primary")),
+            "UpToDate", "UpToDate")) if x.name in links else x for x in entries)
         facts = {"volume_pool": self.pool}
         state = "exports-error" if errors else "exports-ready"
         detail = " ".join(f"{m};" for m in errors.values())
@@ -368,7 +375,8 @@ def test_a_replicated_volume_lives_on_two_snodes_with_one_primary(tmp_path: Path
     db = w.api.create("db", 1 << 20, Origin("template", "domu-b1"), w.steps.append, replicas=2)
     assert (db.snodes, db.drbd_minor, db.target) == (("sn1", "sn2"), 0, Target(10, 0))
     assert w.steps[-3].startswith("volume db: e10.0 on sn1 replicated to sn2 (DRBD minor 0)")
-    assert w.steps[-1] == "volume db: replica on sn2 (no DRBD state reported)"
+    assert w.steps[-1] == ("volume db: replica on sn2 (Connected, Secondary/Primary, "
+                           "UpToDate/UpToDate)")
     p1 = plan_for(SN1, w.inv(), ImageStore(w.images), BASE)
     p2 = plan_for(SN2, w.inv(), ImageStore(w.images), BASE)
     assert p1 is not None and p2 is not None
