@@ -38,6 +38,21 @@ global {
 }
 """
 
+#: the kernel's usermode helper for our resources (the storage agent loads the module with
+#: ``usermode_helper=`` this; homecloud.agents.drbdhelper): DRBD runs it with ``fence-peer``
+#: when a primary loses its peer, and with I/O frozen until it answers (``fencing
+#: resource-and-stonith``) it asks the config node before acknowledging any write the peer
+#: would not have.  Named in ``handlers`` too, for drbdadm and for a person reading the file.
+HELPER = "/usr/local/sbin/hc-drbd-helper"
+#: a dead peer is noticed within PING_INT + PING_TIMEOUT/10 seconds (DRBD's defaults, 10 s +
+#: 0.5 s, stall every write of the primary that long, and a long stall makes the hnodes' aoe
+#: driver back off its retransmissions for up to a minute more: docs/replication.md);
+#: ACK_TIMEOUT (tenths of a second) bounds a write's wait for the peer's ack and must stay
+#: below PING_INT
+PING_INT = 3
+PING_TIMEOUT = 15
+ACK_TIMEOUT = 25
+
 RESOURCE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 HOST_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DISK_RE = re.compile(r"^/dev/[A-Za-z0-9][A-Za-z0-9/_.+-]*$")
@@ -120,6 +135,9 @@ def render(spec: ResourceSpec) -> str:
 resource {spec.name} {{
     net {{
         protocol C;
+        ping-int {PING_INT};
+        ping-timeout {PING_TIMEOUT};
+        timeout {ACK_TIMEOUT};
         after-sb-0pri disconnect;
         after-sb-1pri disconnect;
         after-sb-2pri disconnect;
@@ -127,8 +145,12 @@ resource {spec.name} {{
     }}
     disk {{
         on-io-error detach;
+        fencing resource-and-stonith;
         c-plan-ahead 20;
         c-max-rate {spec.max_resync_mib}M;
+    }}
+    handlers {{
+        fence-peer "{HELPER}";
     }}
 {ons}}}
 """

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from homecloud.agents import drbd as D
+from homecloud.agents import drbdhelper
 from homecloud.agents.common import AgentError, CommandError, run
 from homecloud.agents.poolproto import DrbdState, VolumeExport
 
@@ -61,9 +62,12 @@ class Replicator:
                  proc_drbd: Path = Path("/proc/drbd"),
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
-                 connect_wait: float = CONNECT_WAIT, dev: Path = Path("/dev")) -> None:
+                 connect_wait: float = CONNECT_WAIT, dev: Path = Path("/dev"),
+                 server: str = "", mac: str = "",
+                 module_params: Path = Path("/sys/module/drbd/parameters")) -> None:
         """``dev``: where the LVs' device nodes are looked for (the resource file always
-        names /dev/VG/LV, which drbdadm opens)."""
+        names /dev/VG/LV, which drbdadm opens); ``server``, ``mac``: where the fence-peer
+        helper asks (homecloud.agents.drbdhelper), written to ``<run>/drbd/fence.json``."""
         self.vg, self.pool, self.log, self.runner = vg, pool, log, runner
         self.dir = Path(run_dir) / "drbd"
         self.conf = self.dir / CONF_NAME
@@ -71,6 +75,7 @@ class Replicator:
         self.proc_drbd, self.sleep, self.clock = proc_drbd, sleep, clock
         self.connect_wait, self.dev = connect_wait, dev
         self.known: dict[str, D.ResourceSpec] = self._load()
+        self.server, self.mac, self.module_params = server, mac, module_params
 
     # -------------------------------------------------------------- what is configured
     def _load(self) -> dict[str, D.ResourceSpec]:
@@ -173,8 +178,12 @@ class Replicator:
             self.runner(self.adm("dump-md", spec.name))
             return True
         except CommandError as exc:
-            if "No valid meta data" in exc.output or "no valid meta data" in exc.output.lower():
+            if "no valid meta data" in exc.output.lower():
                 return False
+            if "unclean" in exc.output:
+                # metadata of a side that went down without detaching (a crash, a power
+                # cut): there is metadata; attaching replays its activity log
+                return True
             raise AgentError(f"drbd {spec.name}: cannot tell whether it has metadata: "
                              f"{exc}") from None
 
@@ -197,14 +206,7 @@ class Replicator:
             raise AgentError(f"volume {e.name}: DRBD minor {spec.minor} in the plan, but this "
                              f"snode runs it as minor {old.minor}")
         self._meta(e.name)
-        if not self.proc_drbd.exists():
-            # drbdadm-84 does not load the module itself (it stops at "Could not stat
-            # /proc/drbd ... try: modprobe drbd")
-            self.log("drbd: loading the drbd module")
-            try:
-                self.runner(["modprobe", "drbd"])
-            except CommandError as exc:
-                raise AgentError(f"volume {e.name}: {exc}") from None
+        self._module(e.name)
         if old != spec:
             self.known[e.name] = spec
             self._save()
@@ -243,6 +245,34 @@ class Replicator:
                                  f"{st.connection if st else 'down'}, disk "
                                  f"{st.disk if st else '?'}; its replica: {self._peer(e)})")
             self.sleep(2.0)
+
+    def _module(self, volume: str) -> None:
+        """The drbd module loaded, with our fence-peer helper as its usermode helper, and
+        the helper told where to ask (before any resource of ours is up)."""
+        if self.server and self.mac:
+            want = json.dumps({"server": self.server, "mac": self.mac}) + "\n"
+            where = self.dir / drbdhelper.FENCE_FILE.split("/", 1)[1]
+            if not where.exists() or where.read_text() != want:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._write(where, want)
+        if not self.proc_drbd.exists():
+            # drbdadm-84 does not load the module itself (it stops at "Could not stat
+            # /proc/drbd ... try: modprobe drbd")
+            self.log(f"drbd: loading the drbd module (usermode helper {D.HELPER})")
+            try:
+                self.runner(["modprobe", "drbd", f"usermode_helper={D.HELPER}"])
+            except CommandError as exc:
+                raise AgentError(f"volume {volume}: {exc}") from None
+            return
+        param = self.module_params / "usermode_helper"
+        try:
+            if param.read_text().strip() != D.HELPER:
+                self.log(f"drbd: usermode helper {param.read_text().strip()!r} -> {D.HELPER}")
+                param.write_text(D.HELPER)
+        except OSError as exc:
+            raise AgentError(f"volume {volume}: cannot set the drbd module's usermode helper "
+                             f"({param}): {exc}: without it a primary that loses its peer "
+                             "could not ask the config node") from None
 
     # -------------------------------------------------------------- taking one down
     def teardown(self, name: str) -> None:

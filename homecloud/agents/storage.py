@@ -233,7 +233,8 @@ class Agent:
         self.entries: tuple[PoolEntry, ...] = ()
         self.pool_deferred = False       # the thin pool is made once the images are served
         self.reporter = Reporter(lambda r: post_report(cfg.server, r), out.log, REPORT_EVERY)
-        self.replicator = Replicator(V.VG, V.THIN_POOL, Path(cfg.run), out.log)
+        self.replicator = Replicator(V.VG, V.THIN_POOL, Path(cfg.run), out.log,
+                                     server=cfg.server, mac=cfg.mac)
         self.lv_entries: tuple[PoolEntry, ...] = ()   # the pool's entries without DRBD states
 
     def report(self, state: str, detail: str, statuses: Sequence[ExportStatus] = ()) -> None:

@@ -9,6 +9,8 @@ Routes, and who may use them (nobody is trusted by default):
                                  hnodes' host and migration keys; control/trust.py): as the plan
     POST /report/<mac>           a node reports its state: accepted only from the address <mac>
                                  holds, or from the admin
+    POST /fence/<mac>            a storage node's DRBD lost its peer while primary ({"minor":
+                                 N}); the arbiter's answer (control/failover.py): as the report
     GET  /nodes.json             assigned nodes, seen machines and reports: the admin only
 
 The admin is the config node itself (a request from one of its own addresses or loopback) or a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -30,18 +33,21 @@ from homecloud.agents.protocol import ProtocolError, parse_report, plan_json, re
 from homecloud.control.admin_keys import AdminKeyError
 from homecloud.control.contracts import HostError
 from homecloud.control.exports import plan_for
+from homecloud.control.failover import FenceRefused, Liveness, failovers, fence
 from homecloud.control.reports import Reports, read_reports
 from homecloud.control.seen import read_seen
 from homecloud.control.trust import trust_doc_json
 from homecloud.core.ids import BadMac, normalize_mac
 from homecloud.core.manifest import ImageStore
-from homecloud.inventory.protocol import InventoryStore
+from homecloud.core.model import STORAGE_ROLE, Inventory, VolumeExport
+from homecloud.inventory.protocol import InventoryError, InventoryStore, update
 
 log = logging.getLogger("homecloud.control")
 
 _PLAN = re.compile(r"^/plan/([^/]+)\.json$")
 _REPORT = re.compile(r"^/report/([^/]+)$")
 _TRUST = re.compile(r"^/trust/([^/]+)\.json$")
+_FENCE = re.compile(r"^/fence/([^/]+)$")
 MAX_REPORT = 64 * 1024
 
 
@@ -65,6 +71,8 @@ class ControlApp:
         self.mac_of = mac_of
         self.is_admin = is_admin
         self.reports = Reports(self.state_dir)
+        self.liveness = Liveness()
+        self._arbiter = threading.Lock()
 
     def _allowed(self, mac: str, what: str, client_ip: str,
                  headers: Mapping[str, str]) -> Response | None:
@@ -98,6 +106,9 @@ class ControlApp:
             m = _REPORT.match(path)
             if m:
                 return self._report(m.group(1), body, client_ip, headers)
+            m = _FENCE.match(path)
+            if m:
+                return self._fence(m.group(1), body, client_ip, headers)
         return None
 
     def _plan(self, raw_mac: str, client_ip: str,
@@ -109,6 +120,8 @@ class ControlApp:
         refused = self._allowed(mac, "plan", client_ip, headers)
         if refused is not None:
             return refused
+        self.liveness.saw(mac)
+        self.arbitrate()
         plan = plan_for(mac, self.inventory.snapshot().inventory, self.store, self.http_base())
         if plan is None:
             for_mac(log, mac).warning("asked for a storage plan but is not a storage node")
@@ -156,6 +169,77 @@ class ControlApp:
         self.reports.put(mac, report_doc(rep))
         for_mac(log, mac).info("reports state %s (%s)", rep.state, rep.detail)
         return _text("ok\n")
+
+    def _fence(self, raw_mac: str, body: bytes, client_ip: str,
+               headers: Mapping[str, str]) -> Response | None:
+        try:
+            mac = normalize_mac(raw_mac)
+        except BadMac:
+            return None
+        refused = self._allowed(mac, "fence", client_ip, headers)
+        if refused is not None:
+            return refused
+        try:
+            doc = json.loads(body[:4096])
+            minor = doc["minor"]
+            if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
+                raise ValueError(f"minor {minor!r} is not a DRBD minor")
+        except (ValueError, KeyError, TypeError) as exc:
+            for_mac(log, mac).warning("bad fence request from %s: %s", client_ip, exc)
+            return _text(f"bad fence request: {exc} (expected {{\"minor\": N}})\n",
+                         status=400)
+        node = self.inventory.snapshot().inventory.node(mac)
+        if node is None or node.role != STORAGE_ROLE:
+            return _text(f"forbidden: {mac} is not a storage node\n", status=403)
+        said: list[str] = []
+
+        def change(inv: Inventory) -> Inventory:
+            new, text = fence(inv, node, minor)
+            said[:] = [text]
+            return new
+
+        try:
+            with self._arbiter:
+                update(self.inventory, change)
+        except FenceRefused as exc:
+            for_mac(log, mac).error("fence-peer of DRBD minor %s refused: %s", minor, exc)
+            return _text(f"refused: {exc}\n", status=409)
+        except InventoryError as exc:
+            for_mac(log, mac).error("fence-peer of DRBD minor %s: inventory not written: %s",
+                                    minor, exc)
+            return _text(f"the inventory could not be written: {exc}\n", status=503)
+        for_mac(log, mac).warning("fence-peer: %s", said[0])
+        return _text(json.dumps({"verdict": "outdated", "why": said[0]}) + "\n",
+                     "application/json")
+
+    def arbitrate(self) -> None:
+        """Promote the replica of a replicated volume whose primary is gone; clear the
+        outdated mark of a side in step again (control/failover.py)."""
+        if not any(isinstance(e, VolumeExport) and e.drbd_minor is not None
+                   for e in self.inventory.snapshot().inventory.exports):
+            return
+        reports = read_reports(self.state_dir)
+        said: list[str] = []
+
+        def change(inv: Inventory) -> Inventory:
+            new, changes = failovers(inv, reports, self.liveness.reachable)
+            said[:] = [c.text for c in changes]
+            return new
+
+        if not self._arbiter.acquire(blocking=False):
+            return               # another request is deciding right now
+        try:
+            snap = self.inventory.snapshot()
+            if not failovers(snap.inventory, reports, self.liveness.reachable)[1]:
+                return
+            update(self.inventory, change)
+        except InventoryError as exc:
+            log.error("replicated volumes: failover not written: %s", exc)
+            return
+        finally:
+            self._arbiter.release()
+        for text in said:
+            log.warning("%s", text)
 
     def nodes_doc(self) -> dict[str, object]:
         inv = self.inventory.snapshot().inventory

@@ -110,13 +110,17 @@ class VolumeExport(_ExportBase):
     ``snodes`` lists the storage node(s) that keep it.  A replicated volume (``drbd_minor``
     set) has two: DRBD 8.4 keeps them in step, the first is the primary (it exports the
     volume), the second its replica; ``drbd_minor`` is /dev/drbdMINOR on both, and the
-    replication link's port is ``DRBD_PORT_BASE + drbd_minor``."""
+    replication link's port is ``DRBD_PORT_BASE + drbd_minor``.  ``outdated`` names the snode
+    (of the two) whose copy misses writes the other acknowledged: set by the config node when
+    the primary lost its replica (DRBD's fence-peer) or was replaced by it, cleared once both
+    are in step again; an outdated side is never made primary."""
 
     name: str = ""
     size: int = 0
     origin_kind: str = "empty"
     origin: str = ""
     drbd_minor: int | None = None
+    outdated: str | None = None
 
     @property
     def replicated(self) -> bool:

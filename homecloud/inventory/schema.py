@@ -28,6 +28,8 @@ one writer.
         volume: {name: db1, size: 8G, drbd_minor: 0}   # /dev/drbd0, link port 7800 + minor
         consumers: [hnode]
         snodes: [snode1, snode2]  # [primary (exports it), replica]
+                                  # volume.outdated: snode2 -- set by the config node while
+                                  # that side misses writes (it is never promoted then)
         mode: rw
     templates:                    # read-only base volumes on every storage node's pool
       domu-20261204T101500Z-1a2b: {role: domu, build: 20261204T101500Z-1a2b, file: rootfs.img,
@@ -403,9 +405,9 @@ class _Parser(InstanceParsing):
                                        build=str(img["build"]) if img.get("build") else None))
             else:
                 if not isinstance(vol, dict) or not {"name", "size"} <= set(vol) or \
-                        set(vol) - {"name", "size", "origin", "drbd_minor"}:
-                    raise self.err(entry, "volume must be {name, size, origin?, drbd_minor?}",
-                                   node)
+                        set(vol) - {"name", "size", "origin", "drbd_minor", "outdated"}:
+                    raise self.err(entry, "volume must be {name, size, origin?, drbd_minor?, "
+                                   "outdated?}", node)
                 try:
                     size = parse_size(vol["size"])
                 except ValueError as exc:
@@ -425,9 +427,14 @@ class _Parser(InstanceParsing):
                     if snodes is None or len(snodes) != 2:
                         raise self.err(entry, "a replicated volume (drbd_minor) needs exactly "
                                        "two snodes: [primary, replica]", node)
+                outdated = vol.get("outdated")
+                if outdated is not None and (minor is None or not isinstance(outdated, str)
+                                             or outdated not in (snodes or ())):
+                    raise self.err(entry, f"outdated {outdated!r} must name one of a replicated "
+                                   "volume's two snodes (the one that missed writes)", node)
                 out.append(VolumeExport(target, mode, cons, snodes, name=str(vol["name"]),
                                         size=size, origin_kind=okind, origin=oname,
-                                        drbd_minor=minor))
+                                        drbd_minor=minor, outdated=outdated))
         return tuple(out)
 
     def consumer(self, entry: str, value: object, node: yaml.Node) -> str:
@@ -485,6 +492,8 @@ def export_doc(e: Export) -> dict[str, Any]:
             doc["volume"]["origin"] = f"{e.origin_kind}:{e.origin}"
         if e.drbd_minor is not None:
             doc["volume"]["drbd_minor"] = e.drbd_minor
+        if e.outdated is not None:
+            doc["volume"]["outdated"] = e.outdated
     doc["consumers"] = list(e.consumers)
     doc["snodes"] = "all" if e.snodes is None else list(e.snodes)
     doc["mode"] = e.mode

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import termios
+import time
 import tty
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,29 @@ def reset(ctx: click.Context, node: str, lab_dir: Path | None) -> None:
     lb = Lab(_lab_dir(ctx, lab_dir))
     _run(lambda: lb.reset_node(node))
     click.echo(f"{node}: reset")
+
+
+@lab.command()
+@click.argument("node")
+@state_dir_opt
+@click.pass_context
+def kill(ctx: click.Context, node: str, lab_dir: Path | None) -> None:
+    """Power NODE off hard (SIGKILL to its QEMU: no shutdown); `lab start` powers it on."""
+    lb = Lab(_lab_dir(ctx, lab_dir))
+    pid = _run(lambda: lb.kill_node(node))
+    click.echo(f"{time.strftime('%H:%M:%S')} {node}: killed (QEMU pid {pid}, SIGKILL)")
+
+
+@lab.command()
+@click.argument("node")
+@state_dir_opt
+@click.pass_context
+def start(ctx: click.Context, node: str, lab_dir: Path | None) -> None:
+    """Power a killed NODE on again (same machine: MAC, disks); it boots from the network."""
+    lb = Lab(_lab_dir(ctx, lab_dir))
+    pid = _run(lambda: lb.start_node(node))
+    click.echo(f"{time.strftime('%H:%M:%S')} {node}: started (QEMU pid {pid}); "
+               "`hcboot lab status` follows its boot")
 
 
 @lab.command()

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -422,20 +423,9 @@ class Lab:
         }
         if role == STORAGE_ROLE and disk_size:
             rec["disks"] = [str(self.disks_dir / f"{name}-{x}.img") for x in ("a", "b")]
-        nics = [vm.Nic("virtio", tap=rec["tap"], mac=rec["mac"])]
         if role in INST_NIC_ROLES:
-            # NIC 2 (eth1) on the instance bridge; no option ROM: it never boots
             rec.update(inst_tap=net.tap_names(name)[1], inst_mac=lab_mac(role, index, 2))
-            nics.append(vm.Nic("virtio", tap=rec["inst_tap"], mac=rec["inst_mac"], romfile=""))
-        spec = vm.VmSpec(
-            name=f"hclab-{self.id}-{name}", workdir=self.vms_dir, memory_mb=rec["memory_mb"],
-            nics=nics,
-            # virtio-scsi, not virtio-blk: a lab snode once hung for good with 256 writes in
-            # flight on vda that QEMU had completed (a completion interrupt lost under TCG);
-            # the SCSI layer times such a command out, aborts and retries it (docs/lab.md)
-            disks=[vm.Disk(Path(d), iface="virtio-scsi") for d in rec["disks"]],
-            boot=BOOT_ORDER,
-            netns=self.net.netns)
+        spec = self._spec(rec)
         rec.update({k: str(v) for k, v in spec.files.items()})
         self._put_node(rec)                      # recorded before the tap and the VM exist
         net.create_tap(self.net, rec["tap"])
@@ -455,6 +445,23 @@ class Lab:
             what += f", 2 x {disk_size >> 30} GiB sparse disks"
         self.say(f"{self._elapsed()} {name:8} started: {rec['mac']} {what} (pid {p.pid})")
         return rec
+
+    def _spec(self, rec: dict[str, Any]) -> vm.VmSpec:
+        """The QEMU machine of node record ``rec`` (the same at every start of it)."""
+        nics = [vm.Nic("virtio", tap=rec["tap"], mac=rec["mac"])]
+        if rec.get("inst_tap"):
+            # NIC 2 (eth1) on the instance bridge; no option ROM: it never boots
+            nics.append(vm.Nic("virtio", tap=rec["inst_tap"], mac=rec["inst_mac"], romfile=""))
+        return vm.VmSpec(
+            name=f"hclab-{self.id}-{rec['name']}",
+            workdir=self.vms_dir, memory_mb=rec["memory_mb"],
+            nics=nics,
+            # virtio-scsi, not virtio-blk: a lab snode once hung for good with 256 writes in
+            # flight on vda that QEMU had completed (a completion interrupt lost under TCG);
+            # the SCSI layer times such a command out, aborts and retries it (docs/lab.md)
+            disks=[vm.Disk(Path(d), iface="virtio-scsi") for d in rec["disks"]],
+            boot=BOOT_ORDER,
+            netns=self.net.netns)
 
     # ------------------------------------------------------------------ follow
     def _vm_running(self, n: dict[str, Any]) -> bool:
@@ -566,6 +573,41 @@ class Lab:
         if not self._vm_running(n):
             raise LabError(f"{name}: its VM is not running")
         vm.monitor(Path(n["monitor_sock"]), "system_reset")
+
+    def kill_node(self, name: str) -> int:
+        """Power a node off hard: SIGKILL to its QEMU (no shutdown, no TCP reset from it: what
+        a machine that dies looks like to its peers).  Its disks and taps stay; ``start_node``
+        powers it on again.  Returns the PID that was killed."""
+        self.load()
+        n = self.node(name)
+        pid = n.get("pid")
+        if not isinstance(pid, int) or not self._vm_running(n):
+            raise LabError(f"{name}: its VM is not running")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while procs.is_ours(pid, self._vm_tokens(n)) and time.monotonic() < deadline:
+            p = self._procs.get(name)
+            if p is not None:
+                p.poll()
+            time.sleep(0.05)
+        n["ready_at"] = None
+        self._put_node(n)
+        return pid
+
+    def start_node(self, name: str) -> int:
+        """Power a stopped (killed or crashed) node on again: the same QEMU machine (MAC,
+        disks, taps), booting from the network as at first.  Returns the new PID."""
+        self.load()
+        n = self.node(name)
+        if self._vm_running(n):
+            raise LabError(f"{name}: its VM is running (pid {n.get('pid')})")
+        spec = self._spec(n)
+        p = vm.start(spec)
+        self._procs[name] = p
+        n.update(pid=p.pid, started=time.time(), ready_at=None)
+        self._put_node(n)
+        vm.wait_sockets(spec, p)
+        return p.pid
 
     # ------------------------------------------------------------------ status
     def status(self) -> list[NodeStatus]:

@@ -332,7 +332,7 @@ def test_inventory_yaml_round_trips_volumes_templates_and_deletions(tmp_path: Pa
     (lambda d: d["exports"][0]["volume"].update(origin="snap:x"),
      "exports[0] (e10.0): origin 'snap:x' is not template:NAME or volume:NAME"),
     (lambda d: d["exports"][0]["volume"].update(colour=1),
-     "volume must be {name, size, origin?, drbd_minor?}"),
+     "volume must be {name, size, origin?, drbd_minor?, outdated?}"),
     (lambda d: d["exports"][0]["volume"].update(drbd_minor=0),
      "exports[0] (e10.0): a replicated volume (drbd_minor) needs exactly two snodes: "
      "[primary, replica]"),

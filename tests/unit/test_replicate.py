@@ -6,11 +6,13 @@ writes /proc/drbd in the kernel's format (the reader is tested on real text in t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from homecloud.agents import drbd as D
 from homecloud.agents.common import AgentError, CommandError
 from homecloud.agents.poolproto import DrbdHost, DrbdLink, VolumeExport
 from homecloud.agents.replicate import Replicator
@@ -40,6 +42,9 @@ class FakeDrbd:
         self.peer_after = peer_after   # polls of /proc/drbd until the peer connects
         self.polls = 0
         self.now = 0.0
+        self.params = tmp / "params"            # the module as loaded: default helper
+        self.params.mkdir()
+        (self.params / "usermode_helper").write_text("/sbin/drbdadm\n")
         self.write()
 
     def write(self) -> None:
@@ -68,6 +73,9 @@ class FakeDrbd:
             (self.dev / "hc" / a[a.index("-n") + 1]).write_text("")
             return ""
         if a[0] == "modprobe":
+            assert a[1] == "drbd" and a[2].startswith("usermode_helper="), a
+            self.params.mkdir(parents=True, exist_ok=True)
+            (self.params / "usermode_helper").write_text(a[2].split("=", 1)[1] + "\n")
             self.write()
             return ""
         if a[0] == "lvremove":
@@ -101,7 +109,9 @@ class FakeDrbd:
     def replicator(self, tmp: Path, host: str = "snode1") -> Replicator:
         return Replicator("hc", "pool", tmp / "run", lambda _t: None, runner=self.run,
                           hostname=host, proc_drbd=self.proc, sleep=self.sleep,
-                          clock=lambda: self.now, connect_wait=30, dev=self.dev)
+                          clock=lambda: self.now, connect_wait=30, dev=self.dev,
+                          server="http://198.51.100.1", mac="52:54:00:4c:53:01",
+                          module_params=self.params)
 
     def verbs(self) -> list[str]:
         return [c[3] if c[0].endswith("drbdadm-84") else c[0] for c in self.calls]
@@ -167,3 +177,19 @@ def test_teardown_of_a_volume_never_replicated_is_nothing(tmp_path: Path) -> Non
     fake = FakeDrbd(tmp_path)
     fake.replicator(tmp_path).teardown("plain")
     assert fake.calls == []
+
+
+def test_the_module_runs_our_fence_peer_helper_and_it_knows_where_to_ask(tmp_path: Path) -> None:
+    """drbd loaded with usermode_helper= hc-drbd-helper (fencing asks the config node), the
+    helper's fence.json written; a module loaded before with another helper is switched."""
+    fake = FakeDrbd(tmp_path)
+    fake.proc.unlink()                         # the module is not loaded yet
+    r = fake.replicator(tmp_path)
+    r.ensure(vol(True))
+    assert ["modprobe", "drbd", f"usermode_helper={D.HELPER}"] in fake.calls
+    doc = json.loads((tmp_path / "run" / "drbd" / "fence.json").read_text())
+    assert doc == {"server": "http://198.51.100.1", "mac": "52:54:00:4c:53:01"}
+    (fake.params / "usermode_helper").write_text("/sbin/drbdadm\n")
+    r.ensure(vol(True))
+    assert (fake.params / "usermode_helper").read_text() == D.HELPER
+    assert "fencing resource-and-stonith;" in r.conf.read_text()
