@@ -94,12 +94,19 @@ class Replicator:
         return out
 
     def _save(self) -> None:
+        """resources.json and the resource file, each written when it differs (a new agent
+        may render the same resources with other options: ``adjust`` then applies them)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         doc = {n: asdict(s) for n, s in sorted(self.known.items())}
-        self._write(self.dir / KNOWN_NAME, json.dumps(doc, indent=1) + "\n")
-        text = D.GLOBAL_CONF + "".join("\n" + D.render(s)
-                                       for _, s in sorted(self.known.items()))
-        self._write(self.conf, text)
+        for path, text in ((self.dir / KNOWN_NAME, json.dumps(doc, indent=1) + "\n"),
+                           (self.conf, D.GLOBAL_CONF + "".join(
+                               "\n" + D.render(s) for _, s in sorted(self.known.items())))):
+            try:
+                if path.read_text() == text:
+                    continue
+            except OSError:
+                pass
+            self._write(path, text)
 
     @staticmethod
     def _write(path: Path, text: str) -> None:
@@ -207,9 +214,8 @@ class Replicator:
                              f"snode runs it as minor {old.minor}")
         self._meta(e.name)
         self._module(e.name)
-        if old != spec:
-            self.known[e.name] = spec
-            self._save()
+        self.known[e.name] = spec
+        self._save()
         want = D.Want(spec, e.drbd.primary, e.drbd.identical)
         deadline = self.clock() + self.connect_wait
         while True:

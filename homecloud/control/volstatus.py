@@ -79,7 +79,12 @@ def _keepers(inv: Inventory, e: VolumeExport) -> list[Node]:
     snodes = storage_nodes(inv)
     if e.snodes is None:
         return snodes
-    return [n for n in snodes if n.name in e.snodes or any(c.mac in e.snodes for c in n.nics)]
+    out = []
+    for key in e.snodes:           # in the inventory's order: a replicated volume's primary first
+        n = next((n for n in snodes if n.name == key or any(c.mac == key for c in n.nics)), None)
+        if n is not None and n not in out:
+            out.append(n)
+    return out
 
 
 def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[VolumeStatus]:
@@ -117,6 +122,10 @@ def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[V
                 problems += _drbd_problems(where, drbd)
             if age is not None and age > STALE_AFTER:
                 problems.append(f"{where}: its storage agent last reported {age:.0f}s ago")
+            if e.outdated is not None and e.outdated in (n.name, *(c.mac for c in n.nics)):
+                problems.append(f"{where}: outdated: it missed writes the other side "
+                                "acknowledged (fenced or replaced by the config node); never "
+                                "made primary until it has resynced")
         serving = sum(1 for x in reps if x.export == "served")
         if not reps or all(x.export == "unknown" for x in reps):
             health = "unknown"
