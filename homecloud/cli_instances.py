@@ -121,9 +121,12 @@ def instance() -> None:
               help="cloud-init user-data: #cloud-config (merged) or a script.")
 @click.option("--on", help="The hnode to start it on (default: placement).")
 @click.option("--no-start", is_flag=True, help="Create the volume only; start later.")
+@click.option("--replicas", type=click.IntRange(1, 2), default=None,
+              help="2: the volume on two snodes, in step by DRBD; 1: on one.  Default: 2 "
+                   "when two snodes have a volume pool.")
 def create(name: str, template: str, memory: int, vcpus: int, disk_size: str | None,
            ssh_keys: tuple[Path, ...], user_data: Path | None, on: str | None,
-           no_start: bool) -> None:
+           no_start: bool, replicas: int | None) -> None:
     """Create instance NAME from a template and start it."""
     keys = [line for p in ssh_keys for line in _read(p, "SSH key").splitlines()
             if line.strip() and not line.startswith("#")]
@@ -131,7 +134,7 @@ def create(name: str, template: str, memory: int, vcpus: int, disk_size: str | N
     size = _disk_size(disk_size)
     with action(f"create {name}"):
         inst = _service().create(name, template, memory, vcpus, size, keys, ud, on,
-                                 not no_start, step)
+                                 not no_start, step, replicas=replicas)
         step(f"{inst.name}: {inst.state}" + (f" on {inst.host}" if inst.host else "")
              + f", {inst.ip} ({inst.mac})")
 

@@ -118,6 +118,9 @@ class Template:
 
 
 class VolumeApi(Protocol):
+    def default_replicas(self) -> tuple[int, str]:
+        """How many snodes a new instance's volume goes on by default, and why."""
+
     def create(self, name: str, size: int, origin: Origin, progress: Progress,
                timeout: float = 600, replicas: int = 1) -> VolumeExport:
         """Pick an snode (two for ``replicas=2``: a primary and its DRBD replica) and a free

@@ -127,8 +127,13 @@ class InstanceService(MigrationOps):
     def create(self, name: str, template: str, memory_mb: int = DEFAULT_MEMORY_MB,
                vcpus: int = 1, disk_size: int | None = None, ssh_keys: Sequence[str] = (),
                user_data: str = "", on: str | None = None, start: bool = True,
-               progress: Progress = quiet) -> Instance:
+               progress: Progress = quiet, replicas: int | None = None) -> Instance:
+        """``replicas``: 2 keeps the volume on two snodes (DRBD), 1 on one; None: 2 when two
+        snodes have a volume pool, else 1 (said in a step)."""
         tmpl = resolve_template(self.volumes.templates(), template)
+        if replicas is None:
+            replicas, why = self.volumes.default_replicas()
+            progress(f"{name}: volume on {replicas} snode{'s' if replicas > 1 else ''} ({why})")
         size = disk_size if disk_size is not None else tmpl.size
         if size < tmpl.size:
             raise InstanceError(f"instance {name}: disk size {size} bytes is smaller than "
@@ -136,7 +141,7 @@ class InstanceService(MigrationOps):
         proto = self._proto(name, tmpl.name, memory_mb, vcpus, size, ssh_keys, user_data)
         self._fits(proto, on, start, progress)
         inst = self._reserve(proto, progress)
-        return self._fill(inst, Origin("template", tmpl.name), on, start, progress)
+        return self._fill(inst, Origin("template", tmpl.name), on, start, progress, replicas)
 
     def copy(self, src: str, new: str, on: str | None = None, start: bool = True,
              progress: Progress = quiet) -> Instance:
@@ -161,10 +166,11 @@ class InstanceService(MigrationOps):
                   on, what=f"instance {proto.name}")
 
     def _fill(self, inst: Instance, origin: Origin, on: str | None, start: bool,
-              progress: Progress) -> Instance:
+              progress: Progress, replicas: int = 1) -> Instance:
         act = ACTIONS["create"]
         with self.failing(inst.name, act, progress):
-            export = self.volumes.create(inst.volume, inst.disk_size, origin, progress)
+            export = self.volumes.create(inst.volume, inst.disk_size, origin, progress,
+                                         replicas=replicas)
             progress(f"volume {inst.volume} served at {export.target}")
         inst = self.set_state(inst.name, act.done)
         if start:

@@ -247,6 +247,17 @@ class Volumes:
         return of_role[-1]
 
     # ------------------------------------------------------------------ volumes
+    def default_replicas(self) -> tuple[int, str]:
+        """2 when two storage nodes have a volume pool (a new instance's volume survives
+        either), else 1; and why."""
+        inv, reports = self.inventory(), self.reports()
+        pools = [n.name for n in storage_nodes(inv)
+                 if not no_pool_reason(storage_report(reports, n))]
+        if len(pools) >= 2:
+            return 2, f"replicated: {len(pools)} snodes have a volume pool"
+        return 1, (f"not replicated: only {pools[0]} has a volume pool" if pools else
+                   "not replicated: no second snode with a volume pool")
+
     def create(self, name: str, size: int, origin: Origin, progress: Progress,
                timeout: float = 600, replicas: int = 1) -> VolumeExport:
         check_name("volume", name)

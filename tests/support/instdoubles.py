@@ -188,8 +188,12 @@ class FakeVolumes:
         self.origins: dict[str, Origin] = {}
         self.fail: dict[str, str] = {}
 
+    def default_replicas(self) -> tuple[int, str]:
+        return 1, "not replicated: one snode in this test"
+
     def create(self, name: str, size: int, origin: Origin, progress: Progress,
-               timeout: float = 600) -> VolumeExport:
+               timeout: float = 600, replicas: int = 1) -> VolumeExport:
+        self.replicas = replicas
         if self.fail.pop("create", None):
             raise HostError(f"sn1: volume {name}: lvcreate failed: Insufficient free space")
         if name in self.exports:

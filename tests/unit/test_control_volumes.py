@@ -372,6 +372,7 @@ def test_a_replicated_volume_lives_on_two_snodes_with_one_primary(tmp_path: Path
     publish(w.images, "domu", {"rootfs": b"r" * 4096, "kernel": b"k"}, BootInfo(), build_id="b1")
     w.settle()
     w.api.import_template("domu", "b1", w.steps.append)
+    assert w.api.default_replicas() == (2, "replicated: 2 snodes have a volume pool")
     db = w.api.create("db", 1 << 20, Origin("template", "domu-b1"), w.steps.append, replicas=2)
     assert (db.snodes, db.drbd_minor, db.target) == (("sn1", "sn2"), 0, Target(10, 0))
     assert w.steps[-3].startswith("volume db: e10.0 on sn1 replicated to sn2 (DRBD minor 0)")
@@ -399,6 +400,7 @@ def test_a_replicated_volume_lives_on_two_snodes_with_one_primary(tmp_path: Path
 def test_replication_refusals_name_what_is_missing(tmp_path: Path) -> None:
     w = World(tmp_path, [FakeSnode(IP_NODES[0]), FakeSnode(IP_NODES[1], pool=False)], IP_NODES)
     w.settle()
+    assert w.api.default_replicas() == (1, "not replicated: only sn1 has a volume pool")
     with pytest.raises(VolumeError, match="no storage node besides sn1 has a volume pool for "
                                           "the replica: sn2: it reports no volume pool"):
         w.api.create("a", 1, Origin("empty"), w.steps.append, replicas=2)
