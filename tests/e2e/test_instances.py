@@ -294,7 +294,9 @@ def test_create_ping_ssh(lab: LabContext, user_data: Path) -> None:
     st = json.loads(run(lab, "volumes", "--json"))
     vol = next(v for v in st["volumes"] if v["instance"] == "web1")
     assert vol["health"] == "ok" and vol["origin"].startswith("template:domu-"), vol
-    assert [r["export"] for r in vol["replicas"]] == ["served"] and st["strays"] == [], st
+    # replicated by default (two snodes with pools): the primary serves, the replica keeps
+    assert [r["export"] for r in vol["replicas"]] == ["served", "replica"], st
+    assert st["strays"] == [], st
     say(run(lab, "verify").strip())
 
 
@@ -498,6 +500,116 @@ def test_stop_reboot_its_hnode_start_on_the_other(lab: LabContext) -> None:
 def volume_state(lab: LabContext, name: str) -> dict[str, Any]:
     st = json.loads(hcboot(lab, "volumes", "--json"))
     return next(v for v in st["volumes"] if v["name"] == name)
+
+
+RECWRITER = Path(__file__).resolve().parents[1] / "support" / "recwriter.py"
+
+
+def lab_cmd(lab: LabContext, *args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "homecloud", "lab", *args, "--state-dir",
+                        lab.lab_dir], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"hcboot lab {' '.join(args)}: {r.stdout}{r.stderr}"
+    say(r.stdout.strip())
+    return r.stdout
+
+
+def node_rec(lab: LabContext, name: str) -> dict[str, Any]:
+    doc = json.loads((Path(lab.lab_dir) / "lab.json").read_text())
+    return dict(next(n for n in doc["nodes"] if n["name"] == name))
+
+
+def console_run(rec: dict[str, Any], command: str, pattern: str, timeout: float) -> str:
+    """Types ``command`` once on a lab VM's serial console; the first match of regex
+    ``pattern`` (group 1) in what the console prints after it."""
+    import re
+    log = Path(rec["serial_log"])
+    start = log.stat().st_size
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(rec["serial_sock"])
+        s.sendall(b"\r" + command.encode() + b"\r")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        with log.open("rb") as f:
+            f.seek(start)
+            m = re.search(pattern, f.read().decode(errors="replace"))
+        if m:
+            return m.group(1)
+    raise AssertionError(f"{rec['name']}: no {pattern!r} on its console within {timeout:.0f} s "
+                         f"of {command!r}")
+
+
+def wait_volume(lab: LabContext, name: str, ok: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = volume_state(lab, name)
+        if ok(v) or time.monotonic() > deadline:
+            return v
+        time.sleep(5)
+
+
+def test_snode_killed_under_a_running_instance(lab: LabContext) -> None:
+    """Issue 12: a writer inside web1 (on a replicated volume) appends records and fsyncs each;
+    the volume's primary snode is killed (SIGKILL to its VM) mid-stream: no I/O error in the
+    guest or in dom0, every acknowledged record intact, the stall measured; the config node
+    promotes the replica, which exports the same shelf.slot.  The killed snode comes back,
+    resyncs by itself, and both backing devices are identical."""
+    doc = instance_doc(lab, "web1")
+    ip, host, vol = str(doc["ip"]), str(doc["host"]), str(doc["volume"])
+    v = volume_state(lab, vol)
+    assert len(v["replicas"]) == 2 and v["health"] == "ok", v
+    prim, repl = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
+    target = v["target"]
+    hn = node_addresses(lab)[host]
+    dom0_errors = f"dmesg | grep -c 'I/O error, dev etherd/{target}' || true"
+    before = int(ssh(lab, hn, dom0_errors).strip())
+    with RECWRITER.open("rb") as src:
+        writer = subprocess.Popen(lab.ssh_argv(ip, "python3 - write /root/records 120"),
+                                  stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+    time.sleep(25)
+    t_kill = time.monotonic()
+    lab_cmd(lab, "kill", prim)
+    out, err = writer.communicate(timeout=600)
+    lines = out.splitlines()
+    assert lines and lines[-1].startswith("done "), (out[-2000:], err[-2000:])
+    done = json.loads(lines[-1][5:])
+    stalls = [ln for ln in lines if ln.startswith("stall ")]
+    say(f"writer: {done}; stalls over 1 s: {stalls}; killed {prim} "
+        f"{t_kill - time.monotonic() + done['seconds']:.0f} s before the writer's end")
+    assert done["errors"] == 0 and not [ln for ln in lines if ln.startswith("err ")], out[-3000:]
+    assert ssh(lab, ip, "dmesg | grep -ciE 'I/O error|blk_update_request|Buffer I/O' "
+                        "|| true").strip() == "0", ssh(lab, ip, "dmesg | tail -30")
+    assert int(ssh(lab, hn, dom0_errors).strip()) == before, ssh(lab, hn, "dmesg | tail -30")
+    acked = sum(1 for ln in lines if ln.startswith("ack "))
+    assert acked == done["records"]
+    with RECWRITER.open("rb") as src:
+        r = subprocess.run(lab.ssh_argv(ip, f"python3 - check /root/records {acked}"),
+                           stdin=src, capture_output=True, text=True, timeout=300)
+    res = json.loads(r.stdout.strip().splitlines()[-1][5:])
+    say(f"check: {res}")
+    assert res["intact"] == acked, res
+    v = volume_state(lab, vol)
+    assert v["replicas"][0]["snode"] == repl and v["replicas"][0]["export"] == "served", v
+    assert v["target"] == target
+    # the killed snode comes back as the replica and resyncs by itself
+    lab_cmd(lab, "start", prim)
+    t0 = time.monotonic()
+    v = wait_volume(lab, vol, lambda v: v["health"] == "ok" and all(
+        x.get("drbd") and x["drbd"]["connection"] == "Connected"
+        and x["drbd"]["peer_disk"] == "UpToDate" for x in v["replicas"]), 900)
+    assert v["health"] == "ok", v
+    say(f"{prim} back and resynced {time.monotonic() - t0:.0f} s after its start")
+    # both backing devices identical once the guest stops writing
+    run(lab, "instance", "stop", "web1")
+    sums = {}
+    for n in (prim, repl):
+        sums[n] = console_run(node_rec(lab, n),
+                              f"echo HCSUM-$(dd if=/dev/hc/v-{vol} bs=4M iflag=direct "
+                              "status=none | sha256sum | cut -c1-64)-END",
+                              r"HCSUM-([0-9a-f]{64})-END", 900)
+    say(f"backing devices: {sums}")
+    assert sums[prim] == sums[repl], sums
 
 
 def test_replicated_volume_on_both_snodes(lab: LabContext) -> None:

@@ -3,15 +3,15 @@
 Standard library only: the tests send this file over SSH (``python3 - write DEV SECONDS``)
 to an hnode's dom0 or an instance, where nothing of homecloud is installed.
 
-``write DEV SECONDS``: appends numbered 4 KiB records to the block device DEV, record ``i`` at
-byte ``i * 4096``, each carrying its number, the time it was written and a sha256 of itself;
-it opens DEV with O_DIRECT (no page cache between the record and the device) and calls
-``fsync`` after every record.  Once fsync returned it prints ``ack I`` (the record is
-acknowledged: it must survive anything the storage does).  A failed write or fsync prints
-``err I ERRNO TEXT`` and the writer goes on with the next record (so a test sees every error,
-not only the first).  A write+fsync that took longer than one second prints ``stall I SECONDS``.
-At the end (SECONDS elapsed, or the device full) one line ``done {json}``: records, errors,
-the worst stall and where.
+``write DEV SECONDS``: appends numbered 4 KiB records to the block device (or file) DEV,
+record ``i`` at byte ``i * 4096``, each carrying its number, the time it was written and a
+sha256 of itself.  DEV is opened with O_DIRECT (no page cache between the record and the
+device) and ``fsync`` follows every record.  Once fsync returned it prints ``ack I`` (the
+record is acknowledged: it must survive anything the storage does).  A failed write or
+fsync prints ``err I ERRNO TEXT`` and the writer goes on with the next record (a test sees
+every error, not only the first).  A write+fsync longer than one second prints
+``stall I SECONDS``.  At the end (SECONDS elapsed, or the device full) one line
+``done {json}``: records, errors, the worst stall and where.
 
 ``check DEV N``: reads records 0..N-1 back (O_DIRECT) and prints ``done {json}`` with how
 many are intact and the numbers of those that are not (torn, another record's, zeros).
@@ -23,6 +23,7 @@ import hashlib
 import json
 import mmap
 import os
+import stat
 import sys
 import time
 
@@ -44,13 +45,15 @@ def intact(i: int, data: bytes) -> bool:
     return body[len(MAGIC):].split(b" ", 1)[0] == str(i).encode()
 
 
-def _size(fd: int) -> int:
-    return os.lseek(fd, 0, os.SEEK_END)
+FILE_LIMIT = 1 << 18          # records in a regular file: 1 GiB
 
 
 def write(dev: str, seconds: float) -> int:
-    fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
-    limit = _size(fd) // REC
+    """DEV: a block device, or a file (made if missing; inside an instance, on its root
+    filesystem: then fsync also commits the filesystem's journal)."""
+    fd = os.open(dev, os.O_RDWR | os.O_DIRECT | os.O_CREAT, 0o600)
+    st = os.fstat(fd)
+    limit = os.lseek(fd, 0, os.SEEK_END) // REC if stat.S_ISBLK(st.st_mode) else FILE_LIMIT
     buf = mmap.mmap(-1, REC)          # page-aligned, as O_DIRECT needs
     t0 = time.monotonic()
     i = errors = 0
