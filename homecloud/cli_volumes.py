@@ -190,6 +190,23 @@ def volume_delete(ctx: click.Context, name: str, timeout: int) -> None:
     step(f"volume {name}: deleted")
 
 
+@volume.command("resolve")
+@click.argument("name")
+@click.option("--keep", required=True, metavar="SNODE",
+              help="The snode whose data is kept; the other side's writes since the split "
+                   "are thrown away.")
+@click.option("--timeout", default=300, show_default=True)
+@click.pass_context
+def volume_resolve(ctx: click.Context, name: str, keep: str, timeout: int) -> None:
+    """After a split brain of replicated volume NAME (`hcboot volumes` shows both sides'
+    generation identifiers): keep SNODE's data, resync the other side from it."""
+    try:
+        _volumes(ctx).resolve(name, keep, step, timeout=timeout)
+    except HomecloudError as exc:
+        raise _fail(exc) from None
+    step(f"volume {name}: resolved in favour of {keep}")
+
+
 # ------------------------------------------------------------------ what the storage holds
 
 

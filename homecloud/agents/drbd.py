@@ -248,6 +248,9 @@ class Want:
     #: both backing volumes are fresh clones of one template (identical): the first primary
     #: starts the generation without a full sync (``new-current-uuid --clear-bitmap``)
     identical: bool = False
+    #: after a split brain: "keep" (reconnect as is) or "discard" (secondary, then reconnect
+    #: throwing away this side's writes since the split); "" refuses to touch a split brain
+    resolve: str = ""
 
 
 def steps(want: Want, status: DrbdStatus | None, has_metadata: bool,
@@ -268,6 +271,10 @@ def steps(want: Want, status: DrbdStatus | None, has_metadata: bool,
     up = status is not None and status.configured
     if up and status is not None and status.connection == "StandAlone" and status.disk \
             and status.disk != "Diskless":
+        if want.resolve in ("keep", "discard"):
+            # a person named the side to keep: this side reconnects (keeping its data), or
+            # gives up its writes since the split and resyncs from the kept side
+            return out + resolve_split_brain_steps(spec, want.resolve == "keep", conf)
         raise DrbdError(f"resource {name} (minor {spec.minor}): StandAlone with its disk "
                         f"{status.disk}: split brain or a refused peer; nothing done until "
                         "the side to keep is named")

@@ -32,6 +32,7 @@ Mode: TypeAlias = Literal["ro", "rw"]
 
 #: the DRBD states a report may carry (DRBD 8.4's words, ``/proc/drbd``)
 DRBD_TOKEN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+DRBD_GI_RE = re.compile(r"^[0-9A-Fa-f]{1,16}(?::[0-9A-Fa-f]{1,16}){3}(?::[01]){0,8}$")
 DRBD_HOST_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DRBD_MINORS = range(0, 1 << 16)
 
@@ -51,6 +52,9 @@ class DrbdLink:
     primary: bool                       # this snode is the primary: it exports the volume
     identical: bool                     # both sides start from the same bytes: no full sync
     hosts: tuple[DrbdHost, DrbdHost]    # the two snodes (this one among them)
+    #: after a split brain, the side a person named to keep ("keep": reconnect) and the other
+    #: ("discard": its writes since the split are thrown away, it resyncs from the kept side)
+    resolve: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class DrbdState:
     peer_disk: str
     out_of_sync_kib: int = 0
     synced_percent: float | None = None
+    #: the data generation identifiers (``drbdadm get-gi``: CURRENT:BITMAP:HISTORY1:HISTORY2
+    #: and flags), reported while StandAlone: what a person compares before naming the side
+    #: to keep
+    gi: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,8 +179,11 @@ def read_drbd_link(o: Obj) -> DrbdLink:
         out.append(DrbdHost(host, addr))
     if out[0].host == out[1].host or out[0].address == out[1].address:
         raise ProtocolError(o.at("hosts"), "the two replicas must be two snodes")
+    resolve = o.raw("resolve", required=False)
+    if resolve is not None and resolve not in ("keep", "discard"):
+        raise ProtocolError(o.at("resolve"), f"{resolve!r}: keep or discard")
     o.done()
-    return DrbdLink(minor, port, primary, bool(identical), (out[0], out[1]))
+    return DrbdLink(minor, port, primary, bool(identical), (out[0], out[1]), resolve or "")
 
 
 def read_drbd_state(o: Obj) -> DrbdState:
@@ -193,6 +204,12 @@ def read_drbd_state(o: Obj) -> DrbdState:
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100:
             raise ProtocolError(o.at("synced_percent"), "must be a number in 0..100")
         st = DrbdState(**{**st.__dict__, "synced_percent": float(pct)})
+    gi = o.raw("gi", required=False)
+    if gi is not None:
+        if not isinstance(gi, str) or len(gi) > 200 or not DRBD_GI_RE.fullmatch(gi):
+            raise ProtocolError(o.at("gi"), "must be DRBD generation identifiers "
+                                "(HEX:HEX:HEX:HEX[:flag...])")
+        st = DrbdState(**{**st.__dict__, "gi": gi})
     o.done()
     return st
 
@@ -269,6 +286,8 @@ def volume_export_fields(e: VolumeExport) -> dict[str, Any]:
         doc["drbd"] = {"minor": d.minor, "port": d.port, "primary": d.primary,
                        "identical": d.identical,
                        "hosts": [{"host": h.host, "address": h.address} for h in d.hosts]}
+        if d.resolve:
+            doc["drbd"]["resolve"] = d.resolve
     return doc
 
 
@@ -294,4 +313,6 @@ def drbd_state_doc(d: DrbdState) -> dict[str, Any]:
                            "out_of_sync_kib": d.out_of_sync_kib}
     if d.synced_percent is not None:
         doc["synced_percent"] = d.synced_percent
+    if d.gi:
+        doc["gi"] = d.gi
     return doc

@@ -30,7 +30,7 @@ from pathlib import Path
 from homecloud.agents import drbd as D
 from homecloud.agents import drbdhelper
 from homecloud.agents.common import AgentError, CommandError, run
-from homecloud.agents.poolproto import DrbdState, VolumeExport
+from homecloud.agents.poolproto import DRBD_GI_RE, DrbdState, VolumeExport
 
 META_PREFIX = "m-"
 META_BYTES = 8 << 20       # external metadata: room for the bitmap of ~250 GiB
@@ -149,8 +149,24 @@ class Replicator:
             out[name] = DrbdState(spec.minor, s.connection, s.role or "Unknown",
                                   s.peer_role or "Unknown", s.disk or "Diskless",
                                   s.peer_disk or "DUnknown", s.out_of_sync_kib,
-                                  s.synced_percent)
+                                  s.synced_percent,
+                                  self.gi(spec) if s.connection == "StandAlone" else "")
         return out
+
+    def gi(self, spec: D.ResourceSpec) -> str:
+        """``drbdadm get-gi`` of a resource ("" when it cannot be read: said in the log)."""
+        try:
+            text = self.runner(self.adm("get-gi", spec.name))
+        except CommandError as exc:
+            self.log(f"drbd {spec.name}: get-gi: {exc}")
+            return ""
+        # drbdadm-84 may print its version warning first: the identifiers are the line that
+        # parses
+        for line in text.splitlines():
+            if DRBD_GI_RE.fullmatch(line.strip()):
+                return line.strip()
+        self.log(f"drbd {spec.name}: get-gi printed no identifiers: {text.strip()[:200]!r}")
+        return ""
 
     # -------------------------------------------------------------- bringing one up
     def _me(self) -> str:
@@ -216,7 +232,7 @@ class Replicator:
         self._module(e.name)
         self.known[e.name] = spec
         self._save()
-        want = D.Want(spec, e.drbd.primary, e.drbd.identical)
+        want = D.Want(spec, e.drbd.primary, e.drbd.identical, e.drbd.resolve)
         deadline = self.clock() + self.connect_wait
         while True:
             st = self.status().get(spec.minor)

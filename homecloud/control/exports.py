@@ -93,9 +93,13 @@ def drbd_link(inv: Inventory, e: VolumeExport, node: Node) -> tuple[P.DrbdLink |
     if len(hosts) != 2:
         return None, f"volume {e.name}: a replicated volume needs two snodes"
     identical = e.origin_kind in ("template", "empty")
+    resolve = ""
+    if e.keep is not None:
+        kept = inv.lookup(e.keep)
+        resolve = "keep" if kept is node else "discard"
     return P.DrbdLink(e.drbd_minor, DRBD_PORT_BASE + e.drbd_minor,
                       primary=pair[0] is node, identical=identical,
-                      hosts=(hosts[0], hosts[1])), ""
+                      hosts=(hosts[0], hosts[1]), resolve=resolve), ""
 
 
 def plan_for(mac: str, inv: Inventory, store: ImageStore, http_base: str,

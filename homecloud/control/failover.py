@@ -114,6 +114,16 @@ def failovers(inv: Inventory, reports: Mapping[str, Mapping[str, Any]],
             continue
         sp, sr = status_of(reports.get(prim.mac), e.name), status_of(reports.get(rep.mac), e.name)
         keys = e.snodes or ()
+        connected = ("Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT")
+        if e.keep is not None:
+            # a person resolved a split brain: done once both sides are connected again
+            if sp is not None and sr is not None and sp.connection in connected and \
+                    sr.connection in connected:
+                exports[i] = replace(e, keep=None)
+                changes.append(Change(e.name, "cleared",
+                                      f"volume {e.name}: split brain resolved, {e.keep}'s "
+                                      "data kept; both sides connected"))
+            continue
         if e.outdated is not None and sp is not None and sr is not None and \
                 reachable(prim) and reachable(rep) and \
                 all(s.connection == "Connected" and s.disk == "UpToDate"
@@ -125,8 +135,7 @@ def failovers(inv: Inventory, reports: Mapping[str, Mapping[str, Any]],
             continue
         if reachable(prim):
             continue
-        if sr is None or sr.connection in ("Connected", "SyncSource", "SyncTarget",
-                                           "PausedSyncS", "PausedSyncT"):
+        if sr is None or sr.connection in connected:
             continue      # the replica still sees its primary (or says nothing): no failover
         d = decide(e.name, [Side(prim.name, False, sp, e.outdated == keys[0]),
                             Side(rep.name, reachable(rep), sr, e.outdated == keys[1])],

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from homecloud.agents.drbd_gi import GiError, parse_gi, relation
 from homecloud.control.volumes import no_pool_reason, pool_names, storage_nodes, storage_report
 from homecloud.core.model import Inventory, Node, VolumeExport
 
@@ -126,6 +127,8 @@ def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[V
                 problems.append(f"{where}: outdated: it missed writes the other side "
                                 "acknowledged (fenced or replaced by the config node); never "
                                 "made primary until it has resynced")
+        if e.replicated and len(reps) == 2:
+            problems += _split_brain(e, reps)
         serving = sum(1 for x in reps if x.export == "served")
         if not reps or all(x.export == "unknown" for x in reps):
             health = "unknown"
@@ -167,6 +170,28 @@ def _drbd_problems(where: str, d: dict[str, Any] | None) -> list[str]:
     elif ds != "UpToDate" or pds != "UpToDate":
         out.append(f"{where}: DRBD disks {ds}/{pds}")
     return out
+
+
+def _split_brain(e: VolumeExport, reps: list[ReplicaState]) -> list[str]:
+    """Both sides StandAlone: each side's generation identifiers, how they relate, and the
+    command that resolves it (never automatic: a person names the side to keep)."""
+    ds = [r.drbd or {} for r in reps]
+    if not all(d.get("connection") == "StandAlone" for d in ds):
+        return []
+    gis = [str(d.get("gi") or "") for d in ds]
+    how = "their identifiers were not reported"
+    if all(gis):
+        try:
+            how = relation(parse_gi(gis[0]), parse_gi(gis[1]))
+        except GiError as exc:
+            how = str(exc)
+    sides = "; ".join(f"{r.snode}: {d.get('role')}, disk {d.get('disk')}, generation "
+                      f"{g or '?'}" for r, d, g in zip(reps, ds, gis, strict=True))
+    if e.keep is not None:
+        return [f"volume {e.name}: split brain being resolved in favour of {e.keep} ({sides})"]
+    return [f"volume {e.name}: split brain? both sides StandAlone ({sides}); {reps[0].snode} "
+            f"against {reps[1].snode}: {how}.  Nothing is thrown away until a person names "
+            f"the side to keep: hcboot volume resolve {e.name} --keep SNODE"]
 
 
 def strays(inv: Inventory, reports: dict[str, Any]) -> list[Stray]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,15 @@ def replica_connected(report: dict[str, Any] | None, e: VolumeExport) -> bool:
     for v in (report or {}).get("volumes") or []:
         if isinstance(v, dict) and v.get("name") == e.name and isinstance(v.get("drbd"), dict):
             return v["drbd"].get("connection") in ("Connected", "SyncTarget", "PausedSyncT")
+    return False
+
+
+def replica_connected_any(report: dict[str, Any] | None, e: VolumeExport) -> bool:
+    """This side's DRBD is connected to its peer (in step, or resyncing either way)."""
+    for v in (report or {}).get("volumes") or []:
+        if isinstance(v, dict) and v.get("name") == e.name and isinstance(v.get("drbd"), dict):
+            return v["drbd"].get("connection") in ("Connected", "SyncSource", "SyncTarget",
+                                                   "PausedSyncS", "PausedSyncT")
     return False
 
 
@@ -386,6 +396,63 @@ class Volumes:
         progress(f"volume {name}: export stopped, deletion asked of "
                  f"{', '.join(gone[0].snodes) or 'no storage node'}")
         self._settle(gone[0], timeout, progress)
+
+    def resolve(self, name: str, keep: str, progress: Progress,
+                timeout: float = 300) -> VolumeExport:
+        """After a split brain of replicated volume ``name``: keep snode ``keep``'s data.  The
+        other side throws away its writes since the split (``connect --discard-my-data``) and
+        resyncs from ``keep``, which becomes (or stays) the primary.  Returns once both sides
+        are connected again (the resync may still run: ``hcboot volumes`` shows it)."""
+        made: list[VolumeExport] = []
+
+        def change(inv: Inventory) -> Inventory:
+            e = inv.volume(name)
+            if e is None:
+                raise NotFound(f"volume {name} does not exist")
+            if e.drbd_minor is None or len(e.snodes or ()) != 2:
+                raise VolumeError(f"volume {name} is not replicated: nothing to resolve")
+            node = inv.lookup(keep)
+            keys = e.snodes or ()
+            key = next((k for k in keys if inv.lookup(k) is node), None)
+            if node is None or key is None:
+                raise VolumeError(f"volume {name}: {keep} is not one of its snodes "
+                                  f"({', '.join(keys)})")
+            other = keys[1] if key == keys[0] else keys[0]
+            new = replace(e, snodes=(key, other), keep=key, outdated=other)
+            made[:] = [new]
+            return inv.with_exports(tuple(new if x is e else x for x in inv.exports))
+
+        update(self.store, change)
+        e = made[0]
+        kept, lost = (e.snodes or ("?", "?"))[:2]
+        progress(f"volume {name}: keeping {kept}'s data; {lost} discards its writes since the "
+                 "split and resyncs from it")
+        deadline = self.clock() + timeout
+        inv = self.inventory()
+        nodes = [inv.lookup(k) for k in (kept, lost)]
+        while True:
+            reports = self.reports()
+            states = [replica_words(storage_report(reports, n), e) if n else "?" for n in nodes]
+            if all(n is not None and replica_connected_any(storage_report(reports, n), e)
+                   for n in nodes):
+                break
+            if self.clock() >= deadline:
+                raise VolumeError(f"volume {name}: not reconnected within {timeout:g}s "
+                                  f"({kept}: {states[0]}; {lost}: {states[1]}); the choice "
+                                  "stays recorded: the storage agents go on trying")
+            self.sleep(self.poll)
+
+        def clear(inv: Inventory) -> Inventory:
+            cur = inv.volume(name)
+            if cur is None or cur.keep is None:
+                return inv
+            return inv.with_exports(tuple(replace(x, keep=None) if x is cur else x
+                                          for x in inv.exports))
+
+        update(self.store, clear)
+        progress(f"volume {name}: {kept} and {lost} connected again ({states[0]}; "
+                 f"{states[1]})")
+        return e
 
     # ------------------------------------------------------------------ templates
     def import_template(self, role: str, build: str | None, progress: Progress,

@@ -121,6 +121,9 @@ class VolumeExport(_ExportBase):
     origin: str = ""
     drbd_minor: int | None = None
     outdated: str | None = None
+    #: after a split brain: the snode a person named to keep (``hcboot volume resolve``); the
+    #: other discards its writes since the split; cleared once both are connected again
+    keep: str | None = None
 
     @property
     def replicated(self) -> bool:

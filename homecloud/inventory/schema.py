@@ -405,9 +405,9 @@ class _Parser(InstanceParsing):
                                        build=str(img["build"]) if img.get("build") else None))
             else:
                 if not isinstance(vol, dict) or not {"name", "size"} <= set(vol) or \
-                        set(vol) - {"name", "size", "origin", "drbd_minor", "outdated"}:
+                        set(vol) - {"name", "size", "origin", "drbd_minor", "outdated", "keep"}:
                     raise self.err(entry, "volume must be {name, size, origin?, drbd_minor?, "
-                                   "outdated?}", node)
+                                   "outdated?, keep?}", node)
                 try:
                     size = parse_size(vol["size"])
                 except ValueError as exc:
@@ -432,9 +432,15 @@ class _Parser(InstanceParsing):
                                              or outdated not in (snodes or ())):
                     raise self.err(entry, f"outdated {outdated!r} must name one of a replicated "
                                    "volume's two snodes (the one that missed writes)", node)
+                keep = vol.get("keep")
+                if keep is not None and (minor is None or not isinstance(keep, str)
+                                         or keep not in (snodes or ())):
+                    raise self.err(entry, f"keep {keep!r} must name one of a replicated "
+                                   "volume's two snodes (the side kept after a split brain)",
+                                   node)
                 out.append(VolumeExport(target, mode, cons, snodes, name=str(vol["name"]),
                                         size=size, origin_kind=okind, origin=oname,
-                                        drbd_minor=minor, outdated=outdated))
+                                        drbd_minor=minor, outdated=outdated, keep=keep))
         return tuple(out)
 
     def consumer(self, entry: str, value: object, node: yaml.Node) -> str:
@@ -494,6 +500,8 @@ def export_doc(e: Export) -> dict[str, Any]:
             doc["volume"]["drbd_minor"] = e.drbd_minor
         if e.outdated is not None:
             doc["volume"]["outdated"] = e.outdated
+        if e.keep is not None:
+            doc["volume"]["keep"] = e.keep
     doc["consumers"] = list(e.consumers)
     doc["snodes"] = "all" if e.snodes is None else list(e.snodes)
     doc["mode"] = e.mode

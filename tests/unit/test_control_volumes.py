@@ -332,7 +332,7 @@ def test_inventory_yaml_round_trips_volumes_templates_and_deletions(tmp_path: Pa
     (lambda d: d["exports"][0]["volume"].update(origin="snap:x"),
      "exports[0] (e10.0): origin 'snap:x' is not template:NAME or volume:NAME"),
     (lambda d: d["exports"][0]["volume"].update(colour=1),
-     "volume must be {name, size, origin?, drbd_minor?, outdated?}"),
+     "volume must be {name, size, origin?, drbd_minor?, outdated?, keep?}"),
     (lambda d: d["exports"][0]["volume"].update(drbd_minor=0),
      "exports[0] (e10.0): a replicated volume (drbd_minor) needs exactly two snodes: "
      "[primary, replica]"),
@@ -391,6 +391,19 @@ def test_a_replicated_volume_lives_on_two_snodes_with_one_primary(tmp_path: Path
     assert (e2.snodes, e2.drbd_minor) == (("sn2", "sn1"), 1)
     # the inventory keeps it across a reload
     assert YamlFileStore(w.state).snapshot().inventory.volume("db") == db
+    # a person resolves a (here pretended) split brain in favour of sn2: it becomes the
+    # primary, sn1 the outdated replica; the choice is cleared once both are connected
+    w.api.resolve("db", "sn2", w.steps.append)
+    assert w.steps[-2] == ("volume db: keeping sn2's data; sn1 discards its writes since the "
+                           "split and resyncs from it")
+    assert w.steps[-1].startswith("volume db: sn2 and sn1 connected again")
+    got = w.inv().volume("db")
+    assert got is not None and (got.snodes, got.keep, got.outdated) == (("sn2", "sn1"), None,
+                                                                        "sn1")
+    with pytest.raises(VolumeError, match="hn1 is not one of its snodes"):
+        w.api.resolve("db", "hn1", w.steps.append)
+    with pytest.raises(NotFound, match="volume e2x does not exist"):
+        w.api.resolve("e2x", "sn1", w.steps.append)
     w.api.delete("db", w.steps.append)
     assert sorted(w.steps[-2:]) == ["volume db: deleted on sn1", "volume db: deleted on sn2"]
     assert "v-db" not in w.snodes[0].lvs and "v-db" not in w.snodes[1].lvs

@@ -181,6 +181,10 @@ def test_split_brain_is_left_alone_until_a_side_is_named() -> None:
         with pytest.raises(DrbdError, match=r"StandAlone with its disk UpToDate: split brain"):
             steps(Want(SPEC, primary=primary), sb, True)
     assert words(resolve_split_brain_steps(SPEC, keep_here=True)) == [f"connect {N}"]
+    # once a person named the side to keep, the plan says which this is
+    assert words(steps(Want(SPEC, primary=True, resolve="keep"), sb, True)) == [f"connect {N}"]
+    assert words(steps(Want(SPEC, primary=False, resolve="discard"), sb, True)) == [
+        f"secondary {N}", f"connect --discard-my-data {N}"]
     assert words(resolve_split_brain_steps(SPEC, keep_here=False)) == [
         f"secondary {N}", f"connect --discard-my-data {N}"]
 

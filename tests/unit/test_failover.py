@@ -237,3 +237,44 @@ def test_helper_exit_codes_follow_the_config_nodes_answer(tmp_path: Path) -> Non
                             retry_for=10) == 1
     assert len(calls) == 11 and "no answer from the config node for 10s" in lines[-1]
     assert drbdhelper.main(["split-brain", "hc0"], env) == 0
+
+
+# ------------------------------------------------------------------ split brain
+GI1 = "8B5D1A3A59F130F6:50C384DFE23B2CCE:8B5C1A3A59F130F7:0000000000000000:1:1:0:1:0:0:0"
+GI2 = "F052FA307D08A06F:50C384DFE23B2CCE:8B5C1A3A59F130F7:0000000000000000:1:1:1:1:0:0:0"
+
+
+def test_split_brain_is_shown_with_both_generations_and_resolved_only_by_a_person(
+        tmp_path: Path) -> None:
+    from homecloud.control.exports import drbd_link
+    from homecloud.control.volstatus import volume_status
+    sb = {mac: {"storage": {"time": 0, "exports": [{"target": "e10.0", "state": st}],
+                            "volumes": [{"name": "db", "kind": "volume", "drbd": {
+                                "minor": 0, "connection": "StandAlone", "role": "Primary",
+                                "peer_role": "Unknown", "disk": "UpToDate",
+                                "peer_disk": "DUnknown", "gi": gi}}]}}
+          for mac, st, gi in ((SN1, "served", GI1), (SN2, "replica", GI2))}
+    i = inv()
+    v = volume_status(i, sb, 0)[0]
+    msg = next(p for p in v.problems if "both sides StandAlone" in p)
+    assert GI1 in msg and GI2 in msg and "split-brain" in msg
+    assert "hcboot volume resolve db --keep SNODE" in msg
+    # nothing decided by itself: no promotion, no mark cleared
+    assert failovers(i, sb, lambda n: n.name == "sn2") == (i, [])
+    # a person keeps sn2: the plans say keep / discard, sn2 becomes the primary
+    from dataclasses import replace
+    j = inv(replace(VOL, snodes=("sn2", "sn1"), keep="sn2", outdated="sn1"))
+    l1 = drbd_link(j, j.volume("db"), j.lookup("sn1"))[0]  # type: ignore[arg-type]
+    l2 = drbd_link(j, j.volume("db"), j.lookup("sn2"))[0]  # type: ignore[arg-type]
+    assert l1 is not None and l2 is not None
+    assert (l1.resolve, l1.primary, l2.resolve, l2.primary) == ("discard", False, "keep", True)
+    assert "being resolved in favour of sn2" in " ".join(volume_status(j, sb, 0)[0].problems)
+    assert parse_inventory(to_yaml(j), "inv").volume("db") == j.volume("db")
+    # once both are connected (resyncing), the choice is cleared; outdated stays until in step
+    syncing = reports(drbd_report("SyncTarget", "Secondary", "Primary", "Inconsistent",
+                                  "UpToDate"),
+                      drbd_report("SyncSource", "Primary", "Secondary", "UpToDate",
+                                  "Inconsistent"))
+    new, ch = failovers(j, syncing, lambda n: True)
+    e = new.volume("db")
+    assert e is not None and e.keep is None and e.outdated == "sn1" and ch[0].what == "cleared"
