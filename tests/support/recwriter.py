@@ -58,6 +58,7 @@ def write(dev: str, seconds: float) -> int:
     t0 = time.monotonic()
     i = errors = 0
     worst = (0.0, -1)
+    took_all: list[float] = []
     while time.monotonic() - t0 < seconds and i < limit:
         buf.seek(0)
         buf.write(record(i))
@@ -72,15 +73,20 @@ def write(dev: str, seconds: float) -> int:
         else:
             print(f"ack {i}", flush=True)
         took = time.monotonic() - t
+        took_all.append(took)
         if took > 1.0:
             print(f"stall {i} {took:.2f}", flush=True)
         if took > worst[0]:
             worst = (took, i)
         i += 1
     os.close(fd)
+    took_all.sort()
+    pick = (lambda q: round(took_all[min(len(took_all) - 1, int(q * len(took_all)))] * 1000, 2)
+            ) if took_all else (lambda q: 0.0)
     print("done " + json.dumps({"records": i, "errors": errors,
                                 "worst_stall_s": round(worst[0], 3), "worst_at": worst[1],
-                                "seconds": round(time.monotonic() - t0, 1)}), flush=True)
+                                "seconds": round(time.monotonic() - t0, 1),
+                                "median_ms": pick(0.5), "p99_ms": pick(0.99)}), flush=True)
     return 0
 
 
