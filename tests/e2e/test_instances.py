@@ -653,6 +653,80 @@ def test_replicated_volume_on_both_snodes(lab: LabContext) -> None:
     assert all(x["name"] != "rep1" for x in st["volumes"]) and st["strays"] == [], st
 
 
+def replication_link(lab: LabContext, port: int, cut: bool) -> None:
+    """Drop (or let through again) the DRBD traffic of ``port`` between the lab's snodes, and
+    nothing else: a tc filter on each snode tap's ingress (frames from that VM), TCP with
+    that source or destination port.  AoE and the snodes' HTTP to the config node go on."""
+    ns = lab.exec_prefix()
+    for node in ("snode1", "snode2"):
+        tap = node_rec(lab, node)["tap"]
+        if not cut:
+            subprocess.run([*ns, "tc", "qdisc", "del", "dev", tap, "ingress"], check=True)
+            continue
+        subprocess.run([*ns, "tc", "qdisc", "add", "dev", tap, "ingress"], check=True)
+        for field in ("dport", "sport"):
+            subprocess.run([*ns, "tc", "filter", "add", "dev", tap, "parent", "ffff:",
+                            "protocol", "ip", "prio", "1", "u32", "match", "ip", "protocol",
+                            "6", "0xff", "match", "ip", field, str(port), "0xffff", "action",
+                            "drop"], check=True)
+
+
+def test_replication_link_cut_then_healed(lab: LabContext) -> None:
+    """Issue 12: only the link between the snodes is cut while a writer runs on a replicated
+    volume, then healed.  The primary fences its peer through the config node and goes on (no
+    write fails, none is lost); the replica is not promoted (its primary is alive); `hcboot
+    volumes` says the replica is outdated; after the heal DRBD resyncs and the mark clears."""
+    run(lab, "volume", "create", "repcut", "--size", "128M", "--replicas", "2")
+    v = wait_volume(lab, "repcut", in_step_ok, 120)
+    assert in_step_ok(v), v
+    prim, repl = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
+    minor, target = v["replicas"][0]["drbd"]["minor"], v["target"]
+    hn = node_addresses(lab)["hnode1"]
+    ssh(lab, hn, f"echo 1 > /dev/etherd/discover; for i in $(seq 60); do "
+                 f"[ -b /dev/etherd/{target} ] && break; sleep 1; done")
+    with RECWRITER.open("rb") as src:
+        writer = subprocess.Popen(lab.ssh_argv(hn, f"python3 - write /dev/etherd/{target} 90"),
+                                  stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+    try:
+        time.sleep(15)
+        replication_link(lab, 7800 + minor, cut=True)
+        say(f"replication link of {target} (port {7800 + minor}) cut")
+        v = wait_volume(lab, "repcut", lambda v: any("outdated" in p for p in v["problems"]),
+                        60)
+        say(f"cut: {v['problems']}")
+        assert v["replicas"][0]["snode"] == prim, v         # no promotion: prim is alive
+        assert any(f"on {repl}: outdated" in p for p in v["problems"]), v
+        time.sleep(10)
+    finally:
+        replication_link(lab, 7800 + minor, cut=False)
+    say("replication link healed")
+    out, _ = writer.communicate(timeout=600)
+    lines = out.splitlines()
+    done = json.loads(lines[-1][5:])
+    say(f"writer: {done}; stalls: {[ln for ln in lines if ln.startswith('stall ')]}")
+    assert done["errors"] == 0, out[-3000:]
+    r = subprocess.run(lab.ssh_argv(hn, f"python3 - check /dev/etherd/{target} "
+                                        f"{done['records']}"),
+                       stdin=RECWRITER.open("rb"), capture_output=True, text=True, timeout=300)
+    res = json.loads(r.stdout.strip().splitlines()[-1][5:])
+    assert res["intact"] == done["records"], res
+    v = wait_volume(lab, "repcut", in_step_ok, 300)
+    assert in_step_ok(v) and v["replicas"][0]["snode"] == prim, v
+    sums = {n: console_run(node_rec(lab, n),
+                           "echo HCSUM-$(dd if=/dev/hc/v-repcut bs=4M iflag=direct "
+                           "status=none | sha256sum | cut -c1-64)-END",
+                           r"HCSUM-([0-9a-f]{64})-END", 600) for n in (prim, repl)}
+    assert sums[prim] == sums[repl], sums
+    run(lab, "volume", "delete", "repcut")
+
+
+def in_step_ok(v: dict[str, Any]) -> bool:
+    return v["health"] == "ok" and all(
+        (x.get("drbd") or {}).get("connection") == "Connected"
+        and (x.get("drbd") or {}).get("peer_disk") == "UpToDate" for x in v["replicas"])
+
+
 def test_destroy_frees_everything(lab: LabContext) -> None:
     gone = {}
     for name in ("web1", "web2"):
