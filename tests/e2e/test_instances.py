@@ -40,6 +40,8 @@ from tests.support.labchecks import assert_instance_segment_has_no_aoe, assert_t
 from tests.support.labchecks import status as lab_status
 
 T0 = time.monotonic()
+#: the record writer (append + fsync, then a check) run in guests and dom0s (issue 12)
+RECWRITER = Path(__file__).resolve().parents[1] / "support" / "recwriter.py"
 #: MiB per instance: two must fit on one lab hnode (1536 MB VM, dom0 512 MB) for the drain
 MEMORY = "256"
 
@@ -317,10 +319,27 @@ def test_migrate_while_pinged(lab: LabContext) -> None:
 
 
 def test_migrate_back(lab: LabContext) -> None:
+    """The way back with a writer running in the guest (issue 12: its volume is replicated;
+    both hnodes reach it at one shelf.slot): every record written and fsynced is intact."""
     doc = instance_doc(lab, "web1")
     src, ip = str(doc["host"]), str(doc["ip"])
+    with RECWRITER.open("rb") as rw:
+        writer = subprocess.Popen(lab.ssh_argv(ip, "python3 - write /root/migrec 60"),
+                                  stdin=rw, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+    time.sleep(5)
     stats = migrate_pinged(lab, "web1", ip, None, say)
     say(f"MIGRATION BACK {src} -> {instance_doc(lab, 'web1')['host']}: {stats.line()}")
+    out, err = writer.communicate(timeout=600)
+    lines = out.splitlines()
+    assert lines and lines[-1].startswith("done "), (out[-2000:], err[-2000:])
+    done = json.loads(lines[-1][5:])
+    say(f"writer during the migration: {done}")
+    assert done["errors"] == 0, out[-3000:]
+    with RECWRITER.open("rb") as rw:
+        r = subprocess.run(lab.ssh_argv(ip, f"python3 - check /root/migrec {done['records']}"),
+                           stdin=rw, capture_output=True, text=True, timeout=300)
+    assert json.loads(r.stdout.strip().splitlines()[-1][5:])["intact"] == done["records"], r
     assert instance_doc(lab, "web1")["host"] == other(lab, src)
     assert ssh(lab, ip, "cat /root/marker").strip() == "written-before-migration"
     # minutes of uptime and two migrations: no oops in the guest's kernel (without the AVX
@@ -500,9 +519,6 @@ def test_stop_reboot_its_hnode_start_on_the_other(lab: LabContext) -> None:
 def volume_state(lab: LabContext, name: str) -> dict[str, Any]:
     st = json.loads(hcboot(lab, "volumes", "--json"))
     return next(v for v in st["volumes"] if v["name"] == name)
-
-
-RECWRITER = Path(__file__).resolve().parents[1] / "support" / "recwriter.py"
 
 
 def lab_cmd(lab: LabContext, *args: str) -> str:
