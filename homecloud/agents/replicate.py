@@ -296,6 +296,24 @@ class Replicator:
                              f"({param}): {exc}: without it a primary that loses its peer "
                              "could not ask the config node") from None
 
+    def leave(self) -> None:
+        """This snode is going down cleanly: every resource of ours to secondary and down, so
+        that each peer sees a clean departure (its data in step) and the config node can
+        promote it at once instead of after a lost connection.  Best effort: a failure is
+        logged, the next resource is tried."""
+        st = self.status()
+        for name, spec in sorted(self.known.items()):
+            s = st.get(spec.minor)
+            if s is None or not s.configured:
+                continue
+            for verb in (("secondary",) if s.role == "Primary" else ()) + ("down",):
+                self.log(f"drbd: volume {name}: {verb} (this snode is shutting down)")
+                try:
+                    self.runner(self.adm(verb, spec.name))
+                except CommandError as exc:
+                    self.log(f"drbd: volume {name}: {exc}")
+                    break
+
     # -------------------------------------------------------------- taking one down
     def teardown(self, name: str) -> None:
         """Before volume ``name``'s LVs are removed: its resource down, its metadata LV gone."""

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -88,6 +88,15 @@ Environment (kernel command line in brackets; the environment wins):
   HC_BACKOFF_MAX longest restart/retry delay, seconds                 [30]
   HC_DL_TIMEOUT  longest image download, seconds                      [3600]
 """
+
+
+def system_stopping(runner: Callable[[Sequence[str]], str] | None = None) -> bool:
+    """systemd says the machine is shutting down (not merely this agent restarting)."""
+    try:
+        out = (runner or (lambda a: run(a, timeout=10)))(["systemctl", "is-system-running"])
+    except (AgentError, OSError) as exc:
+        out = getattr(exc, "output", "") or ""
+    return out.strip() == "stopping"
 
 
 class Shutdown(Exception):
@@ -598,6 +607,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if agent is not None:
             agent.sup.stop_all()
+            if system_stopping():
+                # the machine goes down (poweroff, reboot): its replicated volumes are handed
+                # over cleanly (secondary, then down: the peer sees its primary leave, in step)
+                agent.replicator.leave()
         return 0
     return 1
 

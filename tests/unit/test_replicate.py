@@ -101,6 +101,9 @@ class FakeDrbd:
         elif verb == "primary":
             st = self.up[res]
             st["ro"] = "Primary/" + st["ro"].split("/")[1]
+        elif verb == "secondary":
+            st = self.up[res]
+            st["ro"] = "Secondary/" + st["ro"].split("/")[1]
         elif verb == "down":
             del self.up[res]
         self.write()
@@ -193,3 +196,30 @@ def test_the_module_runs_our_fence_peer_helper_and_it_knows_where_to_ask(tmp_pat
     r.ensure(vol(True))
     assert (fake.params / "usermode_helper").read_text() == D.HELPER
     assert "fencing resource-and-stonith;" in r.conf.read_text()
+
+
+def test_leaving_hands_every_resource_over_cleanly(tmp_path: Path) -> None:
+    """A clean shutdown of the snode: its primaries become secondary, then every resource is
+    taken down (the peer sees its primary leave in step, not a lost connection)."""
+    fake = FakeDrbd(tmp_path)
+    r = fake.replicator(tmp_path)
+    r.ensure(vol(True))
+    fake.calls.clear()
+    r.leave()
+    assert fake.verbs() == ["secondary", "down"]
+    assert fake.up == {}
+
+
+def test_only_a_machine_going_down_hands_over() -> None:
+    from homecloud.agents.storage import system_stopping
+
+    def says(state: str, code: int = 0):  # type: ignore[no-untyped-def]
+        def run(argv: Sequence[str]) -> str:
+            assert list(argv) == ["systemctl", "is-system-running"]
+            if code:
+                raise CommandError(argv, code, state + "\n")
+            return state + "\n"
+        return run
+    assert system_stopping(says("stopping", 1))
+    assert not system_stopping(says("running"))
+    assert not system_stopping(says("degraded", 1))
