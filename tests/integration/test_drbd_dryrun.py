@@ -50,9 +50,13 @@ def test_every_step_is_what_drbdadm_carries_out(tmp_path: Path) -> None:
     # external metadata: the replicated device is the whole volume
     assert "attach 10 /dev/hc/v-web1-4db1f152 /dev/hc/v-web1-4db1f152-md flexible" in joined
     assert "--on-io-error=detach" in joined and "--c-max-rate=40M" in joined
-    # snode1's own address first: the section picked by host name
+    # a primary that loses its peer freezes I/O and asks the config node (fence-peer)
+    assert "--fencing=resource-and-stonith" in joined
+    # snode1's own address first: the section picked by host name; a dead peer is noticed
+    # within ping-int + ping-timeout (3 s + 1.5 s)
     assert ("connect v-web1-4db1f152 ipv4:198.51.100.11:7810 ipv4:198.51.100.12:7810 "
-            "--protocol=C --after-sb-0pri=disconnect --after-sb-1pri=disconnect "
+            "--protocol=C --ping-int=3 --ping-timeout=15 --timeout=25 "
+            "--after-sb-0pri=disconnect --after-sb-1pri=disconnect "
             "--after-sb-2pri=disconnect --rr-conflict=disconnect") in joined
     assert "allow-two-primaries" not in joined
     # on snode2 the same file gives its own side
