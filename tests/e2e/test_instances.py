@@ -16,8 +16,10 @@ node and the hnodes and between the hnodes (migration only)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -537,20 +539,26 @@ def node_rec(lab: LabContext, name: str) -> dict[str, Any]:
 def console_run(rec: dict[str, Any], command: str, pattern: str, timeout: float) -> str:
     """Types ``command`` once on a lab VM's serial console; the first match of regex
     ``pattern`` (group 1) in what the console prints after it."""
-    import re
     log = Path(rec["serial_log"])
     start = log.stat().st_size
+    # the connection stays open until the answer is there (QEMU takes typed bytes only as
+    # fast as the guest's UART does, and drops what is still queued when the client goes
+    # away), and what the console prints is read off it (unread, it holds the guest's output)
+    seen = b""
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(rec["serial_sock"])
+        s.settimeout(0.5)
         s.sendall(b"\r" + command.encode() + b"\r")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(3)
-        with log.open("rb") as f:
-            f.seek(start)
-            m = re.search(pattern, f.read().decode(errors="replace"))
-        if m:
-            return m.group(1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                seen += s.recv(65536)
+            with log.open("rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace") + seen.decode(errors="replace")
+            m = re.search(pattern, text)
+            if m:
+                return m.group(1)
     raise AssertionError(f"{rec['name']}: no {pattern!r} on its console within {timeout:.0f} s "
                          f"of {command!r}")
 
