@@ -563,6 +563,18 @@ def console_run(rec: dict[str, Any], command: str, pattern: str, timeout: float)
                          f"of {command!r}")
 
 
+def backing_sums(lab: LabContext, vol: str, snodes: tuple[str, str]) -> dict[str, str]:
+    """sha256 of volume ``vol``'s backing LV on each snode (read with O_DIRECT: a buffered
+    read can return pages cached before DRBD wrote the LV), both snodes at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    cmd = (f"echo HCSUM-$(dd if=/dev/hc/v-{vol} bs=4M iflag=direct status=none | sha256sum "
+           "| cut -c1-64)-END")
+    with ThreadPoolExecutor(2) as ex:
+        futs = {n: ex.submit(console_run, node_rec(lab, n), cmd, r"HCSUM-([0-9a-f]{64})-END",
+                             900) for n in snodes}
+        return {n: f.result() for n, f in futs.items()}
+
+
 def wait_volume(lab: LabContext, name: str, ok: Any, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -588,10 +600,10 @@ def test_snode_killed_under_a_running_instance(lab: LabContext) -> None:
     dom0_errors = f"dmesg | grep -c 'I/O error, dev etherd/{target}' || true"
     before = int(ssh(lab, hn, dom0_errors).strip())
     with RECWRITER.open("rb") as src:
-        writer = subprocess.Popen(lab.ssh_argv(ip, "python3 - write /root/records 120"),
+        writer = subprocess.Popen(lab.ssh_argv(ip, "python3 - write /root/records 75"),
                                   stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)
-    time.sleep(25)
+    time.sleep(15)
     t_kill = time.monotonic()
     lab_cmd(lab, "kill", prim)
     out, err = writer.communicate(timeout=600)
@@ -626,12 +638,7 @@ def test_snode_killed_under_a_running_instance(lab: LabContext) -> None:
     say(f"{prim} back and resynced {time.monotonic() - t0:.0f} s after its start")
     # both backing devices identical once the guest stops writing
     run(lab, "instance", "stop", "web1")
-    sums = {}
-    for n in (prim, repl):
-        sums[n] = console_run(node_rec(lab, n),
-                              f"echo HCSUM-$(dd if=/dev/hc/v-{vol} bs=4M iflag=direct "
-                              "status=none | sha256sum | cut -c1-64)-END",
-                              r"HCSUM-([0-9a-f]{64})-END", 900)
+    sums = backing_sums(lab, vol, (prim, repl))
     say(f"backing devices: {sums}")
     assert sums[prim] == sums[repl], sums
 
@@ -677,22 +684,15 @@ def test_replicated_volume_on_both_snodes(lab: LabContext) -> None:
     assert all(x["name"] != "rep1" for x in st["volumes"]) and st["strays"] == [], st
 
 
-def replication_link(lab: LabContext, port: int, cut: bool) -> None:
-    """Drop (or let through again) the DRBD traffic of ``port`` between the lab's snodes, and
-    nothing else: a tc filter on each snode tap's ingress (frames from that VM), TCP with
-    that source or destination port.  AoE and the snodes' HTTP to the config node go on."""
-    ns = lab.exec_prefix()
+def replication_link(lab: LabContext, cut: bool) -> None:
+    """Cut (or heal) the link between the lab's two snodes, and nothing else: their bridge
+    ports become isolated (``bridge link set ... isolated on``: isolated ports do not forward
+    to each other, but still to every other port).  Between the snodes runs only DRBD; their
+    AoE to the hnodes and their HTTP to the config node go on."""
     for node in ("snode1", "snode2"):
-        tap = node_rec(lab, node)["tap"]
-        if not cut:
-            subprocess.run([*ns, "tc", "qdisc", "del", "dev", tap, "ingress"], check=True)
-            continue
-        subprocess.run([*ns, "tc", "qdisc", "add", "dev", tap, "ingress"], check=True)
-        for field in ("dport", "sport"):
-            subprocess.run([*ns, "tc", "filter", "add", "dev", tap, "parent", "ffff:",
-                            "protocol", "ip", "prio", "1", "u32", "match", "ip", "protocol",
-                            "6", "0xff", "match", "ip", field, str(port), "0xffff", "action",
-                            "drop"], check=True)
+        subprocess.run([*lab.exec_prefix(), "bridge", "link", "set", "dev",
+                        node_rec(lab, node)["tap"], "isolated", "on" if cut else "off"],
+                       check=True)
 
 
 def test_replication_link_cut_then_healed(lab: LabContext) -> None:
@@ -704,26 +704,26 @@ def test_replication_link_cut_then_healed(lab: LabContext) -> None:
     v = wait_volume(lab, "repcut", in_step_ok, 120)
     assert in_step_ok(v), v
     prim, repl = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
-    minor, target = v["replicas"][0]["drbd"]["minor"], v["target"]
+    target = v["target"]
     hn = node_addresses(lab)["hnode1"]
     ssh(lab, hn, f"echo 1 > /dev/etherd/discover; for i in $(seq 60); do "
                  f"[ -b /dev/etherd/{target} ] && break; sleep 1; done")
     with RECWRITER.open("rb") as src:
-        writer = subprocess.Popen(lab.ssh_argv(hn, f"python3 - write /dev/etherd/{target} 90"),
+        writer = subprocess.Popen(lab.ssh_argv(hn, f"python3 - write /dev/etherd/{target} 50"),
                                   stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)
     try:
-        time.sleep(15)
-        replication_link(lab, 7800 + minor, cut=True)
-        say(f"replication link of {target} (port {7800 + minor}) cut")
+        time.sleep(10)
+        replication_link(lab, cut=True)
+        say(f"link between {prim} and {repl} cut")
         v = wait_volume(lab, "repcut", lambda v: any("outdated" in p for p in v["problems"]),
                         60)
         say(f"cut: {v['problems']}")
         assert v["replicas"][0]["snode"] == prim, v         # no promotion: prim is alive
         assert any(f"on {repl}: outdated" in p for p in v["problems"]), v
-        time.sleep(10)
+        time.sleep(5)
     finally:
-        replication_link(lab, 7800 + minor, cut=False)
+        replication_link(lab, cut=False)
     say("replication link healed")
     out, _ = writer.communicate(timeout=600)
     lines = out.splitlines()
@@ -737,10 +737,7 @@ def test_replication_link_cut_then_healed(lab: LabContext) -> None:
     assert res["intact"] == done["records"], res
     v = wait_volume(lab, "repcut", in_step_ok, 300)
     assert in_step_ok(v) and v["replicas"][0]["snode"] == prim, v
-    sums = {n: console_run(node_rec(lab, n),
-                           "echo HCSUM-$(dd if=/dev/hc/v-repcut bs=4M iflag=direct "
-                           "status=none | sha256sum | cut -c1-64)-END",
-                           r"HCSUM-([0-9a-f]{64})-END", 600) for n in (prim, repl)}
+    sums = backing_sums(lab, "repcut", (prim, repl))
     assert sums[prim] == sums[repl], sums
     run(lab, "volume", "delete", "repcut")
 
