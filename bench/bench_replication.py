@@ -97,10 +97,18 @@ def wait(what: str, check: Any, timeout: float, every: float = 2.0) -> float:
 def console(lab: LabContext, node: str, command: str) -> None:
     doc = json.loads((Path(lab.lab_dir) / "lab.json").read_text())
     rec = next(n for n in doc["nodes"] if n["name"] == node)
+    # the connection stays open (and is read) for a few seconds: QEMU drops the keystrokes a
+    # closed client still had queued, and an unread client holds the guest's output back
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(rec["serial_sock"])
+        s.settimeout(0.5)
         s.sendall(b"\r" + command.encode() + b"\r")
-    time.sleep(2)
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            try:
+                s.recv(65536)
+            except TimeoutError:
+                continue
 
 
 def dd_write(lab: LabContext, hn: str, target: str) -> float:
