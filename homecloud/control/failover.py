@@ -32,6 +32,7 @@ from typing import Any
 
 from homecloud.agents.drbd import DrbdStatus
 from homecloud.control.promotion import Side, decide
+from homecloud.control.volumes import CONNECTED
 from homecloud.core.model import Inventory, Node, VolumeExport
 
 #: seconds without a plan fetch after which an snode counts as gone (agents poll every 5 s)
@@ -114,11 +115,10 @@ def failovers(inv: Inventory, reports: Mapping[str, Mapping[str, Any]],
             continue
         sp, sr = status_of(reports.get(prim.mac), e.name), status_of(reports.get(rep.mac), e.name)
         keys = e.snodes or ()
-        connected = ("Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT")
         if e.keep is not None:
             # a person resolved a split brain: done once both sides are connected again
-            if sp is not None and sr is not None and sp.connection in connected and \
-                    sr.connection in connected:
+            if sp is not None and sr is not None and sp.connection in CONNECTED and \
+                    sr.connection in CONNECTED:
                 exports[i] = replace(e, keep=None)
                 changes.append(Change(e.name, "cleared",
                                       f"volume {e.name}: split brain resolved, {e.keep}'s "
@@ -135,7 +135,7 @@ def failovers(inv: Inventory, reports: Mapping[str, Mapping[str, Any]],
             continue
         if reachable(prim):
             continue
-        if sr is None or sr.connection in connected:
+        if sr is None or sr.connection in CONNECTED:
             continue      # the replica still sees its primary (or says nothing): no failover
         d = decide(e.name, [Side(prim.name, False, sp, e.outdated == keys[0]),
                             Side(rep.name, reachable(rep), sr, e.outdated == keys[1])],
@@ -168,15 +168,12 @@ class Liveness:
         with self._lock:
             self.seen[mac] = self.clock()
 
-    def reachable(self, node: Node) -> bool:
-        now = self.clock()
-        with self._lock:
-            last = max((self.seen.get(n.mac, self.started) for n in node.nics),
-                       default=self.started)
-        return now - last < self.dead_after
-
     def age(self, node: Node) -> float:
+        """Seconds since ``node`` (any of its NICs) last fetched its plan."""
         with self._lock:
             last = max((self.seen.get(n.mac, self.started) for n in node.nics),
                        default=self.started)
         return self.clock() - last
+
+    def reachable(self, node: Node) -> bool:
+        return self.age(node) < self.dead_after

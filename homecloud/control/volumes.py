@@ -130,12 +130,15 @@ def replica_connected(report: dict[str, Any] | None, e: VolumeExport) -> bool:
     return False
 
 
+#: DRBD connection states of a side that is connected to its peer (in step or resyncing)
+CONNECTED = ("Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT")
+
+
 def replica_connected_any(report: dict[str, Any] | None, e: VolumeExport) -> bool:
     """This side's DRBD is connected to its peer (in step, or resyncing either way)."""
     for v in (report or {}).get("volumes") or []:
         if isinstance(v, dict) and v.get("name") == e.name and isinstance(v.get("drbd"), dict):
-            return v["drbd"].get("connection") in ("Connected", "SyncSource", "SyncTarget",
-                                                   "PausedSyncS", "PausedSyncT")
+            return v["drbd"].get("connection") in CONNECTED
     return False
 
 
