@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
-"""Replicated volumes in the lab (issue 12): a DRBD-replicated volume next to a single-snode
-volume of the same size, in the same run, seen from an hnode's dom0 through AoE (the path the
-guests' disks take: blkback in dom0 reads and writes /dev/etherd/eS.L).
+"""Replicated volumes in the lab (issue 12): an instance on a DRBD-replicated volume next to
+an instance on a single-snode volume, same template, same size, same hnode, in the same run,
+measured inside the guests (their disks reach the snodes through blkback in dom0 and AoE).
 
-Run as root from the repository root, against the running lab (``hcboot lab up``, 2 snodes)::
+Run as root from the repository root, against the running lab (``hcboot lab up``, 2 snodes,
+the domu template imported: ``hcboot --lab template import domu``)::
 
-    python3 bench/bench_replication.py [--runs 3] [--stall-runs 1] [--resync-mib 1024]
+    python3 bench/bench_replication.py [--runs 3] [--stall-runs 3] [--resync-mib 1024]
+                                       [--on hnode1] [--json]
 
-Each measurement, ``--runs`` times, medians printed with the ratio replicated/single:
+Two instances are created (``bench-rep`` with ``--replicas 2``, ``bench-one`` with
+``--replicas 1``, 256 MiB each) and destroyed at the end.  Each measurement ``--runs`` times,
+the two alternating, medians printed with the ratio replicated/single:
 
-* ``write``: 64 MiB of 1 MiB O_DIRECT writes (``dd oflag=direct``), MB/s;
-* ``fsync``: 10 s of 4 KiB records, each written with O_DIRECT then ``fsync`` (the record
-  writer of the e2e tests, tests/support/recwriter.py), the median and 99th percentile latency;
-* ``stall`` (``--stall-runs``; 0 skips it): the record writer runs while the replicated
+* ``write``: 64 MiB of 1 MiB O_DIRECT writes to a file in the guest (``dd oflag=direct
+  conv=fsync``), MB/s;
+* ``fsync``: 10 s of 4 KiB records appended to a file in the guest, each with O_DIRECT then
+  ``fsync`` (the record writer of the e2e tests, tests/support/recwriter.py): median and 99th
+  percentile latency;
+* ``stall`` (``--stall-runs``; 0 skips it): the record writer runs in ``bench-rep`` while its
   volume's primary snode is killed (SIGKILL to its VM): the longest write+fsync, and whether
-  any failed; the snode is started again and the run waits for its resync;
-* ``resync``: the replica disconnected (``drbdadm disconnect`` on its console), ``--resync-mib``
-  MiB written through the primary, reconnected: seconds until both sides are UpToDate again
-  (``hcboot volumes --json``, polled every 2 s; the agents report within their 5 s poll).
+  any failed or any acknowledged record is missing; the snode is started again and the run
+  waits for its resync (also printed: how long from its start until in step);
+* ``resync``: a replicated volume of ``--resync-mib`` MiB, its replica disconnected
+  (``drbdadm disconnect`` on the replica's console), the whole volume written from the hnode's
+  dom0, reconnected: seconds until both sides are UpToDate again (``hcboot volumes --json``,
+  polled every 2 s; the agents report a changed DRBD state within their 5 s poll).
 
 Nothing is asserted; the numbers are the output (and a JSON line with ``--json``).
 """
@@ -25,9 +33,9 @@ Nothing is asserted; the numbers are the output (and a JSON line with ``--json``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +48,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from homecloud.lab.context import LabContext, current_context  # noqa: E402
-from homecloud.lab.demo import hcboot  # noqa: E402
+from homecloud.lab.demo import USER_DATA, hcboot, instance_doc  # noqa: E402
+from tests.support.labchecks import console_type  # noqa: E402
 
 RECWRITER = REPO / "tests" / "support" / "recwriter.py"
 DRBDADM = "/usr/lib/drbd/drbdadm-84 -c /run/hc-storage/drbd/homecloud.conf"
@@ -96,123 +105,162 @@ def wait(what: str, check: Any, timeout: float, every: float = 2.0) -> float:
 
 def console(lab: LabContext, node: str, command: str) -> None:
     doc = json.loads((Path(lab.lab_dir) / "lab.json").read_text())
-    rec = next(n for n in doc["nodes"] if n["name"] == node)
-    # the connection stays open (and is read) for a few seconds: QEMU drops the keystrokes a
-    # closed client still had queued, and an unread client holds the guest's output back
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(rec["serial_sock"])
-        s.settimeout(0.5)
-        s.sendall(b"\r" + command.encode() + b"\r")
-        end = time.monotonic() + 4
-        while time.monotonic() < end:
-            try:
-                s.recv(65536)
-            except TimeoutError:
-                continue
+    console_type(next(n for n in doc["nodes"] if n["name"] == node), command, linger=4)
 
 
-def dd_write(lab: LabContext, hn: str, target: str) -> float:
-    out = dom0(lab, hn, f"dd if=/dev/zero of=/dev/etherd/{target} bs=1M count=64 "
-                        "oflag=direct 2>&1 | tail -1")
+def ssh(lab: LabContext, ip: str, command: str, stdin: Path | None = None,
+        timeout: float = 900) -> str:
+    return dom0(lab, ip, command, stdin, timeout)
+
+
+def dd_write(lab: LabContext, ip: str) -> float:
+    out = ssh(lab, ip, "dd if=/dev/zero of=/root/bench.dd bs=1M count=64 oflag=direct "
+                       "conv=fsync 2>&1 | tail -1; rm -f /root/bench.dd")
     m = re.search(r"([\d.]+) s, ", out)
     if not m:
         raise SystemExit(f"dd said: {out!r}")
     return 64 * 1.048576 / float(m.group(1))
 
 
-def records(lab: LabContext, hn: str, target: str, seconds: int) -> dict[str, Any]:
-    out = dom0(lab, hn, f"python3 - write /dev/etherd/{target} {seconds}", stdin=RECWRITER)
+def records(lab: LabContext, ip: str, path: str, seconds: int) -> dict[str, Any]:
+    out = ssh(lab, ip, f"python3 - write {path} {seconds}", stdin=RECWRITER)
     last = out.strip().splitlines()[-1]
     if not last.startswith("done "):
         raise SystemExit(f"record writer said: {out[-500:]!r}")
     doc: dict[str, Any] = json.loads(last[5:])
+    doc["acked"] = sum(1 for ln in out.splitlines() if ln.startswith("ack "))
     return doc
+
+
+def intact(lab: LabContext, ip: str, path: str, n: int) -> int:
+    out = ssh(lab, ip, f"python3 - check {path} {n}", stdin=RECWRITER)
+    return int(json.loads(out.strip().splitlines()[-1][5:])["intact"])
+
+
+def wait_ssh(lab: LabContext, ip: str, timeout: float = 900) -> None:
+    wait(f"ssh root@{ip}", lambda: subprocess.run(
+        lab.ssh_argv(ip, "true"), capture_output=True, stdin=subprocess.DEVNULL,
+        timeout=60).returncode == 0, timeout, every=5)
+
+
+def hnode_address(lab: LabContext, name: str) -> str:
+    doc = json.loads(subprocess.run(
+        [sys.executable, "-m", "homecloud", "lab", "status", "--json", "--state-dir",
+         lab.lab_dir], capture_output=True, text=True, check=True).stdout)
+    return str(next(n["address"] for n in doc["nodes"] if n["node"] == name))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--stall-runs", type=int, default=1)
+    ap.add_argument("--stall-runs", type=int, default=3)
     ap.add_argument("--resync-mib", type=int, default=1024)
+    ap.add_argument("--on", default="hnode1", help="the hnode both instances run on")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     lab = current_context()
-    hn = next(n["address"] for n in json.loads(subprocess.run(
-        [sys.executable, "-m", "homecloud", "lab", "status", "--json", "--state-dir",
-         lab.lab_dir], capture_output=True, text=True, check=True).stdout)["nodes"]
-              if n["role"] == "hnode")
-    size = f"{max(a.resync_mib, 128)}M"
-    for name, reps in (("bench-rep", "2"), ("bench-one", "1")):
-        hc(lab, "volume", "create", name, "--size", size, "--replicas", reps)
-    vols = {n: volume(lab, n) for n in ("bench-rep", "bench-one")}
-    targets = {n: v["target"] for n, v in vols.items()}
-    dom0(lab, hn, "echo 1 > /dev/etherd/discover; for t in "
-         + " ".join(targets.values()) + "; do for i in $(seq 60); do "
-         "[ -b /dev/etherd/$t ] && break; sleep 1; done; done")
-    say(f"volumes {targets} on {hn}; replicated on "
-        f"{', '.join(r['snode'] for r in vols['bench-rep']['replicas'])}")
+    hn = hnode_address(lab, a.on)
+    ud = Path(lab.lab_dir) / "bench-user-data"
+    ud.write_text(USER_DATA)
+    names = {"bench-rep": "2", "bench-one": "1"}
+    ips: dict[str, str] = {}
     res: dict[str, dict[str, list[float]]] = {n: {"write_mb_s": [], "fsync_median_ms": [],
-                                                  "fsync_p99_ms": []} for n in targets}
+                                                  "fsync_p99_ms": []} for n in names}
+    stalls: list[float] = []
+    failed = lost = 0
+    back: list[float] = []
+    resyncs: list[float] = []
     try:
+        for n, reps in names.items():
+            t0 = time.monotonic()
+            hc(lab, "instance", "create", n, "--template", "domu", "--memory", "256",
+               "--replicas", reps, "--on", a.on, "--ssh-key", lab.ssh_key + ".pub",
+               "--user-data", str(ud))
+            ips[n] = str(instance_doc(lab, n)["ip"])
+            wait_ssh(lab, ips[n])
+            say(f"{n} ({reps} replica{'s' if reps != '1' else ''}) up at {ips[n]} in "
+                f"{time.monotonic() - t0:.0f} s")
+        vol = str(instance_doc(lab, "bench-rep")["volume"])
+        say(f"bench-rep's volume {vol} on "
+            f"{', '.join(r['snode'] for r in volume(lab, vol)['replicas'])}")
         for i in range(a.runs):
-            for n, t in targets.items():
-                mbs = dd_write(lab, hn, t)
-                rec = records(lab, hn, t, 10)
+            for n, ip in ips.items():
+                mbs = dd_write(lab, ip)
+                rec = records(lab, ip, "/root/bench.rec", 10)
+                ssh(lab, ip, "rm -f /root/bench.rec")
                 res[n]["write_mb_s"].append(mbs)
                 res[n]["fsync_median_ms"].append(rec["median_ms"])
                 res[n]["fsync_p99_ms"].append(rec["p99_ms"])
                 say(f"run {i + 1} {n:9}: write {mbs:6.1f} MB/s, fsync median "
                     f"{rec['median_ms']} ms, p99 {rec['p99_ms']} ms")
-        stalls: list[float] = []
-        failed = 0
         for i in range(a.stall_runs):
-            prim = volume(lab, "bench-rep")["replicas"][0]["snode"]
-            proc = subprocess.Popen(lab.ssh_argv(hn, f"python3 - write /dev/etherd/"
-                                                     f"{targets['bench-rep']} 60"),
+            wait("bench-rep's volume in step", lambda: in_step(volume(lab, vol)), 900)
+            prim = volume(lab, vol)["replicas"][0]["snode"]
+            path = f"/root/stall{i}.rec"
+            proc = subprocess.Popen(lab.ssh_argv(ips["bench-rep"], f"python3 - write {path} 60"),
                                     stdin=RECWRITER.open("rb"), stdout=subprocess.PIPE,
                                     text=True)
             time.sleep(15)
             lab_cmd(lab, "kill", prim)
-            out, _ = proc.communicate(timeout=600)
+            out, _ = proc.communicate(timeout=900)
             doc = json.loads(out.strip().splitlines()[-1][5:])
+            acked = sum(1 for ln in out.splitlines() if ln.startswith("ack "))
+            ok = intact(lab, ips["bench-rep"], path, acked)
             stalls.append(doc["worst_stall_s"])
             failed += doc["errors"]
+            lost += acked - ok
             say(f"stall run {i + 1}: {prim} killed: longest write+fsync "
-                f"{doc['worst_stall_s']} s, {doc['errors']} failed of {doc['records']}")
+                f"{doc['worst_stall_s']} s, {doc['errors']} failed of {doc['records']}, "
+                f"{acked - ok} of {acked} acknowledged records missing or damaged")
             lab_cmd(lab, "start", prim)
-            took = wait(f"{prim} back in step", lambda: in_step(volume(lab, "bench-rep")), 900)
+            took = wait(f"{prim} back in step", lambda: in_step(volume(lab, vol)), 900)
+            back.append(took)
             say(f"  {prim} started again and in step after {took:.0f} s")
-        resyncs: list[float] = []
+        if a.runs:
+            hc(lab, "volume", "create", "bench-sync", "--size", f"{a.resync_mib}M",
+               "--replicas", "2")
+            wait("bench-sync in step", lambda: in_step(volume(lab, "bench-sync")), 300)
+            target = volume(lab, "bench-sync")["target"]
+            dom0(lab, hn, f"echo 1 > /dev/etherd/discover; for i in $(seq 60); do "
+                          f"[ -b /dev/etherd/{target} ] && break; sleep 1; done")
         for i in range(a.runs):
-            v = volume(lab, "bench-rep")
+            v = volume(lab, "bench-sync")
             repl = v["replicas"][1]["snode"]
             minor = v["replicas"][1]["drbd"]["minor"]
             console(lab, repl, f"{DRBDADM} disconnect hc{minor}")
-            wait("replica disconnected", lambda: not in_step(volume(lab, "bench-rep")), 60)
-            dom0(lab, hn, f"dd if=/dev/urandom of=/dev/etherd/{targets['bench-rep']} bs=1M "
+            wait("replica disconnected", lambda: not in_step(volume(lab, "bench-sync")), 60)
+            dom0(lab, hn, f"dd if=/dev/urandom of=/dev/etherd/{target} bs=1M "
                           f"count={a.resync_mib} oflag=direct status=none")
             console(lab, repl, f"{DRBDADM} connect hc{minor}")
-            took = wait("resync", lambda: in_step(volume(lab, "bench-rep")), 1800)
+            took = wait("resync", lambda: in_step(volume(lab, "bench-sync")), 1800)
             resyncs.append(took)
             say(f"resync run {i + 1}: {a.resync_mib} MiB in {took:.0f} s")
     finally:
-        for n in targets:
-            hc(lab, "volume", "delete", n)
-    med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in res.items()}
+        for n in ips:
+            hc(lab, "instance", "destroy", n)
+        if resyncs or a.runs:
+            with contextlib.suppress(Exception):
+                hc(lab, "volume", "delete", "bench-sync")
+    med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in res.items() if d
+           and all(d.values())}
     print()
-    print(f"{'':22}{'replicated':>12}{'single':>12}{'ratio':>8}")
-    for k in ("write_mb_s", "fsync_median_ms", "fsync_p99_ms"):
-        r, s = med["bench-rep"][k], med["bench-one"][k]
-        print(f"{k:22}{r:12.2f}{s:12.2f}{(r / s if s else 0):8.2f}")
+    if len(med) == 2:
+        print(f"{'inside the guest':22}{'replicated':>12}{'single':>12}{'ratio':>8}")
+        for k in ("write_mb_s", "fsync_median_ms", "fsync_p99_ms"):
+            r, s1 = med["bench-rep"][k], med["bench-one"][k]
+            print(f"{k:22}{r:12.2f}{s1:12.2f}{(r / s1 if s1 else 0):8.2f}")
     if stalls:
         print(f"{'stall_s (primary killed)':26}{statistics.median(stalls):8.1f}  "
-              f"(runs {stalls}, failed writes {failed})")
+              f"(runs {stalls}, failed writes {failed}, acknowledged records lost {lost}; "
+              f"back in step after {[round(x) for x in back]} s)")
     if resyncs:
         print(f"{'resync_s':26}{statistics.median(resyncs):8.1f}  ({a.resync_mib} MiB; "
-              f"runs {[round(x) for x in resyncs]})")
+              f"runs {[round(x) for x in resyncs]}; "
+              f"{a.resync_mib / statistics.median(resyncs):.1f} MiB/s)")
     if a.json:
         print(json.dumps({"medians": med, "stalls_s": stalls, "failed_writes": failed,
-                          "resync_s": resyncs, "resync_mib": a.resync_mib}))
+                          "lost_records": lost, "back_in_step_s": back, "resync_s": resyncs,
+                          "resync_mib": a.resync_mib}))
     return 0
 
 

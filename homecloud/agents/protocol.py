@@ -124,7 +124,7 @@ VERSION = 1
 MODES = ("ro", "rw")
 #: every state a node agent reports (bootserver/lab/progress.py shows them)
 STATES = ("booting", "ready", "exports-ready", "exports-error", "storage-error", "dom0-up",
-          "failed")
+          "failed", "leaving")
 #: the state of one export in a storage node's report
 EXPORT_STATES = ("served", "unassigned", "failed", "replica")
 DEFAULT_POLL = 5
@@ -132,7 +132,7 @@ MAX_DETAIL = 4096
 _FACT_RE = re.compile(r"[a-z][a-z0-9_]*")
 
 State: TypeAlias = Literal["booting", "ready", "exports-ready", "exports-error", "storage-error",
-                           "dom0-up", "failed"]
+                           "dom0-up", "failed", "leaving"]
 ExportState: TypeAlias = Literal["served", "unassigned", "failed", "replica"]
 Fact: TypeAlias = "str | int | float | bool"
 

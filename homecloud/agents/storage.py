@@ -258,6 +258,23 @@ class Agent:
             return
         self.reporter.send(r)
 
+    def leaving(self) -> None:
+        """The last report before the machine goes down: state ``leaving`` with the volumes'
+        DRBD states after :meth:`Replicator.leave`.  The config node then counts this snode gone
+        at once (a replica of its volumes is promoted at its next plan fetch, not
+        ``DEAD_AFTER`` seconds later) and shows why.  Best effort, one try."""
+        last = self.reporter.last
+        if last is None:
+            return
+        try:
+            now = self.with_drbd(self.lv_entries) if self.replicator.known else last.volumes
+            post_report(self.cfg.server, replace(
+                last, state="leaving", volumes=now, exports=(),
+                detail="this storage node is shutting down: exports stopped, replicated "
+                       "volumes handed over"), timeout=5)
+        except (AgentError, ProtocolError, ValueError) as exc:
+            self.out.log(f"warning: report leaving: {exc}")
+
     def busy(self, text: str) -> None:
         """How a long step goes, to the config node: the last report with ``text`` as its
         detail (sent once, not kept: the next real report replaces it)."""
@@ -611,6 +628,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 # the machine goes down (poweroff, reboot): its replicated volumes are handed
                 # over cleanly (secondary, then down: the peer sees its primary leave, in step)
                 agent.replicator.leave()
+                agent.leaving()
         return 0
     return 1
 

@@ -145,7 +145,8 @@ def failovers(inv: Inventory, reports: Mapping[str, Mapping[str, Any]],
         exports[i] = replace(e, snodes=(keys[1], keys[0]), outdated=keys[0])
         changes.append(Change(e.name, "promoted",
                               f"volume {e.name}: {prim.name} gone (no plan fetched for "
-                              f"{DEAD_AFTER:g}s or more) and {rep.name} {sr.connection} with "
+                              f"{DEAD_AFTER:g}s or more, or it said it is shutting down) and "
+                              f"{rep.name} {sr.connection} with "
                               f"UpToDate data: {rep.name} is its primary now and exports "
                               f"{e.target}; {prim.name} outdated until it has resynced"))
     if not changes:
@@ -167,6 +168,12 @@ class Liveness:
     def saw(self, mac: str) -> None:
         with self._lock:
             self.seen[mac] = self.clock()
+
+    def left(self, mac: str) -> None:
+        """The snode of ``mac`` said it is shutting down (its last report, state ``leaving``):
+        gone from now on, until it fetches a plan again."""
+        with self._lock:
+            self.seen[mac] = self.clock() - self.dead_after - 1.0
 
     def age(self, node: Node) -> float:
         """Seconds since ``node`` (any of its NICs) last fetched its plan."""

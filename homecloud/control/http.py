@@ -168,6 +168,10 @@ class ControlApp:
             return _text(f"bad report: {exc}\n", status=400)
         self.reports.put(mac, report_doc(rep))
         for_mac(log, mac).info("reports state %s (%s)", rep.state, rep.detail)
+        if rep.state == "leaving":
+            # a storage node going down cleanly: the replicas of its volumes are promoted at
+            # their next plan fetch instead of DEAD_AFTER seconds after its last one
+            self.liveness.left(mac)
         return _text("ok\n")
 
     def _fence(self, raw_mac: str, body: bytes, client_ip: str,

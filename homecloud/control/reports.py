@@ -14,7 +14,7 @@ from homecloud.core.files import atomic_write, locked
 
 REPORTS_NAME = "reports.json"
 #: the states the storage agent reports (homecloud.agents.storage)
-STORAGE_STATES = ("exports-ready", "exports-error", "storage-error")
+STORAGE_STATES = ("exports-ready", "exports-error", "storage-error", "leaving")
 
 
 class Reports:

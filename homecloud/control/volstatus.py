@@ -27,7 +27,7 @@ class ReplicaState:
 
     snode: str
     present: bool      # its pool lists the volume
-    export: str        # served | replica | failed | unassigned | absent | unknown
+    export: str        # served | replica | failed | unassigned | absent | unknown | down
     detail: str = ""   # the agent's words for a failed export
     report_age: float | None = None   # seconds since its last report; None: never reported
     #: a replicated volume's DRBD state there (``/proc/drbd``'s words: connection, role,
@@ -104,6 +104,8 @@ def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[V
         for i, n in enumerate(keepers):
             r = storage_report(reports, n)
             state, detail = _export_state(r, str(e.target))
+            if r is not None and r.get("state") == "leaving":
+                state, detail = "down", str(r.get("detail") or "")
             present = e.name in pool_names(r, "volume") or (
                 r is not None and no_pool_reason(r) != "" and state == "served")
             age = _age(r, now)
@@ -113,6 +115,10 @@ def volume_status(inv: Inventory, reports: dict[str, Any], now: float) -> list[V
             want = "replica" if e.replicated and i > 0 else "served"
             if r is None:
                 problems.append(f"{where}: no report from its storage agent")
+            elif r.get("state") == "leaving":
+                problems.append(f"{where}: its storage node shut down cleanly "
+                                f"{'' if age is None else f'{age:.0f}s '}ago (exports stopped, "
+                                "DRBD handed over); back when it boots again")
             elif state == "failed":
                 problems.append(f"{where}: export {e.target} failed: {detail or '?'}")
             elif state != want:

@@ -38,7 +38,11 @@ from homecloud.core.model import Nic, Node
 from homecloud.lab.context import LabContext, read_context
 from homecloud.lab.demo import USER_DATA, hcboot, instance_doc, migrate_pinged, wait_ping
 from tests.support.builds import ensure_built_all
-from tests.support.labchecks import assert_instance_segment_has_no_aoe, assert_two_networks
+from tests.support.labchecks import (
+    assert_instance_segment_has_no_aoe,
+    assert_two_networks,
+    console_type,
+)
 from tests.support.labchecks import status as lab_status
 
 T0 = time.monotonic()
@@ -563,6 +567,11 @@ def console_run(rec: dict[str, Any], command: str, pattern: str, timeout: float)
                          f"of {command!r}")
 
 
+def vm_state(lab: LabContext, node: str) -> str:
+    return str(next(n for n in lab_status(Path(lab.lab_dir))["nodes"] if n["node"] == node)
+               ["vm"])
+
+
 def backing_sums(lab: LabContext, vol: str, snodes: tuple[str, str]) -> dict[str, str]:
     """sha256 of volume ``vol``'s backing LV on each snode (read with O_DIRECT: a buffered
     read can return pages cached before DRBD wrote the LV), both snodes at once."""
@@ -584,6 +593,70 @@ def wait_volume(lab: LabContext, name: str, ok: Any, timeout: float) -> dict[str
         time.sleep(5)
 
 
+def guest_io_errors(lab: LabContext, ip: str) -> str:
+    return ssh(lab, ip, "dmesg | grep -ciE 'I/O error|blk_update_request|Buffer I/O' "
+                        "|| true").strip()
+
+
+def dom0_io_errors(lab: LabContext, hn: str, target: str) -> int:
+    return int(ssh(lab, hn, f"dmesg | grep -c 'I/O error, dev etherd/{target}' || true")
+               .strip())
+
+
+def writer_through(lab: LabContext, ip: str, path: str, seconds: int, at: float,
+                   event: Any) -> dict[str, Any]:
+    """The record writer inside the guest at ``ip`` appends to ``path`` for ``seconds``;
+    ``event()`` runs ``at`` seconds into its run.  Asserts no write or fsync failed and every
+    acknowledged record reads back intact; the writer's summary (stalls included)."""
+    with RECWRITER.open("rb") as src:
+        writer = subprocess.Popen(lab.ssh_argv(ip, f"python3 - write {path} {seconds}"),
+                                  stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+    t_start = time.monotonic()
+    try:
+        time.sleep(at)
+        event()
+    finally:
+        out, err = writer.communicate(timeout=900)
+    lines = out.splitlines()
+    assert lines and lines[-1].startswith("done "), (out[-2000:], err[-2000:])
+    done: dict[str, Any] = json.loads(lines[-1][5:])
+    stalls = [ln for ln in lines if ln.startswith("stall ")]
+    say(f"writer: {done}; stalls over 1 s: {stalls}; the event came {at:.0f} s into its "
+        f"run, it ended {time.monotonic() - t_start:.0f} s after its start")
+    assert done["errors"] == 0 and not [ln for ln in lines if ln.startswith("err ")], out[-3000:]
+    acked = sum(1 for ln in lines if ln.startswith("ack "))
+    assert acked == done["records"]
+    with RECWRITER.open("rb") as src:
+        r = subprocess.run(lab.ssh_argv(ip, f"python3 - check {path} {acked}"),
+                           stdin=src, capture_output=True, text=True, timeout=300)
+    res = json.loads(r.stdout.strip().splitlines()[-1][5:])
+    say(f"check: {res}")
+    assert res["intact"] == acked, res
+    return done
+
+
+def wait_in_step(lab: LabContext, vol: str, since: float, who: str) -> dict[str, Any]:
+    v = wait_volume(lab, vol, in_step_ok, 900)
+    assert in_step_ok(v), v
+    say(f"{who} back and resynced {time.monotonic() - since:.0f} s after its start")
+    return v
+
+
+def replicas_identical(lab: LabContext, vol: str, host: str, domain: str) -> None:
+    """Both backing devices of ``vol`` hash the same, the guest paused meanwhile (``xl
+    pause``: nothing is written while both are read; its in-flight writes have completed)."""
+    hn = node_addresses(lab)[host]
+    v = volume_state(lab, vol)
+    ssh(lab, hn, f"xl pause {domain} && sleep 2")
+    try:
+        sums = backing_sums(lab, vol, (v["replicas"][0]["snode"], v["replicas"][1]["snode"]))
+    finally:
+        ssh(lab, hn, f"xl unpause {domain}")
+    say(f"backing devices: {sums}")
+    assert len(set(sums.values())) == 1, sums
+
+
 def test_snode_killed_under_a_running_instance(lab: LabContext) -> None:
     """Issue 12: a writer inside web1 (on a replicated volume) appends records and fsyncs each;
     the volume's primary snode is killed (SIGKILL to its VM) mid-stream: no I/O error in the
@@ -597,51 +670,59 @@ def test_snode_killed_under_a_running_instance(lab: LabContext) -> None:
     prim, repl = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
     target = v["target"]
     hn = node_addresses(lab)[host]
-    dom0_errors = f"dmesg | grep -c 'I/O error, dev etherd/{target}' || true"
-    before = int(ssh(lab, hn, dom0_errors).strip())
-    with RECWRITER.open("rb") as src:
-        writer = subprocess.Popen(lab.ssh_argv(ip, "python3 - write /root/records 75"),
-                                  stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
-    t_start = time.monotonic()
-    time.sleep(15)
-    t_kill = time.monotonic()
-    lab_cmd(lab, "kill", prim)
-    out, err = writer.communicate(timeout=600)
-    lines = out.splitlines()
-    assert lines and lines[-1].startswith("done "), (out[-2000:], err[-2000:])
-    done = json.loads(lines[-1][5:])
-    stalls = [ln for ln in lines if ln.startswith("stall ")]
-    say(f"writer: {done}; stalls over 1 s: {stalls}; {prim} killed "
-        f"{t_kill - t_start:.0f} s into the writer's run")
-    assert done["errors"] == 0 and not [ln for ln in lines if ln.startswith("err ")], out[-3000:]
-    assert ssh(lab, ip, "dmesg | grep -ciE 'I/O error|blk_update_request|Buffer I/O' "
-                        "|| true").strip() == "0", ssh(lab, ip, "dmesg | tail -30")
-    assert int(ssh(lab, hn, dom0_errors).strip()) == before, ssh(lab, hn, "dmesg | tail -30")
-    acked = sum(1 for ln in lines if ln.startswith("ack "))
-    assert acked == done["records"]
-    with RECWRITER.open("rb") as src:
-        r = subprocess.run(lab.ssh_argv(ip, f"python3 - check /root/records {acked}"),
-                           stdin=src, capture_output=True, text=True, timeout=300)
-    res = json.loads(r.stdout.strip().splitlines()[-1][5:])
-    say(f"check: {res}")
-    assert res["intact"] == acked, res
+    before = dom0_io_errors(lab, hn, target)
+    writer_through(lab, ip, "/root/records", 75, 15, lambda: lab_cmd(lab, "kill", prim))
+    assert guest_io_errors(lab, ip) == "0", ssh(lab, ip, "dmesg | tail -30")
+    assert dom0_io_errors(lab, hn, target) == before, ssh(lab, hn, "dmesg | tail -30")
     v = volume_state(lab, vol)
     assert v["replicas"][0]["snode"] == repl and v["replicas"][0]["export"] == "served", v
     assert v["target"] == target
     # the killed snode comes back as the replica and resyncs by itself
     lab_cmd(lab, "start", prim)
-    t0 = time.monotonic()
-    v = wait_volume(lab, vol, lambda v: v["health"] == "ok" and all(
-        x.get("drbd") and x["drbd"]["connection"] == "Connected"
-        and x["drbd"]["peer_disk"] == "UpToDate" for x in v["replicas"]), 900)
-    assert v["health"] == "ok", v
-    say(f"{prim} back and resynced {time.monotonic() - t0:.0f} s after its start")
-    # both backing devices identical once the guest stops writing
-    run(lab, "instance", "stop", "web1")
-    sums = backing_sums(lab, vol, (prim, repl))
-    say(f"backing devices: {sums}")
-    assert sums[prim] == sums[repl], sums
+    wait_in_step(lab, vol, time.monotonic(), prim)
+    replicas_identical(lab, vol, host, "web1")
+
+
+def test_replica_killed_then_primary_powered_off(lab: LabContext) -> None:
+    """Issue 12, the other two losses, under the same writer inside web1: the *replica* snode
+    killed (the primary fences it through the config node and goes on alone); once it is back
+    and resynced, the *primary* shut down cleanly with ``poweroff`` (its agent hands the
+    resource over and says it is leaving: the replica is promoted at its next plan fetch).
+    No I/O error, every acknowledged record intact each time; both come back and the two
+    backing devices are identical."""
+    doc = instance_doc(lab, "web1")
+    ip, host, vol = str(doc["ip"]), str(doc["host"]), str(doc["volume"])
+    v = wait_volume(lab, vol, in_step_ok, 300)
+    assert in_step_ok(v), v
+    prim, repl = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
+    target, hn = v["target"], node_addresses(lab)[host]
+    before = dom0_io_errors(lab, hn, target)
+    writer_through(lab, ip, "/root/records-replica", 40, 10, lambda: lab_cmd(lab, "kill", repl))
+    v = volume_state(lab, vol)
+    say(f"{repl} killed: {v['problems']}")
+    assert v["replicas"][0]["snode"] == prim and v["replicas"][0]["export"] == "served", v
+    assert any(f"on {repl}: outdated" in p for p in v["problems"]), v
+    lab_cmd(lab, "start", repl)
+    wait_in_step(lab, vol, time.monotonic(), repl)
+
+    def poweroff() -> None:
+        console_type(node_rec(lab, prim), "poweroff")
+        t0 = time.monotonic()
+        while vm_state(lab, prim) != "off" and time.monotonic() - t0 < 300:
+            time.sleep(1)
+        assert vm_state(lab, prim) == "off", f"{prim}: still running 300 s after poweroff"
+        say(f"{prim} powered off (its VM ended {time.monotonic() - t0:.0f} s after poweroff)")
+    writer_through(lab, ip, "/root/records-poweroff", 40, 10, poweroff)
+    v = volume_state(lab, vol)
+    say(f"{prim} powered off: {v['problems']}")
+    assert v["replicas"][0]["snode"] == repl and v["replicas"][0]["export"] == "served", v
+    assert v["replicas"][1]["export"] == "down", v         # its agent's last report: leaving
+    assert v["target"] == target
+    assert guest_io_errors(lab, ip) == "0", ssh(lab, ip, "dmesg | tail -30")
+    assert dom0_io_errors(lab, hn, target) == before, ssh(lab, hn, "dmesg | tail -30")
+    lab_cmd(lab, "start", prim)
+    wait_in_step(lab, vol, time.monotonic(), prim)
+    replicas_identical(lab, vol, host, "web1")
 
 
 def test_replicated_volume_on_both_snodes(lab: LabContext) -> None:

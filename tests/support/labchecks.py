@@ -4,9 +4,12 @@ two networks and the storage segment's isolation from the instance segment."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,17 @@ def assert_instance_segment_has_no_aoe(netns: str) -> None:
         assert aoe_scan(netns, "hcprobe0") == []
     finally:
         subprocess.run([*ip, "link", "del", "hcprobe0"], check=False)
+
+
+def console_type(rec: dict[str, Any], command: str, linger: float = 3.0) -> None:
+    """Types ``command`` on a lab VM's serial console (``rec``: its entry in lab.json).  The
+    connection stays open, and is read, for ``linger`` seconds: QEMU drops the keystrokes a
+    closed client still had queued, and an unread client holds the guest's output back."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(rec["serial_sock"])
+        s.settimeout(0.5)
+        s.sendall(b"\r" + command.encode() + b"\r")
+        end = time.monotonic() + linger
+        while time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                s.recv(65536)

@@ -202,6 +202,37 @@ def test_plan_fetches_drive_the_failover(tmp_path: Path) -> None:
     assert status == 200 and "sn1 was already outdated" in body
 
 
+def test_a_clean_shutdown_report_promotes_the_replica_at_its_next_fetch(tmp_path: Path) -> None:
+    """sn1 says it is leaving (its agent's last report on poweroff): sn2 is promoted at its
+    very next plan fetch, not DEAD_AFTER seconds later, and `hcboot volumes` says sn1 went
+    down cleanly; sn1 fetching a plan again counts as alive again."""
+    app, store, clock = _app(tmp_path)
+    app.handle("GET", f"/plan/{SN1}.json", IP[SN1], {}, b"")
+    Reports(tmp_path / "state").put(SN2, {"state": "exports-ready", "volumes": LOST["storage"][
+        "volumes"]})
+    leaving = {"version": 1, "node": SN1, "state": "leaving", "detail": "shutting down",
+               "facts": {}}
+    r = app.handle("POST", f"/report/{SN1}", IP[SN1], {}, json.dumps(leaving).encode())
+    assert r is not None and r.status == 200
+    clock.t += 1                                          # well inside DEAD_AFTER
+    plan = app.handle("GET", f"/plan/{SN2}.json", IP[SN2], {}, b"")
+    assert plan is not None
+    assert json.loads(bytes(plan.body))["exports"][0]["drbd"]["primary"] is True
+    e = store.snapshot().inventory.volume("db")
+    assert e is not None and e.snodes == ("sn2", "sn1") and e.outdated == "sn1"
+    from homecloud.control.reports import read_reports
+    from homecloud.control.volstatus import volume_status
+    st = volume_status(store.snapshot().inventory, read_reports(tmp_path / "state"), 2e9)[0]
+    assert [x.export for x in st.replicas] == ["absent", "down"]
+    assert any("sn1: its storage node shut down cleanly" in p for p in st.problems), st
+    # a leaving report is refused from another machine like every report
+    r = app.handle("POST", f"/report/{SN2}", IP[SN1], {}, json.dumps(
+        {**leaving, "node": SN2}).encode())
+    assert r is not None and r.status == 403
+    app.handle("GET", f"/plan/{SN1}.json", IP[SN1], {}, b"")
+    assert app.liveness.reachable(NODES[0])
+
+
 # ------------------------------------------------------------------ the snode's helper
 def test_helper_exit_codes_follow_the_config_nodes_answer(tmp_path: Path) -> None:
     app, _, _ = _app(tmp_path)
