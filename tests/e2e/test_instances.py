@@ -746,6 +746,16 @@ def test_replicated_volume_on_both_snodes(lab: LabContext) -> None:
         d = side["drbd"]
         assert (d["connection"], d["role"], d["disk"], d["peer_disk"], d["out_of_sync_kib"]) \
             == ("Connected", role, "UpToDate", "UpToDate", 0), v
+    # what the kernel runs (not only what the file says): a resync is capped at 40 MiB/s (the
+    # dynamic controller's c-max-rate; c-plan-ahead 20 is DRBD's default, so not shown), and a
+    # lost peer is fenced through the config node
+    for side in (prim, repl):
+        shown = console_run(node_rec(lab, side["snode"]), "echo HCX-$(/usr/lib/drbd/"
+                            f"drbdsetup-84 show hc{side['drbd']['minor']} | grep -cE "
+                            "'c-max-rate[[:space:]]+40960k|fencing[[:space:]]+"
+                            "resource-and-stonith')-END",
+                            r"HCX-(\d+)-END", 120)
+        assert shown == "2", (side["snode"], shown)
     target = v["target"]
     hn = node_addresses(lab)["hnode1"]
     r = admin_ssh(lab, hn, f"echo 1 > /dev/etherd/discover; for i in $(seq 60); do "
