@@ -13,8 +13,8 @@ Two instances are created (``bench-rep`` with ``--replicas 2``, ``bench-one`` wi
 ``--replicas 1``, 256 MiB each) and destroyed at the end.  Each measurement ``--runs`` times,
 the two alternating, medians printed with the ratio replicated/single:
 
-* ``write``: 64 MiB of 1 MiB O_DIRECT writes to a file in the guest (``dd oflag=direct
-  conv=fsync``), MB/s;
+* ``write``: ``--write-mib`` (16) MiB of 1 MiB O_DIRECT writes to a file in the guest (``dd
+  oflag=direct conv=fsync``), MB/s;
 * ``fsync``: 10 s of 4 KiB records appended to a file in the guest, each with O_DIRECT then
   ``fsync`` (the record writer of the e2e tests, tests/support/recwriter.py): median and 99th
   percentile latency;
@@ -23,8 +23,9 @@ the two alternating, medians printed with the ratio replicated/single:
   any failed or any acknowledged record is missing; the snode is started again and the run
   waits for its resync (also printed: how long from its start until in step);
 * ``resync``: a replicated volume of ``--resync-mib`` MiB, its replica disconnected
-  (``drbdadm disconnect`` on the replica's console), the whole volume written from the hnode's
-  dom0, reconnected: seconds until both sides are UpToDate again (``hcboot volumes --json``,
+  (``drbdadm disconnect`` on the replica's console), the whole volume rewritten on the
+  primary (``dd`` to ``/dev/drbdN`` on its console), reconnected: seconds until both sides
+  are UpToDate again (``hcboot volumes --json``,
   polled every 2 s; the agents report a changed DRBD state within their 5 s poll).
 
 Nothing is asserted; the numbers are the output (and a JSON line with ``--json``).
@@ -49,7 +50,7 @@ if str(REPO) not in sys.path:
 
 from homecloud.lab.context import LabContext, current_context  # noqa: E402
 from homecloud.lab.demo import USER_DATA, hcboot, instance_doc  # noqa: E402
-from tests.support.labchecks import console_type  # noqa: E402
+from tests.support.labchecks import console_run, console_type  # noqa: E402
 
 RECWRITER = REPO / "tests" / "support" / "recwriter.py"
 DRBDADM = "/usr/lib/drbd/drbdadm-84 -c /run/hc-storage/drbd/homecloud.conf"
@@ -103,9 +104,13 @@ def wait(what: str, check: Any, timeout: float, every: float = 2.0) -> float:
     return time.monotonic() - t0
 
 
-def console(lab: LabContext, node: str, command: str) -> None:
+def node_rec(lab: LabContext, node: str) -> dict[str, Any]:
     doc = json.loads((Path(lab.lab_dir) / "lab.json").read_text())
-    console_type(next(n for n in doc["nodes"] if n["name"] == node), command, linger=4)
+    return dict(next(n for n in doc["nodes"] if n["name"] == node))
+
+
+def console(lab: LabContext, node: str, command: str) -> None:
+    console_type(node_rec(lab, node), command, linger=4)
 
 
 def ssh(lab: LabContext, ip: str, command: str, stdin: Path | None = None,
@@ -113,13 +118,13 @@ def ssh(lab: LabContext, ip: str, command: str, stdin: Path | None = None,
     return dom0(lab, ip, command, stdin, timeout)
 
 
-def dd_write(lab: LabContext, ip: str) -> float:
-    out = ssh(lab, ip, "dd if=/dev/zero of=/root/bench.dd bs=1M count=64 oflag=direct "
+def dd_write(lab: LabContext, ip: str, mib: int) -> float:
+    out = ssh(lab, ip, f"dd if=/dev/zero of=/root/bench.dd bs=1M count={mib} oflag=direct "
                        "conv=fsync 2>&1 | tail -1; rm -f /root/bench.dd")
     m = re.search(r"([\d.]+) s, ", out)
     if not m:
         raise SystemExit(f"dd said: {out!r}")
-    return 64 * 1.048576 / float(m.group(1))
+    return mib * 1.048576 / float(m.group(1))
 
 
 def records(lab: LabContext, ip: str, path: str, seconds: int) -> dict[str, Any]:
@@ -143,23 +148,17 @@ def wait_ssh(lab: LabContext, ip: str, timeout: float = 900) -> None:
         timeout=60).returncode == 0, timeout, every=5)
 
 
-def hnode_address(lab: LabContext, name: str) -> str:
-    doc = json.loads(subprocess.run(
-        [sys.executable, "-m", "homecloud", "lab", "status", "--json", "--state-dir",
-         lab.lab_dir], capture_output=True, text=True, check=True).stdout)
-    return str(next(n["address"] for n in doc["nodes"] if n["node"] == name))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stall-runs", type=int, default=3)
     ap.add_argument("--resync-mib", type=int, default=1024)
+    ap.add_argument("--write-mib", type=int, default=16,
+                    help="MiB per dd run in the guests (each 1 MiB write is ~1000 AoE frames)")
     ap.add_argument("--on", default="hnode1", help="the hnode both instances run on")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     lab = current_context()
-    hn = hnode_address(lab, a.on)
     ud = Path(lab.lab_dir) / "bench-user-data"
     ud.write_text(USER_DATA)
     names = {"bench-rep": "2", "bench-one": "1"}
@@ -185,7 +184,7 @@ def main() -> int:
             f"{', '.join(r['snode'] for r in volume(lab, vol)['replicas'])}")
         for i in range(a.runs):
             for n, ip in ips.items():
-                mbs = dd_write(lab, ip)
+                mbs = dd_write(lab, ip, a.write_mib)
                 rec = records(lab, ip, "/root/bench.rec", 10)
                 ssh(lab, ip, "rm -f /root/bench.rec")
                 res[n]["write_mb_s"].append(mbs)
@@ -220,17 +219,20 @@ def main() -> int:
             hc(lab, "volume", "create", "bench-sync", "--size", f"{a.resync_mib}M",
                "--replicas", "2")
             wait("bench-sync in step", lambda: in_step(volume(lab, "bench-sync")), 300)
-            target = volume(lab, "bench-sync")["target"]
-            dom0(lab, hn, f"echo 1 > /dev/etherd/discover; for i in $(seq 60); do "
-                          f"[ -b /dev/etherd/{target} ] && break; sleep 1; done")
         for i in range(a.runs):
             v = volume(lab, "bench-sync")
-            repl = v["replicas"][1]["snode"]
+            prim, repl = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
             minor = v["replicas"][1]["drbd"]["minor"]
             console(lab, repl, f"{DRBDADM} disconnect hc{minor}")
             wait("replica disconnected", lambda: not in_step(volume(lab, "bench-sync")), 60)
-            dom0(lab, hn, f"dd if=/dev/urandom of=/dev/etherd/{target} bs=1M "
-                          f"count={a.resync_mib} oflag=direct status=none")
+            # the whole volume rewritten on the primary itself (through AoE a guest writes
+            # ~1 KiB per frame: a GiB would take an hour in this lab), every block out of sync
+            t0 = time.monotonic()
+            console_run(node_rec(lab, prim), f"dd if=/dev/urandom of=/dev/drbd{minor} bs=1M "
+                        f"count={a.resync_mib} oflag=direct status=none; echo HCDD-$?-END",
+                        r"HCDD-(\d+)-END", 3600)
+            say(f"  {a.resync_mib} MiB written on {prim} in {time.monotonic() - t0:.0f} s, "
+                f"{repl} disconnected")
             console(lab, repl, f"{DRBDADM} connect hc{minor}")
             took = wait("resync", lambda: in_step(volume(lab, "bench-sync")), 1800)
             resyncs.append(took)

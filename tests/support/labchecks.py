@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -102,3 +103,30 @@ def console_type(rec: dict[str, Any], command: str, linger: float = 3.0) -> None
         while time.monotonic() < end:
             with contextlib.suppress(TimeoutError):
                 s.recv(65536)
+
+
+def console_run(rec: dict[str, Any], command: str, pattern: str, timeout: float) -> str:
+    """Types ``command`` once on a lab VM's serial console; the first match of regex
+    ``pattern`` (group 1) in what the console prints after it."""
+    log = Path(rec["serial_log"])
+    start = log.stat().st_size
+    # the connection stays open until the answer is there (QEMU takes typed bytes only as
+    # fast as the guest's UART does, and drops what is still queued when the client goes
+    # away), and what the console prints is read off it (unread, it holds the guest's output)
+    seen = b""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(rec["serial_sock"])
+        s.settimeout(0.5)
+        s.sendall(b"\r" + command.encode() + b"\r")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                seen += s.recv(65536)
+            with log.open("rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace") + seen.decode(errors="replace")
+            m = re.search(pattern, text)
+            if m:
+                return m.group(1)
+    raise AssertionError(f"{rec['name']}: no {pattern!r} on its console within {timeout:.0f} s "
+                         f"of {command!r}")
