@@ -143,6 +143,8 @@ def intact(lab: LabContext, ip: str, path: str, n: int) -> int:
 
 
 def wait_ssh(lab: LabContext, ip: str, timeout: float = 900) -> None:
+    # a new guest at an address an earlier (destroyed) one had: forget the old host key
+    subprocess.run(["ssh-keygen", "-R", ip, "-f", lab.known_hosts], capture_output=True)
     wait(f"ssh root@{ip}", lambda: subprocess.run(
         lab.ssh_argv(ip, "true"), capture_output=True, stdin=subprocess.DEVNULL,
         timeout=60).returncode == 0, timeout, every=5)

@@ -479,6 +479,11 @@ def trust_source(args: Sequence[str], env: Mapping[str, str]) -> str:
     return f"{server}/trust/{mac}.json"
 
 
+#: seconds ``trust`` asks an unreachable config node again (every TRUST_RETRY s) before failing
+TRUST_WAIT = 120.0
+TRUST_RETRY = 2.0
+
+
 def trust(cfg: Config, args: Sequence[str], env: Mapping[str, str]) -> int:
     """``hc-hnode-agent trust [FILE|URL]``: install the trust document (authorized_keys, the
     peers' known hosts) and make the migration key if there is none; prints its public half
@@ -486,10 +491,20 @@ def trust(cfg: Config, args: Sequence[str], env: Mapping[str, str]) -> int:
     # the migration key first: the node reports it even while the trust cannot be fetched
     key = hntrust.ensure_migration_key(cfg.state / MIGRATION_KEY)
     src = trust_source(args, env)
+    # at boot this runs before the network is online (its Python start, from the AoE root
+    # through squashfs, overlaps DHCP): an unreachable config node is asked again
+    deadline = time.monotonic() + float(env.get("HC_TRUST_WAIT", TRUST_WAIT))
+    while True:
+        try:
+            raw = http_get(src, timeout=20) if src.startswith("http") else Path(src).read_bytes()
+            break
+        except (OSError, AgentError) as exc:
+            if not src.startswith("http") or time.monotonic() >= deadline:
+                raise Failed(f"trust document {src}: {exc}") from None
+            time.sleep(TRUST_RETRY)
     try:
-        raw = http_get(src, timeout=20) if src.startswith("http") else Path(src).read_bytes()
         doc = hntrust.parse_trust(raw)
-    except (OSError, AgentError, ProtocolError) as exc:
+    except ProtocolError as exc:
         raise Failed(f"trust document {src}: {exc}") from None
     agent = env.get("HC_HNODE_AGENT", AGENT_BIN)
     auth = Path(env.get("HC_HNODE_AUTHORIZED_KEYS", "/root/.ssh/authorized_keys"))

@@ -436,3 +436,33 @@ def test_the_guest_console_says_why_it_did_not_suspend(tmp_path: Path) -> None:
     assert lines[0] == "[  366.6] Freezing user space processes"
     assert "1 tasks refusing to freeze" in lines[1] and len(lines) == 2
     assert guest_suspend_lines(tmp_path / "missing.log") == []
+
+
+def test_trust_asks_again_until_the_config_node_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At boot the trust runs before the network is online: an unreachable config node is
+    asked again (every TRUST_RETRY s, for HC_TRUST_WAIT s), a bad document is not."""
+    from homecloud.agents import hnode
+    from homecloud.agents.common import AgentError
+    calls: list[str] = []
+    answers: list[object] = [AgentError("GET x: [Errno 101] Network is unreachable"),
+                             AgentError("GET x: timed out"), b"{not json"]
+
+    def fake_get(url: str, timeout: float) -> bytes:
+        calls.append(url)
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        assert isinstance(a, bytes)
+        return a
+    monkeypatch.setattr(hnode, "http_get", fake_get)
+    monkeypatch.setattr(hnode, "TRUST_RETRY", 0.0)
+    cfg = hnode.Config.from_env({"HC_HNODE_STATE": str(tmp_path / "state")})
+    (tmp_path / "state").mkdir()
+    env = {"HC_TRUST_WAIT": "60"}
+    with pytest.raises(hnode.Failed, match=r"trust document http://cn/t\.json: .*JSON"):
+        hnode.trust(cfg, ["http://cn/t.json"], env)
+    assert len(calls) == 3                 # two failures asked again, the bad document not
+    answers[:] = [AgentError("GET x: connection refused")] * 3
+    with pytest.raises(hnode.Failed, match="connection refused"):
+        hnode.trust(cfg, ["http://cn/t.json"], {"HC_TRUST_WAIT": "0"})
