@@ -655,45 +655,60 @@ def test_snode_killed_under_a_running_instance(lab: LabContext) -> None:
     replicas_identical(lab, vol, host, "web1")
 
 
-def test_replica_killed_then_primary_powered_off(lab: LabContext) -> None:
-    """Issue 12, the other two losses, under the same writer inside web1: the *replica* snode
-    killed (the primary fences it through the config node and goes on alone); once it is back
-    and resynced, the *primary* shut down cleanly with ``poweroff`` (its agent hands the
-    resource over and says it is leaving: the replica is promoted at its next plan fetch).
-    No I/O error, every acknowledged record intact each time; both come back and the two
-    backing devices are identical."""
+def test_replica_killed_primary_killed_then_powered_off(lab: LabContext) -> None:
+    """Issue 12, the other losses, under the same writer inside web1, one after the other, each
+    snode back and resynced before the next: the *replica* killed (the primary fences it
+    through the config node and goes on alone); the *primary* killed (after the first test,
+    the other snode: snode2 in a fresh lab); the new primary shut down cleanly with
+    ``poweroff`` (its agent hands the resource over and says it is leaving: the replica is
+    promoted at its next plan fetch).  No I/O error, every acknowledged record intact each
+    time; the two backing devices identical at the end."""
     doc = instance_doc(lab, "web1")
     ip, host, vol = str(doc["ip"]), str(doc["host"]), str(doc["volume"])
     v = wait_volume(lab, vol, in_step_ok, 300)
     assert in_step_ok(v), v
-    prim, repl = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
+    first, second = v["replicas"][0]["snode"], v["replicas"][1]["snode"]
     target, hn = v["target"], node_addresses(lab)[host]
     before = dom0_io_errors(lab, hn, target)
-    writer_through(lab, ip, "/root/records-replica", 40, 10, lambda: lab_cmd(lab, "kill", repl))
-    v = volume_state(lab, vol)
-    say(f"{repl} killed: {v['problems']}")
-    assert v["replicas"][0]["snode"] == prim and v["replicas"][0]["export"] == "served", v
-    assert any(f"on {repl}: outdated" in p for p in v["problems"]), v
-    lab_cmd(lab, "start", repl)
-    wait_in_step(lab, vol, time.monotonic(), repl)
 
+    # 1. the replica killed: no promotion, the replica outdated, back by itself
+    writer_through(lab, ip, "/root/records-replica", 40, 10,
+                   lambda: lab_cmd(lab, "kill", second))
+    v = volume_state(lab, vol)
+    say(f"{second} (replica) killed: {v['problems']}")
+    assert v["replicas"][0]["snode"] == first and v["replicas"][0]["export"] == "served", v
+    assert any(f"on {second}: outdated" in p for p in v["problems"]), v
+    lab_cmd(lab, "start", second)
+    wait_in_step(lab, vol, time.monotonic(), second)
+
+    # 2. the primary killed: the replica promoted at the same target
+    writer_through(lab, ip, "/root/records-primary", 40, 10,
+                   lambda: lab_cmd(lab, "kill", first))
+    v = volume_state(lab, vol)
+    say(f"{first} (primary) killed: {v['problems']}")
+    assert v["replicas"][0]["snode"] == second and v["replicas"][0]["export"] == "served", v
+    assert v["target"] == target
+    lab_cmd(lab, "start", first)
+    wait_in_step(lab, vol, time.monotonic(), first)
+
+    # 3. the new primary powered off cleanly: promoted away at once, shown down
     def poweroff() -> None:
-        console_type(node_rec(lab, prim), "poweroff")
+        console_type(node_rec(lab, second), "poweroff")
         t0 = time.monotonic()
-        while vm_state(lab, prim) != "off" and time.monotonic() - t0 < 300:
+        while vm_state(lab, second) != "off" and time.monotonic() - t0 < 300:
             time.sleep(1)
-        assert vm_state(lab, prim) == "off", f"{prim}: still running 300 s after poweroff"
-        say(f"{prim} powered off (its VM ended {time.monotonic() - t0:.0f} s after poweroff)")
+        assert vm_state(lab, second) == "off", f"{second}: still running 300 s after poweroff"
+        say(f"{second} powered off (its VM ended {time.monotonic() - t0:.0f} s after poweroff)")
     writer_through(lab, ip, "/root/records-poweroff", 40, 10, poweroff)
     v = volume_state(lab, vol)
-    say(f"{prim} powered off: {v['problems']}")
-    assert v["replicas"][0]["snode"] == repl and v["replicas"][0]["export"] == "served", v
+    say(f"{second} (primary) powered off: {v['problems']}")
+    assert v["replicas"][0]["snode"] == first and v["replicas"][0]["export"] == "served", v
     assert v["replicas"][1]["export"] == "down", v         # its agent's last report: leaving
     assert v["target"] == target
     assert guest_io_errors(lab, ip) == "0", ssh(lab, ip, "dmesg | tail -30")
     assert dom0_io_errors(lab, hn, target) == before, ssh(lab, hn, "dmesg | tail -30")
-    lab_cmd(lab, "start", prim)
-    wait_in_step(lab, vol, time.monotonic(), prim)
+    lab_cmd(lab, "start", second)
+    wait_in_step(lab, vol, time.monotonic(), second)
     replicas_identical(lab, vol, host, "web1")
 
 
