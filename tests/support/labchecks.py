@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,37 +92,44 @@ def assert_instance_segment_has_no_aoe(netns: str) -> None:
         subprocess.run([*ip, "link", "del", "hcprobe0"], check=False)
 
 
-def console_type(rec: dict[str, Any], command: str, linger: float = 3.0) -> None:
-    """Types ``command`` on a lab VM's serial console (``rec``: its entry in lab.json).  The
-    connection stays open, and is read, for ``linger`` seconds: QEMU drops the keystrokes a
-    closed client still had queued, and an unread client holds the guest's output back."""
+@contextlib.contextmanager
+def _console(rec: dict[str, Any], command: str) -> Iterator[Callable[[], bytes]]:
+    """``command`` typed on a lab VM's serial console (``rec``: its entry in lab.json); yields
+    a reader of what the console prints (up to 0.5 s per call).  The caller keeps the
+    connection open, and reads it, until it has what it needs: QEMU takes typed bytes only as
+    fast as the guest's UART does and drops what a closed client still had queued, and an
+    unread client holds the guest's output back."""
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(rec["serial_sock"])
         s.settimeout(0.5)
         s.sendall(b"\r" + command.encode() + b"\r")
+
+        def read() -> bytes:
+            try:
+                return s.recv(65536)
+            except TimeoutError:
+                return b""
+        yield read
+
+
+def console_type(rec: dict[str, Any], command: str, linger: float = 3.0) -> None:
+    """Types ``command`` on a lab VM's serial console, the connection open for ``linger`` s."""
+    with _console(rec, command) as read:
         end = time.monotonic() + linger
         while time.monotonic() < end:
-            with contextlib.suppress(TimeoutError):
-                s.recv(65536)
+            read()
 
 
 def console_run(rec: dict[str, Any], command: str, pattern: str, timeout: float) -> str:
     """Types ``command`` once on a lab VM's serial console; the first match of regex
-    ``pattern`` (group 1) in what the console prints after it."""
+    ``pattern`` (group 1) in what the console prints after it (its log and the connection)."""
     log = Path(rec["serial_log"])
     start = log.stat().st_size
-    # the connection stays open until the answer is there (QEMU takes typed bytes only as
-    # fast as the guest's UART does, and drops what is still queued when the client goes
-    # away), and what the console prints is read off it (unread, it holds the guest's output)
     seen = b""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(rec["serial_sock"])
-        s.settimeout(0.5)
-        s.sendall(b"\r" + command.encode() + b"\r")
+    with _console(rec, command) as read:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                seen += s.recv(65536)
+            seen += read()
             with log.open("rb") as f:
                 f.seek(start)
                 text = f.read().decode(errors="replace") + seen.decode(errors="replace")
