@@ -67,10 +67,13 @@ def fence(inv: Inventory, asker: Node, minor: int) -> tuple[Inventory, str]:
     if e is None:
         raise FenceRefused(f"no replicated volume has DRBD minor {minor}")
     prim, rep = _side_names(inv, e)
-    if asker not in (prim, rep):
+    # by name, never by identity: ``asker`` may come from an earlier load of the inventory
+    # than ``inv`` (two resources' helpers asking at once: the first answer rewrote it)
+    names = {n.name for n in (prim, rep) if n is not None}
+    if asker.name not in names:
         raise FenceRefused(f"volume {e.name} (minor {minor}) is kept by "
                            f"{' and '.join(e.snodes or ())}, not {asker.name}")
-    if asker is not prim or rep is None or prim is None:
+    if prim is None or rep is None or asker.name != prim.name:
         raise FenceRefused(f"volume {e.name}: {prim.name if prim else '?'} is its primary now, "
                            f"not {asker.name}: {asker.name} must not acknowledge writes")
     key = (e.snodes or ())[1]

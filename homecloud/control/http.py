@@ -198,7 +198,9 @@ class ControlApp:
         said: list[str] = []
 
         def change(inv: Inventory) -> Inventory:
-            new, text = fence(inv, node, minor)
+            # the node as the inventory being changed has it (it may have been rewritten
+            # since the snapshot above: another fence or a promotion)
+            new, text = fence(inv, inv.node(mac) or node, minor)
             said[:] = [text]
             return new
 

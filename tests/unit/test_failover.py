@@ -77,6 +77,29 @@ def test_a_replica_or_a_stranger_is_refused_so_two_primaries_never_both_acknowle
         fence(j, j.lookup("sn1"), 0)  # type: ignore[arg-type]
 
 
+def test_two_resources_fenced_at_once_are_both_granted_to_their_primary() -> None:
+    """An snode that is primary of two volumes loses its peer: both resources' helpers ask at
+    the same moment.  The route looked the asker up before the first answer rewrote the
+    inventory, so the second decision sees a freshly loaded inventory whose Node objects are
+    not the asker's: it must still be granted (the CI found it refused: 'sn1 is its primary
+    now, not sn1', and the guest got EIO after the primary stayed frozen)."""
+    two = Inventory(nodes=NODES, exports=(VOL, VolumeExport(
+        Target(10, 1), "rw", ("hnode",), ("sn1", "sn2"), name="web", size=1 << 30,
+        drbd_minor=1)))
+    asker = two.lookup("sn1")
+    assert isinstance(asker, Node)
+    first, _ = fence(two, asker, 0)
+    reloaded = parse_inventory(to_yaml(first), "inv")      # what update() hands the second
+    assert reloaded.lookup("sn1") is not asker
+    second, text = fence(reloaded, asker, 1)
+    assert "sn2 outdated" in text
+    assert second.volume("web").outdated == "sn2"          # type: ignore[union-attr]
+    assert second.volume("db").outdated == "sn2"           # type: ignore[union-attr]
+    # and a stale asker that is the replica is still refused
+    with pytest.raises(FenceRefused, match="sn1 is its primary now, not sn2"):
+        fence(reloaded, two.lookup("sn2"), 1)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------ failovers (pure)
 def reports(p: dict[str, Any] | None, r: dict[str, Any] | None) -> dict[str, Any]:
     out = {}
