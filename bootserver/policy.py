@@ -76,6 +76,7 @@ class PolicyConfig:
     http_port: int = 80
     efi_binary: str = "ipxe.efi"
     unassigned_retry: int = 10  # seconds an unassigned iPXE client waits before rebooting
+    mtu: int | None = None  # the boot network's MTU, passed as hc.mtu= (None: left alone)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ class Policy:
                  f"hc.server={self.http_base}"]
         if self.current().node(mac) is not None:  # a default-role machine has no name yet
             extra.append(f"hc.hostname={r.node.name}")
+        if self.config.mtu is not None:
+            extra.append(f"hc.mtu={self.config.mtu}")
         if r.manifest.boot.root == "aoe":
             exp = self.root_export(r.node)
             if exp is None:

@@ -76,6 +76,14 @@ def interface_ipv4(ifname: str) -> ipaddress.IPv4Interface:
     raise ServeError(f"interface {ifname} has no IPv4 address (give it one, or pass --address)")
 
 
+def interface_mtu(ifname: str) -> int | None:
+    """The MTU of ``ifname`` (None: unknown)."""
+    try:
+        return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def default_range(iface: ipaddress.IPv4Interface) -> tuple[str, str]:
     """The upper half of the interface's subnet, minus the broadcast address and the server."""
     hosts = [h for h in iface.network.hosts() if h != iface.ip]
@@ -97,6 +105,9 @@ class ServeOptions:
     dns: tuple[str, ...] = ()
     domain: str | None = None
     lease_time: int = 3600
+    # the provisioning/storage segment's MTU (jumbo frames: 9000): DHCP option 26 and the
+    # nodes' hc.mtu= (their initramfs sets it on the boot NIC before AoE or DHCP); None: 1500
+    mtu: int | None = None
     http_port: int = 80
     tftp_port: int = 69
     efi_binary: str = "ipxe.efi"
@@ -154,7 +165,8 @@ class BootServer:
             raise ServeError(self.inventory.last_error)
         self.seen = SeenStore(state)
         images = ImageStore(opts.images)
-        self.policy = Policy(PolicyConfig(server_ip, opts.http_port, opts.efi_binary),
+        self.policy = Policy(PolicyConfig(server_ip, opts.http_port, opts.efi_binary,
+                                          mtu=opts.mtu),
                              self.inventory, images, self._record_seen)
         self.identity = ClientIdentity(
             self._lease_mac, lambda: self.inventory.snapshot().inventory, opts.interface,
@@ -170,7 +182,14 @@ class BootServer:
         if opts.mode == "full":
             start, end = opts.range or default_range(iface)
             pools = (PoolConfig(network=str(iface.network), start=start, end=end,
-                                router=opts.router, dns=opts.dns, domain=opts.domain),)
+                                router=opts.router, dns=opts.dns, domain=opts.domain,
+                                mtu=opts.mtu),)
+        if opts.mtu is not None:
+            have = interface_mtu(opts.interface)
+            if have is not None and have < opts.mtu:
+                log.warning("--mtu %d: interface %s has MTU %d; the nodes will send frames "
+                            "it cannot take (raise it, and every switch port's, first)",
+                            opts.mtu, opts.interface, have)
         self.dhcp = DhcpServer(DhcpConfig(
             interface=opts.interface, server_ip=server_ip, mode=opts.mode,  # type: ignore[arg-type]
             pools=pools, lease_time=opts.lease_time, lease_file=state / "leases.jsonl",
@@ -274,6 +293,11 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.option("--dns", multiple=True, help="Option 6 (repeatable).")
 @click.option("--domain", help="Option 15.")
 @click.option("--lease-time", default=3600, show_default=True, type=click.IntRange(60))
+@click.option("--mtu", type=click.IntRange(576, 65535), default=None,
+              help="MTU of the provisioning/storage network (e.g. 9000 where every NIC and "
+              "switch port carries jumbo frames): DHCP option 26 and hc.mtu= on the nodes' "
+              "kernel command line, so AoE, DRBD and migrations use big frames.  Default: not "
+              "sent (1500).")
 @click.option("--http-port", default=80, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--tftp-port", default=69, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--tftp-max-sessions", default=TftpLimits.max_sessions, show_default=True,
@@ -322,8 +346,8 @@ def _parse_range(value: str | None) -> tuple[str, str] | None:
 @click.pass_obj
 def serve(c: object, interface: str, mode: str, address: str | None, range_: str | None,
           router: str | None, dns: tuple[str, ...], domain: str | None, lease_time: int,
-          http_port: int, tftp_port: int, tftp_max_sessions: int, tftp_max_per_client: int,
-          tftp_timeout: float, tftp_max_timeout: int, tftp_retries: int,
+          mtu: int | None, http_port: int, tftp_port: int, tftp_max_sessions: int,
+          tftp_max_per_client: int, tftp_timeout: float, tftp_max_timeout: int, tftp_retries: int,
           tftp_max_windowsize: int, efi_binary: str, ipv6_ra: bool,
           http_max_connections: int, http_max_per_client: int, http_head_timeout: float,
           http_idle_timeout: float, http_io_timeout: float, instance_interface: str | None,
@@ -334,7 +358,7 @@ def serve(c: object, interface: str, mode: str, address: str | None, range_: str
     images: Path = c.images  # type: ignore[attr-defined]
     opts = ServeOptions(interface=interface, mode=mode, state_dir=state_dir, images=images,
                         address=address, range=_parse_range(range_), router=router, dns=dns,
-                        domain=domain, lease_time=lease_time, http_port=http_port,
+                        domain=domain, lease_time=lease_time, mtu=mtu, http_port=http_port,
                         tftp_port=tftp_port, efi_binary=efi_binary, ipv6_ra=ipv6_ra,
                         http_limits=HttpLimits(http_max_connections, http_max_per_client,
                                                http_head_timeout, http_idle_timeout,

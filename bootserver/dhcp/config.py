@@ -63,6 +63,7 @@ class DhcpConfig:
     router: str | None = None  # defaults for pools that set none
     dns: tuple[str, ...] = ()
     domain: str | None = None
+    mtu: int | None = None  # option 26 for pools that set none (None: not sent)
     offer_time: float = 60.0  # how long an OFFER reserves its address
     decline_time: float = 600.0  # how long a DECLINEd address stays out of use
     rcvbuf: int = 8 * 1024 * 1024  # bursts of 1000 DISCOVERs must fit
@@ -95,4 +96,5 @@ class DhcpConfig:
         pool sets none."""
         return tuple(dataclasses.replace(
             p, router=p.router if p.router is not None else self.router, dns=p.dns or self.dns,
-            domain=p.domain if p.domain is not None else self.domain) for p in self.pools)
+            domain=p.domain if p.domain is not None else self.domain,
+            mtu=p.mtu if p.mtu is not None else self.mtu) for p in self.pools)

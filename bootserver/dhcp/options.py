@@ -25,6 +25,9 @@ ROUTER = 3
 DNS_SERVERS = 6
 HOSTNAME = 12
 DOMAIN_NAME = 15
+# RFC 2132 §5.1: interface MTU, 16 bits, at least 68
+INTERFACE_MTU = 26
+MIN_MTU = 68
 BROADCAST_ADDRESS = 28
 VENDOR_SPECIFIC = 43  # §8.4; for PXE clients: PXE vendor-encapsulated sub-options (PXE 2.1 §2.4)
 

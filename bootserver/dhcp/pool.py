@@ -28,6 +28,7 @@ class PoolConfig:
     dns: tuple[str, ...] = ()
     domain: str | None = None
     lease_time: int | None = None
+    mtu: int | None = None  # option 26: the link's MTU (e.g. 9000 on a jumbo-frame segment)
 
 
 class Pool:
@@ -54,6 +55,10 @@ class Pool:
             if a in (self.network.network_address, self.network.broadcast_address):
                 raise PoolConfigError(f"pool {cfg.network}: range includes the network or"
                                       f" broadcast address {a}")
+        if cfg.mtu is not None and (isinstance(cfg.mtu, bool) or not isinstance(cfg.mtu, int)
+                                    or not o.MIN_MTU <= cfg.mtu <= 0xFFFF):
+            raise PoolConfigError(f"pool {cfg.network}: mtu {cfg.mtu!r} is not an MTU "
+                                  f"({o.MIN_MTU}-65535, RFC 2132 option 26)")
         if cfg.lease_time is not None and cfg.lease_time <= 0:
             raise PoolConfigError(f"pool {cfg.network}: lease_time must be positive")
         self.start = int(start)
@@ -73,6 +78,8 @@ class Pool:
             self.options[o.DNS_SERVERS] = o.ips_bytes(cfg.dns)
         if cfg.domain:
             self.options[o.DOMAIN_NAME] = cfg.domain.encode()
+        if cfg.mtu is not None:
+            self.options[o.INTERFACE_MTU] = struct.pack("!H", cfg.mtu)
 
     def __repr__(self) -> str:
         return f"Pool({self.cfg.network} {self.cfg.start}-{self.cfg.end})"

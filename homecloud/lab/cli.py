@@ -22,7 +22,7 @@ from homecloud.lab.context import current_lab_dir, read_context
 from homecloud.lab.demo import demo
 from homecloud.lab.errors import LabError
 from homecloud.lab.lab import Lab
-from homecloud.lab.status import DEFAULT_INST_NET, DEFAULT_NET, format_table
+from homecloud.lab.status import DEFAULT_INST_NET, DEFAULT_MTU, DEFAULT_NET, format_table
 
 DETACH = b"\x1d"  # Ctrl-]
 
@@ -93,6 +93,9 @@ def lab() -> None:
               help="Start the hnodes with the snodes (they wait for the root export).")
 @click.option("--instance-network", default=DEFAULT_INST_NET, show_default=True,
               help="Server address and prefix on the instance bridge (the hnodes' NIC 2).")
+@click.option("--mtu", type=click.IntRange(1500, 65535), default=DEFAULT_MTU, show_default=True,
+              help="MTU of the provisioning/storage bridge and its taps (hcboot serve --mtu: "
+              "the nodes use it; 1500 for no jumbo frames).")
 @click.option("--snode-memory", type=click.IntRange(256), default=None,
               help="MB per storage node (default 2048: its RAM root must fit in half).")
 @click.option("--hnode-memory", type=click.IntRange(512), default=None,
@@ -100,7 +103,7 @@ def lab() -> None:
 @click.pass_context
 def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, images: Path | None,
        no_build: bool, timeout: int, disk_size: str, network: str, snode_memory: int | None,
-       hnode_memory: int | None, instance_network: str, hnode_start: str) -> None:
+       hnode_memory: int | None, instance_network: str, hnode_start: str, mtu: int) -> None:
     """Build missing images, start hcboot and the nodes, follow them until ready."""
     try:
         size = parse_size(disk_size)
@@ -111,7 +114,7 @@ def up(ctx: click.Context, hnodes: int, snodes: int, lab_dir: Path | None, image
         rows = lb.up(snodes=snodes, hnodes=hnodes, build=not no_build, timeout=timeout,
                      disk_size=size, network=network, snode_memory=snode_memory,
                      hnode_memory=hnode_memory, instance_network=instance_network,
-                     hnode_start=hnode_start)
+                     hnode_start=hnode_start, mtu=mtu)
     except HomecloudError as exc:
         hint = ("" if "lab down` first" in str(exc) else
                 "\n(whatever the lab started stays until `hcboot lab down`)")

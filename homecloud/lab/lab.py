@@ -49,6 +49,7 @@ from homecloud.lab.progress import STATES, Follower, combine, final_state, repor
 from homecloud.lab.status import (
     BOOT_ORDER,
     DEFAULT_INST_NET,
+    DEFAULT_MTU,
     DEFAULT_NET,
     FORMAT,
     HNODE_AOE_WAIT,
@@ -119,7 +120,8 @@ class Lab:
                           bridge=self.doc.get("bridge") or "hcbr0",
                           server_cidr=self.doc.get("server_cidr") or DEFAULT_NET,
                           inst_bridge=self.doc.get("inst_bridge") or "hcbr1",
-                          inst_cidr=self.doc.get("inst_cidr") or DEFAULT_INST_NET)
+                          inst_cidr=self.doc.get("inst_cidr") or DEFAULT_INST_NET,
+                          mtu=int(self.doc.get("mtu") or 1500))
 
     def nodes(self) -> list[dict[str, Any]]:
         return list(self.doc.get("nodes") or [])
@@ -229,7 +231,7 @@ class Lab:
            disk_size: int = 8 << 30, network: str = DEFAULT_NET,
            snode_memory: int | None = None, hnode_memory: int | None = None,
            instance_network: str = DEFAULT_INST_NET,
-           hnode_start: str = "exports-ready") -> list[NodeStatus]:
+           hnode_start: str = "exports-ready", mtu: int = DEFAULT_MTU) -> list[NodeStatus]:
         """Boot the lab.  ``hnode_start`` (HNODE_STARTS): ``with-snodes`` starts the hnodes
         together with the snodes (their initramfs waits up to HNODE_AOE_WAIT s for the root
         export); ``snodes-ready`` once every snode's system is up (its agent then sets up the
@@ -263,7 +265,7 @@ class Lab:
             self.doc = {"format": FORMAT, "id": self.id, "dir": str(self.dir),
                         "images": str(self.images), "netns": f"hclab-{self.id}",
                         "bridge": "hcbr0", "server_cidr": network, "inst_bridge": "hcbr1",
-                        "inst_cidr": instance_network, "created": time.time(),
+                        "inst_cidr": instance_network, "mtu": mtu, "created": time.time(),
                         "phase": "creating", "server": None, "nodes": []}
             self._reset_dirs()
             self.save()
@@ -321,7 +323,7 @@ class Lab:
     def _create_network(self) -> None:
         n = self.net
         self.say(f"{self._elapsed()} network: namespace {n.netns}, bridge {n.bridge} "
-                 f"{n.server_cidr} (provisioning + storage), bridge {n.inst_bridge} "
+                 f"{n.server_cidr} MTU {n.mtu} (provisioning + storage), bridge {n.inst_bridge} "
                  f"{n.inst_cidr} (instances); no forwarding between them, no link to the host")
         net.create_netns(n)  # lab.json already names it
 
@@ -362,7 +364,7 @@ class Lab:
                            "--interface", n.bridge, "--mode", "full", "--address", n.server_ip,
                            "--range", f"{prefix}{POOL[0]}-{prefix}{POOL[1]}",
                            "--instance-interface", n.inst_bridge, "--instance-address",
-                           n.inst_cidr)
+                           n.inst_cidr, *(("--mtu", str(n.mtu)) if n.mtu != 1500 else ()))
         self.doc["server"] = {"pid": None, "argv": argv, "log": str(log)}
         self.save()
         with open(log, "ab") as out:

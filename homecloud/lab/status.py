@@ -18,6 +18,7 @@ MAC_PREFIX = "52:54:00:4c"          # QEMU's OUI, then 0x4c ('L'ab)
 ROLE_CODES = {"snode": 0x53, "hnode": 0x48}  # 'S', 'H'; other roles 0x4e
 ROLE_IP_BASE = {"snode": 10, "hnode": 20}    # snode1 = .11, hnode1 = .21; others .50+
 DEFAULT_NET = "198.51.100.1/24"      # documentation range (RFC 5737)
+DEFAULT_MTU = 9000                    # the lab's provisioning/storage bridge: jumbo frames
 DEFAULT_INST_NET = "203.0.113.1/24"  # the instance network (issue 11), another RFC 5737 range
 INST_NIC_BIT = 0x80                  # second NIC (instance network): role code | 0x80
 INST_NIC_ROLES = ("hnode",)          # roles whose VMs get NIC 2 on the instance bridge

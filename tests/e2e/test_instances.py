@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -147,9 +148,22 @@ def test_lab_ready_networks_and_root_export(lab: LabContext, store: Path) -> Non
     by = {n["node"]: n for n in doc["nodes"]}
     assert by["hnode1"]["state"] == by["hnode2"]["state"] == "dom0 up", by
     assert by["snode1"]["state"] == by["snode2"]["state"] == "exports ready", by
+    server = str(json.loads((lab_dir / "lab.json").read_text())["server_cidr"]).split("/")[0]
+    # jumbo frames on the storage network (lab up --mtu 9000 -> hcboot serve --mtu -> hc.mtu=
+    # for the hnodes' initramfs, DHCP option 26 for networkd): every node's link to the config
+    # node has MTU 9000, and the hnodes' aoe driver reads their root 8 KiB+ per frame
+    link_mtu = (f"echo MTU-$(cat /sys/class/net/$(ip -o route get {server} | "
+                "sed -n 's/.* dev \\([^ ]*\\).*/\\1/p')/mtu)-END")
     for rec in json.loads((lab_dir / "lab.json").read_text())["nodes"]:
         if rec["role"] == "hnode":
-            assert "hc: switch_root" in Path(rec["serial_log"]).read_text(errors="replace")
+            serial = Path(rec["serial_log"]).read_text(errors="replace")
+            assert "hc: switch_root" in serial and "eth0: mtu 9000" in serial, serial[-3000:]
+            frames = re.findall(r"e1\.0: setting (\d+) byte data frames", serial)
+            assert frames and int(frames[-1]) >= 8192, (frames, serial[-3000:])
+            mtu = ssh(lab, rec["ip"], link_mtu)
+        else:                                   # snodes: no sshd, their serial console
+            mtu = console_run(rec, link_mtu, r"(MTU-\d+-END)", 120)
+        assert "MTU-9000-END" in mtu, (rec["name"], mtu)
     assert_two_networks(lab_dir, lab.netns, ["hnode1", "hnode2"], ["snode1", "snode2"])
     assert_instance_segment_has_no_aoe(lab.netns)
     # lab only: root's shell on a node's serial console (hc.autologin=1 from the inventory)

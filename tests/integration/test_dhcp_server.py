@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -556,3 +557,31 @@ def test_proxy_mode_next_to_dnsmasq(tmp_path: Path) -> None:
 def test_sockets_are_bound_to_the_interface(pair: Running) -> None:
     r = subprocess.run(pair.srv.cmd("ss", "-ulnp"), capture_output=True, text=True, check=True)
     assert "0.0.0.0%eth0:67" in r.stdout
+
+
+def test_jumbo_mtu_reaches_the_initramfs_client(tmp_path: Path) -> None:
+    """hcboot serve --mtu 9000: busybox udhcpc running the initramfs's own event script
+    (builder/init/udhcpc.script, as the snodes' RAM-root initramfs runs it) gets option 26 and
+    sets the link's MTU to 9000; its address and name servers as before."""
+    script = tmp_path / "default.script"
+    shutil.copy(REPO / "builder" / "init" / "udhcpc.script", script)
+    script.chmod(0o755)
+    resolv = tmp_path / "resolv.conf"
+    with Lab() as lab:
+        srv, cli = lab.netns("srv"), lab.netns("cli")
+        lab.veth(srv, "eth0", cli, "eth0")
+        srv.run("ip", "link", "set", "eth0", "mtu", "9000")
+        lab.addr(srv, "eth0", f"{SRV_IP}/24")
+        server = start_server(srv, full_config(tmp_path, mtu=9000), real_policy(tmp_path))
+        try:
+            assert cli.run("cat", "/sys/class/net/eth0/mtu").stdout.strip() == "1500"
+            out = cli.run("env", f"RESOLV_CONF={resolv}", "busybox", "udhcpc", "-f", "-q", "-n",
+                          "-i", "eth0", "-t", "3", "-T", "2", "-s", str(script), timeout=30)
+            assert "hc: dhcp eth0 192.0.2.1" in out.stdout, out.stdout + out.stderr
+            assert cli.run("cat", "/sys/class/net/eth0/mtu").stdout.strip() == "9000"
+            assert "192.0.2.1" in cli.run("ip", "-4", "-o", "addr", "show", "eth0").stdout
+            assert resolv.read_text() == f"nameserver {SRV_IP}\n"
+            # a full-size frame crosses (DF set: it would fail at 1500)
+            cli.run("ping", "-c", "1", "-W", "5", "-M", "do", "-s", "8972", SRV_IP)
+        finally:
+            server.stop()

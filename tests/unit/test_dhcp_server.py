@@ -482,3 +482,26 @@ def test_protocol_leaves_the_journal_sync_to_its_caller(tmp_path: Path) -> None:
     # an OFFER is memory only: never durable
     again = srv.handle(request(MT.DISCOVER, "52:54:00:00:09:01"), CLIENT, 67)
     assert again is not None and not again.durable
+
+
+def test_interface_mtu_option_26_from_the_server_or_its_pool() -> None:
+    """RFC 2132 §5.1: option 26 is a 16-bit MTU.  The server-wide ``mtu`` (hcboot serve --mtu,
+    jumbo frames on the storage network) reaches every pool that sets none; a pool's own wins;
+    no mtu, no option 26 (the link stays 1500)."""
+    import struct
+
+    srv, _ = make(mtu=9000)
+    offer = parse(srv.handle(request(MT.DISCOVER), CLIENT, 67))
+    assert struct.unpack("!H", offer.options[o.INTERFACE_MTU]) == (9000,)
+    plain, _ = make()
+    assert o.INTERFACE_MTU not in parse(plain.handle(request(MT.DISCOVER), CLIENT, 67)).options
+    own = DhcpConfig(interface="veth0", server_ip=SERVER, mode="full", mtu=9000,
+                     pools=(PoolConfig("192.0.2.0/24", "192.0.2.100", "192.0.2.103", mtu=1500),))
+    assert [p.mtu for p in own.pool_configs()] == [1500]
+
+
+@pytest.mark.parametrize("bad", [67, 65536, 0, True, "9000"])
+def test_a_pool_mtu_outside_rfc_2132_is_refused_naming_the_pool(bad: Any) -> None:
+    from bootserver.dhcp.pool import Pool, PoolConfigError
+    with pytest.raises(PoolConfigError, match=r"pool 192.0.2.0/24: mtu .* is not an MTU"):
+        Pool(PoolConfig("192.0.2.0/24", "192.0.2.100", "192.0.2.103", mtu=bad))

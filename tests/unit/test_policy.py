@@ -129,3 +129,13 @@ def test_templates_are_strict(policy: Policy) -> None:
     import jinja2
     with pytest.raises(jinja2.UndefinedError):
         policy.env.get_template("boot.ipxe.j2").render(mac=MAC_H)
+
+
+def test_the_boot_networks_mtu_reaches_every_nodes_command_line(policy: Policy) -> None:
+    """hcboot serve --mtu 9000: the initramfs sets it on the boot NIC before AoE or DHCP
+    (builder/init/init.sh.j2 iface_up); without it nothing is said."""
+    assert "hc.mtu=" not in policy.ipxe_script(MAC_H)
+    jumbo = Policy(PolicyConfig("192.0.2.1", 8080, mtu=9000), policy.inventory, policy.store)
+    for mac in (MAC_H, MAC_S):
+        assert " hc.mtu=9000" in jumbo.ipxe_script(mac)
+    assert "hc.mtu=9000" in (jumbo.pxelinux_config(MAC_P) or "")
