@@ -4,7 +4,7 @@ same guest between the same two hnodes, run by hand in the same run (the floor).
 
 Run as root from the repository root, against the running lab (``hcboot lab up``, 2 hnodes)::
 
-    python3 bench/bench_migration.py --instance web1 [--runs 4] [--busy-mib 16]
+    python3 bench/bench_migration.py --instance web1 [--runs 4] [--busy-mib 16] [--loads idle,busy]
 
 The instance must run and answer ping and SSH (user ``debian`` or root, the lab key).  Each
 round, for an idle guest and then for a memory-busy one (a Python loop in the guest writing one
@@ -130,7 +130,12 @@ def main() -> int:
                     help="Runs per load (even: each way migrates equally often in each "
                          "direction).")
     ap.add_argument("--busy-mib", type=int, default=16)
+    ap.add_argument("--loads", default="idle,busy",
+                    help="Comma-separated: idle, busy (default both).")
     args = ap.parse_args()
+    loads = [x for x in ("idle", "busy") if x in args.loads.split(",")]
+    if not loads:
+        ap.error(f"--loads {args.loads!r}: give idle, busy or both")
     ctx = current_context()
     addrs = node_addresses(ctx)
     name = args.instance
@@ -139,7 +144,7 @@ def main() -> int:
     say(f"{name}: {doc['memory_mb']} MiB, on {doc['host']} at {ip}; {args.runs} runs each")
     rows: dict[tuple[str, str], list[tuple[float, PingStats]]] = {}
     dirtier = ""
-    for load in ("idle", "busy"):
+    for load in loads:
         if load == "busy":
             script = DIRTIER.format(mib=args.busy_mib)
             dirtier = guest_sh(ctx, ip, f"nohup python3 -c {shlex.quote(script)} "
@@ -159,7 +164,7 @@ def main() -> int:
             guest_sh(ctx, ip, f"kill {int(dirtier)}")
     print("\nmedians (hcboot vs bare xl migrate, same guest, same hnodes, same run)")
     print(f"{'load':5} {'how':7} {'total s':>8} {'pause s':>8} {'lost':>5}")
-    for load in ("idle", "busy"):
+    for load in loads:
         med = {}
         for how in ("hcboot", "bare"):
             med[how] = column_medians([(t, s.longest_gap, s.lost) for t, s in rows[(load, how)]])

@@ -255,8 +255,9 @@ def test_migrate_over_pinned_ssh_between_hnodes(env: Env) -> None:
     assert (res.source, res.target) == ("hn1", "hn2") and res.seconds > 0
     assert (hn2.dir / "received").read_text() == "DOMAIN-STREAM web1 from hn1\n"
     assert "migration target: got 28 bytes" in res.log_tail
-    # xl's verbosity reaches the receiver (its messages explain a failure at the target)
-    assert "-v migrate-receive" in (hn2.dir / "calls").read_text()
+    # the agent runs xl migrate as an operator would (no -v: the bench's floor is that)
+    assert "migrate-receive" in (hn2.dir / "calls").read_text()
+    assert "-v" not in (hn2.dir / "calls").read_text()
     assert steps[0] == "hn1: xl migrate web1 to hn2 (198.51.100.12)"
     # a peer with the wrong pinned key: the source's ssh refuses the target
     (hn1.dir / "running").write_text("web1 3 384 1 -b---- 2.0\n")
@@ -268,7 +269,7 @@ def test_migrate_over_pinned_ssh_between_hnodes(env: Env) -> None:
             env.driver().migrate(hn1.node, "web1", hn2.node, steps.append)
         msg = str(exc.value)
         assert "hn1: migrate: hn1: migration of web1 to 198.51.100.12 failed" in msg, msg
-        assert "Host key verification failed" in msg and "xl -v migrate -s" in msg, msg
+        assert "Host key verification failed" in msg and "xl migrate -s" in msg, msg
     finally:
         known.write_text(good)
         (hn1.dir / "running").unlink(missing_ok=True)

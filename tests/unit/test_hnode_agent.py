@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -466,3 +467,26 @@ def test_trust_asks_again_until_the_config_node_answers(
     answers[:] = [AgentError("GET x: connection refused")] * 3
     with pytest.raises(hnode.Failed, match="connection refused"):
         hnode.trust(cfg, ["http://cn/t.json"], {"HC_TRUST_WAIT": "0"})
+
+
+def test_queries_step_back_on_dom0s_cpu_and_actions_do_not(tmp_path: Path) -> None:
+    """facts and list run at nice 10 (asked right after a migration, while dom0 wires up the
+    guest's vif); an action such as cleanup keeps the priority it was started with.  The
+    stand-in xl records the nice value it runs at (field 19 of /proc/self/stat)."""
+    real = _fake_xl(tmp_path)
+    xl = tmp_path / "xl-nice"
+    xl.write_text(f"#!/bin/sh\ncut -d' ' -f19 /proc/$$/stat >> {tmp_path}/nice\n"
+                  f"exec {real} \"$@\"\n")
+    xl.chmod(0o755)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for action, want in (("facts", min(base + hnode.QUERY_NICE, 19)),
+                         ("list", min(base + hnode.QUERY_NICE, 19)),
+                         ("cleanup", base)):
+        (tmp_path / "nice").unlink(missing_ok=True)
+        req: dict[str, object] = {"version": 1, "action": action}
+        if action == "cleanup":
+            req["name"] = "web9"
+        code, ans, err = _agent(tmp_path, req, xl)
+        assert code == 0 and ans["ok"] is True, (action, ans, err)
+        seen = {int(x) for x in (tmp_path / "nice").read_text().split()}
+        assert seen == {want}, (action, seen)
