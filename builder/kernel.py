@@ -10,7 +10,10 @@ about a tree); a failed command (depmod) raises builder.run's ``CommandError``.
 
 from __future__ import annotations
 
+import lzma
 import re
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,3 +335,48 @@ def kernel_tree_from_root(rootdir: Path, version: str | None = None) -> KernelTr
         _depmod(root, version)
     return KernelTree(vmlinuz=root / "boot" / f"vmlinuz-{version}", modules_dir=mods,
                       version=version)
+
+
+# ---------------------------------------------------------------- the ELF inside a bzImage
+
+#: a bzImage's payload compressions (arch/x86/boot/header.S; the payload's first bytes)
+_GZIP, _XZ = b"\x1f\x8b", b"\xfd7zXZ\x00"
+
+
+def bzimage_elf(data: bytes, where: str = "kernel") -> bytes:
+    """The ELF ``vmlinux`` inside bzImage ``data`` (its gzip or xz payload, decompressed).
+
+    The boot protocol's header (Documentation/arch/x86/boot.rst) places the payload at
+    ``(setup_sects + 1) * 512 + payload_offset`` (``payload_offset``/``payload_length`` at
+    0x248/0x24c, protocol 2.08+); the kernel's build appends 4 size bytes to an xz payload,
+    left over here.  KernelError naming ``where`` for anything else: not a bzImage, an older
+    protocol, another compression, or a payload that does not decompress to an ELF."""
+    if len(data) < 0x250 or data[0x202:0x206] != b"HdrS":
+        raise KernelError(f"{where}: not a bzImage (no HdrS signature at 0x202)")
+    (version,) = struct.unpack_from("<H", data, 0x206)
+    if version < 0x208:
+        raise KernelError(f"{where}: boot protocol {version >> 8}.{version & 0xff} has no "
+                          "payload offset (2.08+ needed)")
+    setup_sects = data[0x1f1] or 4
+    offset, length = struct.unpack_from("<II", data, 0x248)
+    start = (setup_sects + 1) * 512 + offset
+    payload = data[start:start + length]
+    if len(payload) != length or not length:
+        raise KernelError(f"{where}: payload at {start} ({length} bytes) runs past the file")
+    try:
+        d: lzma.LZMADecompressor | zlib._Decompress
+        if payload.startswith(_XZ):
+            d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        elif payload.startswith(_GZIP):
+            d = zlib.decompressobj(wbits=31)
+        else:
+            raise KernelError(f"{where}: payload compression {payload[:6].hex()} is neither "
+                              "gzip nor xz")
+        elf = d.decompress(payload)
+        if not d.eof:
+            raise KernelError(f"{where}: payload ends before its compressed stream does")
+    except (lzma.LZMAError, zlib.error) as exc:
+        raise KernelError(f"{where}: payload does not decompress: {exc}") from None
+    if not elf.startswith(b"\x7fELF"):
+        raise KernelError(f"{where}: payload is not an ELF image")
+    return elf

@@ -87,6 +87,8 @@ Environment (kernel command line in brackets; the environment wins):
                                                   the kernel's device-mapper are there]
   HC_BACKOFF_MAX longest restart/retry delay, seconds                 [30]
   HC_DL_TIMEOUT  longest image download, seconds                      [3600]
+  HC_MD_ASSUME_CLEAN  1: a new RAID1 skips its initial resync: only for
+                 disks known to be zeroed (the lab's new sparse files) [hc.md_assume_clean=, 0]
 """
 
 
@@ -120,6 +122,7 @@ class Config:
     lvm: str = "auto"
     backoff_max: int = 30
     dl_timeout: int = 3600
+    md_assume_clean: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -142,7 +145,18 @@ class Config:
                    fslabel=env.get("HC_FSLABEL") or "hc-store",
                    lvm=_lvm_mode(env.get("HC_LVM") or "auto"),
                    backoff_max=env_int(env, "HC_BACKOFF_MAX", 30),
-                   dl_timeout=env_int(env, "HC_DL_TIMEOUT", 3600))
+                   dl_timeout=env_int(env, "HC_DL_TIMEOUT", 3600),
+                   md_assume_clean=_flag("HC_MD_ASSUME_CLEAN",
+                                         pick("HC_MD_ASSUME_CLEAN", "hc.md_assume_clean")))
+
+
+def _flag(name: str, v: str) -> bool:
+    """A yes/no setting: 1/yes/true or 0/no/false (or unset); AgentError naming it else."""
+    if v.lower() in ("1", "yes", "true"):
+        return True
+    if v.lower() in ("", "0", "no", "false"):
+        return False
+    raise AgentError(f"{name}={v}: not 1/yes/true or 0/no/false")
 
 
 def _lvm_mode(v: str) -> str:
@@ -471,7 +485,8 @@ class Agent:
         while True:
             try:
                 store = setup_store(self.cfg.disks, self.cfg.store, self.cfg.fslabel,
-                                    self.cfg.md, self.out.log, self.cfg.lvm, defer_pool=True)
+                                    self.cfg.md, self.out.log, self.cfg.lvm, defer_pool=True,
+                                    assume_clean=self.cfg.md_assume_clean)
                 break
             except AgentError as exc:
                 self.out.log(str(exc))

@@ -339,10 +339,14 @@ class Lab:
                 # export (default 30 s) while the snodes fetch it
                 # and every lab node logs root in on its serial console (lab console NODE;
                 # element hc-base's hc-getty: the images are the production ones)
-                # hnodes: guests without AVX (faults under TCG's SVM: xlcfg's docstring)
+                # hnodes: guests without AVX (faults under TCG's SVM: xlcfg's docstring);
+                # snodes: their disks are new sparse files, zeros, so their RAID1 is in sync
+                # as made (no initial resync: agents/disks.md_create_argv)
                 cmdline = "hc.autologin=1" + (f" hc.aoe_wait={HNODE_AOE_WAIT}"
                                               f" hc.guest_cpuid={HNODE_GUEST_CPUID}"
-                                              if role == "hnode" else "")
+                                              if role == "hnode" else
+                                              " hc.md_assume_clean=1" if role == "snode"
+                                              else "")
                 nodes.append(Node(f"{role}{i}", role, nics, cmdline=cmdline))
         # consumers: every hnode, and the lab bridge itself so that `hcboot aoe verify` run in
         # the lab's namespace is an allowed initiator (vblade -m)
@@ -463,6 +467,7 @@ class Lab:
             # the SCSI layer times such a command out, aborts and retries it (docs/lab.md)
             disks=[vm.Disk(Path(d), iface="virtio-scsi") for d in rec["disks"]],
             boot=BOOT_ORDER,
+            cpu=vm.role_cpu(rec["role"]),
             netns=self.net.netns)
 
     # ------------------------------------------------------------------ follow

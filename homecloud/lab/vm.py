@@ -54,13 +54,30 @@ class Disk:
     snapshot: bool = False
 
 
+#: TCG's "max" CPU: it has SVM + NPT, which an hnode's PVH guests need
+CPU_MAX = "max"
+#: "max" without the AVX family, for the lab's storage nodes.  TCG emulates AVX2 far slower
+#: than the SSE code it replaces: OpenSSL's SHA-256 (Python's hashlib) hashed 64 MiB in 2.3 s on
+#: a lab snode with AVX2 and in 0.9 s without (the storage agent checks every image it
+#: downloads: the hnode root's 212 MB took 26 s from the config node, 16-20 s without AVX).
+#: An hnode keeps "max": Xen already hides AVX from its dom0, and its guests' CPUID is set
+#: apart (``hc.guest_cpuid``).
+CPU_NO_AVX = "max,avx=off,avx2=off,fma=off,f16c=off,vaes=off"
+#: the CPU of a lab node by role (others: CPU_MAX)
+ROLE_CPU = {"snode": CPU_NO_AVX}
+
+
+def role_cpu(role: str) -> str:
+    return ROLE_CPU.get(role, CPU_MAX)
+
+
 @dataclass
 class VmSpec:
     name: str
     workdir: Path                          # serial log, sockets, argv and QEMU's own log go here
     memory_mb: int = 512
     smp: int = 1
-    cpu: str = "max"                      # TCG's max has SVM + NPT (PVH guests need it)
+    cpu: str = CPU_MAX
     machine: str = "pc"
     nics: Sequence[Nic] = ()
     disks: Sequence[Disk] = ()

@@ -152,6 +152,28 @@ def test_a_report_that_did_not_arrive_is_sent_again_until_it_does() -> None:
     assert sent[-1] == "exports-error" and len(log) == 2
 
 
+def test_raid1_create_argv_and_assume_clean(tmp_path: Path) -> None:
+    members = ("/dev/sda", "/dev/sdb")
+    argv = D.md_create_argv("/dev/md/hc-store", "hc-store", members)
+    assert argv[:3] == ["mdadm", "--create", "/dev/md/hc-store"] and argv[-2:] == list(members)
+    assert "--bitmap=internal" in argv and "--level=1" in argv and "--raid-devices=2" in argv
+    assert "--assume-clean" not in argv
+    clean = D.md_create_argv("/dev/md/hc-store", "hc-store", members, assume_clean=True)
+    assert sorted(clean) == sorted([*argv, "--assume-clean"])
+    assert clean.index("--assume-clean") < clean.index("/dev/sda")   # an option, not a member
+    # the storage agent's setting: hc.md_assume_clean=1 on the command line (the lab's
+    # snodes: their disks are new sparse files), or HC_MD_ASSUME_CLEAN (wins); off by default
+    cl = tmp_path / "cmdline"
+    for line, env, want in (("hc.mac=x", {}, False), ("hc.md_assume_clean=1", {}, True),
+                            ("hc.md_assume_clean=1", {"HC_MD_ASSUME_CLEAN": "no"}, False),
+                            ("hc.mac=x", {"HC_MD_ASSUME_CLEAN": "yes"}, True)):
+        cl.write_text(line + "\n")
+        assert Config.from_env({"HC_CMDLINE": str(cl), **env}).md_assume_clean is want, line
+    cl.write_text("hc.md_assume_clean=maybe\n")
+    with pytest.raises(AgentError, match="HC_MD_ASSUME_CLEAN=maybe"):
+        Config.from_env({"HC_CMDLINE": str(cl)})
+
+
 def test_store_choice() -> None:
     L = "hc-store"
     a, b, c = "/dev/vdb", "/dev/vdc", "/dev/vdd"
