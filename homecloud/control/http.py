@@ -198,9 +198,9 @@ class ControlApp:
         said: list[str] = []
 
         def change(inv: Inventory) -> Inventory:
-            # the node as the inventory being changed has it (it may have been rewritten
-            # since the snapshot above: another fence or a promotion)
-            new, text = fence(inv, inv.node(mac) or node, minor)
+            # fence() decides on the inventory being changed (another fence or a promotion
+            # may have rewritten it since the snapshot above) and knows the asker by name
+            new, text = fence(inv, node, minor)
             said[:] = [text]
             return new
 

@@ -22,6 +22,7 @@ from homecloud.lab.context import current_lab_dir, read_context
 from homecloud.lab.demo import demo
 from homecloud.lab.errors import LabError
 from homecloud.lab.lab import Lab
+from homecloud.lab.net import ETHERNET_MTU
 from homecloud.lab.status import DEFAULT_INST_NET, DEFAULT_MTU, DEFAULT_NET, format_table
 
 DETACH = b"\x1d"  # Ctrl-]
@@ -93,7 +94,8 @@ def lab() -> None:
               help="Start the hnodes with the snodes (they wait for the root export).")
 @click.option("--instance-network", default=DEFAULT_INST_NET, show_default=True,
               help="Server address and prefix on the instance bridge (the hnodes' NIC 2).")
-@click.option("--mtu", type=click.IntRange(1500, 65535), default=DEFAULT_MTU, show_default=True,
+@click.option("--mtu", type=click.IntRange(ETHERNET_MTU, 65535), default=DEFAULT_MTU,
+              show_default=True,
               help="MTU of the provisioning/storage bridge and its taps (hcboot serve --mtu: "
               "the nodes use it; 1500 for no jumbo frames).")
 @click.option("--snode-memory", type=click.IntRange(256), default=None,

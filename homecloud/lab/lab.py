@@ -121,7 +121,7 @@ class Lab:
                           server_cidr=self.doc.get("server_cidr") or DEFAULT_NET,
                           inst_bridge=self.doc.get("inst_bridge") or "hcbr1",
                           inst_cidr=self.doc.get("inst_cidr") or DEFAULT_INST_NET,
-                          mtu=int(self.doc.get("mtu") or 1500))
+                          mtu=int(self.doc.get("mtu") or net.ETHERNET_MTU))
 
     def nodes(self) -> list[dict[str, Any]]:
         return list(self.doc.get("nodes") or [])
@@ -368,7 +368,8 @@ class Lab:
                            "--interface", n.bridge, "--mode", "full", "--address", n.server_ip,
                            "--range", f"{prefix}{POOL[0]}-{prefix}{POOL[1]}",
                            "--instance-interface", n.inst_bridge, "--instance-address",
-                           n.inst_cidr, *(("--mtu", str(n.mtu)) if n.mtu != 1500 else ()))
+                           n.inst_cidr,
+                           *(("--mtu", str(n.mtu)) if n.mtu != net.ETHERNET_MTU else ()))
         self.doc["server"] = {"pid": None, "argv": argv, "log": str(log)}
         self.save()
         with open(log, "ab") as out:

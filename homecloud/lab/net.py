@@ -42,6 +42,10 @@ def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
     return r
 
 
+#: Ethernet's standard MTU: the instance bridge's, and the storage bridge's without jumbo frames
+ETHERNET_MTU = 1500
+
+
 @dataclass(frozen=True)
 class LabNet:
     """Names and addresses of one lab network (pure data; see the functions below)."""
@@ -55,7 +59,7 @@ class LabNet:
     inst_bridge_mac: str = "52:54:00:4c:49:01"
     # the provisioning/storage bridge and its taps (jumbo frames: AoE, DRBD, migrations carry
     # 8 KiB per frame instead of 1 KiB); the instance bridge keeps 1500
-    mtu: int = 1500
+    mtu: int = ETHERNET_MTU
 
     @property
     def server_ip(self) -> str:
@@ -88,7 +92,7 @@ def tap_names(node: str) -> tuple[str, str]:
     return prov, inst
 
 
-def _bridge(net: LabNet, name: str, mac: str, cidr: str, mtu: int = 1500) -> None:
+def _bridge(net: LabNet, name: str, mac: str, cidr: str, mtu: int = ETHERNET_MTU) -> None:
     run("ip", "-n", net.netns, "link", "add", name, "address", mac, "mtu", str(mtu), "type",
         "bridge", "forward_delay", "0", "stp_state", "0")
     run("ip", "-n", net.netns, "addr", "add", cidr, "dev", name)
@@ -120,7 +124,7 @@ def create_tap(net: LabNet, name: str, bridge: str | None = None) -> None:
     if len(name) > IFNAME_MAX:
         raise LabError(f"interface name {name!r} is longer than {IFNAME_MAX} characters")
     run("ip", "-n", net.netns, "tuntap", "add", "dev", name, "mode", "tap")
-    if (bridge or net.bridge) == net.bridge and net.mtu != 1500:
+    if (bridge or net.bridge) == net.bridge and net.mtu != ETHERNET_MTU:
         # before it joins: a bridge takes the smallest MTU of its ports
         run("ip", "-n", net.netns, "link", "set", name, "mtu", str(net.mtu))
     run("ip", "-n", net.netns, "link", "set", name, "master", bridge or net.bridge)
