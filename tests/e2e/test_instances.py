@@ -165,14 +165,14 @@ def test_lab_ready_networks_and_root_export(lab: LabContext, store: Path) -> Non
             mtu = console_run(rec, link_mtu, r"(MTU-\d+-END)", 120)
         assert "MTU-9000-END" in mtu, (rec["name"], mtu)
         # a node boots the built tree each time: systemd-sysusers found the image up to date
-        # (hc-base's /etc/.updated), nine generators are off and nothing is remounted
+        # (hc-base's /etc/.updated), eight generators are off and nothing is remounted
         # (elements/hc-node-boot)
         trims = ("echo BOOT-$(systemctl show -P ConditionResult systemd-sysusers)-"
                  "$(ls /etc/systemd/system-generators | wc -l)-"
                  "$(systemctl is-enabled systemd-remount-fs)-END")
         got = (ssh(lab, rec["ip"], trims) if rec["role"] == "hnode"
                else console_run(rec, trims, r"(BOOT-\w+-\d+-\w+-END)", 120))
-        assert "BOOT-no-9-masked-END" in got, (rec["name"], got)
+        assert "BOOT-no-8-masked-END" in got, (rec["name"], got)
     assert_two_networks(lab_dir, lab.netns, ["hnode1", "hnode2"], ["snode1", "snode2"])
     assert_instance_segment_has_no_aoe(lab.netns)
     # lab only: root's shell on a node's serial console (hc.autologin=1 from the inventory)
