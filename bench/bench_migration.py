@@ -19,8 +19,10 @@ byte per page over ``--busy-mib`` MiB, endlessly):
 
 While each migration runs the config node pings the guest every 100 ms (``ping -D``): the pause
 is the longest gap between two replies, and the lost pings are counted.  Printed: per run the
-total seconds, the pause and the lost pings; then medians and the ratio hcboot/bare (the issue's
-target: pause <= 1.1x the bare pause).  No result is asserted; the numbers are the output.
+total seconds, the pause, the lost pings and when the pause ended relative to ``xl migrate``
+returning (hcboot: when its "xl migrate finished" step is printed, the agent's reply carried
+back over SSH; bare: when the SSH command returns); then medians and the ratio hcboot/bare (the
+issue's target: pause <= 1.1x the bare pause).  No result is asserted; the numbers are the output.
 """
 
 from __future__ import annotations
@@ -89,24 +91,39 @@ def column_medians(rows: Sequence[Sequence[float]]) -> tuple[float, ...]:
     return tuple(statistics.median(col) for col in zip(*rows, strict=True))
 
 
-def pinged(ctx: LabContext, ip: str, action: Callable[[], object]) -> tuple[float, PingStats]:
+def pinged(ctx: LabContext, ip: str,
+           action: Callable[[], float]) -> tuple[float, PingStats, float]:
+    """``action`` (which returns the Unix time ``xl migrate`` returned) while the config node
+    pings ``ip``: the seconds it took, the ping statistics, and how long after ``xl migrate``
+    returned the guest's first reply after the pause came (negative: before it returned)."""
     pinger = Pinger(ctx, ip)
     try:
         time.sleep(1)
         t0 = time.monotonic()
-        action()
+        returned = action()
         took = time.monotonic() - t0
         time.sleep(2)
     finally:
         stats = pinger.stop()
-    return took, stats
+    return took, stats, (stats.gap_end - returned) if stats.gap_end else 0.0
 
 
-def via_hcboot(ctx: LabContext, name: str, ip: str) -> tuple[float, PingStats]:
-    return pinged(ctx, ip, lambda: hcboot(ctx, "instance", "migrate", name))
+def via_hcboot(ctx: LabContext, name: str, ip: str) -> tuple[float, PingStats, float]:
+    returned = [0.0]
+
+    def note(line: str) -> None:
+        if "xl migrate finished" in line:  # MigrationService.migrate's step after xl migrate
+            returned[0] = time.time()
+            say(f"  hcboot: {line.split('  ', 1)[-1].strip()}")
+
+    def action() -> float:
+        hcboot(ctx, "instance", "migrate", name, say=note)
+        return returned[0] or time.time()
+    return pinged(ctx, ip, action)
 
 
-def bare(ctx: LabContext, name: str, ip: str, addrs: dict[str, str]) -> tuple[float, PingStats]:
+def bare(ctx: LabContext, name: str, ip: str,
+         addrs: dict[str, str]) -> tuple[float, PingStats, float]:
     src = str(instance_doc(ctx, name)["host"])
     dst = next(n for n in addrs if n.startswith("hnode") and n != src)
     for f in (f"{name}.cfg", f"{name}-seed.img"):  # staging by hand, not timed
@@ -117,10 +134,14 @@ def bare(ctx: LabContext, name: str, ip: str, addrs: dict[str, str]) -> tuple[fl
                             "-o", f"UserKnownHostsFile={STATE / PEERS_KNOWN_HOSTS}",
                             "-o", "BatchMode=yes"])
     cmd = f"{XL} migrate -s {shlex.quote(transport)} {name} {addrs[dst]}"
-    took, stats = pinged(ctx, ip, lambda: node_sh(ctx, addrs[src], cmd))
+
+    def action() -> float:
+        node_sh(ctx, addrs[src], cmd)
+        return time.time()
+    out = pinged(ctx, ip, action)
     hcboot(ctx, "instance", "migrate", "--cleanup", name)  # the record follows (not timed)
     node_sh(ctx, addrs[src], f"rm -f {RUN_DIR / name}.cfg {RUN_DIR / name}-seed.img")
-    return took, stats
+    return out
 
 
 def main() -> int:
@@ -142,7 +163,7 @@ def main() -> int:
     doc = instance_doc(ctx, name)
     ip = str(doc["ip"])
     say(f"{name}: {doc['memory_mb']} MiB, on {doc['host']} at {ip}; {args.runs} runs each")
-    rows: dict[tuple[str, str], list[tuple[float, PingStats]]] = {}
+    rows: dict[tuple[str, str], list[tuple[float, PingStats, float]]] = {}
     dirtier = ""
     for load in loads:
         if load == "busy":
@@ -155,20 +176,23 @@ def main() -> int:
             # (with one order hcboot always went hnode1 -> hnode2 and bare the way back)
             for how in (("hcboot", "bare") if run % 2 else ("bare", "hcboot")):
                 src = str(instance_doc(ctx, name)["host"])
-                took, stats = (via_hcboot(ctx, name, ip) if how == "hcboot"
-                               else bare(ctx, name, ip, addrs))
-                rows.setdefault((load, how), []).append((took, stats))
+                took, stats, after = (via_hcboot(ctx, name, ip) if how == "hcboot"
+                                      else bare(ctx, name, ip, addrs))
+                rows.setdefault((load, how), []).append((took, stats, after))
                 say(f"{load:4} {how:6} run {run} from {src}: {took:6.1f} s total, pause "
-                    f"{stats.longest_gap:5.2f} s, {stats.lost} of {stats.sent} pings lost")
+                    f"{stats.longest_gap:5.2f} s, {stats.lost} of {stats.sent} pings lost, "
+                    f"first reply {after:+5.2f} s after xl migrate returned")
         if dirtier:
             guest_sh(ctx, ip, f"kill {int(dirtier)}")
     print("\nmedians (hcboot vs bare xl migrate, same guest, same hnodes, same run)")
-    print(f"{'load':5} {'how':7} {'total s':>8} {'pause s':>8} {'lost':>5}")
+    print(f"{'load':5} {'how':7} {'total s':>8} {'pause s':>8} {'lost':>5} {'reply-xl s':>10}")
     for load in loads:
         med = {}
         for how in ("hcboot", "bare"):
-            med[how] = column_medians([(t, s.longest_gap, s.lost) for t, s in rows[(load, how)]])
-            print(f"{load:5} {how:7} {med[how][0]:8.1f} {med[how][1]:8.2f} {med[how][2]:5.0f}")
+            med[how] = column_medians([(t, s.longest_gap, s.lost, a)
+                                       for t, s, a in rows[(load, how)]])
+            print(f"{load:5} {how:7} {med[how][0]:8.1f} {med[how][1]:8.2f} {med[how][2]:5.0f} "
+                  f"{med[how][3]:+10.2f}")
         print(f"{load:5} ratio   {med['hcboot'][0] / med['bare'][0]:8.2f} "
               f"{med['hcboot'][1] / max(med['bare'][1], 0.01):8.2f}")
     return 0

@@ -70,6 +70,7 @@ class PingStats:
     sent: int
     received: int
     longest_gap: float      # seconds between two consecutive replies (the pause, roughly)
+    gap_end: float = 0.0    # Unix time of the reply that ended the longest gap (0: no gap)
 
     @property
     def lost(self) -> int:
@@ -84,11 +85,11 @@ def ping_gaps(output: str) -> PingStats:
     """Reads ``ping -D -i 0.1`` output: replies' timestamps, the longest gap, sent/received
     from ping's summary line."""
     stamps = [float(m.group(1)) for m in map(_REPLY.match, output.splitlines()) if m]
-    gap = max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+    gap, end = max(((b - a, b) for a, b in itertools.pairwise(stamps)), default=(0.0, 0.0))
     m = re.search(r"(\d+) packets transmitted, (\d+) received", output)
     if m is None:
         raise LabError(f"ping printed no summary:\n{output[-500:]}")
-    return PingStats(int(m.group(1)), int(m.group(2)), gap)
+    return PingStats(int(m.group(1)), int(m.group(2)), gap, end)
 
 
 def ping_binary() -> str:

@@ -22,7 +22,14 @@ def test_longest_gap_and_lost() -> None:
     s = ping_gaps(OUT)
     assert (s.sent, s.received, s.lost) == (20, 4, 16)
     assert s.longest_gap == pytest.approx(1.75)
+    assert s.gap_end == pytest.approx(1764842401.95)  # the reply that ended the gap
     assert "16 lost" in s.line()
+
+
+def test_no_reply_means_no_gap() -> None:
+    s = ping_gaps("PING 203.0.113.10\n\n--- 203.0.113.10 ping statistics ---\n"
+                  "30 packets transmitted, 0 received, 100% packet loss, time 2900ms\n")
+    assert (s.lost, s.longest_gap, s.gap_end) == (30, 0.0, 0.0)
 
 
 def test_no_summary_is_an_error_with_the_output() -> None:
